@@ -1,0 +1,52 @@
+"""sqlalchemy-taskqueue: a durable task queue that lives in your own database.
+
+Mix :class:`TaskMixin` into a declarative model, migrate the table with Alembic
+(:mod:`sqlalchemy_taskqueue.migrations`), enqueue inside your own transactions with
+:class:`TaskRepository`, and run workers that claim tasks with
+``SELECT ... FOR UPDATE SKIP LOCKED``::
+
+    from sqlalchemy.orm import DeclarativeBase, Session
+    from sqlalchemy_taskqueue import TaskMixin, TaskRepository
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Task(TaskMixin, Base):
+        __tablename__ = "tasks"
+
+    with Session(engine) as session, session.begin():
+        TaskRepository(session, Task).enqueue("data_export", {"project_id": 7})
+"""
+
+from __future__ import annotations
+
+from .backoff import BackoffPolicy
+from .exceptions import (
+    InvalidTransitionError,
+    LeaseLostError,
+    TaskNotFoundError,
+    TaskQueueDatabaseError,
+    TaskQueueError,
+    UnsupportedDialectError,
+)
+from .models import TaskDataclassMixin, TaskMixin, merge_table_args, task_table_args
+from .repository import TaskRepository
+from .status import TaskStatus
+
+__all__ = [
+    "BackoffPolicy",
+    "InvalidTransitionError",
+    "LeaseLostError",
+    "TaskDataclassMixin",
+    "TaskMixin",
+    "TaskNotFoundError",
+    "TaskQueueDatabaseError",
+    "TaskQueueError",
+    "TaskRepository",
+    "TaskStatus",
+    "UnsupportedDialectError",
+    "merge_table_args",
+    "task_table_args",
+]
+
+__version__ = "0.1.0"

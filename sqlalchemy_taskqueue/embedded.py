@@ -1,0 +1,139 @@
+"""Finding a PostgreSQL server: the configured one, a local one, or an embedded one.
+
+Tests, examples and ``make demo`` call :func:`resolve_database_url`, which returns the
+first of:
+
+1. the URL in the first environment variable given that is set (for example
+   ``TASKQUEUE_TEST_DATABASE_URL`` or ``TASKQUEUE_DATABASE_URL``);
+2. PostgreSQL on ``127.0.0.1:5432`` (user ``postgres``, trust authentication), when it
+   answers;
+3. an embedded PostgreSQL started from the ``pgserver`` package (install the
+   ``embedded`` extra) in a local folder, stopped when the process exits.
+
+Example::
+
+        url = resolve_database_url("TASKQUEUE_DATABASE_URL")
+        engine = create_engine(url)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from sqlalchemy.engine import URL, make_url
+
+__all__ = [
+    "DATABASE_URL_ENV",
+    "LOCAL_SERVER_URL",
+    "TEST_DATABASE_URL_ENV",
+    "EmbeddedServer",
+    "mask_password",
+    "normalize_url",
+    "resolve_database_url",
+    "start_embedded_server",
+]
+
+DATABASE_URL_ENV = "TASKQUEUE_DATABASE_URL"
+TEST_DATABASE_URL_ENV = "TASKQUEUE_TEST_DATABASE_URL"
+LOCAL_SERVER_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+DEFAULT_EMBEDDED_DIR = ".taskqueue-pg"
+
+logger = logging.getLogger(__name__)
+
+
+def normalize_url(url: str | URL) -> str:
+    """A URL SQLAlchemy accepts, with the psycopg2 driver for bare PostgreSQL URLs.
+
+    >>> normalize_url("postgres://u:p@db/app")
+    'postgresql+psycopg2://u:p@db/app'
+    """
+    text = str(url) if isinstance(url, URL) else url
+    if text.startswith("postgres://"):
+        text = "postgresql://" + text[len("postgres://") :]
+    parsed = make_url(text)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
+def mask_password(url: str | URL) -> str:
+    """The URL with its password replaced by ``***``, for logs and error messages.
+
+    >>> mask_password("postgresql://app:secret@db/app")
+    'postgresql://app:***@db/app'
+    """
+    try:
+        return make_url(str(url)).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is printed as nothing rather than leaked
+        return "<unparsable database URL>"
+
+
+def _local_server_answers() -> bool:
+    try:
+        connection = psycopg2.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
+        )
+    except psycopg2.Error:
+        return False
+    connection.close()
+    return True
+
+
+class EmbeddedServer:
+    """A running embedded PostgreSQL; :meth:`stop` stops it once no process uses it."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.url: str = normalize_url(str(handle.get_uri()))
+
+    def stop(self) -> None:
+        """Stop the server (pgserver keeps it running while other processes use it)."""
+        self._handle.cleanup()
+
+
+def start_embedded_server(
+    data_dir: str | os.PathLike[str] = DEFAULT_EMBEDDED_DIR,
+) -> EmbeddedServer:
+    """Start (or reuse) an embedded PostgreSQL whose data lives in ``data_dir``.
+
+    The server is also stopped when the Python process exits.  Requires the ``embedded``
+    extra (``pip install 'sqlalchemy-taskqueue[embedded]'``).
+
+    Example::
+
+        server = start_embedded_server("/tmp/pg")
+        engine = create_engine(server.url)
+    """
+    try:
+        import pgserver
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise RuntimeError(
+            "No database URL is set, nothing answers on 127.0.0.1:5432, and the embedded "
+            "server is not installed: pip install 'sqlalchemy-taskqueue[embedded]'"
+        ) from exc
+    path = Path(data_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    logger.info("starting embedded PostgreSQL in %s", path)
+    return EmbeddedServer(pgserver.get_server(str(path), cleanup_mode="stop"))
+
+
+def resolve_database_url(
+    *env_vars: str, embedded_dir: str | os.PathLike[str] = DEFAULT_EMBEDDED_DIR
+) -> str:
+    """The database to use: an environment variable, the local server, or an embedded one.
+
+    Example::
+
+        resolve_database_url("TASKQUEUE_TEST_DATABASE_URL", "TASKQUEUE_DATABASE_URL")  # 'postgresql+psycopg2://postgres@127.0.0.1:5432/postgres'
+    """
+    for name in env_vars or (DATABASE_URL_ENV,):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return normalize_url(value)
+    if _local_server_answers():
+        return LOCAL_SERVER_URL
+    return start_embedded_server(embedded_dir).url

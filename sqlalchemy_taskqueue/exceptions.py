@@ -1,0 +1,85 @@
+"""The exceptions raised by sqlalchemy-taskqueue.
+
+Every error the library raises on purpose derives from :class:`TaskQueueError`, so an
+application can catch the whole family with one ``except`` clause.  Several classes also
+derive from the built-in exception that describes them best (``LookupError``,
+``ValueError``) so that generic handlers keep working.
+
+Each class's docstring is its default message::
+
+    >>> str(TaskNotFoundError())
+    'No task with that id exists.'
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidTransitionError",
+    "LeaseLostError",
+    "TaskNotFoundError",
+    "TaskQueueDatabaseError",
+    "TaskQueueError",
+    "UnsupportedDialectError",
+]
+
+
+class TaskQueueError(Exception):
+    """A task queue operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class TaskNotFoundError(TaskQueueError, LookupError):
+    """No task with that id exists."""
+
+    def __init__(self, task_id: int | None = None, message: str | None = None) -> None:
+        self.task_id = task_id
+        if message is None and task_id is not None:
+            message = f"No task with id {task_id} exists."
+        super().__init__(message)
+
+
+class InvalidTransitionError(TaskQueueError, ValueError):
+    """The task is not in a state that allows this change."""
+
+    def __init__(
+        self,
+        task_id: int | None = None,
+        *,
+        action: str = "",
+        status: str | None = None,
+        allowed: tuple[str, ...] = (),
+    ) -> None:
+        self.task_id = task_id
+        self.action = action
+        self.status = status
+        self.allowed = allowed
+        message = None
+        if task_id is not None:
+            needed = " or ".join(allowed) if allowed else "another state"
+            message = f"Cannot {action} task {task_id}: it is {status}, not {needed}."
+        super().__init__(message)
+
+
+class LeaseLostError(TaskQueueError):
+    """The caller's lease on this task is no longer current; nothing was changed."""
+
+    def __init__(self, task_id: int | None = None, *, action: str = "update") -> None:
+        self.task_id = task_id
+        message = None
+        if task_id is not None:
+            message = (
+                f"Cannot {action} task {task_id}: this lease is no longer current "
+                "(it expired and the task was rescued, or another worker owns it now); "
+                "nothing was changed."
+            )
+        super().__init__(message)
+
+
+class UnsupportedDialectError(TaskQueueError):
+    """This database backend is not supported yet; use PostgreSQL."""
+
+
+class TaskQueueDatabaseError(TaskQueueError):
+    """The database refused a task queue statement; see ``__cause__`` for the driver error."""

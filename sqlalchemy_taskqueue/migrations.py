@@ -1,0 +1,155 @@
+"""Frozen, versioned Alembic operations for queue tables.
+
+Use these in your own Alembic revisions instead of autogenerating the queue table, so
+that the table a revision creates never changes when the library evolves.  Each helper
+is frozen: a later schema change gets a new helper (``..._v2``) and an upgrade helper,
+never an edit to an old one.  Nothing here imports the live model.
+
+A revision for the default table, plus an app column::
+
+    import sqlalchemy as sa
+    from sqlalchemy_taskqueue.migrations import create_task_table_v1, drop_task_table_v1
+
+    def upgrade() -> None:
+        create_task_table_v1(
+            "tasks",
+            sa.Column("project_id", sa.BigInteger, sa.ForeignKey("projects.id"), nullable=True),
+        )
+
+    def downgrade() -> None:
+        drop_task_table_v1("tasks")
+
+The table matches :class:`~sqlalchemy_taskqueue.TaskMixin` at version 1 exactly, so
+``alembic revision --autogenerate`` finds nothing to change afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+__all__ = ["create_task_table_v1", "drop_task_table_v1"]
+
+_STATUSES_V1 = "'pending', 'in_progress', 'completed', 'failed', 'cancelled'"
+_ACTIVE_V1 = "'pending', 'in_progress'"
+_FINISHED_V1 = "'completed', 'failed', 'cancelled'"
+
+
+def _op() -> Any:
+    from alembic import op
+
+    return op
+
+
+def _json_v1() -> sa.types.TypeEngine[Any]:
+    return sa.JSON(none_as_null=True).with_variant(
+        postgresql.JSONB(none_as_null=True), "postgresql"
+    )
+
+
+def _partial_index_v1(
+    table_name: str,
+    name: str,
+    columns: list[str],
+    where: str,
+    *,
+    unique: bool = False,
+    schema: str | None = None,
+) -> None:
+    _op().create_index(
+        name,
+        table_name,
+        columns,
+        unique=unique,
+        schema=schema,
+        postgresql_where=sa.text(where),
+        sqlite_where=sa.text(where),
+    )
+
+
+def create_task_table_v1(table_name: str, *extra_columns: sa.Column[Any], **table_kw: Any) -> None:
+    """Create a version-1 queue table called ``table_name`` with its constraints and indexes.
+
+    :param extra_columns: the application's own columns (``sa.Column`` objects).
+    :param table_kw: passed to ``op.create_table`` (``schema=``, ``comment=`` ...).
+
+    Example::
+
+        create_task_table_v1("tasks", sa.Column("project_id", sa.BigInteger))
+    """
+    if not isinstance(table_name, str) or not table_name:
+        raise ValueError(f"table_name must be a non-empty string, got {table_name!r}")
+    op = _op()
+    now = sa.text("now()")
+    op.create_table(
+        table_name,
+        sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+        sa.Column("type", sa.Text, nullable=False),
+        sa.Column("payload", _json_v1(), nullable=False),
+        sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+        sa.Column("progress", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("priority", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("run_at", sa.DateTime(timezone=True), nullable=False, server_default=now),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=now),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("error_message", sa.Text, nullable=True),
+        sa.Column("retry_count", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("max_retries", sa.Integer, nullable=False, server_default=sa.text("3")),
+        sa.Column("dedupe_key", sa.Text, nullable=True),
+        sa.Column("timeout_seconds", sa.Integer, nullable=True),
+        sa.Column("result", _json_v1(), nullable=True),
+        sa.Column("lease_owner", sa.Text, nullable=True),
+        sa.Column("lease_token", sa.Uuid(as_uuid=True), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        *extra_columns,
+        sa.CheckConstraint(f"status IN ({_STATUSES_V1})", name=f"ck_{table_name}_status"),
+        sa.CheckConstraint("progress >= 0 AND progress <= 100", name=f"ck_{table_name}_progress"),
+        sa.CheckConstraint(
+            "retry_count >= 0 AND max_retries >= 0", name=f"ck_{table_name}_retries"
+        ),
+        **table_kw,
+    )
+    _partial_index_v1(
+        table_name,
+        f"ix_{table_name}_claimable",
+        ["priority", "run_at", "id"],
+        "status = 'pending'",
+        schema=table_kw.get("schema"),
+    )
+    _partial_index_v1(
+        table_name,
+        f"uq_{table_name}_active_dedupe",
+        ["type", "dedupe_key"],
+        f"dedupe_key IS NOT NULL AND status IN ({_ACTIVE_V1})",
+        unique=True,
+        schema=table_kw.get("schema"),
+    )
+    _partial_index_v1(
+        table_name,
+        f"ix_{table_name}_lease_expiry",
+        ["lease_expires_at"],
+        "status = 'in_progress'",
+        schema=table_kw.get("schema"),
+    )
+    _partial_index_v1(
+        table_name,
+        f"ix_{table_name}_finished",
+        ["completed_at"],
+        f"status IN ({_FINISHED_V1})",
+        schema=table_kw.get("schema"),
+    )
+
+
+def drop_task_table_v1(table_name: str, **table_kw: Any) -> None:
+    """Drop a version-1 queue table (its indexes go with it).
+
+    Example::
+
+        drop_task_table_v1("tasks")
+    """
+    if not isinstance(table_name, str) or not table_name:
+        raise ValueError(f"table_name must be a non-empty string, got {table_name!r}")
+    _op().drop_table(table_name, **table_kw)

@@ -1,0 +1,375 @@
+"""The task table as a declarative mixin.
+
+Mix :class:`TaskMixin` into your own declarative model, name the table, and add whatever
+columns your application needs::
+
+    from sqlalchemy import ForeignKey
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+    from sqlalchemy_taskqueue import TaskMixin
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Task(TaskMixin, Base):
+        __tablename__ = "tasks"
+
+        project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
+
+The mixin brings the columns of the queue (``id``, ``type``, ``payload``, ``status`` ...),
+the CHECK constraints and the partial indexes the hot paths need, all named after the
+table so several queue tables can live in one ``MetaData``.
+
+To add indexes or table options of your own, build ``__table_args__`` with
+:func:`merge_table_args`, which keeps the library's indexes.  (A plain tuple or dict
+assigned to ``__table_args__`` is merged the same way automatically; a model that ends up
+without the claim index is rejected when the class is created.)
+
+For a ``MappedAsDataclass`` base use :class:`TaskDataclassMixin` instead; its fields are
+keyword-only so your own fields may come without defaults.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Identity,
+    Integer,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, MappedAsDataclass, declared_attr, mapped_column
+from sqlalchemy.orm.properties import MappedColumn
+from sqlalchemy.schema import SchemaItem
+from sqlalchemy.sql.elements import conv
+from sqlalchemy.types import TypeDecorator
+
+from .statements import (
+    ACTIVE_DEDUPE_PREDICATE,
+    CLAIMABLE_PREDICATE,
+    FINISHED_PREDICATE,
+    LEASED_PREDICATE,
+    JSONDocument,
+    partial_index,
+)
+from .status import TaskStatus
+
+__all__ = [
+    "TaskDataclassMixin",
+    "TaskMixin",
+    "TaskStatusType",
+    "claim_index_name",
+    "merge_table_args",
+    "task_table",
+    "task_table_args",
+]
+
+
+class TaskStatusType(TypeDecorator[TaskStatus]):
+    """Stores :class:`TaskStatus` as text and reads it back as the enum."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else TaskStatus(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> TaskStatus | None:
+        return None if value is None else TaskStatus(value)
+
+
+def task_table(model: Any) -> Table:
+    """The table of a task model; ``TypeError`` unless ``model`` is a mapped task model.
+
+    Example::
+
+        task_table(Task).name  # 'tasks'
+    """
+    if not isinstance(model, type) or not issubclass(model, (TaskMixin, TaskDataclassMixin)):
+        raise TypeError(
+            f"model must be a mapped class that mixes in TaskMixin or TaskDataclassMixin, "
+            f"got {model!r}"
+        )
+    table = getattr(model, "__table__", None)
+    if not isinstance(table, Table):
+        raise TypeError(f"model {model.__name__} is not mapped to a table (abstract mixin?)")
+    return table
+
+
+def claim_index_name(table_name: str) -> str:
+    """Name of the partial index the claim query walks, for ``table_name``."""
+    return f"ix_{table_name}_claimable"
+
+
+def task_table_args(table_name: str) -> tuple[SchemaItem, ...]:
+    """The constraints and partial indexes of a queue table called ``table_name``.
+
+    >>> [item.name for item in task_table_args("tasks")][:2]
+    ['ck_tasks_status', 'ck_tasks_progress']
+    """
+    statuses = ", ".join(f"'{status.value}'" for status in TaskStatus)
+    return (
+        CheckConstraint(f"status IN ({statuses})", name=conv(f"ck_{table_name}_status")),
+        CheckConstraint(
+            "progress >= 0 AND progress <= 100", name=conv(f"ck_{table_name}_progress")
+        ),
+        CheckConstraint(
+            "retry_count >= 0 AND max_retries >= 0", name=conv(f"ck_{table_name}_retries")
+        ),
+        partial_index(
+            claim_index_name(table_name), "priority", "run_at", "id", where=CLAIMABLE_PREDICATE
+        ),
+        partial_index(
+            f"uq_{table_name}_active_dedupe",
+            "type",
+            "dedupe_key",
+            where=ACTIVE_DEDUPE_PREDICATE,
+            unique=True,
+        ),
+        partial_index(f"ix_{table_name}_lease_expiry", "lease_expires_at", where=LEASED_PREDICATE),
+        partial_index(f"ix_{table_name}_finished", "completed_at", where=FINISHED_PREDICATE),
+    )
+
+
+def merge_table_args(cls: type[Any], *args: Any) -> tuple[Any, ...]:
+    """``__table_args__`` with the library's indexes plus your own items and options.
+
+    Positional items may be schema items (``Index``, ``UniqueConstraint`` ...), tuples of
+    them, or dicts of table options (merged, later ones win).  Use it from a
+    ``declared_attr``::
+
+        class Task(TaskMixin, Base):
+            __tablename__ = "tasks"
+            project_id: Mapped[int] = mapped_column()
+
+            @declared_attr.directive
+            def __table_args__(cls):
+                return merge_table_args(
+                    cls, Index("ix_tasks_project", "project_id"), {"comment": "app tasks"}
+                )
+    """
+    items: list[Any] = list(task_table_args(cls.__tablename__))
+    options: dict[str, Any] = {}
+    for arg in args:
+        if isinstance(arg, dict):
+            options.update(arg)
+        elif isinstance(arg, tuple):
+            for item in arg:
+                if isinstance(item, dict):
+                    options.update(item)
+                else:
+                    items.append(item)
+        else:
+            items.append(arg)
+    return (*items, options) if options else tuple(items)
+
+
+class _ColumnFactory:
+    """Builds the library's columns for plain or dataclass declarative classes.
+
+    Column types, defaults and ordering are defined once here; the dataclass flavour
+    adds only the dataclass arguments (``init``, ``kw_only``, ``default``).
+    """
+
+    def __init__(self, *, dataclass: bool) -> None:
+        self._dataclass = dataclass
+
+    def _column(
+        self, *args: Any, init: bool = True, required: bool = False, **kwargs: Any
+    ) -> MappedColumn[Any]:
+        if self._dataclass:
+            kwargs["kw_only"] = True
+            kwargs["init"] = init
+            if not required and "default" not in kwargs:
+                kwargs["default"] = None
+        return mapped_column(*args, **kwargs)
+
+    def id(self) -> MappedColumn[Any]:
+        return self._column(
+            BigInteger, Identity(always=False), primary_key=True, init=False, sort_order=-100
+        )
+
+    def type(self) -> MappedColumn[Any]:
+        return self._column(Text, nullable=False, required=True, sort_order=-99)
+
+    def payload(self) -> MappedColumn[Any]:
+        return self._column(JSONDocument, nullable=False, required=True, sort_order=-98)
+
+    def status(self) -> MappedColumn[Any]:
+        return self._column(
+            TaskStatusType,
+            nullable=False,
+            default=TaskStatus.PENDING,
+            server_default=TaskStatus.PENDING.value,
+            sort_order=-97,
+        )
+
+    def small_int(self, default: int, order: int) -> MappedColumn[Any]:
+        return self._column(
+            Integer,
+            nullable=False,
+            default=default,
+            server_default=text(str(default)),
+            sort_order=order,
+        )
+
+    def timestamp(self, order: int, *, server_now: bool = False) -> MappedColumn[Any]:
+        if server_now:
+            return self._column(
+                DateTime(timezone=True),
+                nullable=False,
+                server_default=text("now()"),
+                sort_order=order,
+            )
+        return self._column(DateTime(timezone=True), nullable=True, sort_order=order)
+
+    def nullable_text(self, order: int) -> MappedColumn[Any]:
+        return self._column(Text, nullable=True, sort_order=order)
+
+    def nullable_int(self, order: int) -> MappedColumn[Any]:
+        return self._column(Integer, nullable=True, sort_order=order)
+
+    def result(self) -> MappedColumn[Any]:
+        return self._column(JSONDocument, nullable=True, sort_order=-84)
+
+    def lease_token(self) -> MappedColumn[Any]:
+        return self._column(Uuid(as_uuid=True), nullable=True, sort_order=-82)
+
+
+_PLAIN = _ColumnFactory(dataclass=False)
+_DATACLASS = _ColumnFactory(dataclass=True)
+
+
+class TaskMixin:
+    """The columns, constraints and indexes of a queue table, for a declarative model.
+
+    ::
+
+        class Task(TaskMixin, Base):
+            __tablename__ = "tasks"
+    """
+
+    __tablename__: ClassVar[str]
+    id: Mapped[int] = _PLAIN.id()
+    """Primary key, a 64-bit identity (2^31 lifetime enqueues is reachable)."""
+    type: Mapped[str] = _PLAIN.type()
+    """Routing key: which handler runs the task."""
+    payload: Mapped[Any] = _PLAIN.payload()
+    """JSON arguments of the task."""
+    status: Mapped[TaskStatus] = _PLAIN.status()
+    """Where the task is in its life cycle (:class:`TaskStatus`)."""
+    progress: Mapped[int] = _PLAIN.small_int(0, -96)
+    """0..100, reported by the handler; never indexed so updates stay HOT."""
+    priority: Mapped[int] = _PLAIN.small_int(0, -95)
+    """Lower values run first."""
+    run_at: Mapped[datetime] = _PLAIN.timestamp(-94, server_now=True)
+    """Not claimable before this instant (scheduling and retry backoff)."""
+    created_at: Mapped[datetime] = _PLAIN.timestamp(-93, server_now=True)
+    """When the task was enqueued."""
+    started_at: Mapped[datetime | None] = _PLAIN.timestamp(-92)
+    """When the current or last attempt was claimed."""
+    completed_at: Mapped[datetime | None] = _PLAIN.timestamp(-91)
+    """When the task reached a finished state (completed, failed or cancelled)."""
+    error_message: Mapped[str | None] = _PLAIN.nullable_text(-90)
+    """The last failure."""
+    retry_count: Mapped[int] = _PLAIN.small_int(0, -89)
+    """Failed attempts so far."""
+    max_retries: Mapped[int] = _PLAIN.small_int(3, -88)
+    """Retry while ``retry_count < max_retries``."""
+    dedupe_key: Mapped[str | None] = _PLAIN.nullable_text(-87)
+    """Set by ``enqueue_if_not_exists``; unique per type among active tasks."""
+    timeout_seconds: Mapped[int | None] = _PLAIN.nullable_int(-86)
+    """Per-task limit on one attempt's run time, overriding the worker's per-type limit."""
+    result: Mapped[Any] = _PLAIN.result()
+    """JSON value returned by the handler."""
+    lease_owner: Mapped[str | None] = _PLAIN.nullable_text(-83)
+    """Identity of the worker that holds (or last held) the task."""
+    lease_token: Mapped[uuid.UUID | None] = _PLAIN.lease_token()
+    """Unique to one claim; writes carrying an older token are refused."""
+    lease_expires_at: Mapped[datetime | None] = _PLAIN.timestamp(-81)
+    """The task is rescued once this passes without a heartbeat."""
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        return merge_table_args(cls)  # type: ignore[arg-type]  # declared_attr passes the class
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        _merge_plain_table_args(cls)
+        super().__init_subclass__(**kwargs)
+        _require_claim_index(cls)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id={self.id!r} type={self.type!r} status={self.status!s}>"
+
+
+class TaskDataclassMixin(MappedAsDataclass):
+    """:class:`TaskMixin` for a ``MappedAsDataclass`` declarative base.
+
+    ``type`` and ``payload`` are required keyword arguments; every other library field is
+    keyword-only with a default, so your own fields can be declared without defaults::
+
+        class Base(MappedAsDataclass, DeclarativeBase):
+            pass
+
+        class Task(TaskDataclassMixin, Base):
+            __tablename__ = "tasks"
+            project_id: Mapped[int]
+
+        Task(42, type="export", payload={})
+    """
+
+    __tablename__: ClassVar[str]
+    id: Mapped[int] = _DATACLASS.id()
+    type: Mapped[str] = _DATACLASS.type()
+    payload: Mapped[Any] = _DATACLASS.payload()
+    status: Mapped[TaskStatus] = _DATACLASS.status()
+    progress: Mapped[int] = _DATACLASS.small_int(0, -96)
+    priority: Mapped[int] = _DATACLASS.small_int(0, -95)
+    run_at: Mapped[datetime | None] = _DATACLASS.timestamp(-94, server_now=True)
+    created_at: Mapped[datetime | None] = _DATACLASS.timestamp(-93, server_now=True)
+    started_at: Mapped[datetime | None] = _DATACLASS.timestamp(-92)
+    completed_at: Mapped[datetime | None] = _DATACLASS.timestamp(-91)
+    error_message: Mapped[str | None] = _DATACLASS.nullable_text(-90)
+    retry_count: Mapped[int] = _DATACLASS.small_int(0, -89)
+    max_retries: Mapped[int] = _DATACLASS.small_int(3, -88)
+    dedupe_key: Mapped[str | None] = _DATACLASS.nullable_text(-87)
+    timeout_seconds: Mapped[int | None] = _DATACLASS.nullable_int(-86)
+    result: Mapped[Any] = _DATACLASS.result()
+    lease_owner: Mapped[str | None] = _DATACLASS.nullable_text(-83)
+    lease_token: Mapped[uuid.UUID | None] = _DATACLASS.lease_token()
+    lease_expires_at: Mapped[datetime | None] = _DATACLASS.timestamp(-81)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        return merge_table_args(cls)  # type: ignore[arg-type]  # declared_attr passes the class
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        _merge_plain_table_args(cls)
+        super().__init_subclass__(**kwargs)
+        _require_claim_index(cls)
+
+
+def _merge_plain_table_args(cls: type[Any]) -> None:
+    own = cls.__dict__.get("__table_args__")
+    if isinstance(own, (tuple, dict)) and "__tablename__" in cls.__dict__:
+        cls.__table_args__ = merge_table_args(cls, own)
+
+
+def _require_claim_index(cls: type[Any]) -> None:
+    table = cls.__dict__.get("__table__")
+    if table is None:
+        return
+    expected = claim_index_name(table.name)
+    if not any(index.name == expected for index in table.indexes):
+        raise TypeError(
+            f"{cls.__name__}.__table_args__ dropped the queue's indexes (no {expected!r}); "
+            "build it with sqlalchemy_taskqueue.merge_table_args(cls, ...)."
+        )

@@ -1,0 +1,796 @@
+"""Queue operations in the caller's session.
+
+:class:`TaskRepository` wraps an SQLAlchemy :class:`~sqlalchemy.orm.Session` and a task
+model.  Every method validates its arguments first (bad input raises and writes nothing),
+then runs one statement from :mod:`sqlalchemy_taskqueue.statements` in that session.  The
+repository **never commits**: the caller's unit of work decides, so a task enqueued
+together with business rows is committed or rolled back together with them::
+
+    with Session(engine) as session, session.begin():
+        session.add(order)
+        TaskRepository(session, Task).enqueue("send_receipt", {"order_id": order.id})
+    # committed together; a worker may now claim the task
+
+Workers (or a hand-written loop) claim with :meth:`TaskRepository.dequeue` in a short
+transaction of their own, commit, run the work outside any transaction, then complete or
+fail the task in another short transaction, passing the ``lease_token`` the claim handed
+out so that a worker whose lease expired cannot overwrite its successor's outcome.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar
+
+from sqlalchemy import Table, select
+from sqlalchemy.exc import DBAPIError, UnboundExecutionError
+from sqlalchemy.orm import Session
+
+from . import statements
+from .backoff import DEFAULT_BACKOFF, BackoffPolicy
+from .exceptions import (
+    InvalidTransitionError,
+    LeaseLostError,
+    TaskNotFoundError,
+    TaskQueueDatabaseError,
+    TaskQueueError,
+)
+from .models import TaskDataclassMixin, TaskMixin, task_table
+from .status import ACTIVE_STATUSES, TaskStatus
+
+__all__ = ["DEFAULT_LEASE_DURATION", "TaskRepository", "TaskT", "canonical_json", "default_owner"]
+
+TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+#: Lease of a task claimed through the repository directly.  The worker renews its leases
+#: with a heartbeat and uses a shorter one; a hand-written loop should renew with
+#: :meth:`TaskRepository.renew_leases` or choose a lease longer than its longest task.
+DEFAULT_LEASE_DURATION = timedelta(minutes=5)
+
+_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
+
+#: Columns the queue manages itself; ``enqueue(**columns)`` may not set them.
+_MANAGED_COLUMNS = frozenset(
+    {
+        "id",
+        "type",
+        "payload",
+        "status",
+        "progress",
+        "priority",
+        "run_at",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "error_message",
+        "retry_count",
+        "max_retries",
+        "dedupe_key",
+        "result",
+        "lease_owner",
+        "lease_token",
+        "lease_expires_at",
+    }
+)
+
+
+def default_owner() -> str:
+    """A worker identity: host name, process id and a short random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def canonical_json(value: Any) -> str:
+    """JSON text that is identical for equal values (sorted keys, no spaces).
+
+    >>> canonical_json({"b": 1, "a": [1, 2]})
+    '{"a":[1,2],"b":1}'
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _database_boundary(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Wrap driver errors in :class:`TaskQueueDatabaseError` (the original is the cause)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except DBAPIError as exc:
+            raise TaskQueueDatabaseError(
+                f"{method.__name__} failed in the database: {exc.orig!r}"
+            ) from exc
+
+    return wrapper
+
+
+class TaskRepository(Generic[TaskT]):
+    """Every queue operation, run in the caller's session (never committed here).
+
+    :param session: the caller's ORM session; the repository only executes statements in
+        it, the caller commits or rolls back.
+    :param model: a mapped class that mixes in :class:`~sqlalchemy_taskqueue.TaskMixin`.
+    :param backoff: retry delay policy used by :meth:`fail_task` and lease rescue.
+    :param lease_duration: lease handed out by :meth:`dequeue` unless it is given one.
+    :param owner: identity recorded in ``lease_owner`` (default: host, pid, random).
+    :param notify: announce enqueues with ``NOTIFY`` so idle workers wake at once.
+
+    Example::
+
+        with Session(engine) as session, session.begin():
+            repo = TaskRepository(session, Task)
+            task_id = repo.enqueue("data_export", {"project_id": 7})
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        model: type[TaskT],
+        *,
+        backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        lease_duration: timedelta = DEFAULT_LEASE_DURATION,
+        owner: str | None = None,
+        notify: bool = True,
+    ) -> None:
+        if not isinstance(session, Session):
+            raise TypeError(f"session must be an sqlalchemy.orm.Session, got {session!r}")
+        self._table: Table = task_table(model)
+        if not isinstance(backoff, BackoffPolicy):
+            raise TypeError(f"backoff must be a BackoffPolicy, got {backoff!r}")
+        self._session = session
+        self._model = model
+        self._backoff = backoff
+        self._lease = _positive_duration("lease_duration", lease_duration)
+        self._owner = owner if owner is not None else default_owner()
+        if not isinstance(self._owner, str) or not self._owner:
+            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
+        self._channel = statements.notify_channel(self._table) if notify else None
+        try:
+            bind = session.get_bind(mapper=model)
+        except UnboundExecutionError:
+            return  # checked when the session is bound and first used
+        statements.require_supported_dialect(bind.dialect)
+
+    @property
+    def session(self) -> Session:
+        """The caller's session this repository runs in."""
+        return self._session
+
+    @property
+    def model(self) -> type[TaskT]:
+        """The task model."""
+        return self._model
+
+    @property
+    def owner(self) -> str:
+        """The identity written to ``lease_owner`` by claims made through this repository."""
+        return self._owner
+
+    @property
+    def notify_channel(self) -> str:
+        """The LISTEN/NOTIFY channel on which this queue announces new tasks."""
+        return statements.notify_channel(self._table)
+
+    # ------------------------------------------------------------------ enqueue
+
+    @_database_boundary
+    def enqueue(
+        self,
+        task_type: str,
+        payload: Any,
+        *,
+        max_retries: int = 3,
+        priority: int = 0,
+        run_at: datetime | timedelta | None = None,
+        timeout_seconds: int | None = None,
+        **columns: Any,
+    ) -> int:
+        """Add a task and return its id; it becomes visible when the caller commits.
+
+        :param task_type: routing key (a ``str`` or ``StrEnum`` member).
+        :param payload: JSON-serialisable arguments; checked before anything is written.
+        :param max_retries: failed attempts that are retried (0 = fail at once).
+        :param priority: lower values are claimed first.
+        :param run_at: an aware datetime, or a delay as a ``timedelta``; not claimable
+            before then.
+        :param timeout_seconds: per-task limit on one attempt, enforced by the worker.
+        :param columns: values for the application's own columns.
+
+        Example::
+
+            task_id = repo.enqueue("data_export", {"project_id": 7}, priority=-1)
+        """
+        values = self._row_values(
+            task_type,
+            payload,
+            max_retries=max_retries,
+            priority=priority,
+            run_at=run_at,
+            timeout_seconds=timeout_seconds,
+            columns=columns,
+        )
+        stmt = statements.insert_statement(self._table, values, channel=self._channel)
+        return int(self._session.execute(stmt).scalar_one())
+
+    @_database_boundary
+    def enqueue_many(
+        self,
+        task_type: str,
+        payloads: Iterable[Any],
+        *,
+        max_retries: int = 3,
+        priority: int = 0,
+        run_at: datetime | timedelta | None = None,
+        timeout_seconds: int | None = None,
+        **columns: Any,
+    ) -> list[int]:
+        """Add many tasks of one type in a single multi-row ``INSERT``; ids in input order.
+
+        Every payload is validated before anything is written.
+
+        Example::
+
+            ids = repo.enqueue_many("send_email", [{"to": a} for a in addresses])
+        """
+        if isinstance(payloads, (str, bytes, Mapping)):
+            raise TypeError("payloads must be an iterable of payloads, not a single value")
+        shared_run_at = None if run_at is None else _resolve_run_at(run_at)
+        rows = [
+            self._row_values(
+                task_type,
+                payload,
+                max_retries=max_retries,
+                priority=priority,
+                run_at=None,
+                timeout_seconds=timeout_seconds,
+                columns=columns,
+            )
+            for payload in payloads
+        ]
+        if not rows:
+            return []
+        stmt = statements.insert_many_statement(self._table, run_at=shared_run_at)
+        result = self._session.execute(stmt, rows)
+        ids = [int(task_id) for task_id in result.scalars().all()]
+        if self._channel is not None:
+            self._session.execute(statements.notify_statement(self._channel))
+        return ids
+
+    @_database_boundary
+    def enqueue_if_not_exists(
+        self,
+        task_type: str,
+        payload: Any,
+        *,
+        dedupe_key: str | None = None,
+        max_retries: int = 3,
+        priority: int = 0,
+        run_at: datetime | timedelta | None = None,
+        timeout_seconds: int | None = None,
+        **columns: Any,
+    ) -> tuple[int, bool]:
+        """Add a task unless an equivalent one is pending or in progress.
+
+        Returns ``(task_id, True)`` for a new task, ``(existing_id, False)`` when an
+        active task of the same type holds the same dedupe key.  The key defaults to a
+        hash of the type and the canonical JSON of the payload.  Race-free: a unique
+        partial index and ``INSERT ... ON CONFLICT DO NOTHING`` arbitrate concurrent
+        callers, so exactly one of them creates the task.
+
+        Example::
+
+            task_id, created = repo.enqueue_if_not_exists("bulk_import", {"file": "a.csv"})
+        """
+        values = self._row_values(
+            task_type,
+            payload,
+            max_retries=max_retries,
+            priority=priority,
+            run_at=run_at,
+            timeout_seconds=timeout_seconds,
+            columns=columns,
+        )
+        if dedupe_key is None:
+            digest = hashlib.sha256(canonical_json([str(task_type), payload]).encode())
+            dedupe_key = digest.hexdigest()
+        elif not isinstance(dedupe_key, str) or not dedupe_key:
+            raise ValueError(f"dedupe_key must be a non-empty string, got {dedupe_key!r}")
+        values["dedupe_key"] = dedupe_key
+        insert = statements.insert_if_absent_statement(self._table, values, channel=self._channel)
+        lookup = statements.active_dedupe_lookup_statement(self._table, values["type"], dedupe_key)
+        # Between a conflict and the lookup the holder may finish; then insert again.
+        for _ in range(5):
+            created = self._session.execute(insert).first()
+            if created is not None:
+                return int(created[0]), True
+            existing = self._session.execute(lookup).scalar_one_or_none()
+            if existing is not None:
+                return int(existing), False
+        raise TaskQueueError(
+            f"enqueue_if_not_exists({task_type!r}) kept conflicting with a task that "
+            "finished before it could be read; is the session in REPEATABLE READ?"
+        )
+
+    # ------------------------------------------------------------------ claim
+
+    @_database_boundary
+    def dequeue(
+        self,
+        task_type: str | Sequence[str] | None = None,
+        *,
+        lease_duration: timedelta | None = None,
+    ) -> TaskT | None:
+        """Claim the next due task (lowest priority value, then oldest), or ``None``.
+
+        The task is marked ``in_progress`` with a lease; commit the session right away so
+        the claim is short.  ``task_type`` is one type, several types, or ``None`` for any.
+        The returned object is detached from the session with every column loaded, so it
+        stays readable after the commit and after the session closes (even with
+        ``expire_on_commit=True``).  Pass its ``lease_token`` to :meth:`complete_task`,
+        :meth:`fail_task` and :meth:`update_progress`.
+
+        Example::
+
+            task = repo.dequeue("data_export")
+        """
+        claimed = self.dequeue_many(task_type, limit=1, lease_duration=lease_duration)
+        return claimed[0] if claimed else None
+
+    @_database_boundary
+    def dequeue_many(
+        self,
+        task_type: str | Sequence[str] | None = None,
+        *,
+        limit: int,
+        lease_duration: timedelta | None = None,
+    ) -> list[TaskT]:
+        """Claim up to ``limit`` due tasks in one statement, in claim order.
+
+        Example::
+
+            batch = repo.dequeue_many(["export", "import"], limit=10)
+        """
+        task_types = _task_types(task_type)
+        _require_int("limit", limit, minimum=1)
+        lease = (
+            self._lease
+            if lease_duration is None
+            else _positive_duration("lease_duration", lease_duration)
+        )
+        stmt = statements.claim_statement(
+            self._table,
+            task_types=task_types,
+            limit=limit,
+            lease=lease,
+            owner=self._owner,
+            token=uuid.uuid4(),
+        )
+        orm_stmt = (
+            select(self._model).from_statement(stmt).execution_options(populate_existing=True)
+        )
+        claimed = list(self._session.execute(orm_stmt).scalars().all())
+        claimed.sort(key=lambda task: (task.priority, task.run_at, task.id))
+        for task in claimed:
+            self._session.expunge(task)
+        return claimed
+
+    # ------------------------------------------------------------------ progress and outcome
+
+    @_database_boundary
+    def update_progress(
+        self, task_id: int, progress: int, *, lease_token: uuid.UUID | None = None
+    ) -> None:
+        """Set a pending or in-progress task's progress (0..100).
+
+        Only ``progress`` changes, so the update is a cheap HOT update.  With
+        ``lease_token`` it applies only while that lease is current.
+
+        Example::
+
+            repo.update_progress(task.id, 40, lease_token=task.lease_token)
+        """
+        _require_task_id(task_id)
+        _require_int("progress", progress, minimum=0, maximum=100)
+        _require_token(lease_token)
+        stmt = statements.progress_statement(
+            self._table, task_id, progress, lease_token=lease_token
+        )
+        allowed = (TaskStatus.IN_PROGRESS,) if lease_token else ACTIVE_STATUSES
+        self._guarded(stmt, task_id, "update progress of", allowed, lease_token)
+
+    @_database_boundary
+    def complete_task(
+        self, task_id: int, *, result: Any = None, lease_token: uuid.UUID | None = None
+    ) -> None:
+        """Mark an in-progress task completed: progress 100, ``completed_at``, ``result``.
+
+        :raises InvalidTransitionError: the task is not in progress.
+        :raises LeaseLostError: ``lease_token`` is no longer the task's lease.
+
+        Example::
+
+            repo.complete_task(task.id, result={"rows": 10}, lease_token=task.lease_token)
+        """
+        _require_task_id(task_id)
+        _require_token(lease_token)
+        _require_json("result", result, allow_none=True)
+        stmt = statements.complete_statement(
+            self._table, task_id, result=result, lease_token=lease_token
+        )
+        self._guarded(stmt, task_id, "complete", (TaskStatus.IN_PROGRESS,), lease_token)
+
+    @_database_boundary
+    def fail_task(
+        self,
+        task_id: int,
+        error_message: str,
+        *,
+        lease_token: uuid.UUID | None = None,
+        retry: bool = True,
+    ) -> TaskStatus:
+        """Record a failed attempt and return the task's new status.
+
+        In one atomic ``UPDATE`` (the seed's rule): while ``retry_count < max_retries``
+        the task goes back to ``pending`` with ``retry_count + 1`` and ``run_at`` pushed
+        out by the backoff policy (2 s, 4 s, 8 s ... by default); otherwise it becomes
+        ``failed``.  ``retry=False`` fails it permanently at once.
+
+        Example::
+
+            repo.fail_task(task.id, "ValueError: bad row", lease_token=task.lease_token)  # <TaskStatus.PENDING: 'pending'>
+        """
+        _require_task_id(task_id)
+        _require_token(lease_token)
+        if not isinstance(error_message, str):
+            raise TypeError(f"error_message must be a string, got {error_message!r}")
+        if not isinstance(retry, bool):
+            raise TypeError(f"retry must be a bool, got {retry!r}")
+        stmt = statements.fail_statement(
+            self._table,
+            task_id,
+            error_message,
+            lease_token=lease_token,
+            backoff=self._backoff,
+            retry=retry,
+        )
+        row = self._guarded(stmt, task_id, "fail", (TaskStatus.IN_PROGRESS,), lease_token)
+        return TaskStatus(row[0])
+
+    @_database_boundary
+    def cancel_task(self, task_id: int) -> bool:
+        """Cancel a pending task; ``False`` when it has already started or finished.
+
+        Example::
+
+            repo.cancel_task(task_id)  # True
+        """
+        _require_task_id(task_id)
+        if self._session.execute(statements.cancel_statement(self._table, task_id)).first():
+            return True
+        self._require_exists(task_id)
+        return False
+
+    @_database_boundary
+    def retry_task(self, task_id: int) -> None:
+        """Put a failed task back in the queue: due now, ``retry_count`` reset to 0.
+
+        :raises InvalidTransitionError: the task is not ``failed``.
+
+        Example::
+
+            repo.retry_task(task_id)
+        """
+        _require_task_id(task_id)
+        stmt = statements.retry_statement(self._table, task_id=task_id, task_type=None)
+        self._guarded(stmt, task_id, "retry", (TaskStatus.FAILED,), None)
+
+    @_database_boundary
+    def retry_failed_tasks(self, task_type: str | None = None) -> int:
+        """Put every failed task (of ``task_type``) back in the queue; returns how many.
+
+        Example::
+
+            repo.retry_failed_tasks("webhook")  # 3
+        """
+        if task_type is not None:
+            _require_task_type(task_type)
+        stmt = statements.retry_statement(self._table, task_id=None, task_type=task_type)
+        return len(self._session.execute(stmt).all())
+
+    # ------------------------------------------------------------------ leases
+
+    @_database_boundary
+    def renew_leases(
+        self,
+        leases: Iterable[tuple[int, uuid.UUID]],
+        *,
+        lease_duration: timedelta | None = None,
+    ) -> set[int]:
+        """Heartbeat: extend the given ``(task_id, lease_token)`` leases in one statement.
+
+        Returns the ids whose lease is still held; a missing id has been lost.
+
+        Example::
+
+            repo.renew_leases([(task.id, task.lease_token)])  # {42}
+        """
+        pairs = _lease_pairs(leases)
+        if not pairs:
+            return set()
+        lease = (
+            self._lease
+            if lease_duration is None
+            else _positive_duration("lease_duration", lease_duration)
+        )
+        stmt = statements.renew_leases_statement(self._table, pairs, lease)
+        return {int(task_id) for task_id in self._session.execute(stmt).scalars()}
+
+    @_database_boundary
+    def release_tasks(self, leases: Iterable[tuple[int, uuid.UUID]]) -> set[int]:
+        """Hand tasks back to ``pending`` without consuming a retry (graceful shutdown).
+
+        Returns the ids that were released (those whose lease was still held).
+
+        Example::
+
+            repo.release_tasks([(task.id, task.lease_token)])  # {42}
+        """
+        pairs = _lease_pairs(leases)
+        if not pairs:
+            return set()
+        stmt = statements.release_statement(self._table, pairs)
+        return {int(task_id) for task_id in self._session.execute(stmt).scalars()}
+
+    @_database_boundary
+    def rescue_expired_leases(self, *, limit: int = 1000) -> dict[int, TaskStatus]:
+        """Return tasks whose lease expired to the queue (or fail them when out of retries).
+
+        A rescue consumes a retry like a failed attempt.  Returns ``{task_id: new_status}``.
+
+        Example::
+
+            repo.rescue_expired_leases()  # {17: <TaskStatus.PENDING: 'pending'>}
+        """
+        _require_int("limit", limit, minimum=1)
+        stmt = statements.rescue_statement(self._table, limit=limit, backoff=self._backoff)
+        return {int(row[0]): TaskStatus(row[1]) for row in self._session.execute(stmt)}
+
+    # ------------------------------------------------------------------ reads
+
+    @_database_boundary
+    def get_task(self, task_id: int) -> TaskT | None:
+        """The task with this id, freshly read, or ``None``.
+
+        Example::
+
+            repo.get_task(42).status  # <TaskStatus.COMPLETED: 'completed'>
+        """
+        _require_task_id(task_id)
+        return self._session.get(self._model, task_id, populate_existing=True)
+
+    @_database_boundary
+    def get_task_progress(
+        self, task_type: str, project_id: Any = None, **payload_match: Any
+    ) -> int | None:
+        """Progress of the newest pending or in-progress task of ``task_type`` whose
+        payload has the given keys and values (``project_id`` is one such key); ``None``
+        when there is no such task.  Keys are always payload keys, even when the model
+        has a column of the same name.
+
+        Example::
+
+            repo.get_task_progress("data_export", project_id="p-1")  # 45
+        """
+        _require_task_type(task_type)
+        match = dict(payload_match)
+        if project_id is not None:
+            match["project_id"] = project_id
+        _require_json("payload match", match, allow_none=False)
+        stmt = statements.progress_lookup_statement(self._table, str(task_type), match)
+        progress = self._session.execute(stmt).scalar_one_or_none()
+        return None if progress is None else int(progress)
+
+    # ------------------------------------------------------------------ cleanup
+
+    @_database_boundary
+    def cleanup_old_tasks(self, older_than: timedelta, *, batch_size: int = 1000) -> int:
+        """Delete finished (completed, failed, cancelled) tasks that finished more than
+        ``older_than`` ago, ``batch_size`` rows per statement; returns how many.
+
+        Active tasks are never deleted, however old.
+
+        Example::
+
+            repo.cleanup_old_tasks(timedelta(days=7))  # 1204
+        """
+        if not isinstance(older_than, timedelta):
+            raise TypeError(f"older_than must be a timedelta, got {older_than!r}")
+        if older_than < timedelta(0):
+            raise ValueError(f"older_than must not be negative, got {older_than!r}")
+        _require_int("batch_size", batch_size, minimum=1)
+        stmt = statements.purge_statement(self._table, older_than=older_than, batch_size=batch_size)
+        total = 0
+        while True:
+            deleted = int(self._session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+            total += deleted
+            if deleted < batch_size:
+                return total
+
+    # ------------------------------------------------------------------ internals
+
+    def _row_values(
+        self,
+        task_type: str,
+        payload: Any,
+        *,
+        max_retries: int,
+        priority: int,
+        run_at: datetime | timedelta | None,
+        timeout_seconds: int | None,
+        columns: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        _require_task_type(task_type)
+        _require_json("payload", payload, allow_none=False)
+        _require_int("max_retries", max_retries, minimum=0, maximum=_INT4_MAX)
+        _require_int("priority", priority, minimum=_INT4_MIN, maximum=_INT4_MAX)
+        values: dict[str, Any] = {
+            "type": str(task_type),
+            "payload": payload,
+            "max_retries": max_retries,
+            "priority": priority,
+        }
+        if run_at is not None:
+            values["run_at"] = _resolve_run_at(run_at)
+        if timeout_seconds is not None:
+            _require_int("timeout_seconds", timeout_seconds, minimum=1, maximum=_INT4_MAX)
+            values["timeout_seconds"] = timeout_seconds
+        for name, value in columns.items():
+            if name in _MANAGED_COLUMNS:
+                raise TypeError(f"enqueue() cannot set the queue-managed column {name!r}")
+            if name not in self._table.c:
+                raise TypeError(
+                    f"{self._model.__name__} has no column {name!r} "
+                    f"(columns: {', '.join(sorted(self._table.c.keys()))})"
+                )
+            values[name] = value
+        return values
+
+    def _guarded(
+        self,
+        stmt: Any,
+        task_id: int,
+        action: str,
+        allowed: tuple[TaskStatus, ...],
+        lease_token: uuid.UUID | None,
+    ) -> Any:
+        """Run a state-guarded update; when it matched nothing, raise the reason."""
+        row = self._session.execute(stmt).first()
+        if row is None:
+            self._explain_miss(task_id, action, allowed, lease_token)
+        return row
+
+    def _explain_miss(
+        self,
+        task_id: int,
+        action: str,
+        allowed: tuple[TaskStatus, ...],
+        lease_token: uuid.UUID | None,
+    ) -> NoReturn:
+        found = self._session.execute(statements.diagnose_statement(self._table, task_id)).first()
+        if found is None:
+            raise TaskNotFoundError(task_id)
+        status, current_token = found
+        if lease_token is not None and current_token != lease_token:
+            raise LeaseLostError(task_id, action=action)
+        raise InvalidTransitionError(
+            task_id, action=action, status=str(status), allowed=tuple(map(str, allowed))
+        )
+
+    def _require_exists(self, task_id: int) -> None:
+        found = self._session.execute(statements.diagnose_statement(self._table, task_id)).first()
+        if found is None:
+            raise TaskNotFoundError(task_id)
+
+
+# ---------------------------------------------------------------------- validation
+
+
+class BoolArgumentError(TypeError, ValueError):
+    """A bool was given where a number is expected (``True`` is not progress 1)."""
+
+
+def _require_int(
+    name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
+) -> None:
+    if isinstance(value, bool):
+        raise BoolArgumentError(f"{name} must be an integer, not a bool ({value!r})")
+    if not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+
+
+def _require_task_id(task_id: Any) -> None:
+    _require_int("task_id", task_id, minimum=1)
+
+
+def _require_task_type(task_type: Any) -> None:
+    if not isinstance(task_type, str):
+        raise TypeError(f"task_type must be a string, got {task_type!r}")
+    if not task_type.strip():
+        raise ValueError("task_type must not be empty")
+
+
+def _task_types(task_type: str | Sequence[str] | None) -> list[str] | None:
+    if task_type is None:
+        return None
+    if isinstance(task_type, str):
+        _require_task_type(task_type)
+        return [str(task_type)]
+    types = list(task_type)
+    if not types:
+        raise ValueError("task_type must name at least one type (or be None for any)")
+    for item in types:
+        _require_task_type(item)
+    return [str(item) for item in types]
+
+
+def _require_json(name: str, value: Any, *, allow_none: bool) -> None:
+    if value is None:
+        if allow_none:
+            return
+        raise TypeError(f"{name} must be a JSON value, not None (use {{}} for no arguments)")
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} is not JSON-serialisable: {exc}") from None
+    if "\\u0000" in text:
+        raise ValueError(f"{name} contains a NUL character, which PostgreSQL cannot store")
+
+
+def _require_token(lease_token: Any) -> None:
+    if lease_token is not None and not isinstance(lease_token, uuid.UUID):
+        raise TypeError(f"lease_token must be a uuid.UUID, got {lease_token!r}")
+
+
+def _lease_pairs(leases: Iterable[tuple[int, uuid.UUID]]) -> list[tuple[int, uuid.UUID]]:
+    pairs = list(leases)
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise TypeError(f"leases must be (task_id, lease_token) pairs, got {pair!r}")
+        _require_task_id(pair[0])
+        if not isinstance(pair[1], uuid.UUID):
+            raise TypeError(f"lease_token must be a uuid.UUID, got {pair[1]!r}")
+    return pairs
+
+
+def _positive_duration(name: str, value: Any) -> timedelta:
+    if isinstance(value, bool) or not isinstance(value, timedelta):
+        raise TypeError(f"{name} must be a timedelta, got {value!r}")
+    if value <= timedelta(0):
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return value
+
+
+def _resolve_run_at(run_at: datetime | timedelta) -> datetime | Any:
+    if isinstance(run_at, timedelta):
+        if run_at < timedelta(0):
+            raise ValueError(f"run_at as a delay must not be negative, got {run_at!r}")
+        return statements.after(run_at)
+    if not isinstance(run_at, datetime):
+        raise TypeError(f"run_at must be an aware datetime or a timedelta, got {run_at!r}")
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise ValueError(
+            f"run_at must be timezone-aware (e.g. datetime.now(timezone.utc)), got {run_at!r}"
+        )
+    return run_at

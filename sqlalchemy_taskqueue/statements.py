@@ -1,0 +1,526 @@
+"""Every SQL statement the queue runs, built with SQLAlchemy Core.
+
+This module is the only place that knows about SQL dialects: the JSON column type, the
+partial-index predicates, ``FOR UPDATE SKIP LOCKED``, ``INSERT ... ON CONFLICT``,
+interval arithmetic, JSON containment and ``pg_notify``.  Each builder takes the queue's
+:class:`~sqlalchemy.schema.Table` and plain values and returns an executable statement; it
+runs nothing.  A new backend (SQLite, MySQL 8 / MariaDB 10.6+) is added here and nowhere
+else.
+
+All times come from the database clock (``now()``), so workers on machines with skewed
+clocks agree on leases and ``run_at``.
+
+The statements can be compiled without a database, which is how their shape is tested::
+
+    stmt = claim_statement(Task.__table__, task_types=None, limit=1,
+                           lease=timedelta(seconds=60), owner="w1", token=uuid.uuid4())
+    sql = str(stmt.compile(dialect=postgresql.psycopg2.dialect()))
+    assert "FOR UPDATE SKIP LOCKED" in sql
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Delete,
+    Index,
+    Insert,
+    Select,
+    Table,
+    Update,
+    and_,
+    case,
+    cast,
+    delete,
+    false,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    text,
+    true,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
+
+from .backoff import MAX_EXPONENT, BackoffPolicy
+from .exceptions import UnsupportedDialectError
+from .status import ACTIVE_STATUSES, FINISHED_STATUSES, TaskStatus
+
+__all__ = [
+    "ACTIVE_DEDUPE_PREDICATE",
+    "CLAIMABLE_PREDICATE",
+    "FINISHED_PREDICATE",
+    "LEASED_PREDICATE",
+    "SUPPORTED_DIALECTS",
+    "JSONDocument",
+    "active_dedupe_lookup_statement",
+    "after",
+    "cancel_statement",
+    "claim_statement",
+    "complete_statement",
+    "diagnose_statement",
+    "fail_statement",
+    "insert_if_absent_statement",
+    "insert_many_statement",
+    "insert_statement",
+    "notify_channel",
+    "notify_statement",
+    "partial_index",
+    "payload_contains",
+    "progress_lookup_statement",
+    "progress_statement",
+    "purge_statement",
+    "release_statement",
+    "renew_leases_statement",
+    "require_supported_dialect",
+    "rescue_statement",
+    "retry_statement",
+]
+
+SUPPORTED_DIALECTS = frozenset({"postgresql"})
+
+
+def require_supported_dialect(dialect: Dialect) -> None:
+    """Raise :class:`UnsupportedDialectError` unless the queue can run on ``dialect``."""
+    if dialect.name not in SUPPORTED_DIALECTS:
+        raise UnsupportedDialectError(
+            f"sqlalchemy-taskqueue does not support the {dialect.name!r} dialect yet; "
+            f"supported: {', '.join(sorted(SUPPORTED_DIALECTS))}."
+        )
+
+
+# --------------------------------------------------------------------------- schema
+
+#: JSONB on PostgreSQL (indexable, compact), JSON elsewhere.  Python ``None`` is stored as
+#: SQL NULL, so an absent ``result`` is NULL rather than the JSON literal ``null``.
+JSONDocument: TypeEngine[Any] = JSON(none_as_null=True).with_variant(
+    postgresql.JSONB(none_as_null=True), "postgresql"
+)
+
+
+def _quoted_list(values: Sequence[str]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+#: Rows a worker may claim (``run_at`` is checked by the query, not the index predicate).
+CLAIMABLE_PREDICATE = f"status = '{TaskStatus.PENDING}'"
+#: Rows whose dedupe key must be unique per type.
+ACTIVE_DEDUPE_PREDICATE = f"dedupe_key IS NOT NULL AND status IN ({_quoted_list(ACTIVE_STATUSES)})"
+#: Rows holding a lease, looked up by expiry for rescue.
+LEASED_PREDICATE = f"status = '{TaskStatus.IN_PROGRESS}'"
+#: Rows that cleanup may delete, looked up by age.
+FINISHED_PREDICATE = f"status IN ({_quoted_list(FINISHED_STATUSES)})"
+
+
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index restricted to the rows matching ``where`` (PostgreSQL and SQLite)."""
+    return Index(
+        name,
+        *columns,
+        unique=unique,
+        postgresql_where=text(where),
+        sqlite_where=text(where),
+    )
+
+
+# --------------------------------------------------------------------------- time
+
+
+def _now() -> ColumnElement[Any]:
+    return func.now()
+
+
+def _after(seconds: ColumnElement[Any] | float) -> ColumnElement[Any]:
+    """``now()`` plus a number of seconds given as a SQL expression."""
+    return _now() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+def after(delta: timedelta) -> ColumnElement[Any]:
+    """``now()`` (database clock) plus ``delta``."""
+    return _after(delta.total_seconds())
+
+
+# --------------------------------------------------------------------------- enqueue
+
+
+def notify_channel(table: Table) -> str:
+    """The LISTEN/NOTIFY channel on which enqueues into ``table`` are announced."""
+    return f"taskqueue_{table.fullname}"
+
+
+def insert_statement(
+    table: Table, values: Mapping[str, Any], *, channel: str | None
+) -> Insert | Select[Any]:
+    """Insert one task and return its id; with ``channel``, also announce it.
+
+    The notification is sent from the same statement (one round trip) and PostgreSQL
+    delivers it only when the enqueuing transaction commits.
+    """
+    inserted = insert(table).values(**values).returning(table.c.id)
+    if channel is None:
+        return inserted
+    return _announce(inserted, channel)
+
+
+def insert_many_statement(table: Table, *, run_at: Any = None) -> Insert:
+    """Insert many tasks (executed with a list of rows) returning ids in input order.
+
+    SQLAlchemy batches the rows into multi-row ``INSERT ... VALUES`` statements and sorts
+    the returned ids by parameter order.  ``run_at`` (a value or SQL expression) is
+    shared by every row.
+    """
+    stmt = insert(table)
+    if run_at is not None:
+        stmt = stmt.values(run_at=run_at)
+    return stmt.returning(table.c.id, sort_by_parameter_order=True)
+
+
+def insert_if_absent_statement(
+    table: Table, values: Mapping[str, Any], *, channel: str | None
+) -> Insert | Select[Any]:
+    """Insert one task unless an active task with the same type and dedupe key exists.
+
+    Returns the new id, or no row when the unique partial index reported a conflict.  The
+    index arbitrates concurrent callers, so two transactions can never both insert.
+    """
+    inserted = (
+        postgresql.insert(table)
+        .values(**values)
+        .on_conflict_do_nothing(
+            index_elements=[table.c.type, table.c.dedupe_key],
+            index_where=text(ACTIVE_DEDUPE_PREDICATE),
+        )
+        .returning(table.c.id)
+    )
+    if channel is None:
+        return inserted
+    return _announce(inserted, channel)
+
+
+def _announce(inserted: Insert, channel: str) -> Select[Any]:
+    rows = inserted.cte("inserted")
+    return select(rows.c.id, func.pg_notify(channel, "")).select_from(rows)
+
+
+def notify_statement(channel: str) -> Select[Any]:
+    """Announce new work on ``channel`` (delivered when the transaction commits)."""
+    return select(func.pg_notify(channel, ""))
+
+
+def active_dedupe_lookup_statement(table: Table, task_type: str, dedupe_key: str) -> Select[Any]:
+    """The id of the active task holding ``dedupe_key`` for ``task_type``, if any."""
+    c = table.c
+    return select(c.id).where(
+        c.type == task_type,
+        c.dedupe_key == dedupe_key,
+        c.status.in_(ACTIVE_STATUSES),
+    )
+
+
+# --------------------------------------------------------------------------- claim
+
+
+def _type_filter(table: Table, task_types: Sequence[str] | None) -> ColumnElement[bool]:
+    if not task_types:
+        return true()
+    if len(task_types) == 1:
+        return table.c.type == task_types[0]
+    return table.c.type.in_(list(task_types))
+
+
+def claim_statement(
+    table: Table,
+    *,
+    task_types: Sequence[str] | None,
+    limit: int,
+    lease: timedelta,
+    owner: str,
+    token: uuid.UUID,
+) -> Update:
+    """Claim up to ``limit`` due tasks in one statement and return the claimed rows.
+
+    1. ``claimable`` picks the due pending rows, lowest ``priority`` first, then oldest
+       ``run_at``, then ``id``; it walks the partial claimable index in that order.
+    2. ``FOR UPDATE SKIP LOCKED`` passes over rows another worker is claiming right now,
+       so concurrent workers never wait for or double-claim one another.
+    3. The ``UPDATE`` marks the picked rows ``in_progress`` and stamps the lease: owner,
+       a token unique to this claim (used to fence later writes) and an expiry.
+    """
+    c = table.c
+    claimable = (
+        select(c.id)
+        .where(
+            c.status == TaskStatus.PENDING,
+            c.run_at <= _now(),
+            _type_filter(table, task_types),
+        )
+        .order_by(c.priority, c.run_at, c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("claimable")
+    )
+    return (
+        update(table)
+        .where(c.id == claimable.c.id)
+        .values(
+            status=TaskStatus.IN_PROGRESS,
+            started_at=_now(),
+            completed_at=None,
+            lease_owner=owner,
+            lease_token=token,
+            lease_expires_at=after(lease),
+        )
+        .returning(*c)
+    )
+
+
+# --------------------------------------------------------------------------- finish
+
+
+def _owned(table: Table, task_id: int, lease_token: uuid.UUID | None) -> ColumnElement[bool]:
+    """The task, while it is in progress and (when a token is given) leased by the caller."""
+    c = table.c
+    condition = and_(c.id == task_id, c.status == TaskStatus.IN_PROGRESS)
+    if lease_token is not None:
+        condition = and_(condition, c.lease_token == lease_token)
+    return condition
+
+
+_LEASE_CLEARED: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
+
+
+def complete_statement(
+    table: Table, task_id: int, *, result: Any, lease_token: uuid.UUID | None
+) -> Update:
+    """Mark an in-progress task completed (progress 100) with an optional JSON result."""
+    return (
+        update(table)
+        .where(_owned(table, task_id, lease_token))
+        .values(
+            status=TaskStatus.COMPLETED,
+            progress=100,
+            completed_at=_now(),
+            result=result,
+            **_LEASE_CLEARED,
+        )
+        .returning(table.c.id)
+    )
+
+
+def _failure_values(
+    table: Table, error_message: str, backoff: BackoffPolicy, *, retry: bool
+) -> dict[str, Any]:
+    """SET clause of the seed's atomic retry rule, with backoff computed in SQL.
+
+    While ``retry_count < max_retries`` the task returns to ``pending`` with
+    ``retry_count + 1`` and ``run_at = now() + min(cap, base * 2^(retry_count + 1) *
+    (1 + jitter * random()))``; otherwise it becomes ``failed``.  Every right-hand side
+    reads the row as it was before the update, so the decision is atomic.
+    """
+    c = table.c
+    will_retry = and_(true() if retry else false(), c.retry_count < c.max_retries)
+    exponent = func.least(c.retry_count + 1, MAX_EXPONENT)
+    delay = func.least(
+        backoff.cap_seconds,
+        backoff.base_seconds * func.power(2, exponent) * (1 + backoff.jitter * func.random()),
+    )
+    return {
+        "status": case(
+            (will_retry, literal(TaskStatus.PENDING.value)), else_=literal(TaskStatus.FAILED.value)
+        ),
+        "retry_count": c.retry_count + 1,
+        "error_message": error_message,
+        "started_at": case((will_retry, null()), else_=c.started_at),
+        "completed_at": case((will_retry, null()), else_=_now()),
+        "run_at": case((will_retry, _after(delay)), else_=c.run_at),
+        **_LEASE_CLEARED,
+    }
+
+
+def fail_statement(
+    table: Table,
+    task_id: int,
+    error_message: str,
+    *,
+    lease_token: uuid.UUID | None,
+    backoff: BackoffPolicy,
+    retry: bool = True,
+) -> Update:
+    """Record a failed attempt: back to ``pending`` with backoff, or ``failed``."""
+    return (
+        update(table)
+        .where(_owned(table, task_id, lease_token))
+        .values(**_failure_values(table, error_message, backoff, retry=retry))
+        .returning(table.c.status)
+    )
+
+
+def progress_statement(
+    table: Table, task_id: int, progress: int, *, lease_token: uuid.UUID | None
+) -> Update:
+    """Set the progress of an unfinished task (only ``progress``, so the update is HOT)."""
+    c = table.c
+    if lease_token is None:
+        condition = and_(c.id == task_id, c.status.in_(ACTIVE_STATUSES))
+    else:
+        condition = _owned(table, task_id, lease_token)
+    return update(table).where(condition).values(progress=progress).returning(c.id)
+
+
+def diagnose_statement(table: Table, task_id: int) -> Select[Any]:
+    """The status and lease token of one task, to explain why a guarded update missed."""
+    return select(table.c.status, table.c.lease_token).where(table.c.id == task_id)
+
+
+def cancel_statement(table: Table, task_id: int) -> Update:
+    """Cancel a task that has not started yet."""
+    c = table.c
+    return (
+        update(table)
+        .where(c.id == task_id, c.status == TaskStatus.PENDING)
+        .values(status=TaskStatus.CANCELLED, completed_at=_now())
+        .returning(c.id)
+    )
+
+
+def retry_statement(table: Table, *, task_id: int | None, task_type: str | None) -> Update:
+    """Put failed tasks back in the queue, due now, with a fresh retry budget.
+
+    With ``task_id`` only that task; otherwise every failed task (of ``task_type``).
+    """
+    c = table.c
+    condition = c.status == TaskStatus.FAILED
+    if task_id is not None:
+        condition = and_(condition, c.id == task_id)
+    if task_type is not None:
+        condition = and_(condition, c.type == task_type)
+    return (
+        update(table)
+        .where(condition)
+        .values(
+            status=TaskStatus.PENDING,
+            retry_count=0,
+            progress=0,
+            run_at=_now(),
+            started_at=None,
+            completed_at=None,
+            **_LEASE_CLEARED,
+        )
+        .returning(c.id)
+    )
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def renew_leases_statement(
+    table: Table, leases: Sequence[tuple[int, uuid.UUID]], lease: timedelta
+) -> Update:
+    """Heartbeat: extend every listed lease that is still current; return their ids.
+
+    One statement renews the leases of all tasks a worker is running.  An id missing from
+    the result has lost its lease (rescued, or changed by an operator).
+    """
+    c = table.c
+    return (
+        update(table)
+        .where(
+            c.status == TaskStatus.IN_PROGRESS,
+            tuple_(c.id, c.lease_token).in_([tuple(pair) for pair in leases]),
+        )
+        .values(lease_expires_at=after(lease))
+        .returning(c.id)
+    )
+
+
+def release_statement(table: Table, leases: Sequence[tuple[int, uuid.UUID]]) -> Update:
+    """Hand unfinished tasks back to ``pending`` without consuming a retry (shutdown)."""
+    c = table.c
+    return (
+        update(table)
+        .where(
+            c.status == TaskStatus.IN_PROGRESS,
+            tuple_(c.id, c.lease_token).in_([tuple(pair) for pair in leases]),
+        )
+        .values(
+            status=TaskStatus.PENDING,
+            progress=0,
+            run_at=_now(),
+            started_at=None,
+            lease_owner=None,
+            **_LEASE_CLEARED,
+        )
+        .returning(c.id)
+    )
+
+
+def rescue_statement(table: Table, *, limit: int, backoff: BackoffPolicy) -> Update:
+    """Return tasks whose lease expired to the queue, consuming a retry.
+
+    A worker that dies (``kill -9``, lost machine, lost connection) stops renewing its
+    leases; once a lease has expired, any worker rescues the task with the same rule as a
+    failed attempt.  ``SKIP LOCKED`` lets several workers rescue concurrently.
+    """
+    c = table.c
+    expired = (
+        select(c.id)
+        .where(c.status == TaskStatus.IN_PROGRESS, c.lease_expires_at < _now())
+        .order_by(c.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("expired")
+    )
+    message = "lease expired: the worker running this task stopped renewing its lease"
+    return (
+        update(table)
+        .where(c.id == expired.c.id)
+        .values(**_failure_values(table, message, backoff, retry=True))
+        .returning(c.id, c.status)
+    )
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def payload_contains(table: Table, match: Mapping[str, Any]) -> ColumnElement[bool]:
+    """``payload @> match``: the payload has every key of ``match`` with that value."""
+    return table.c.payload.op("@>")(cast(literal(json.dumps(match)), postgresql.JSONB))
+
+
+def progress_lookup_statement(
+    table: Table, task_type: str, match: Mapping[str, Any]
+) -> Select[Any]:
+    """Progress of the newest unfinished task of a type whose payload matches."""
+    c = table.c
+    condition = and_(c.type == task_type, c.status.in_(ACTIVE_STATUSES))
+    if match:
+        condition = and_(condition, payload_contains(table, match))
+    return select(c.progress).where(condition).order_by(c.created_at.desc(), c.id.desc()).limit(1)
+
+
+# --------------------------------------------------------------------------- cleanup
+
+
+def purge_statement(table: Table, *, older_than: timedelta, batch_size: int) -> Delete:
+    """Delete one bounded batch of finished tasks that finished before ``now() - older_than``."""
+    c = table.c
+    batch = (
+        select(c.id)
+        .where(c.status.in_(FINISHED_STATUSES), c.completed_at < _now() - older_than)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return delete(table).where(c.id.in_(batch))

@@ -1,0 +1,111 @@
+"""Shared fixtures: one throw-away PostgreSQL database per test run.
+
+The server comes from ``TASKQUEUE_TEST_DATABASE_URL`` / ``TASKQUEUE_DATABASE_URL``, then
+PostgreSQL on 127.0.0.1:5432, then an embedded server (``.taskqueue-pg/``).  A fresh
+database is created for the run and dropped at the end, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from sqlalchemy_taskqueue import TaskMixin, TaskRepository
+from sqlalchemy_taskqueue.embedded import (
+    DATABASE_URL_ENV,
+    TEST_DATABASE_URL_ENV,
+    resolve_database_url,
+)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    return resolve_database_url(TEST_DATABASE_URL_ENV, DATABASE_URL_ENV)
+
+
+@contextmanager
+def throwaway_database(server_url: str) -> Iterator[str]:
+    """Create an empty database on the server; drop it (and its connections) afterwards."""
+    name = f"taskqueue_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A database created for this test run, dropped afterwards."""
+    with throwaway_database(server_url) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(server_url: str) -> Iterator[str]:
+    """A database of the test's own (for migrations and schema comparisons)."""
+    with throwaway_database(server_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url, pool_size=20, max_overflow=20)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine)
+
+
+def declare_task_model(table_name: str, **columns: Any) -> type[Any]:
+    """A fresh declarative base and task model (one per test module)."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    namespace: dict[str, Any] = {"__tablename__": table_name, **columns}
+    return type(f"Task_{table_name}", (TaskMixin, Base), namespace)
+
+
+@pytest.fixture(scope="module")
+def task_model(request: pytest.FixtureRequest, engine: Engine) -> Iterator[type[Any]]:
+    """A task table private to the test module, dropped when the module is done."""
+    table_name = f"tasks_{request.module.__name__.rsplit('.', 1)[-1]}"
+    model = declare_task_model(table_name)
+    model.metadata.create_all(engine)
+    yield model
+    model.metadata.drop_all(engine)
+
+
+@pytest.fixture
+def clean_table(task_model: type[Any], engine: Engine) -> type[Any]:
+    """The module's task model, with its table emptied before the test."""
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {task_model.__tablename__} RESTART IDENTITY"))
+    return task_model
+
+
+@pytest.fixture
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    with session_factory() as session:
+        yield session
+
+
+@pytest.fixture
+def repo(session: Session, clean_table: type[Any]) -> TaskRepository[Any]:
+    return TaskRepository(session, clean_table)

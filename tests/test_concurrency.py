@@ -1,0 +1,92 @@
+"""Concurrent claims and enqueues with real threads, each on its own connection."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqlalchemy_taskqueue import TaskRepository, TaskStatus
+
+
+def run_threads(count: int, target: Any) -> list[BaseException]:
+    """Run ``target(index)`` on ``count`` threads released together; return their errors."""
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def body(index: int) -> None:
+        try:
+            barrier.wait()
+            target(index)
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    return errors
+
+
+def test_eight_threads_drain_2000_tasks_each_claimed_exactly_once(
+    session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    with session_factory() as session:
+        TaskRepository(session, clean_table).enqueue_many("work", [{"n": n} for n in range(2000)])
+        session.commit()
+
+    claimed: list[list[int]] = [[] for _ in range(8)]
+
+    def drain(index: int) -> None:
+        with session_factory() as session:
+            repo = TaskRepository(session, clean_table, owner=f"thread-{index}")
+            while True:
+                batch = repo.dequeue_many("work", limit=1 + index % 3)
+                session.commit()
+                if not batch:
+                    return
+                for task in batch:
+                    claimed[index].append(task.id)
+                    repo.complete_task(task.id, lease_token=task.lease_token)
+                session.commit()
+
+    assert run_threads(8, drain) == []
+    counts = Counter(task_id for ids in claimed for task_id in ids)
+    assert len(counts) == 2000
+    assert set(counts.values()) == {1}
+    assert sum(1 for ids in claimed if ids) > 1  # the work was really shared
+    with session_factory() as session:
+        statuses = dict(
+            session.execute(
+                select(clean_table.status, func.count()).group_by(clean_table.status)
+            ).all()
+        )
+    assert statuses == {TaskStatus.COMPLETED: 2000}
+
+
+def test_sixteen_threads_racing_enqueue_if_not_exists_create_one_task(
+    session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    results: list[tuple[int, bool]] = []
+    lock = threading.Lock()
+
+    def race(index: int) -> None:
+        with session_factory() as session:
+            outcome = TaskRepository(session, clean_table).enqueue_if_not_exists(
+                "bulk_import", {"project_id": 1, "file": "items.csv"}
+            )
+            session.commit()
+        with lock:
+            results.append(outcome)
+
+    assert run_threads(16, race) == []
+    assert len(results) == 16
+    assert len({task_id for task_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(clean_table)) == 1

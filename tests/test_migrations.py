@@ -1,0 +1,169 @@
+"""The Alembic environment and the frozen migration helpers, against PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    MappedAsDataclass,
+    declared_attr,
+    mapped_column,
+)
+
+from alembic import command
+from sqlalchemy_taskqueue import TaskDataclassMixin, TaskMixin, merge_table_args
+from sqlalchemy_taskqueue.migrations import create_task_table_v1, drop_task_table_v1
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic_config(url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def schema_diff(engine: sa.Engine, metadata: sa.MetaData) -> list[Any]:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+
+@pytest.fixture
+def empty_engine(empty_database_url: str) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(empty_database_url, poolclass=sa.pool.NullPool)
+    yield engine
+    engine.dispose()
+
+
+class DefaultBase(DeclarativeBase):
+    pass
+
+
+class DefaultTask(TaskMixin, DefaultBase):
+    __tablename__ = "tasks"
+
+
+def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
+    empty_database_url: str, empty_engine: sa.Engine
+) -> None:
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "head")
+    inspector = sa.inspect(empty_engine)
+    assert "tasks" in inspector.get_table_names()
+    indexes = {index["name"]: index for index in inspector.get_indexes("tasks")}
+    assert set(indexes) == {
+        "ix_tasks_claimable",
+        "uq_tasks_active_dedupe",
+        "ix_tasks_lease_expiry",
+        "ix_tasks_finished",
+    }
+    assert indexes["uq_tasks_active_dedupe"]["unique"]
+    assert "status" in str(indexes["ix_tasks_claimable"]["dialect_options"]["postgresql_where"])
+    columns = {column["name"]: column for column in inspector.get_columns("tasks")}
+    assert str(columns["id"]["type"]) == "BIGINT"
+    assert str(columns["payload"]["type"]) == "JSONB"
+    assert columns["run_at"]["type"].timezone is True
+    checks = {check["name"] for check in inspector.get_check_constraints("tasks")}
+    assert checks == {"ck_tasks_status", "ck_tasks_progress", "ck_tasks_retries"}
+
+    assert schema_diff(empty_engine, DefaultBase.metadata) == []
+
+    command.downgrade(config, "base")
+    assert "tasks" not in sa.inspect(empty_engine).get_table_names()
+
+
+class AppBase(DeclarativeBase):
+    pass
+
+
+class Project(AppBase):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text)
+
+
+class AppTask(TaskMixin, AppBase):
+    """An app's queue table with its own columns and index."""
+
+    __tablename__ = "app_tasks"
+
+    project_id: Mapped[int | None] = mapped_column(sa.BigInteger, sa.ForeignKey("projects.id"))
+    requested_by: Mapped[str | None] = mapped_column(sa.Text)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        return merge_table_args(cls, sa.Index("ix_app_tasks_project", "project_id"))
+
+
+def test_helper_with_extra_columns_matches_an_app_subclass(empty_engine: sa.Engine) -> None:
+    with empty_engine.begin() as connection:
+        operations = Operations(MigrationContext.configure(connection))
+        with Operations.context(operations.migration_context):
+            operations.create_table(
+                "projects",
+                sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+                sa.Column("name", sa.Text, nullable=False),
+            )
+            create_task_table_v1(
+                "app_tasks",
+                sa.Column("project_id", sa.BigInteger, sa.ForeignKey("projects.id"), nullable=True),
+                sa.Column("requested_by", sa.Text, nullable=True),
+            )
+            operations.create_index("ix_app_tasks_project", "app_tasks", ["project_id"])
+    assert schema_diff(empty_engine, AppBase.metadata) == []
+
+    with empty_engine.begin() as connection:
+        operations = Operations(MigrationContext.configure(connection))
+        with Operations.context(operations.migration_context):
+            drop_task_table_v1("app_tasks")
+    assert "app_tasks" not in sa.inspect(empty_engine).get_table_names()
+
+
+class DataclassBase(MappedAsDataclass, DeclarativeBase):
+    pass
+
+
+class DataclassTask(TaskDataclassMixin, DataclassBase):
+    __tablename__ = "dc_tasks"
+
+    tenant: Mapped[str] = mapped_column(sa.Text)
+
+
+def test_helper_matches_the_dataclass_flavour(empty_engine: sa.Engine) -> None:
+    with empty_engine.begin() as connection:
+        operations = Operations(MigrationContext.configure(connection))
+        with Operations.context(operations.migration_context):
+            create_task_table_v1("dc_tasks", sa.Column("tenant", sa.Text, nullable=False))
+    assert schema_diff(empty_engine, DataclassBase.metadata) == []
+
+
+def test_a_drifted_table_is_reported(empty_engine: sa.Engine) -> None:
+    """The comparison above can fail: a table missing an index is a difference."""
+    with empty_engine.begin() as connection:
+        operations = Operations(MigrationContext.configure(connection))
+        with Operations.context(operations.migration_context):
+            create_task_table_v1("tasks")
+            operations.drop_index("ix_tasks_claimable", table_name="tasks")
+    diff = schema_diff(empty_engine, DefaultBase.metadata)
+    assert [entry[0] for entry in diff] == ["add_index"]
+
+
+def test_helpers_reject_bad_table_names() -> None:
+    with pytest.raises(ValueError, match="table_name"):
+        create_task_table_v1("")
+    with pytest.raises(ValueError, match="table_name"):
+        drop_task_table_v1(None)  # type: ignore[arg-type]

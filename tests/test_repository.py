@@ -1,0 +1,743 @@
+"""TaskRepository against real PostgreSQL: every operation and every error."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, Text, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from sqlalchemy_taskqueue import (
+    BackoffPolicy,
+    InvalidTransitionError,
+    LeaseLostError,
+    TaskMixin,
+    TaskNotFoundError,
+    TaskQueueError,
+    TaskRepository,
+    TaskStatus,
+)
+from sqlalchemy_taskqueue.testing import task_factory
+
+Repo = TaskRepository[Any]
+
+
+class ProjectBase(DeclarativeBase):
+    pass
+
+
+class ProjectTask(TaskMixin, ProjectBase):
+    """An app model with a column that shares its name with a payload key."""
+
+    __tablename__ = "tasks_with_project_column"
+
+    project_id: Mapped[str | None] = mapped_column(Text)
+
+
+@pytest.fixture
+def project_repo(session: Session, engine: Engine) -> Iterator[Repo]:
+    ProjectBase.metadata.create_all(engine)
+    try:
+        yield TaskRepository(session, ProjectTask)
+    finally:
+        session.rollback()
+        session.close()
+        ProjectBase.metadata.drop_all(engine)
+
+
+def row_count(session: Session, model: type[Any]) -> int:
+    return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def db_now(session: Session) -> datetime:
+    return session.scalar(select(func.clock_timestamp()))  # type: ignore[return-value]
+
+
+def claim(repo: Repo, task_type: str | None = None) -> Any:
+    task = repo.dequeue(task_type)
+    repo.session.commit()
+    assert task is not None
+    return task
+
+
+# ---------------------------------------------------------------- enqueue
+
+
+def test_enqueue_inserts_a_pending_task_with_defaults(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("data_export", {"project_id": "p1", "user_id": "u1"})
+    session.commit()
+    task = repo.get_task(task_id)
+    assert task is not None
+    assert task.type == "data_export"
+    assert task.payload == {"project_id": "p1", "user_id": "u1"}
+    assert task.status is TaskStatus.PENDING
+    assert (task.progress, task.priority, task.retry_count, task.max_retries) == (0, 0, 0, 3)
+    assert task.created_at.tzinfo is not None and task.run_at.tzinfo is not None
+    assert task.started_at is None and task.completed_at is None and task.result is None
+
+
+def test_enqueue_is_part_of_the_callers_transaction(repo: Repo, session: Session) -> None:
+    repo.enqueue("data_export", {})
+    session.rollback()
+    assert row_count(session, repo.model) == 0
+    repo.enqueue("data_export", {})
+    session.commit()
+    assert row_count(session, repo.model) == 1
+
+
+def test_repository_never_commits(
+    repo: Repo, session: Session, session_factory: sessionmaker[Session]
+) -> None:
+    repo.enqueue("a", {})
+    with session_factory() as other:
+        assert row_count(other, repo.model) == 0  # not visible until the caller commits
+
+
+def test_enqueue_accepts_options_and_strenum_types(repo: Repo, session: Session) -> None:
+    when = datetime.now(timezone.utc) + timedelta(hours=1)
+    task_id = repo.enqueue(
+        TaskStatus.PENDING, [1, "two"], max_retries=0, priority=-5, run_at=when, timeout_seconds=9
+    )
+    session.commit()
+    task = repo.get_task(task_id)
+    assert task is not None
+    assert (task.type, task.payload, task.max_retries, task.priority) == (
+        "pending",
+        [1, "two"],
+        0,
+        -5,
+    )
+    assert task.run_at == when
+    assert task.timeout_seconds == 9
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ({"when": datetime.now(timezone.utc)}, TypeError),
+        ({"amount": Decimal("1.5")}, TypeError),
+        ({1, 2}, TypeError),
+        (None, TypeError),
+        ({"x": float("nan")}, TypeError),
+        ({"x": "nul\x00byte"}, ValueError),
+    ],
+)
+def test_enqueue_rejects_payloads_that_are_not_json(
+    repo: Repo, session: Session, payload: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="payload"):
+        repo.enqueue("a", payload)
+    assert row_count(session, repo.model) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"max_retries": -1}, ValueError, "max_retries"),
+        ({"max_retries": True}, ValueError, "max_retries"),
+        ({"max_retries": 1.5}, TypeError, "max_retries"),
+        ({"priority": "high"}, TypeError, "priority"),
+        ({"priority": 2**31}, ValueError, "priority"),
+        ({"run_at": datetime(2030, 1, 1)}, ValueError, "timezone-aware"),
+        ({"run_at": "tomorrow"}, TypeError, "run_at"),
+        ({"run_at": timedelta(seconds=-1)}, ValueError, "run_at"),
+        ({"timeout_seconds": 0}, ValueError, "timeout_seconds"),
+        ({"status": "completed"}, TypeError, "status"),
+        ({"no_such_column": 1}, TypeError, "no_such_column"),
+    ],
+)
+def test_enqueue_rejects_bad_options_and_writes_nothing(
+    repo: Repo, session: Session, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        repo.enqueue("a", {}, **kwargs)
+    assert row_count(session, repo.model) == 0
+
+
+@pytest.mark.parametrize(
+    ("task_type", "error"),
+    [("", ValueError), ("  ", ValueError), (5, TypeError), (None, TypeError)],
+)
+def test_enqueue_rejects_bad_task_types(
+    repo: Repo, session: Session, task_type: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="task_type"):
+        repo.enqueue(task_type, {})
+    assert row_count(session, repo.model) == 0
+
+
+def test_enqueue_with_a_delay_uses_the_database_clock(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {}, run_at=timedelta(minutes=10))
+    task = repo.get_task(task_id)
+    assert task is not None
+    start = session.scalar(select(func.now()))
+    assert task.run_at - start == timedelta(minutes=10)
+
+
+def test_enqueue_many_inserts_in_order_in_one_statement(repo: Repo, session: Session) -> None:
+    payloads = [{"n": n} for n in range(250)]
+    ids = repo.enqueue_many("bulk", payloads, priority=3)
+    session.commit()
+    assert len(ids) == 250 and ids == sorted(ids)
+    rows = session.execute(
+        select(repo.model.id, repo.model.payload, repo.model.priority).order_by(repo.model.id)
+    ).all()
+    assert [(row.id, row.payload, row.priority) for row in rows] == [
+        (task_id, payload, 3) for task_id, payload in zip(ids, payloads, strict=True)
+    ]
+    assert repo.enqueue_many("bulk", []) == []
+
+
+def test_enqueue_many_validates_every_payload_before_writing(repo: Repo, session: Session) -> None:
+    with pytest.raises(TypeError, match="payload"):
+        repo.enqueue_many("bulk", [{"ok": 1}, {"bad": object()}])
+    with pytest.raises(TypeError, match="iterable"):
+        repo.enqueue_many("bulk", {"not": "a list"})
+    assert row_count(session, repo.model) == 0
+
+
+# ---------------------------------------------------------------- enqueue_if_not_exists
+
+
+def test_enqueue_if_not_exists_returns_the_active_task(repo: Repo, session: Session) -> None:
+    first, created = repo.enqueue_if_not_exists("import", {"file": "a.csv", "project": 1})
+    assert created
+    # same payload, other key order: same canonical JSON, same task
+    again, created_again = repo.enqueue_if_not_exists("import", {"project": 1, "file": "a.csv"})
+    assert (again, created_again) == (first, False)
+    other, other_created = repo.enqueue_if_not_exists("import", {"file": "b.csv", "project": 1})
+    assert other_created and other != first
+    # the same payload under another type is another task
+    _, created_other_type = repo.enqueue_if_not_exists("export", {"file": "a.csv", "project": 1})
+    assert created_other_type
+    session.commit()
+    assert row_count(session, repo.model) == 3
+
+
+def test_enqueue_if_not_exists_allows_a_new_task_once_the_old_one_finished(
+    repo: Repo, session: Session
+) -> None:
+    first, _ = repo.enqueue_if_not_exists("import", {"file": "a.csv"})
+    session.commit()
+    task = claim(repo, "import")
+    assert task.id == first
+    again, created = repo.enqueue_if_not_exists("import", {"file": "a.csv"})
+    assert (again, created) == (first, False)  # in progress still counts as active
+    repo.complete_task(first, lease_token=task.lease_token)
+    new_id, created = repo.enqueue_if_not_exists("import", {"file": "a.csv"})
+    assert created and new_id != first
+
+
+def test_enqueue_if_not_exists_with_an_explicit_key(repo: Repo, session: Session) -> None:
+    first, _ = repo.enqueue_if_not_exists("report", {"v": 1}, dedupe_key="report:7")
+    second, created = repo.enqueue_if_not_exists("report", {"v": 2}, dedupe_key="report:7")
+    assert (second, created) == (first, False)
+    task = repo.get_task(first)
+    assert task is not None and task.dedupe_key == "report:7"
+    with pytest.raises(ValueError, match="dedupe_key"):
+        repo.enqueue_if_not_exists("report", {}, dedupe_key="")
+    with pytest.raises(TypeError, match="payload"):
+        repo.enqueue_if_not_exists("report", {"x": object()})
+    session.commit()
+    assert row_count(session, repo.model) == 1
+
+
+# ---------------------------------------------------------------- dequeue
+
+
+def test_dequeue_claims_and_stamps_the_lease(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {"k": "v"})
+    session.commit()
+    task = repo.dequeue("a")
+    session.commit()
+    session.close()
+    # still readable after commit and close, despite expire_on_commit=True
+    assert task is not None
+    assert (task.id, task.payload, task.status) == (task_id, {"k": "v"}, TaskStatus.IN_PROGRESS)
+    assert task.started_at is not None and task.lease_expires_at is not None
+    assert isinstance(task.lease_token, uuid.UUID)
+    assert task.lease_owner == repo.owner
+    assert task.lease_expires_at - task.started_at == timedelta(minutes=5)
+    stored = repo.get_task(task_id)
+    assert stored is not None and stored.status is TaskStatus.IN_PROGRESS
+    assert repo.dequeue("a") is None
+
+
+def test_dequeue_filters_by_one_several_or_any_type(repo: Repo, session: Session) -> None:
+    ids = {name: repo.enqueue(name, {}) for name in ("a", "b", "c")}
+    session.commit()
+    assert repo.dequeue("zzz") is None
+    assert claim(repo, "b").id == ids["b"]
+    assert {claim(repo, ["a", "c"]).id for _ in range(2)} == {ids["a"], ids["c"]}
+    repo.enqueue("d", {})
+    session.commit()
+    assert claim(repo).type == "d"
+    with pytest.raises(ValueError, match="at least one"):
+        repo.dequeue([])
+    with pytest.raises(TypeError, match="task_type"):
+        repo.dequeue([1])  # type: ignore[list-item]
+
+
+def test_dequeue_orders_by_priority_then_age(repo: Repo, session: Session) -> None:
+    low = repo.enqueue("a", {"n": "low"}, priority=10)
+    old = repo.enqueue("a", {"n": "old"})
+    new = repo.enqueue("a", {"n": "new"})
+    urgent = repo.enqueue("a", {"n": "urgent"}, priority=-1)
+    session.commit()
+    assert [claim(repo).id for _ in range(4)] == [urgent, old, new, low]
+
+
+def test_future_run_at_is_not_claimable_until_due(repo: Repo, session: Session) -> None:
+    later = repo.enqueue("a", {}, run_at=datetime.now(timezone.utc) + timedelta(hours=1))
+    session.commit()
+    assert repo.dequeue("a") is None
+    session.execute(
+        text(f"UPDATE {repo.model.__tablename__} SET run_at = now() - interval '1 second'")
+    )
+    session.commit()
+    assert claim(repo, "a").id == later
+
+
+def test_dequeue_many_claims_a_batch_in_order(repo: Repo, session: Session) -> None:
+    ids = repo.enqueue_many("a", [{"n": n} for n in range(10)])
+    session.commit()
+    batch = repo.dequeue_many("a", limit=4)
+    session.commit()
+    assert [task.id for task in batch] == ids[:4]
+    assert len({task.lease_token for task in batch}) == 1
+    assert [task.id for task in repo.dequeue_many(limit=100)] == ids[4:]
+    with pytest.raises(ValueError, match="limit"):
+        repo.dequeue_many("a", limit=0)
+    with pytest.raises(TypeError, match="lease_duration"):
+        repo.dequeue_many("a", limit=1, lease_duration=30)  # type: ignore[arg-type]
+
+
+def test_dequeue_refreshes_a_copy_already_in_the_session(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {})
+    session.commit()
+    loaded = repo.get_task(task_id)
+    assert loaded is not None and loaded.status is TaskStatus.PENDING
+    claimed = claim(repo)
+    assert claimed.id == task_id and claimed.status is TaskStatus.IN_PROGRESS
+
+
+# ---------------------------------------------------------------- progress
+
+
+def test_update_progress(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {})
+    repo.update_progress(task_id, 10)  # allowed while pending (operator use)
+    session.commit()
+    task = claim(repo)
+    repo.update_progress(task_id, 45, lease_token=task.lease_token)
+    session.commit()
+    stored = repo.get_task(task_id)
+    assert stored is not None and stored.progress == 45
+
+
+@pytest.mark.parametrize(
+    ("progress", "error"),
+    [(-1, ValueError), (101, ValueError), (True, ValueError), (5.0, TypeError)],
+)
+def test_update_progress_rejects_bad_values(
+    repo: Repo, session: Session, progress: Any, error: type[Exception]
+) -> None:
+    task_id = repo.enqueue("a", {})
+    session.commit()
+    with pytest.raises(error, match="progress"):
+        repo.update_progress(task_id, progress)
+    stored = repo.get_task(task_id)
+    assert stored is not None and stored.progress == 0
+
+
+def test_update_progress_on_a_finished_task_is_an_illegal_transition(
+    repo: Repo, session: Session
+) -> None:
+    repo.enqueue("a", {})
+    session.commit()
+    task = claim(repo)
+    repo.complete_task(task.id)
+    with pytest.raises(InvalidTransitionError, match="completed") as caught:
+        repo.update_progress(task.id, 50)
+    assert isinstance(caught.value, TaskQueueError) and isinstance(caught.value, ValueError)
+    stored = repo.get_task(task.id)
+    assert stored is not None and stored.progress == 100
+
+
+def test_unknown_ids_raise_task_not_found(repo: Repo) -> None:
+    for call in (
+        lambda: repo.update_progress(999, 5),
+        lambda: repo.complete_task(999),
+        lambda: repo.fail_task(999, "x"),
+        lambda: repo.cancel_task(999),
+        lambda: repo.retry_task(999),
+    ):
+        with pytest.raises(TaskNotFoundError, match="999") as caught:
+            call()
+        assert isinstance(caught.value, LookupError) and caught.value.task_id == 999
+    assert repo.get_task(999) is None
+
+
+@pytest.mark.parametrize("task_id", [0, -3, True, "7", None])
+def test_bad_task_ids_are_rejected(repo: Repo, task_id: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="task_id"):
+        repo.get_task(task_id)
+    with pytest.raises((TypeError, ValueError), match="task_id"):
+        repo.complete_task(task_id)
+
+
+# ---------------------------------------------------------------- complete / fail
+
+
+def test_complete_task_stores_result_and_finishes(repo: Repo, session: Session) -> None:
+    repo.enqueue("a", {})
+    session.commit()
+    task = claim(repo)
+    repo.complete_task(
+        task.id, result={"url": "s3://x.csv", "rows": 3}, lease_token=task.lease_token
+    )
+    session.commit()
+    stored = repo.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.COMPLETED and stored.progress == 100
+    assert stored.completed_at is not None and stored.result == {"url": "s3://x.csv", "rows": 3}
+    assert stored.lease_expires_at is None
+
+
+def test_complete_task_requires_in_progress(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {})
+    session.commit()
+    with pytest.raises(InvalidTransitionError, match="pending"):
+        repo.complete_task(task_id)
+    with pytest.raises(TypeError, match="result"):
+        repo.complete_task(task_id, result=object())
+    stored = repo.get_task(task_id)
+    assert stored is not None and stored.status is TaskStatus.PENDING
+
+
+def test_fail_task_retries_with_backoff_then_fails(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {}, max_retries=2)
+    session.commit()
+    expected_delays = [2.0, 4.0]
+    for attempt, delay in enumerate(expected_delays, start=1):
+        task = claim(repo)
+        before = db_now(session)
+        status = repo.fail_task(task.id, f"boom {attempt}", lease_token=task.lease_token)
+        session.commit()
+        assert status is TaskStatus.PENDING
+        stored = repo.get_task(task_id)
+        assert stored is not None
+        assert stored.retry_count == attempt and stored.started_at is None
+        assert stored.error_message == f"boom {attempt}"
+        wait = (stored.run_at - before).total_seconds()
+        assert delay - 0.5 <= wait <= delay * 1.25 + 0.5
+        assert repo.dequeue("a") is None  # backoff: not claimable yet
+        session.rollback()
+        session.execute(text(f"UPDATE {repo.model.__tablename__} SET run_at = now()"))
+        session.commit()
+    task = claim(repo)
+    assert repo.fail_task(task.id, "final", lease_token=task.lease_token) is TaskStatus.FAILED
+    session.commit()
+    stored = repo.get_task(task_id)
+    assert stored is not None
+    assert stored.status is TaskStatus.FAILED and stored.error_message == "final"
+    assert stored.completed_at is not None and stored.retry_count == 3
+
+
+def test_max_retries_zero_fails_at_once(repo: Repo, session: Session) -> None:
+    repo.enqueue("a", {}, max_retries=0)
+    session.commit()
+    task = claim(repo)
+    assert repo.fail_task(task.id, "no second chance") is TaskStatus.FAILED
+
+
+def test_fail_task_without_retry_fails_permanently(repo: Repo, session: Session) -> None:
+    repo.enqueue("a", {}, max_retries=5)
+    session.commit()
+    task = claim(repo)
+    assert repo.fail_task(task.id, "bad input", retry=False) is TaskStatus.FAILED
+
+
+def test_backoff_policy_is_configurable(session: Session, clean_table: type[Any]) -> None:
+    repo = TaskRepository(
+        session, clean_table, backoff=BackoffPolicy(base_seconds=10, cap_seconds=15, jitter=0)
+    )
+    repo.enqueue("a", {})
+    session.commit()
+    task = claim(repo)
+    before = db_now(session)
+    repo.fail_task(task.id, "x")
+    session.commit()
+    stored = repo.get_task(task.id)
+    assert stored is not None
+    # 10 * 2**1 = 20 s, capped at 15 s, no jitter
+    assert 14.5 <= (stored.run_at - before).total_seconds() <= 15.5
+
+
+def test_fail_task_validates_arguments(repo: Repo, session: Session) -> None:
+    repo.enqueue("a", {})
+    session.commit()
+    task = claim(repo)
+    with pytest.raises(TypeError, match="error_message"):
+        repo.fail_task(task.id, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="lease_token"):
+        repo.fail_task(task.id, "x", lease_token="not-a-uuid")  # type: ignore[arg-type]
+    stored = repo.get_task(task.id)
+    assert stored is not None and stored.status is TaskStatus.IN_PROGRESS
+    assert stored.retry_count == 0
+
+
+def test_fail_task_requires_in_progress(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {})
+    session.commit()
+    with pytest.raises(InvalidTransitionError, match="pending"):
+        repo.fail_task(task_id, "x")
+
+
+# ---------------------------------------------------------------- lease fencing
+
+
+def test_a_stale_lease_cannot_complete_fail_or_report_progress(
+    repo: Repo, session: Session
+) -> None:
+    repo.enqueue("a", {})
+    session.commit()
+    stale = claim(repo)
+    # the lease expires and the task is rescued, then claimed again
+    session.execute(
+        text(
+            f"UPDATE {repo.model.__tablename__} SET lease_expires_at = now() - interval '1 second'"
+        )
+    )
+    session.commit()
+    assert repo.rescue_expired_leases() == {stale.id: TaskStatus.PENDING}
+    session.execute(text(f"UPDATE {repo.model.__tablename__} SET run_at = now()"))
+    session.commit()
+    current = claim(repo)
+    assert current.id == stale.id and current.lease_token != stale.lease_token
+
+    with pytest.raises(LeaseLostError, match="no longer current"):
+        repo.complete_task(stale.id, result={"stale": True}, lease_token=stale.lease_token)
+    with pytest.raises(LeaseLostError):
+        repo.fail_task(stale.id, "stale failure", lease_token=stale.lease_token)
+    with pytest.raises(LeaseLostError):
+        repo.update_progress(stale.id, 99, lease_token=stale.lease_token)
+    stored = repo.get_task(stale.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.IN_PROGRESS and stored.progress == 0
+    assert stored.result is None and stored.lease_token == current.lease_token
+
+    repo.complete_task(current.id, result={"ok": True}, lease_token=current.lease_token)
+    session.commit()
+    stored = repo.get_task(current.id)
+    assert stored is not None and stored.result == {"ok": True}
+
+
+def test_operator_calls_without_a_lease_are_not_fenced(repo: Repo, session: Session) -> None:
+    repo.enqueue("a", {})
+    session.commit()
+    task = claim(repo)
+    repo.complete_task(task.id, result="done by hand")
+    stored = repo.get_task(task.id)
+    assert stored is not None and stored.status is TaskStatus.COMPLETED
+
+
+def test_renew_and_release_leases(repo: Repo, session: Session) -> None:
+    repo.enqueue_many("a", [{}, {}])
+    session.commit()
+    first, second = repo.dequeue_many("a", limit=2, lease_duration=timedelta(seconds=5))
+    session.commit()
+    renewed = repo.renew_leases(
+        [(first.id, first.lease_token), (second.id, uuid.uuid4())],
+        lease_duration=timedelta(minutes=2),
+    )
+    session.commit()
+    assert renewed == {first.id}
+    stored = repo.get_task(first.id)
+    assert stored is not None and stored.lease_expires_at > first.lease_expires_at  # type: ignore[operator]
+    assert repo.renew_leases([]) == set()
+    with pytest.raises(TypeError, match="pairs"):
+        repo.renew_leases([first.id])  # type: ignore[list-item]
+
+    released = repo.release_tasks([(first.id, first.lease_token), (second.id, second.lease_token)])
+    session.commit()
+    assert released == {first.id, second.id}
+    for task_id in released:
+        stored = repo.get_task(task_id)
+        assert stored is not None
+        assert stored.status is TaskStatus.PENDING and stored.retry_count == 0
+        assert stored.lease_token is None and stored.started_at is None
+
+
+def test_rescue_consumes_a_retry_or_fails(repo: Repo, session: Session) -> None:
+    keep = repo.enqueue("a", {}, max_retries=1)
+    last = repo.enqueue("a", {}, max_retries=0)
+    healthy = repo.enqueue("a", {})
+    session.commit()
+    claimed = repo.dequeue_many("a", limit=3)
+    session.commit()
+    assert {task.id for task in claimed} == {keep, last, healthy}
+    session.execute(
+        text(
+            f"UPDATE {repo.model.__tablename__} SET lease_expires_at = now() - interval '1 s' "
+            f"WHERE id IN ({keep}, {last})"
+        )
+    )
+    session.commit()
+    rescued = repo.rescue_expired_leases()
+    session.commit()
+    assert rescued == {keep: TaskStatus.PENDING, last: TaskStatus.FAILED}
+    kept = repo.get_task(keep)
+    assert (
+        kept is not None and kept.retry_count == 1 and "lease expired" in (kept.error_message or "")
+    )
+    still = repo.get_task(healthy)
+    assert still is not None and still.status is TaskStatus.IN_PROGRESS
+    assert repo.rescue_expired_leases() == {}
+
+
+# ---------------------------------------------------------------- cancel / retry
+
+
+def test_cancel_task_only_cancels_pending(repo: Repo, session: Session) -> None:
+    pending = repo.enqueue("a", {})
+    running = repo.enqueue("b", {})
+    session.commit()
+    claim(repo, "b")
+    assert repo.cancel_task(pending) is True
+    assert repo.cancel_task(pending) is False
+    assert repo.cancel_task(running) is False
+    session.commit()
+    cancelled = repo.get_task(pending)
+    assert cancelled is not None and cancelled.status is TaskStatus.CANCELLED
+    assert cancelled.completed_at is not None
+    assert repo.dequeue("a") is None
+
+
+def test_retry_task_requeues_a_failed_task(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {}, max_retries=0)
+    session.commit()
+    task = claim(repo)
+    repo.fail_task(task.id, "boom")
+    session.commit()
+    repo.retry_task(task_id)
+    session.commit()
+    stored = repo.get_task(task_id)
+    assert stored is not None
+    assert stored.status is TaskStatus.PENDING and stored.retry_count == 0
+    assert stored.completed_at is None
+    assert claim(repo, "a").id == task_id  # due at once
+    with pytest.raises(InvalidTransitionError, match="failed"):
+        repo.retry_task(task_id)
+
+
+def test_retry_failed_tasks_in_bulk(repo: Repo, session: Session) -> None:
+    ids = repo.enqueue_many("a", [{}, {}, {}], max_retries=0)
+    other = repo.enqueue("b", {}, max_retries=0)
+    session.commit()
+    for task in repo.dequeue_many(limit=10):
+        repo.fail_task(task.id, "x")
+    session.commit()
+    assert repo.retry_failed_tasks("a") == 3
+    assert repo.retry_failed_tasks() == 1
+    session.commit()
+    statuses = {repo.get_task(task_id).status for task_id in [*ids, other]}  # type: ignore[union-attr]
+    assert statuses == {TaskStatus.PENDING}
+
+
+# ---------------------------------------------------------------- reads
+
+
+def test_get_task_progress_matches_payload_keys(project_repo: Repo, session: Session) -> None:
+    repo = project_repo
+    older = repo.enqueue("export", {"project_id": "p1", "fmt": "csv"})
+    newer = repo.enqueue("export", {"project_id": "p1", "fmt": "xlsx"}, project_id="p2")
+    repo.enqueue("export", {"project_id": "p2"})
+    repo.enqueue("import", {"project_id": "p1"})
+    session.commit()
+    repo.update_progress(older, 10)
+    repo.update_progress(newer, 60)
+    assert repo.get_task_progress("export", "p1") == 60  # the newest active one
+    assert repo.get_task_progress("export", project_id="p1", fmt="csv") == 10
+    # payload keys, not the model's project_id column (which is "p2" for `newer`)
+    assert repo.get_task_progress("export", "p2") == 0
+    assert repo.get_task_progress("export", "p9") is None
+    assert repo.get_task_progress("missing") is None
+    for claimed in repo.dequeue_many("export", limit=5):
+        repo.complete_task(claimed.id)
+    assert repo.get_task_progress("export", "p1") is None  # finished tasks do not count
+    with pytest.raises(TypeError, match="match"):
+        repo.get_task_progress("export", when=object())
+    with pytest.raises(TypeError, match="task_type"):
+        repo.get_task_progress(None)  # type: ignore[arg-type]
+
+
+def test_cleanup_deletes_only_old_finished_tasks(repo: Repo, session: Session) -> None:
+    table = repo.model.__tablename__
+    ids = repo.enqueue_many("a", [{"n": n} for n in range(7)])
+    session.commit()
+    claimed = repo.dequeue_many("a", limit=5)
+    repo.complete_task(claimed[0].id)
+    repo.complete_task(claimed[1].id)
+    repo.fail_task(claimed[2].id, "x", retry=False)
+    repo.cancel_task(ids[6])
+    repo.complete_task(claimed[3].id)  # finished, but recently
+    session.commit()
+    old = [claimed[0].id, claimed[1].id, claimed[2].id, ids[6]]
+    session.execute(
+        text(
+            f"UPDATE {table} SET completed_at = now() - interval '8 days', "
+            "created_at = now() - interval '9 days' "
+            f"WHERE id IN ({', '.join(map(str, old))})"
+        )
+    )
+    # an old task that is still active must survive
+    session.execute(
+        text(f"UPDATE {table} SET created_at = now() - interval '30 days' WHERE id = {ids[5]}")
+    )
+    session.commit()
+    assert repo.cleanup_old_tasks(timedelta(days=7), batch_size=3) == 4
+    session.commit()
+    remaining = set(session.scalars(select(repo.model.id)))
+    assert remaining == {claimed[3].id, claimed[4].id, ids[5]}
+    with pytest.raises(TypeError, match="timedelta"):
+        repo.cleanup_old_tasks(7)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="negative"):
+        repo.cleanup_old_tasks(timedelta(days=-1))
+    with pytest.raises(ValueError, match="batch_size"):
+        repo.cleanup_old_tasks(timedelta(days=1), batch_size=0)
+
+
+# ---------------------------------------------------------------- construction and factories
+
+
+def test_repository_rejects_a_model_that_is_not_a_task_table(session: Session) -> None:
+    with pytest.raises(TypeError, match="TaskMixin"):
+        TaskRepository(session, dict)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="Session"):
+        TaskRepository("session", object)  # type: ignore[arg-type,type-var]
+
+
+def test_repository_rejects_bad_configuration(session: Session, clean_table: type[Any]) -> None:
+    with pytest.raises(ValueError, match="lease_duration"):
+        TaskRepository(session, clean_table, lease_duration=timedelta(0))
+    with pytest.raises(TypeError, match="backoff"):
+        TaskRepository(session, clean_table, backoff=2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="jitter"):
+        BackoffPolicy(jitter=2)
+    with pytest.raises(ValueError, match="owner"):
+        TaskRepository(session, clean_table, owner="")
+
+
+def test_task_factory_builds_rows_for_tests(repo: Repo, session: Session) -> None:
+    factory = task_factory(repo.model, session)
+    made = factory.create_batch(3, type="email")
+    failed = factory(status=TaskStatus.FAILED, error_message="boom")
+    assert [task.type for task in made] == ["email"] * 3
+    assert repo.get_task(failed.id).status is TaskStatus.FAILED  # type: ignore[union-attr]
+    assert claim(repo, "email").id == made[0].id
