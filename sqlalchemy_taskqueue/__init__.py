@@ -21,23 +21,30 @@ Mix :class:`TaskMixin` into a declarative model, migrate the table with Alembic
 from __future__ import annotations
 
 from .backoff import BackoffPolicy
+from .context import TaskContext
 from .exceptions import (
     InvalidTransitionError,
     LeaseLostError,
+    TaskInterrupted,
     TaskNotFoundError,
     TaskQueueDatabaseError,
     TaskQueueError,
     UnsupportedDialectError,
 )
+from .handlers import HandlerRegistry
 from .models import TaskDataclassMixin, TaskMixin, merge_table_args, task_table_args
 from .repository import TaskRepository
 from .status import TaskStatus
+from .worker import Worker, WorkerStats
 
 __all__ = [
     "BackoffPolicy",
+    "HandlerRegistry",
     "InvalidTransitionError",
     "LeaseLostError",
+    "TaskContext",
     "TaskDataclassMixin",
+    "TaskInterrupted",
     "TaskMixin",
     "TaskNotFoundError",
     "TaskQueueDatabaseError",
@@ -45,6 +52,8 @@ __all__ = [
     "TaskRepository",
     "TaskStatus",
     "UnsupportedDialectError",
+    "Worker",
+    "WorkerStats",
     "merge_table_args",
     "task_table_args",
 ]

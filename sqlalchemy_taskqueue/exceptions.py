@@ -16,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "InvalidTransitionError",
     "LeaseLostError",
+    "TaskInterrupted",
     "TaskNotFoundError",
     "TaskQueueDatabaseError",
     "TaskQueueError",
@@ -83,3 +84,7 @@ class UnsupportedDialectError(TaskQueueError):
 
 class TaskQueueDatabaseError(TaskQueueError):
     """The database refused a task queue statement; see ``__cause__`` for the driver error."""
+
+
+class TaskInterrupted(TaskQueueError):
+    """The attempt was asked to stop (shutdown, timeout or lost lease)."""

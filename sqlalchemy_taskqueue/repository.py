@@ -553,14 +553,15 @@ class TaskRepository(Generic[TaskT]):
     def rescue_expired_leases(self, *, limit: int = 1000) -> dict[int, TaskStatus]:
         """Return tasks whose lease expired to the queue (or fail them when out of retries).
 
-        A rescue consumes a retry like a failed attempt.  Returns ``{task_id: new_status}``.
+        A rescue consumes a retry like a failed attempt, but the task is due at once.
+        Returns ``{task_id: new_status}``.
 
         Example::
 
             repo.rescue_expired_leases()  # {17: <TaskStatus.PENDING: 'pending'>}
         """
         _require_int("limit", limit, minimum=1)
-        stmt = statements.rescue_statement(self._table, limit=limit, backoff=self._backoff)
+        stmt = statements.rescue_statement(self._table, limit=limit)
         return {int(row[0]): TaskStatus(row[1]) for row in self._session.execute(stmt)}
 
     # ------------------------------------------------------------------ reads

@@ -75,6 +75,7 @@ __all__ = [
     "insert_if_absent_statement",
     "insert_many_statement",
     "insert_statement",
+    "listen_statement",
     "notify_channel",
     "notify_statement",
     "partial_index",
@@ -214,6 +215,12 @@ def _announce(inserted: Insert, channel: str) -> Select[Any]:
     return select(rows.c.id, func.pg_notify(channel, "")).select_from(rows)
 
 
+def listen_statement(channel: str) -> str:
+    """``LISTEN`` on ``channel`` (raw SQL for the listener's dedicated connection)."""
+    quoted = channel.replace('"', '""')
+    return f'LISTEN "{quoted}"'
+
+
 def notify_statement(channel: str) -> Select[Any]:
     """Announce new work on ``channel`` (delivered when the transaction commits)."""
     return select(func.pg_notify(channel, ""))
@@ -320,22 +327,30 @@ def complete_statement(
 
 
 def _failure_values(
-    table: Table, error_message: str, backoff: BackoffPolicy, *, retry: bool
+    table: Table, error_message: str, backoff: BackoffPolicy | None, *, retry: bool
 ) -> dict[str, Any]:
     """SET clause of the seed's atomic retry rule, with backoff computed in SQL.
 
     While ``retry_count < max_retries`` the task returns to ``pending`` with
     ``retry_count + 1`` and ``run_at = now() + min(cap, base * 2^(retry_count + 1) *
-    (1 + jitter * random()))``; otherwise it becomes ``failed``.  Every right-hand side
-    reads the row as it was before the update, so the decision is atomic.
+    (1 + jitter * random()))`` (due at once when ``backoff`` is ``None``); otherwise it
+    becomes ``failed``.  Every right-hand side reads the row as it was before the update,
+    so the decision is atomic.
     """
     c = table.c
     will_retry = and_(true() if retry else false(), c.retry_count < c.max_retries)
-    exponent = func.least(c.retry_count + 1, MAX_EXPONENT)
-    delay = func.least(
-        backoff.cap_seconds,
-        backoff.base_seconds * func.power(2, exponent) * (1 + backoff.jitter * func.random()),
-    )
+    if backoff is None:
+        retry_at = _now()
+    else:
+        exponent = func.least(c.retry_count + 1, MAX_EXPONENT)
+        retry_at = _after(
+            func.least(
+                backoff.cap_seconds,
+                backoff.base_seconds
+                * func.power(2, exponent)
+                * (1 + backoff.jitter * func.random()),
+            )
+        )
     return {
         "status": case(
             (will_retry, literal(TaskStatus.PENDING.value)), else_=literal(TaskStatus.FAILED.value)
@@ -344,7 +359,7 @@ def _failure_values(
         "error_message": error_message,
         "started_at": case((will_retry, null()), else_=c.started_at),
         "completed_at": case((will_retry, null()), else_=_now()),
-        "run_at": case((will_retry, _after(delay)), else_=c.run_at),
+        "run_at": case((will_retry, retry_at), else_=c.run_at),
         **_LEASE_CLEARED,
     }
 
@@ -466,12 +481,13 @@ def release_statement(table: Table, leases: Sequence[tuple[int, uuid.UUID]]) -> 
     )
 
 
-def rescue_statement(table: Table, *, limit: int, backoff: BackoffPolicy) -> Update:
+def rescue_statement(table: Table, *, limit: int) -> Update:
     """Return tasks whose lease expired to the queue, consuming a retry.
 
     A worker that dies (``kill -9``, lost machine, lost connection) stops renewing its
     leases; once a lease has expired, any worker rescues the task with the same rule as a
-    failed attempt.  ``SKIP LOCKED`` lets several workers rescue concurrently.
+    failed attempt, except that a rescued task is due at once (the attempt already waited
+    out its lease).  ``SKIP LOCKED`` lets several workers rescue concurrently.
     """
     c = table.c
     expired = (
@@ -486,7 +502,7 @@ def rescue_statement(table: Table, *, limit: int, backoff: BackoffPolicy) -> Upd
     return (
         update(table)
         .where(c.id == expired.c.id)
-        .values(**_failure_values(table, message, backoff, retry=True))
+        .values(**_failure_values(table, message, None, retry=True))
         .returning(c.id, c.status)
     )
 

@@ -101,7 +101,7 @@ def test_fail_is_one_atomic_update_with_backoff() -> None:
 
 
 def test_rescue_and_purge_skip_locked_rows() -> None:
-    rescue = pg(statements.rescue_statement(TABLE, limit=10, backoff=DEFAULT_BACKOFF))
+    rescue = pg(statements.rescue_statement(TABLE, limit=10))
     assert "tasks.lease_expires_at < now()" in rescue and "FOR UPDATE SKIP LOCKED" in rescue
     purge = pg(statements.purge_statement(TABLE, older_than=timedelta(days=7), batch_size=500))
     assert purge.startswith("DELETE FROM tasks WHERE tasks.id IN (SELECT tasks.id")

@@ -1,0 +1,32 @@
+"""The ``taskqueue`` command line (install the ``cli`` extra).
+
+``taskqueue worker MODULE:ATTR`` runs a worker for the handlers (and model) of an app;
+the operator commands inspect and repair the queue.  The database URL comes from
+``--database-url`` or ``TASKQUEUE_DATABASE_URL``; it is printed only with the password
+masked.  Run ``taskqueue --help`` or ``taskqueue COMMAND --help`` for details.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``taskqueue`` console script (exits with the command's status).
+
+    Example::
+
+        main(["worker", "myapp.tasks:registry", "--concurrency", "8"])
+    """
+    try:
+        from .commands import cli
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        print(
+            f"taskqueue: the command line needs the 'cli' extra ({exc.name} is missing): "
+            "pip install 'sqlalchemy-taskqueue[cli]'",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    cli.main(args=argv, prog_name="taskqueue")

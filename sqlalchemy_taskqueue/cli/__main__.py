@@ -1,0 +1,5 @@
+"""``python -m sqlalchemy_taskqueue.cli`` is the ``taskqueue`` command."""
+
+from . import main
+
+main()

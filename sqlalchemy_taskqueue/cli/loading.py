@@ -1,0 +1,76 @@
+"""Loading the app's handlers and model from ``MODULE:ATTR`` references."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from sqlalchemy_taskqueue.handlers import HandlerRegistry
+from sqlalchemy_taskqueue.models import task_table
+
+__all__ = ["load_object", "load_worker_target"]
+
+
+def load_object(reference: str) -> Any:
+    """Import ``package.module:attribute`` (the current directory is importable).
+
+    Example::
+
+        registry = load_object("myapp.tasks:registry")
+    """
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"{reference!r} is not of the form MODULE:ATTR")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise click.BadParameter(f"{module_name!r} has no attribute {attribute!r}") from None
+    return target
+
+
+def load_model(reference: str) -> type[Any]:
+    """The task model named by ``MODULE:ATTR``."""
+    model = load_object(reference)
+    try:
+        task_table(model)
+    except TypeError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return model  # type: ignore[no-any-return]
+
+
+def load_worker_target(
+    reference: str, model_reference: str | None
+) -> tuple[Mapping[str, Any], type[Any]]:
+    """Handlers and model for ``taskqueue worker``.
+
+    ``reference`` names a :class:`HandlerRegistry` (which knows its model) or a plain
+    ``{task_type: handler}`` mapping, in which case ``--model`` is required.
+    """
+    handlers = load_object(reference)
+    if not isinstance(handlers, Mapping):
+        raise click.BadParameter(
+            f"{reference} is a {type(handlers).__name__}, not a HandlerRegistry or a mapping "
+            "of task types to handlers"
+        )
+    if model_reference is not None:
+        return handlers, load_model(model_reference)
+    model = handlers.model if isinstance(handlers, HandlerRegistry) else None
+    if model is None:
+        raise click.UsageError(
+            f"{reference} does not name its task model: create it as HandlerRegistry(Task) "
+            "or pass --model MODULE:ATTR"
+        )
+    return handlers, model

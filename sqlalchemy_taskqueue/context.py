@@ -1,0 +1,139 @@
+"""What a handler sees while it runs: :class:`TaskContext`.
+
+Example::
+
+    def export(task, ctx):
+        for index, chunk in enumerate(chunks):
+            ctx.raise_if_stopping()          # shutdown, timeout or lost lease
+            write(chunk)
+            ctx.update_progress(100 * (index + 1) // len(chunks))
+        return {"chunks": len(chunks)}
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .exceptions import TaskInterrupted
+
+__all__ = ["ProgressWriter", "TaskContext"]
+
+logger = logging.getLogger("sqlalchemy_taskqueue.worker")
+
+#: Writes ``(task_id, progress, lease_token)`` in its own short transaction; returns
+#: ``False`` when the lease is gone.
+ProgressWriter = Callable[[int, int, uuid.UUID], bool]
+
+
+class TaskContext:
+    """The running attempt of one task, as its handler sees it.
+
+    :ivar task_id: the task's id.
+    :ivar task_type: the task's type.
+    :ivar payload: the task's JSON payload.
+    :ivar attempt: 1 for the first attempt, 2 for the first retry, ...
+    :ivar lease_token: the claim's lease token (fences every write of this attempt).
+    """
+
+    def __init__(
+        self,
+        task: Any,
+        *,
+        progress_writer: ProgressWriter,
+        progress_interval: float,
+        worker_stopping: threading.Event,
+    ) -> None:
+        self.task_id: int = task.id
+        self.task_type: str = task.type
+        self.payload: Any = task.payload
+        self.attempt: int = task.retry_count + 1
+        self.lease_token: uuid.UUID = task.lease_token
+        self._write = progress_writer
+        self._interval = progress_interval
+        self._worker_stopping = worker_stopping
+        self._lock = threading.Lock()
+        self._written_at = float("-inf")
+        self._written: int | None = None
+        self._pending: int | None = None
+        self._stop_reason: str | None = None
+
+    # ------------------------------------------------------------------ for handlers
+
+    def update_progress(self, percent: int) -> None:
+        """Report progress (0..100).  Throttled: at most one write per progress interval;
+        the latest value is always written eventually.  A failed write is logged and never
+        fails the task.
+
+        Example::
+
+            ctx.update_progress(40)
+        """
+        if isinstance(percent, bool) or not isinstance(percent, int):
+            raise TypeError(f"progress must be an integer from 0 to 100, got {percent!r}")
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress must be from 0 to 100, got {percent!r}")
+        with self._lock:
+            self._pending = percent
+        self.flush_progress(force=False)
+
+    def should_stop(self) -> bool:
+        """True once the worker shuts down, the attempt timed out or the lease was lost.
+
+        Example::
+
+            while not ctx.should_stop():
+                process_next_item()
+        """
+        return self._worker_stopping.is_set() or self._stop_reason is not None
+
+    def raise_if_stopping(self) -> None:
+        """Raise :class:`TaskInterrupted` when :meth:`should_stop` is true.
+
+        The worker then hands the task back (shutdown) or records the failed attempt
+        (timeout); nothing else is written.
+
+        Example::
+
+            ctx.raise_if_stopping()
+        """
+        if self.should_stop():
+            raise TaskInterrupted(self.stop_reason or "the worker is shutting down")
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the attempt should stop, or ``None``."""
+        if self._stop_reason is not None:
+            return self._stop_reason
+        return "the worker is shutting down" if self._worker_stopping.is_set() else None
+
+    # ------------------------------------------------------------------ for the worker
+
+    def interrupt(self, reason: str) -> None:
+        """Ask the handler to stop (timeout, lost lease, shutdown deadline)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    def flush_progress(self, *, force: bool) -> None:
+        """Write the latest reported progress if the throttle interval has passed."""
+        with self._lock:
+            value = self._pending
+            now = time.monotonic()
+            if value is None or value == self._written:
+                return
+            if not force and now - self._written_at < self._interval:
+                return
+            self._pending = None
+            self._written_at = now
+            self._written = value
+        try:
+            if not self._write(self.task_id, value, self.lease_token):
+                self.interrupt("the lease on this task was lost")
+        except Exception:
+            logger.warning(
+                "progress.write_failed id=%s progress=%s", self.task_id, value, exc_info=True
+            )

@@ -1,0 +1,137 @@
+"""Handlers: the functions that do the work of each task type.
+
+A handler is called as ``handler(task, ctx)``; ``task`` is the claimed row and ``ctx`` a
+:class:`~sqlalchemy_taskqueue.context.TaskContext`.  Whatever it returns (a JSON value)
+is stored in the task's ``result``; an exception fails the attempt.
+
+Register handlers with a plain mapping, or with a :class:`HandlerRegistry`, which can
+also carry the task model and per-type timeouts (that is what ``taskqueue worker
+MODULE:ATTR`` loads)::
+
+    tasks = HandlerRegistry(Task)
+
+    @tasks.handler("data_export", timeout=timedelta(minutes=10))
+    def export(task, ctx):
+        ctx.update_progress(50)
+        return {"rows": 10}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .durations import Duration, to_seconds
+from .models import task_table
+
+__all__ = ["Handler", "HandlerRegistry", "HandlerSpec", "normalize_handlers"]
+
+#: ``handler(task, ctx) -> JSON result``.
+Handler = Callable[[Any, Any], Any]
+_F = TypeVar("_F", bound=Handler)
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """A registered handler and its per-type attempt timeout (seconds, or ``None``)."""
+
+    function: Handler
+    timeout_seconds: float | None = None
+
+
+class HandlerRegistry(Mapping[str, Handler]):
+    """Handlers per task type, registered with a decorator.
+
+    :param model: the task model the handlers serve (used by ``taskqueue worker``).
+
+    Example::
+
+        tasks = HandlerRegistry(Task)
+
+        @tasks.handler("send_email")
+        def send_email(task, ctx):
+            ...
+    """
+
+    def __init__(self, model: type[Any] | None = None) -> None:
+        if model is not None:
+            task_table(model)
+        self.model = model
+        self._specs: dict[str, HandlerSpec] = {}
+
+    def handler(self, task_type: str, *, timeout: Duration | None = None) -> Callable[[_F], _F]:
+        """Decorator registering ``function`` as the handler of ``task_type``.
+
+        Example::
+
+            @tasks.handler("bulk_import", timeout=600)
+            def bulk_import(task, ctx): ...
+        """
+
+        def register(function: _F) -> _F:
+            self.add(task_type, function, timeout=timeout)
+            return function
+
+        return register
+
+    def add(self, task_type: str, function: Handler, *, timeout: Duration | None = None) -> None:
+        """Register ``function`` for ``task_type`` (each type has one handler).
+
+        Example::
+
+            tasks.add("send_email", send_email, timeout=30)
+        """
+        if not isinstance(task_type, str) or not task_type.strip():
+            raise ValueError(f"task_type must be a non-empty string, got {task_type!r}")
+        if not callable(function):
+            raise TypeError(f"the handler for {task_type!r} is not callable: {function!r}")
+        if task_type in self._specs:
+            raise ValueError(f"a handler for {task_type!r} is already registered")
+        seconds = None if timeout is None else to_seconds(f"timeout of {task_type!r}", timeout)
+        self._specs[str(task_type)] = HandlerSpec(function, seconds)
+
+    def spec(self, task_type: str) -> HandlerSpec | None:
+        """The handler and timeout registered for ``task_type``, if any."""
+        return self._specs.get(task_type)
+
+    def __getitem__(self, task_type: str) -> Handler:
+        return self._specs[task_type].function
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+def normalize_handlers(
+    handlers: Mapping[str, Handler] | HandlerRegistry,
+    timeouts: Mapping[str, Duration] | None = None,
+) -> dict[str, HandlerSpec]:
+    """Validate handlers (and per-type timeouts) and return one spec per task type.
+
+    Example::
+
+        normalize_handlers({"email": send_email}, {"email": 30})
+    """
+    if not isinstance(handlers, Mapping):
+        raise TypeError(
+            f"handlers must be a mapping of task type to handler or a HandlerRegistry, "
+            f"got {handlers!r}"
+        )
+    specs: dict[str, HandlerSpec] = {}
+    for task_type, function in handlers.items():
+        if not isinstance(task_type, str) or not task_type.strip():
+            raise ValueError(f"task types must be non-empty strings, got {task_type!r}")
+        if not callable(function):
+            raise TypeError(f"the handler for {task_type!r} is not callable: {function!r}")
+        registered = handlers.spec(task_type) if isinstance(handlers, HandlerRegistry) else None
+        specs[str(task_type)] = registered or HandlerSpec(function)
+    for task_type, timeout in (timeouts or {}).items():
+        if task_type not in specs:
+            raise ValueError(f"a timeout is given for {task_type!r}, which has no handler")
+        specs[task_type] = HandlerSpec(
+            specs[task_type].function, to_seconds(f"timeout of {task_type!r}", timeout)
+        )
+    return specs

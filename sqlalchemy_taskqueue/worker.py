@@ -1,0 +1,716 @@
+"""The worker: claims tasks, runs their handlers on N slots, and records the outcome.
+
+Example::
+
+    from sqlalchemy.orm import sessionmaker
+    from sqlalchemy_taskqueue import Worker
+
+    def export(task, ctx):
+        ctx.update_progress(50)
+        return {"url": "s3://exports/7.csv"}
+
+    worker = Worker(sessionmaker(engine), Task, {"data_export": export}, concurrency=8)
+    worker.run()                  # blocks; SIGINT/SIGTERM or worker.stop() end it
+
+How it works:
+
+* **Claim** — a loop claims up to its free slots in one short committed transaction
+  (``FOR UPDATE SKIP LOCKED``), hands the tasks to slot threads, and waits for a free
+  slot, a ``NOTIFY`` from an enqueue, or the poll interval.  No transaction stays open
+  while a handler runs.
+* **Leases** — each claim carries a lease (``lease_duration``).  A supervisor thread
+  renews the leases of all running tasks in one statement every ``heartbeat_interval``
+  (a quarter of the lease by default).  Any worker rescues tasks whose lease expired
+  (their worker died) every ``rescue_interval``: back to ``pending`` with a retry used,
+  or ``failed`` when none is left.  Completion, failure and progress writes carry the
+  lease token, so a worker that lost its lease cannot overwrite its successor.
+* **Outcome** — the handler's return value (JSON) is stored in ``result``; an exception
+  fails the attempt (``"ValueError: message"``) and the repository's backoff schedules
+  the retry through ``run_at``; the worker never sleeps for backoff.
+* **Timeouts** — per task (``timeout_seconds`` column), per type (registry or
+  ``timeouts=``) or ``default_timeout``.  At the deadline the attempt is failed, its
+  lease is invalidated and ``ctx.should_stop()`` turns true.  Python cannot kill a
+  thread, so a handler that never returns keeps its slot busy; its late result is
+  discarded.
+* **Shutdown** — on SIGINT/SIGTERM or :meth:`Worker.stop`: stop claiming, let running
+  tasks finish within ``shutdown_grace``, then hand the rest back to ``pending`` without
+  using a retry.  A second signal exits at once (the leases expire and other workers
+  rescue the tasks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import FrameType
+from typing import Any, Generic
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from . import statements
+from .backoff import DEFAULT_BACKOFF, BackoffPolicy
+from .context import TaskContext
+from .durations import Duration, to_seconds
+from .exceptions import LeaseLostError, TaskInterrupted, TaskQueueError
+from .handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
+from .models import task_table
+from .repository import TaskRepository, TaskT, default_owner
+from .status import TaskStatus
+from .wakeup import NotificationListener
+
+__all__ = ["Worker", "WorkerStats"]
+
+logger = logging.getLogger("sqlalchemy_taskqueue.worker")
+
+_WRITE_ATTEMPTS = 5
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker since it started (read them from any thread)."""
+
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    rescued: int = 0
+    released: int = 0
+    timed_out: int = 0
+    lost_leases: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Increment counters by name."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass
+class _Attempt:
+    """One task running on a slot."""
+
+    task: Any
+    context: TaskContext
+    deadline: float | None
+    timeout_seconds: float | None
+    started: float = field(default_factory=time.monotonic)
+    settled: bool = False  # outcome already written by someone else (timeout, release)
+    lost: bool = False
+
+    @property
+    def lease(self) -> tuple[int, uuid.UUID]:
+        return (self.task.id, self.task.lease_token)
+
+
+EventHook = Callable[[str, Any, float], None]
+
+
+class Worker(Generic[TaskT]):
+    """Runs handlers for claimed tasks on ``concurrency`` slots.
+
+    :param session_factory: a ``sessionmaker`` bound to the queue's database; the worker
+        owns the transactions of the sessions it makes.
+    :param model: the task model (a :class:`~sqlalchemy_taskqueue.TaskMixin` table).
+    :param handlers: ``{task_type: handler}`` or a :class:`HandlerRegistry`.
+    :param concurrency: slots, i.e. tasks run at the same time (threads).
+    :param task_types: types to claim; ``None`` means the handlers' types.
+    :param lease_duration: how long a claim lasts without a heartbeat.
+    :param poll_interval: the longest idle wait between claims (LISTEN usually wakes the
+        worker much earlier).
+    :param heartbeat_interval: lease renewal period (default: a quarter of the lease).
+    :param rescue_interval: how often expired leases are rescued (default: a quarter of
+        the lease, at most 15 s); a dead worker's task is back within about
+        ``lease_duration + rescue_interval``.
+    :param timeouts: per-type attempt timeouts, ``{task_type: duration}``.
+    :param default_timeout: attempt timeout for types without one.
+    :param shutdown_grace: how long running tasks may finish after a stop request.
+    :param progress_interval: the shortest time between two progress writes of a task.
+    :param listen: wake on ``LISTEN/NOTIFY`` (PostgreSQL); ``False`` polls only.
+    :param backoff: retry delay policy for failed attempts.
+    :param on_event: ``callback(event, task, seconds)`` called for ``"completed"``,
+        ``"failed"``, ``"retried"`` and ``"released"`` (used for metrics).
+
+    Durations accept a ``timedelta`` or a number of seconds.
+    """
+
+    def __init__(
+        self,
+        session_factory: Callable[[], Session],
+        model: type[TaskT],
+        handlers: Mapping[str, Handler] | HandlerRegistry,
+        *,
+        concurrency: int = 4,
+        task_types: Sequence[str] | None = None,
+        lease_duration: Duration = timedelta(seconds=60),
+        poll_interval: Duration = timedelta(seconds=1),
+        heartbeat_interval: Duration | None = None,
+        rescue_interval: Duration | None = None,
+        timeouts: Mapping[str, Duration] | None = None,
+        default_timeout: Duration | None = None,
+        shutdown_grace: Duration = timedelta(seconds=30),
+        progress_interval: Duration = timedelta(milliseconds=500),
+        listen: bool = True,
+        backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        owner: str | None = None,
+        on_event: EventHook | None = None,
+    ) -> None:
+        if not callable(session_factory):
+            raise TypeError(f"session_factory must be a sessionmaker, got {session_factory!r}")
+        self._table = task_table(model)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency must be an integer, got {concurrency!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
+        self._specs: dict[str, HandlerSpec] = normalize_handlers(handlers, timeouts)
+        if task_types is None:
+            types = sorted(self._specs)
+        elif isinstance(task_types, str):
+            types = [task_types]
+        else:
+            types = list(task_types)
+        if not types or not all(isinstance(t, str) and t.strip() for t in types):
+            raise ValueError(
+                f"task_types must name at least one task type (got {task_types!r}); "
+                "register a handler or pass task_types"
+            )
+        for missing in sorted(set(types) - set(self._specs)):
+            logger.warning("worker.no_handler type=%s (such tasks will fail)", missing)
+        self._types = types
+        lease = to_seconds("lease_duration", lease_duration)
+        self._lease = timedelta(seconds=lease)
+        self._poll = to_seconds("poll_interval", poll_interval)
+        self._heartbeat = (
+            lease / 4
+            if heartbeat_interval is None
+            else to_seconds("heartbeat_interval", heartbeat_interval)
+        )
+        if self._heartbeat >= lease:
+            raise ValueError(
+                f"heartbeat_interval ({self._heartbeat}s) must be shorter than "
+                f"lease_duration ({lease}s)"
+            )
+        self._rescue_every = (
+            min(lease / 4, 15.0)
+            if rescue_interval is None
+            else to_seconds("rescue_interval", rescue_interval)
+        )
+        self._default_timeout = (
+            None if default_timeout is None else to_seconds("default_timeout", default_timeout)
+        )
+        self._grace = to_seconds("shutdown_grace", shutdown_grace, allow_zero=True)
+        self._progress_interval = to_seconds(
+            "progress_interval", progress_interval, allow_zero=True
+        )
+        if not isinstance(listen, bool):
+            raise TypeError(f"listen must be a bool, got {listen!r}")
+        if not isinstance(backoff, BackoffPolicy):
+            raise TypeError(f"backoff must be a BackoffPolicy, got {backoff!r}")
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event must be callable, got {on_event!r}")
+        self._session_factory = session_factory
+        self._model = model
+        self._concurrency = concurrency
+        self._listen = listen
+        self._backoff = backoff
+        self._on_event = on_event
+        self.owner: str = owner or default_owner()
+        self.stats = WorkerStats()
+
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._supervisor_stop = threading.Event()
+        self._supervisor_wake = threading.Event()
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._running: dict[int, _Attempt] = {}
+        self._slots: queue.Queue[Any] = queue.Queue()
+        self._signals_seen = 0
+        self._is_running = False
+        self.listening = threading.Event()  #: set while LISTEN is active
+        self.idle = threading.Event()  #: set while the claim loop waits for work
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def task_types(self) -> list[str]:
+        """The task types this worker claims."""
+        return list(self._types)
+
+    @property
+    def concurrency(self) -> int:
+        """Number of slots."""
+        return self._concurrency
+
+    def stop(self) -> None:
+        """Ask a running worker to shut down gracefully (safe from any thread or signal).
+
+        Example::
+
+            threading.Timer(60, worker.stop).start()
+            worker.run()
+        """
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self, *, until_empty: bool = False) -> None:
+        """Process tasks until stopped; with ``until_empty``, until nothing is claimable.
+
+        Installs SIGINT/SIGTERM handlers when called on the main thread (restored on
+        return); from other threads, use :meth:`stop`.
+
+        Example::
+
+            worker.run(until_empty=True)   # drain the queue, then return
+        """
+        with self._lock:
+            if self._is_running:
+                raise RuntimeError("this worker is already running")
+            self._is_running = True
+        slots = [
+            threading.Thread(target=self._slot_loop, name=f"taskqueue-slot-{n}", daemon=True)
+            for n in range(self._concurrency)
+        ]
+        supervisor = threading.Thread(
+            target=self._supervise, name="taskqueue-supervisor", daemon=True
+        )
+        self._supervisor_stop.clear()
+        listener = self._start_listener()
+        logger.info(
+            "worker.started owner=%s types=%s concurrency=%d lease=%.1fs listen=%s",
+            self.owner,
+            ",".join(self._types),
+            self._concurrency,
+            self._lease.total_seconds(),
+            listener is not None,
+        )
+        with self._signal_handlers():
+            for thread in [*slots, supervisor]:
+                thread.start()
+            try:
+                self._claim_loop(until_empty)
+            finally:
+                self._shut_down(listener, slots, supervisor)
+        with self._lock:
+            self._is_running = False
+
+    # ------------------------------------------------------------------ claim loop
+
+    def _claim_loop(self, until_empty: bool) -> None:
+        next_rescue = 0.0
+        errors = 0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                if time.monotonic() >= next_rescue:
+                    self._rescue()
+                    next_rescue = time.monotonic() + self._rescue_every
+                free = self._concurrency - self._busy
+                claimed = self._claim(free) if free > 0 else []
+                if until_empty and not claimed and self._busy == 0 and self._rescue() == 0:
+                    return
+                errors = 0
+            except (SQLAlchemyError, TaskQueueError, OSError):
+                errors += 1
+                delay = min(self._poll * 2**errors, 30.0)
+                logger.exception("worker.claim_failed retry_in=%.1fs", delay)
+                self._stopping.wait(delay)
+                continue
+            if free > 0 and len(claimed) == free:
+                continue  # maybe more work: claim again once a slot frees
+            if not claimed and self._busy == 0:
+                self.idle.set()
+            self._wake.wait(self._poll)
+            self.idle.clear()
+
+    def _claim(self, free: int) -> list[Any]:
+        with self._session_factory() as session:
+            repo = self._repository(session)
+            claimed = repo.dequeue_many(self._types, limit=free, lease_duration=self._lease)
+            session.commit()
+        if claimed:
+            with self._lock:
+                self._busy += len(claimed)
+            self.stats.add(claimed=len(claimed))
+            for task in claimed:
+                self._slots.put(task)
+        return claimed
+
+    def _rescue(self) -> int:
+        with self._session_factory() as session:
+            rescued = self._repository(session).rescue_expired_leases()
+            session.commit()
+        for task_id, status in rescued.items():
+            logger.warning("task.rescued id=%d status=%s (its lease expired)", task_id, status)
+        self.stats.add(rescued=len(rescued))
+        return len(rescued)
+
+    def _repository(self, session: Session) -> TaskRepository[TaskT]:
+        return TaskRepository(
+            session,
+            self._model,
+            backoff=self._backoff,
+            lease_duration=self._lease,
+            owner=self.owner,
+            notify=False,
+        )
+
+    # ------------------------------------------------------------------ slots
+
+    def _slot_loop(self) -> None:
+        while True:
+            task = self._slots.get()
+            if task is None:
+                return
+            try:
+                self._execute(task)
+            except Exception:  # a bug here must not kill the slot
+                logger.exception("worker.slot_error id=%s", getattr(task, "id", "?"))
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                self._wake.set()
+
+    def _execute(self, task: Any) -> None:
+        spec = self._specs.get(task.type)
+        timeout = (
+            float(task.timeout_seconds)
+            if task.timeout_seconds
+            else (spec.timeout_seconds if spec and spec.timeout_seconds else self._default_timeout)
+        )
+        context = TaskContext(
+            task,
+            progress_writer=self._write_progress,
+            progress_interval=self._progress_interval,
+            worker_stopping=self._stopping,
+        )
+        attempt = _Attempt(
+            task,
+            context,
+            deadline=None if timeout is None else time.monotonic() + timeout,
+            timeout_seconds=timeout,
+        )
+        with self._lock:
+            self._running[task.id] = attempt
+        self._supervisor_wake.set()  # re-plan around the new deadline
+        logger.info("task.started id=%d type=%s attempt=%d", task.id, task.type, context.attempt)
+        try:
+            if spec is None:
+                self._fail(
+                    attempt, f"no handler is registered for task type {task.type!r}", retry=False
+                )
+                return
+            try:
+                result = spec.function(task, context)
+            except TaskInterrupted as exc:
+                self._interrupted(attempt, exc)
+                return
+            except Exception as exc:
+                logger.error(
+                    "task.error id=%d type=%s error=%s\n%s",
+                    task.id,
+                    task.type,
+                    f"{type(exc).__name__}: {exc}",
+                    traceback.format_exc().rstrip(),
+                )
+                self._fail(attempt, f"{type(exc).__name__}: {exc}", retry=True)
+                return
+            self._complete(attempt, result)
+        finally:
+            with self._lock:
+                self._running.pop(task.id, None)
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _complete(self, attempt: _Attempt, result: Any) -> None:
+        task = attempt.task
+        if self._discarded(attempt, "completed"):
+            return
+        try:
+            self._write(
+                lambda repo: repo.complete_task(
+                    task.id, result=result, lease_token=task.lease_token
+                )
+            )
+        except TypeError as exc:  # the handler returned something that is not JSON
+            self._fail(attempt, f"TypeError: the handler's result is not JSON: {exc}", retry=False)
+            return
+        except LeaseLostError:
+            self._lease_lost(attempt)
+            return
+        seconds = time.monotonic() - attempt.started
+        logger.info("task.completed id=%d type=%s duration=%.3fs", task.id, task.type, seconds)
+        self.stats.add(completed=1)
+        self._emit("completed", task, seconds)
+
+    def _fail(self, attempt: _Attempt, message: str, *, retry: bool) -> None:
+        if not self._discarded(attempt, "failed"):
+            self._write_failure(attempt, message, retry=retry)
+
+    def _write_failure(self, attempt: _Attempt, message: str, *, retry: bool) -> None:
+        task = attempt.task
+        try:
+            status = self._write(
+                lambda repo: repo.fail_task(
+                    task.id, message, lease_token=task.lease_token, retry=retry
+                )
+            )
+        except LeaseLostError:
+            self._lease_lost(attempt)
+            return
+        self._record_failure(attempt, status, message)
+
+    def _record_failure(self, attempt: _Attempt, status: TaskStatus, message: str) -> None:
+        task = attempt.task
+        seconds = time.monotonic() - attempt.started
+        event = "retried" if status is TaskStatus.PENDING else "failed"
+        logger.warning(
+            "task.%s id=%d type=%s attempt=%d duration=%.3fs error=%s",
+            event,
+            task.id,
+            task.type,
+            attempt.context.attempt,
+            seconds,
+            message,
+        )
+        self.stats.add(**{event: 1})
+        self._emit(event, task, seconds)
+
+    def _interrupted(self, attempt: _Attempt, exc: TaskInterrupted) -> None:
+        if self._discarded(attempt, "interrupted"):
+            return
+        if self._stopping.is_set():
+            self._release([attempt])
+        else:
+            self._fail(attempt, f"TaskInterrupted: {exc}", retry=True)
+
+    def _discarded(self, attempt: _Attempt, outcome: str) -> bool:
+        """True (and logged) when the outcome of this attempt was already settled."""
+        with self._lock:
+            settled = attempt.settled or attempt.lost
+        if settled:
+            logger.warning(
+                "task.outcome_discarded id=%d outcome=%s reason=%s",
+                attempt.task.id,
+                outcome,
+                attempt.context.stop_reason,
+            )
+        return settled
+
+    def _lease_lost(self, attempt: _Attempt) -> None:
+        with self._lock:
+            attempt.lost = True
+        attempt.context.interrupt("the lease on this task was lost")
+        self.stats.add(lost_leases=1)
+        logger.warning(
+            "task.lease_lost id=%d type=%s (rescued or changed by an operator; "
+            "this worker's outcome was not written)",
+            attempt.task.id,
+            attempt.task.type,
+        )
+
+    def _release(self, attempts: list[_Attempt]) -> None:
+        if not attempts:
+            return
+        try:
+            released = self._write(lambda repo: repo.release_tasks([a.lease for a in attempts]))
+        except (SQLAlchemyError, TaskQueueError):
+            logger.exception("worker.release_failed (the leases will expire and be rescued)")
+            return
+        for attempt in attempts:
+            with self._lock:
+                attempt.settled = True
+            attempt.context.interrupt("handed back at shutdown")
+            if attempt.task.id in released:
+                logger.info("task.released id=%d type=%s", attempt.task.id, attempt.task.type)
+                self.stats.add(released=1)
+                self._emit("released", attempt.task, time.monotonic() - attempt.started)
+
+    def _write(self, action: Callable[[TaskRepository[TaskT]], Any]) -> Any:
+        """Run one write in its own transaction, retrying transient database errors."""
+        delay = 0.1
+        for attempt in range(_WRITE_ATTEMPTS):
+            try:
+                with self._session_factory() as session:
+                    outcome = action(self._repository(session))
+                    session.commit()
+                    return outcome
+            except (SQLAlchemyError, TaskQueueError) as exc:
+                if not _is_transient(exc) or attempt == _WRITE_ATTEMPTS - 1:
+                    raise
+                logger.warning("worker.write_retry in=%.1fs error=%s", delay, exc)
+                time.sleep(delay)  # backing off from a failing database, not synchronising
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_progress(self, task_id: int, progress: int, lease_token: uuid.UUID) -> bool:
+        try:
+            self._write(
+                lambda repo: repo.update_progress(task_id, progress, lease_token=lease_token)
+            )
+        except LeaseLostError:
+            return False
+        return True
+
+    def _emit(self, event: str, task: Any, seconds: float) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event, task, seconds)
+        except Exception:
+            logger.exception("worker.on_event_failed event=%s", event)
+
+    # ------------------------------------------------------------------ supervisor
+
+    def _supervise(self) -> None:
+        next_heartbeat = time.monotonic() + self._heartbeat
+        while not self._supervisor_stop.is_set():
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self._renew_leases()
+                next_heartbeat = now + self._heartbeat
+            self._enforce_timeouts(now)
+            with self._lock:
+                attempts = list(self._running.values())
+            for attempt in attempts:
+                attempt.context.flush_progress(force=False)
+            deadlines = [a.deadline for a in attempts if a.deadline and not a.settled]
+            wait = min([next_heartbeat, *deadlines]) - time.monotonic()
+            if attempts and self._progress_interval:
+                wait = min(wait, self._progress_interval)
+            self._supervisor_wake.wait(max(wait, 0.01))
+            self._supervisor_wake.clear()
+
+    def _renew_leases(self) -> None:
+        with self._lock:
+            attempts = [a for a in self._running.values() if not a.settled and not a.lost]
+        if not attempts:
+            return
+        try:
+            renewed = self._write(
+                lambda repo: repo.renew_leases(
+                    [a.lease for a in attempts], lease_duration=self._lease
+                )
+            )
+        except (SQLAlchemyError, TaskQueueError):
+            logger.exception("worker.heartbeat_failed (will retry)")
+            return
+        for attempt in attempts:
+            if attempt.task.id not in renewed and not attempt.settled:
+                self._lease_lost(attempt)
+
+    def _enforce_timeouts(self, now: float) -> None:
+        with self._lock:
+            expired = [
+                a
+                for a in self._running.values()
+                if a.deadline is not None and a.deadline <= now and not a.settled and not a.lost
+            ]
+            for attempt in expired:
+                attempt.settled = True
+        for attempt in expired:
+            message = (
+                f"TimeoutError: the attempt exceeded its timeout of {attempt.timeout_seconds:g}s"
+            )
+            attempt.context.interrupt(message)
+            self.stats.add(timed_out=1)
+            try:
+                self._write_failure(attempt, message, retry=True)
+            except (SQLAlchemyError, TaskQueueError):
+                logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
+
+    # ------------------------------------------------------------------ start and stop
+
+    def _start_listener(self) -> NotificationListener | None:
+        if not self._listen:
+            return None
+        with self._session_factory() as session:
+            bind = session.get_bind(mapper=self._model)
+        if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
+            return None
+        channel = statements.notify_channel(self._table)
+        listener = NotificationListener(bind, channel, self._on_notification)
+        self.listening = listener.listening
+        listener.start()
+        return listener
+
+    def _on_notification(self) -> None:
+        self._wake.set()
+
+    def _shut_down(
+        self,
+        listener: NotificationListener | None,
+        slots: list[threading.Thread],
+        supervisor: threading.Thread,
+    ) -> None:
+        if listener is not None:
+            listener.stop()
+        if self._busy:
+            logger.info("worker.stopping running=%d grace=%.1fs", self._busy, self._grace)
+        deadline = time.monotonic() + self._grace
+        while self._busy and time.monotonic() < deadline:
+            self._wake.clear()
+            if self._busy:
+                self._wake.wait(min(deadline - time.monotonic(), 0.5))
+        with self._lock:
+            leftover = [a for a in self._running.values() if not a.settled and not a.lost]
+        self._release(leftover)
+        self._supervisor_stop.set()
+        self._supervisor_wake.set()
+        supervisor.join(timeout=5)
+        for _ in slots:
+            self._slots.put(None)
+        for thread in slots:
+            thread.join(timeout=0.1)
+        logger.info(
+            "worker.stopped completed=%d failed=%d retried=%d released=%d",
+            self.stats.completed,
+            self.stats.failed,
+            self.stats.retried,
+            self.stats.released,
+        )
+
+    @contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, self._on_signal)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals_seen += 1
+        name = signal.Signals(signum).name
+        if self._signals_seen > 1:
+            logger.warning("worker.exit_now signal=%s (leases will expire and be rescued)", name)
+            os._exit(128 + signum)
+        logger.info("worker.shutdown_requested signal=%s grace=%.1fs", name, self._grace)
+        self.stop()
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection-level errors worth retrying (not lease or state errors)."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    cause = exc.__cause__ if isinstance(exc, TaskQueueError) else exc
+    if isinstance(cause, OperationalError):
+        return True
+    return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)

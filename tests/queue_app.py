@@ -1,0 +1,73 @@
+"""A small application for the worker process tests (loaded by ``taskqueue worker``).
+
+Its handlers record every execution in a table of their own, so the tests can check
+that each task ran (and completed) exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import cache
+from typing import Any
+
+from sqlalchemy import BigInteger, Engine, Integer, Text, create_engine, insert
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sqlalchemy_taskqueue import HandlerRegistry, TaskContext, TaskMixin
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Task(TaskMixin, Base):
+    __tablename__ = "proc_tasks"
+
+
+class Execution(Base):
+    """One row per handler call."""
+
+    __tablename__ = "proc_executions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    task_id: Mapped[int] = mapped_column(BigInteger)
+    attempt: Mapped[int] = mapped_column(Integer)
+    pid: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+tasks = HandlerRegistry(Task)
+
+
+@cache
+def engine() -> Engine:
+    return create_engine(os.environ["TASKQUEUE_DATABASE_URL"], pool_size=8)
+
+
+def record(task: Any, ctx: TaskContext, note: str | None = None) -> None:
+    with engine().begin() as connection:
+        connection.execute(
+            insert(Execution).values(
+                task_id=task.id, attempt=ctx.attempt, pid=os.getpid(), note=note
+            )
+        )
+
+
+@tasks.handler("count")
+def count(task: Any, ctx: TaskContext) -> int:
+    record(task, ctx)
+    return int(task.payload["n"])
+
+
+@tasks.handler("sleepy")
+def sleepy(task: Any, ctx: TaskContext) -> str:
+    """Works for ``payload["seconds"]`` (ignoring stop requests); a retry finishes at once."""
+    record(task, ctx)
+    if ctx.attempt > 1:
+        return "recovered"
+    ctx.update_progress(10)
+    deadline = time.monotonic() + float(task.payload["seconds"])
+    while time.monotonic() < deadline:
+        time.sleep(0.05)  # simulated work
+    return "finished"

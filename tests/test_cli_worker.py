@@ -1,0 +1,103 @@
+"""``taskqueue worker``: loading the app, arguments, errors and a real run."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqlalchemy_taskqueue import TaskRepository, TaskStatus
+from sqlalchemy_taskqueue.cli.commands import cli
+
+sys.path.insert(0, str(Path(__file__).parent))
+from queue_app import Base, Task
+
+
+@pytest.fixture
+def app_tables(engine: Engine) -> Iterator[None]:
+    Base.metadata.create_all(engine)
+    yield
+    Base.metadata.drop_all(engine)
+
+
+def invoke(*args: str, url: str | None = None) -> tuple[int, str]:
+    env = {"TASKQUEUE_DATABASE_URL": url} if url else {}
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_help_documents_every_option() -> None:
+    code, output = invoke("worker", "--help")
+    assert code == 0
+    for option in (
+        "--database-url",
+        "--concurrency",
+        "--types",
+        "--lease",
+        "--poll-interval",
+        "--grace",
+        "--timeout",
+        "--no-listen",
+        "--until-empty",
+        "--model",
+        "TASKQUEUE_DATABASE_URL",
+    ):
+        assert option in output
+
+
+def test_the_worker_command_processes_tasks(
+    app_tables: None, database_url: str, session_factory: sessionmaker[Session]
+) -> None:
+    with session_factory() as session:
+        ids = TaskRepository(session, Task).enqueue_many("count", [{"n": 1}, {"n": 2}])
+        session.commit()
+    code, _ = invoke(
+        "worker", "queue_app:tasks", "--until-empty", "--types", "count", url=database_url
+    )
+    assert code == 0
+    with session_factory() as session:
+        repo = TaskRepository(session, Task)
+        assert [repo.get_task(task_id).status for task_id in ids] == [TaskStatus.COMPLETED] * 2  # type: ignore[union-attr]
+
+
+def test_the_password_is_masked_in_the_log(
+    app_tables: None, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = make_url(database_url).set(password="hunter2").render_as_string(hide_password=False)
+    # trust authentication ignores the password, so the worker runs normally
+    with caplog.at_level(logging.INFO):
+        code, output = invoke("worker", "queue_app:tasks", "--until-empty", url=url)
+    assert code == 0
+    assert "hunter2" not in output + caplog.text
+    assert ":***@" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["worker", "queue_app"], "MODULE:ATTR"),
+        (["worker", "no_such_module_xyz:tasks"], "cannot import"),
+        (["worker", "queue_app:missing"], "no attribute"),
+        (["worker", "queue_app:Task"], "not a HandlerRegistry"),
+        (["worker", "queue_app:tasks", "--lease", "soon"], "invalid duration"),
+        (["worker", "queue_app:tasks", "--concurrency", "0"], "0"),
+        (["worker", "queue_app:tasks", "--types", ","], "at least one task type"),
+        (["worker", "queue_app:tasks", "--model", "queue_app:Execution"], "TaskMixin"),
+    ],
+)
+def test_bad_arguments_exit_non_zero_with_a_clear_message(args: list[str], message: str) -> None:
+    code, output = invoke(*args, url="postgresql://nobody@127.0.0.1:1/none")
+    assert code == 2
+    assert message in output
+
+
+def test_a_missing_database_url_is_reported() -> None:
+    code, output = invoke("worker", "queue_app:tasks")
+    assert code == 2 and "TASKQUEUE_DATABASE_URL" in output

@@ -1,0 +1,567 @@
+"""The worker in-process: handlers, outcomes, timeouts, progress, leases, shutdown."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqlalchemy_taskqueue import (
+    HandlerRegistry,
+    TaskContext,
+    TaskInterrupted,
+    TaskRepository,
+    TaskStatus,
+    Worker,
+)
+
+Factory = sessionmaker[Session]
+
+
+def enqueue(
+    factory: Factory, model: type[Any], task_type: str, payload: Any = None, **kw: Any
+) -> int:
+    with factory() as session:
+        task_id = TaskRepository(session, model).enqueue(task_type, payload or {}, **kw)
+        session.commit()
+    return task_id
+
+
+def fetch(factory: Factory, model: type[Any], task_id: int) -> Any:
+    with factory() as session:
+        task = TaskRepository(session, model).get_task(task_id)
+        assert task is not None
+        session.expunge(task)
+    return task
+
+
+def make_worker(factory: Factory, model: type[Any], handlers: Any, **kw: Any) -> Worker[Any]:
+    kw.setdefault("poll_interval", 0.05)
+    kw.setdefault("lease_duration", 5)
+    return Worker(factory, model, handlers, **kw)
+
+
+@contextmanager
+def running(worker: Worker[Any], **kw: Any) -> Iterator[threading.Thread]:
+    """Run the worker on a background thread; stop it and join on exit."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            worker.run(**kw)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert errors == []
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a database state, re-reading it until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- outcomes
+
+
+def test_handlers_run_and_results_are_stored(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    seen: list[tuple[int, Any, int]] = []
+
+    def export(task: Any, ctx: TaskContext) -> dict[str, Any]:
+        seen.append((ctx.task_id, ctx.payload, ctx.attempt))
+        assert task.id == ctx.task_id and task.status is TaskStatus.IN_PROGRESS
+        return {"rows": ctx.payload["n"] * 10}
+
+    ids = [enqueue(session_factory, clean_table, "export", {"n": n}) for n in range(5)]
+    worker = make_worker(session_factory, clean_table, {"export": export}, concurrency=3)
+    worker.run(until_empty=True)
+    assert sorted(seen) == [(task_id, {"n": n}, 1) for n, task_id in enumerate(ids)]
+    for n, task_id in enumerate(ids):
+        task = fetch(session_factory, clean_table, task_id)
+        assert (task.status, task.result, task.progress) == (
+            TaskStatus.COMPLETED,
+            {"rows": n * 10},
+            100,
+        )
+        assert task.lease_owner == worker.owner
+    assert worker.stats.completed == 5
+
+
+def test_a_handler_exception_fails_the_attempt_with_backoff(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    def broken(task: Any, ctx: TaskContext) -> None:
+        raise ValueError("row 7 is not a number")
+
+    retried = enqueue(session_factory, clean_table, "broken", max_retries=2)
+    final = enqueue(session_factory, clean_table, "broken", max_retries=0)
+    worker = make_worker(session_factory, clean_table, {"broken": broken})
+    worker.run(until_empty=True)  # returns: the retry is scheduled, not slept for
+    task = fetch(session_factory, clean_table, retried)
+    assert task.status is TaskStatus.PENDING and task.retry_count == 1
+    assert task.error_message == "ValueError: row 7 is not a number"
+    with session_factory() as session:
+        assert session.scalar(
+            text(f"SELECT run_at > now() FROM {clean_table.__tablename__} WHERE id = {retried}")
+        )
+    task = fetch(session_factory, clean_table, final)
+    assert (
+        task.status is TaskStatus.FAILED
+        and task.error_message == "ValueError: row 7 is not a number"
+    )
+    assert (worker.stats.retried, worker.stats.failed) == (1, 1)
+
+
+def test_a_task_without_handler_fails_clearly(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    ghost = enqueue(session_factory, clean_table, "ghost")
+    worker = make_worker(
+        session_factory, clean_table, {"real": lambda task, ctx: None}, task_types=["real", "ghost"]
+    )
+    worker.run(until_empty=True)
+    task = fetch(session_factory, clean_table, ghost)
+    assert task.status is TaskStatus.FAILED
+    assert task.error_message == "no handler is registered for task type 'ghost'"
+
+
+def test_a_result_that_is_not_json_fails_the_task(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    task_id = enqueue(session_factory, clean_table, "odd")
+    make_worker(session_factory, clean_table, {"odd": lambda task, ctx: object()}).run(
+        until_empty=True
+    )
+    task = fetch(session_factory, clean_table, task_id)
+    assert task.status is TaskStatus.FAILED and "not JSON" in (task.error_message or "")
+
+
+def test_the_worker_only_claims_its_types(session_factory: Factory, clean_table: type[Any]) -> None:
+    mine = enqueue(session_factory, clean_table, "mine")
+    other = enqueue(session_factory, clean_table, "other")
+    make_worker(session_factory, clean_table, {"mine": lambda task, ctx: 1}).run(until_empty=True)
+    assert fetch(session_factory, clean_table, mine).status is TaskStatus.COMPLETED
+    assert fetch(session_factory, clean_table, other).status is TaskStatus.PENDING
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+def wait_until_stopped(task: Any, ctx: TaskContext) -> str:
+    while not ctx.should_stop():
+        time.sleep(0.01)  # the handler's own work loop
+    return "finished late"
+
+
+def test_a_per_type_timeout_fails_the_attempt(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    registry = HandlerRegistry(clean_table)
+    registry.add("slow", wait_until_stopped, timeout=0.3)
+    task_id = enqueue(session_factory, clean_table, "slow", max_retries=0)
+    worker = make_worker(session_factory, clean_table, registry)
+    worker.run(until_empty=True)
+    task = fetch(session_factory, clean_table, task_id)
+    assert task.status is TaskStatus.FAILED
+    assert task.error_message == "TimeoutError: the attempt exceeded its timeout of 0.3s"
+    assert task.result is None  # the late result was discarded
+    assert worker.stats.timed_out == 1
+
+
+def test_a_per_task_timeout_overrides_the_type(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    task_id = enqueue(session_factory, clean_table, "slow", max_retries=1, timeout_seconds=1)
+    worker = make_worker(
+        session_factory, clean_table, {"slow": wait_until_stopped}, timeouts={"slow": 3600}
+    )
+    worker.run(until_empty=True)
+    task = fetch(session_factory, clean_table, task_id)
+    assert task.status is TaskStatus.PENDING and task.retry_count == 1
+    assert task.error_message == "TimeoutError: the attempt exceeded its timeout of 1s"
+
+
+# ---------------------------------------------------------------- progress
+
+
+def test_progress_is_visible_from_another_session_while_the_handler_runs(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    reported = threading.Event()
+    proceed = threading.Event()
+
+    def export(task: Any, ctx: TaskContext) -> str:
+        ctx.update_progress(40)
+        reported.set()
+        assert proceed.wait(10)
+        return "done"
+
+    task_id = enqueue(session_factory, clean_table, "export")
+    with running(make_worker(session_factory, clean_table, {"export": export})):
+        assert reported.wait(10)
+        with session_factory() as session:
+            progress = TaskRepository(session, clean_table).get_task_progress("export")
+        assert progress == 40
+        proceed.set()
+        wait_for(
+            lambda: fetch(session_factory, clean_table, task_id).status is TaskStatus.COMPLETED
+        )
+
+
+def test_progress_writes_are_throttled_and_the_last_value_lands(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    reported = threading.Event()
+    proceed = threading.Event()
+
+    def export(task: Any, ctx: TaskContext) -> None:
+        for percent in range(1, 91):
+            ctx.update_progress(percent)
+        reported.set()
+        assert proceed.wait(10)
+
+    task_id = enqueue(session_factory, clean_table, "export")
+    worker = make_worker(session_factory, clean_table, {"export": export}, progress_interval=0.2)
+    with running(worker):
+        assert reported.wait(10)
+        # the first value was written at once; the supervisor flushes the latest one
+        wait_for(lambda: fetch(session_factory, clean_table, task_id).progress == 90)
+        proceed.set()
+
+
+def test_progress_rejects_bad_values(session_factory: Factory, clean_table: type[Any]) -> None:
+    errors: list[str] = []
+
+    def export(task: Any, ctx: TaskContext) -> None:
+        for bad in (101, -1, True, "50"):
+            try:
+                ctx.update_progress(bad)  # type: ignore[arg-type]
+            except (TypeError, ValueError) as exc:
+                errors.append(type(exc).__name__)
+
+    enqueue(session_factory, clean_table, "export")
+    make_worker(session_factory, clean_table, {"export": export}).run(until_empty=True)
+    assert errors == ["ValueError", "ValueError", "TypeError", "TypeError"]
+
+
+# ---------------------------------------------------------------- leases
+
+
+def test_a_stale_worker_cannot_complete_a_rescued_task(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    started = threading.Event()
+    proceed = threading.Event()
+    stop_seen: list[bool] = []
+
+    def slow(task: Any, ctx: TaskContext) -> str:
+        started.set()
+        assert proceed.wait(10)
+        stop_seen.append(ctx.should_stop())
+        return "stale result"
+
+    task_id = enqueue(session_factory, clean_table, "slow")
+    worker = make_worker(
+        session_factory, clean_table, {"slow": slow}, lease_duration=2, rescue_interval=3600
+    )
+    with running(worker):
+        assert started.wait(10)
+        # another worker takes over: the lease is expired, rescued and claimed again
+        with session_factory() as session:
+            session.execute(
+                text(
+                    f"UPDATE {clean_table.__tablename__} "
+                    "SET lease_expires_at = now() - interval '1 second'"
+                )
+            )
+            repo = TaskRepository(session, clean_table, owner="successor")
+            assert repo.rescue_expired_leases() == {task_id: TaskStatus.PENDING}
+            session.commit()
+            successor = repo.dequeue("slow")
+            session.commit()
+        assert successor is not None
+        # the stale worker's heartbeat notices and its handler is asked to stop
+        wait_for(lambda: worker.stats.lost_leases == 1)
+        proceed.set()
+        wait_for(lambda: worker.stats.claimed == 1 and stop_seen == [True])
+    task = fetch(session_factory, clean_table, task_id)
+    assert task.status is TaskStatus.IN_PROGRESS and task.lease_owner == "successor"
+    assert task.result is None and task.lease_token == successor.lease_token
+    assert worker.stats.completed == 0
+
+
+def test_heartbeats_keep_a_long_task_leased(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    started = threading.Event()
+    proceed = threading.Event()
+
+    def slow(task: Any, ctx: TaskContext) -> str:
+        started.set()
+        assert proceed.wait(10)
+        return "ok"
+
+    task_id = enqueue(session_factory, clean_table, "slow")
+    worker = make_worker(session_factory, clean_table, {"slow": slow}, lease_duration=1)
+    with running(worker):
+        assert started.wait(10)
+        first = fetch(session_factory, clean_table, task_id).lease_expires_at
+        wait_for(lambda: fetch(session_factory, clean_table, task_id).lease_expires_at > first)
+        # a second worker's rescue finds nothing expired while heartbeats run
+        with session_factory() as session:
+            assert TaskRepository(session, clean_table).rescue_expired_leases() == {}
+        proceed.set()
+        wait_for(
+            lambda: fetch(session_factory, clean_table, task_id).status is TaskStatus.COMPLETED
+        )
+
+
+def test_until_empty_rescues_expired_leases(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    task_id = enqueue(session_factory, clean_table, "job")
+    with session_factory() as session:
+        repo = TaskRepository(session, clean_table, owner="dead-worker")
+        assert repo.dequeue("job") is not None
+        session.execute(
+            text(
+                f"UPDATE {clean_table.__tablename__} SET lease_expires_at = now() - interval '1 s'"
+            )
+        )
+        session.commit()
+    worker = make_worker(session_factory, clean_table, {"job": lambda task, ctx: "rescued"})
+    worker.run(until_empty=True)
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.status, task.result, task.retry_count) == (TaskStatus.COMPLETED, "rescued", 1)
+    assert worker.stats.rescued == 1
+
+
+# ---------------------------------------------------------------- wake-up
+
+
+def test_notify_wakes_an_idle_worker_long_before_its_poll(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    done: dict[int, float] = {}
+    finished = threading.Event()
+
+    def job(task: Any, ctx: TaskContext) -> None:
+        done[task.id] = time.monotonic()
+        finished.set()
+
+    worker = make_worker(session_factory, clean_table, {"job": job}, poll_interval=60)
+    with running(worker):
+        assert worker.listening.wait(10)
+        wait_for(worker.idle.is_set)
+        enqueued_at = time.monotonic()
+        task_id = enqueue(session_factory, clean_table, "job")
+        assert finished.wait(10)
+    # picked up on the notification: nowhere near the 60 s poll interval
+    assert done[task_id] - enqueued_at < 5
+
+
+def test_polling_only_mode_still_finds_work(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    finished = threading.Event()
+    worker = make_worker(
+        session_factory,
+        clean_table,
+        {"job": lambda task, ctx: finished.set()},
+        listen=False,
+        poll_interval=0.1,
+    )
+    with running(worker):
+        wait_for(worker.idle.is_set)
+        assert not worker.listening.is_set()
+        enqueue(session_factory, clean_table, "job")
+        assert finished.wait(10)
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+def test_stop_lets_a_running_task_finish_within_the_grace_period(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    started = threading.Event()
+    proceed = threading.Event()
+
+    def slow(task: Any, ctx: TaskContext) -> str:
+        started.set()
+        assert proceed.wait(10)
+        return "finished"
+
+    task_id = enqueue(session_factory, clean_table, "slow")
+    worker = make_worker(session_factory, clean_table, {"slow": slow}, shutdown_grace=10)
+    with running(worker) as thread:
+        assert started.wait(10)
+        worker.stop()
+        proceed.set()
+        thread.join(10)
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, "finished")
+
+
+def test_unfinished_tasks_are_handed_back_without_using_a_retry(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    started = threading.Event()
+    proceed = threading.Event()
+
+    def stubborn(task: Any, ctx: TaskContext) -> str:
+        started.set()
+        assert proceed.wait(10)  # ignores should_stop()
+        return "too late"
+
+    task_id = enqueue(session_factory, clean_table, "stubborn")
+    worker = make_worker(session_factory, clean_table, {"stubborn": stubborn}, shutdown_grace=0.2)
+    with running(worker) as thread:
+        assert started.wait(10)
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.status, task.retry_count, task.lease_token) == (TaskStatus.PENDING, 0, None)
+    proceed.set()  # the handler returns later; its result is discarded
+    wait_for(lambda: worker.stats.released == 1)
+    assert fetch(session_factory, clean_table, task_id).status is TaskStatus.PENDING
+
+
+def test_a_cooperative_handler_is_handed_back_when_it_stops(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    started = threading.Event()
+
+    def cooperative(task: Any, ctx: TaskContext) -> None:
+        started.set()
+        while True:
+            ctx.raise_if_stopping()
+            time.sleep(0.01)  # the handler's own work loop
+
+    task_id = enqueue(session_factory, clean_table, "coop")
+    worker = make_worker(session_factory, clean_table, {"coop": cooperative}, shutdown_grace=10)
+    with running(worker) as thread:
+        assert started.wait(10)
+        worker.stop()
+        thread.join(10)
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.status, task.retry_count) == (TaskStatus.PENDING, 0)
+    assert worker.stats.released == 1
+
+
+def test_run_on_the_main_thread_installs_and_restores_signal_handlers(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    during: list[Any] = []
+
+    def job(task: Any, ctx: TaskContext) -> None:
+        during.append(signal.getsignal(signal.SIGTERM))
+
+    enqueue(session_factory, clean_table, "job")
+    worker = make_worker(session_factory, clean_table, {"job": job})
+    worker.run(until_empty=True)
+    assert during and during[0] == worker._on_signal
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_interrupted_without_shutdown_counts_as_a_failed_attempt(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    def gives_up(task: Any, ctx: TaskContext) -> None:
+        raise TaskInterrupted("upstream asked to stop")
+
+    task_id = enqueue(session_factory, clean_table, "x", max_retries=0)
+    make_worker(session_factory, clean_table, {"x": gives_up}).run(until_empty=True)
+    task = fetch(session_factory, clean_table, task_id)
+    assert task.status is TaskStatus.FAILED and "upstream asked to stop" in (
+        task.error_message or ""
+    )
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"concurrency": 0}, ValueError, "concurrency"),
+        ({"concurrency": "4"}, TypeError, "concurrency"),
+        ({"lease_duration": 0}, ValueError, "lease_duration"),
+        ({"lease_duration": -5}, ValueError, "lease_duration"),
+        ({"poll_interval": timedelta(0)}, ValueError, "poll_interval"),
+        ({"poll_interval": "1s"}, TypeError, "poll_interval"),
+        ({"default_timeout": -1}, ValueError, "default_timeout"),
+        ({"timeouts": {"job": 0}}, ValueError, "timeout of 'job'"),
+        ({"timeouts": {"nope": 5}}, ValueError, "nope"),
+        ({"heartbeat_interval": 10, "lease_duration": 5}, ValueError, "heartbeat_interval"),
+        ({"shutdown_grace": -1}, ValueError, "shutdown_grace"),
+        ({"task_types": []}, ValueError, "task_types"),
+        ({"listen": "yes"}, TypeError, "listen"),
+    ],
+)
+def test_bad_configuration_is_rejected(
+    session_factory: Factory,
+    clean_table: type[Any],
+    kwargs: dict[str, Any],
+    error: type[Exception],
+    message: str,
+) -> None:
+    with pytest.raises(error, match=message):
+        Worker(session_factory, clean_table, {"job": lambda task, ctx: None}, **kwargs)
+
+
+def test_bad_handlers_and_models_are_rejected(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    with pytest.raises(TypeError, match="'job' is not callable"):
+        Worker(session_factory, clean_table, {"job": "not a function"})
+    with pytest.raises(TypeError, match="mapping"):
+        Worker(session_factory, clean_table, [lambda task, ctx: None])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="TaskMixin"):
+        Worker(session_factory, dict, {"job": lambda task, ctx: None})  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="session_factory"):
+        Worker(None, clean_table, {"job": lambda task, ctx: None})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="task_types"):
+        Worker(session_factory, clean_table, {})
+
+
+def test_handler_registry(clean_table: type[Any]) -> None:
+    registry = HandlerRegistry(clean_table)
+
+    @registry.handler("email", timeout=timedelta(seconds=30))
+    def email(task: Any, ctx: TaskContext) -> None:
+        return None
+
+    assert registry["email"] is email and list(registry) == ["email"] and len(registry) == 1
+    spec = registry.spec("email")
+    assert spec is not None and spec.timeout_seconds == 30
+    with pytest.raises(ValueError, match="already registered"):
+        registry.add("email", email)
+    with pytest.raises(TypeError, match="not callable"):
+        registry.add("sms", 42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="task_type"):
+        registry.add("", email)
+    with pytest.raises(TypeError, match="TaskMixin"):
+        HandlerRegistry(object)

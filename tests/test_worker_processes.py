@@ -1,0 +1,205 @@
+"""Workers as real processes (the ``taskqueue worker`` command): crashes, signals, scale."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqlalchemy_taskqueue import TaskRepository, TaskStatus
+
+sys.path.insert(0, str(Path(__file__).parent))
+from queue_app import Base, Execution, Task
+
+pytestmark = pytest.mark.slow
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def app_tables(engine: Engine) -> Iterator[None]:
+    Base.metadata.create_all(engine)
+    yield
+    Base.metadata.drop_all(engine)
+
+
+class WorkerProcess:
+    def __init__(self, database_url: str, log: Path, *options: str) -> None:
+        env = {**os.environ, "TASKQUEUE_DATABASE_URL": database_url, "PYTHONPATH": str(TESTS)}
+        self.log = log
+        self._out = log.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sqlalchemy_taskqueue.cli",
+                "worker",
+                "queue_app:tasks",
+                *options,
+            ],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self._out.close()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._out.close()
+
+
+@pytest.fixture
+def spawn(
+    database_url: str, tmp_path: Path, app_tables: None
+) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*options: str) -> WorkerProcess:
+        worker = WorkerProcess(database_url, tmp_path / f"worker-{len(started)}.log", *options)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+def enqueue(factory: sessionmaker[Session], task_type: str, payload: Any) -> int:
+    with factory() as session:
+        task_id = TaskRepository(session, Task).enqueue(task_type, payload)
+        session.commit()
+    return task_id
+
+
+def task_state(factory: sessionmaker[Session], task_id: int) -> Any:
+    with factory() as session:
+        task = TaskRepository(session, Task).get_task(task_id)
+        assert task is not None
+        session.expunge(task)
+        return task
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait for a database or process state, re-reading it until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def lease_expired(factory: sessionmaker[Session], task_id: int) -> bool:
+    with factory() as session:
+        query = text("SELECT lease_expires_at < now() FROM proc_tasks WHERE id = :id")
+        return bool(session.scalar(query, {"id": task_id}))
+
+
+def executions(factory: sessionmaker[Session]) -> list[Any]:
+    with factory() as session:
+        return list(session.execute(select(Execution).order_by(Execution.id)).scalars())
+
+
+def test_a_task_of_a_killed_worker_is_rescued_and_completed_once(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    task_id = enqueue(session_factory, "sleepy", {"seconds": 120})
+    doomed = spawn("--lease", "2s", "--concurrency", "1")
+    wait_for(lambda: task_state(session_factory, task_id).progress == 10)
+    doomed.process.send_signal(signal.SIGKILL)
+    assert doomed.wait(10) == -signal.SIGKILL
+    assert task_state(session_factory, task_id).status is TaskStatus.IN_PROGRESS
+    # nothing renews the lease any more; once it has expired another worker rescues it
+    wait_for(lambda: lease_expired(session_factory, task_id))
+    rescuer = spawn("--until-empty", "--concurrency", "1")
+    assert rescuer.wait(60) == 0, rescuer.output()
+    task = task_state(session_factory, task_id)
+    assert (task.status, task.result, task.retry_count) == (TaskStatus.COMPLETED, "recovered", 1)
+    runs = executions(session_factory)
+    assert [(run.task_id, run.attempt) for run in runs] == [(task_id, 1), (task_id, 2)]
+    assert runs[0].pid != runs[1].pid
+    assert "task.rescued" in rescuer.output()
+
+
+def test_sigterm_lets_a_long_task_finish_within_the_grace_period(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    task_id = enqueue(session_factory, "sleepy", {"seconds": 1.5})
+    worker = spawn("--grace", "30s")
+    wait_for(lambda: task_state(session_factory, task_id).progress == 10)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+    task = task_state(session_factory, task_id)
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, "finished")
+    assert "worker.shutdown_requested signal=SIGTERM" in worker.output()
+
+
+def test_sigterm_hands_an_unfinished_task_back_untouched(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    task_id = enqueue(session_factory, "sleepy", {"seconds": 120})
+    worker = spawn("--grace", "0.5s")
+    wait_for(lambda: task_state(session_factory, task_id).progress == 10)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+    task = task_state(session_factory, task_id)
+    assert (task.status, task.retry_count, task.progress) == (TaskStatus.PENDING, 0, 0)
+    assert task.lease_token is None and task.error_message is None
+    assert "task.released" in worker.output()
+
+
+def test_a_second_signal_exits_at_once(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    task_id = enqueue(session_factory, "sleepy", {"seconds": 120})
+    worker = spawn("--grace", "60s")
+    wait_for(lambda: task_state(session_factory, task_id).progress == 10)
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "worker.shutdown_requested" in worker.output())
+    worker.signal(signal.SIGINT)
+    assert worker.wait(10) == 128 + signal.SIGINT
+    # the lease is left to expire; the task is not lost
+    assert task_state(session_factory, task_id).status is TaskStatus.IN_PROGRESS
+
+
+def test_four_worker_processes_complete_5000_tasks_exactly_once(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    with session_factory() as session:
+        TaskRepository(session, Task).enqueue_many("count", [{"n": n} for n in range(5000)])
+        session.commit()
+    workers = [
+        spawn("--until-empty", "--concurrency", "4", "--log-level", "warning") for _ in range(4)
+    ]
+    for worker in workers:
+        assert worker.wait(240) == 0, worker.output()
+    runs = executions(session_factory)
+    assert len(runs) == 5000
+    assert len({run.task_id for run in runs}) == 5000
+    assert len({run.pid for run in runs}) > 1
+    with session_factory() as session:
+        statuses = dict(
+            session.execute(select(Task.status, func.count()).group_by(Task.status)).all()
+        )
+        results = session.scalar(text("SELECT sum((result #>> '{}')::int) FROM proc_tasks"))
+    assert statuses == {TaskStatus.COMPLETED: 5000}
+    assert results == sum(range(5000))
