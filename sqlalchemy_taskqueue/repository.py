@@ -43,6 +43,7 @@ from .exceptions import (
     TaskQueueError,
 )
 from .models import TaskDataclassMixin, TaskMixin, task_table
+from .monitoring import TaskMonitoring
 from .status import ACTIVE_STATUSES, TaskStatus
 
 __all__ = ["DEFAULT_LEASE_DURATION", "TaskRepository", "TaskT", "canonical_json", "default_owner"]
@@ -112,7 +113,7 @@ def _database_boundary(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-class TaskRepository(Generic[TaskT]):
+class TaskRepository(TaskMonitoring, Generic[TaskT]):
     """Every queue operation, run in the caller's session (never committed here).
 
     :param session: the caller's ORM session; the repository only executes statements in
@@ -122,6 +123,9 @@ class TaskRepository(Generic[TaskT]):
     :param lease_duration: lease handed out by :meth:`dequeue` unless it is given one.
     :param owner: identity recorded in ``lease_owner`` (default: host, pid, random).
     :param notify: announce enqueues with ``NOTIFY`` so idle workers wake at once.
+
+    The monitoring queries (:meth:`queue_depth`, :meth:`stuck_tasks` ...) come from
+    :class:`~sqlalchemy_taskqueue.monitoring.TaskMonitoring`.
 
     Example::
 
@@ -602,28 +606,48 @@ class TaskRepository(Generic[TaskT]):
     # ------------------------------------------------------------------ cleanup
 
     @_database_boundary
-    def cleanup_old_tasks(self, older_than: timedelta, *, batch_size: int = 1000) -> int:
+    def cleanup_old_tasks(
+        self,
+        older_than: timedelta,
+        *,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> int:
         """Delete finished (completed, failed, cancelled) tasks that finished more than
         ``older_than`` ago, ``batch_size`` rows per statement; returns how many.
 
-        Active tasks are never deleted, however old.
+        Active tasks are never deleted, however old.  ``max_batches`` bounds the work
+        of one call, so a caller can commit between calls (as ``taskqueue cleanup`` does)
+        and keep transactions short.
 
         Example::
 
             repo.cleanup_old_tasks(timedelta(days=7))  # 1204
         """
-        if not isinstance(older_than, timedelta):
-            raise TypeError(f"older_than must be a timedelta, got {older_than!r}")
-        if older_than < timedelta(0):
-            raise ValueError(f"older_than must not be negative, got {older_than!r}")
+        _require_older_than(older_than)
         _require_int("batch_size", batch_size, minimum=1)
+        if max_batches is not None:
+            _require_int("max_batches", max_batches, minimum=1)
         stmt = statements.purge_statement(self._table, older_than=older_than, batch_size=batch_size)
-        total = 0
+        total = batches = 0
         while True:
             deleted = int(self._session.execute(stmt).rowcount)  # type: ignore[attr-defined]
             total += deleted
-            if deleted < batch_size:
+            batches += 1
+            if deleted < batch_size or (max_batches is not None and batches >= max_batches):
                 return total
+
+    @_database_boundary
+    def count_old_tasks(self, older_than: timedelta) -> int:
+        """How many tasks :meth:`cleanup_old_tasks` would delete now (a dry run).
+
+        Example::
+
+            repo.count_old_tasks(timedelta(days=7))  # 1204
+        """
+        _require_older_than(older_than)
+        stmt = statements.purgeable_count_statement(self._table, older_than=older_than)
+        return int(self._session.execute(stmt).scalar_one())
 
     # ------------------------------------------------------------------ internals
 
@@ -757,6 +781,13 @@ def _require_json(name: str, value: Any, *, allow_none: bool) -> None:
         raise TypeError(f"{name} is not JSON-serialisable: {exc}") from None
     if "\\u0000" in text:
         raise ValueError(f"{name} contains a NUL character, which PostgreSQL cannot store")
+
+
+def _require_older_than(older_than: Any) -> None:
+    if not isinstance(older_than, timedelta):
+        raise TypeError(f"older_than must be a timedelta, got {older_than!r}")
+    if older_than < timedelta(0):
+        raise ValueError(f"older_than must not be negative, got {older_than!r}")
 
 
 def _require_token(lease_token: Any) -> None:

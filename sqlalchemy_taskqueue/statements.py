@@ -78,16 +78,23 @@ __all__ = [
     "listen_statement",
     "notify_channel",
     "notify_statement",
+    "outcome_counts_statement",
     "partial_index",
     "payload_contains",
+    "processing_times_statement",
     "progress_lookup_statement",
     "progress_statement",
     "purge_statement",
+    "purgeable_count_statement",
+    "queue_depth_statement",
+    "recent_failures_statement",
     "release_statement",
     "renew_leases_statement",
     "require_supported_dialect",
     "rescue_statement",
     "retry_statement",
+    "status_counts_statement",
+    "stuck_tasks_statement",
 ]
 
 SUPPORTED_DIALECTS = frozenset({"postgresql"})
@@ -526,7 +533,135 @@ def progress_lookup_statement(
     return select(c.progress).where(condition).order_by(c.created_at.desc(), c.id.desc()).limit(1)
 
 
+# --------------------------------------------------------------------------- monitoring
+
+
+def _seconds_between(later: Any, earlier: Any) -> ColumnElement[Any]:
+    return func.extract("epoch", later - earlier)
+
+
+def status_counts_statement(table: Table) -> Select[Any]:
+    """Tasks per type and status."""
+    c = table.c
+    return (
+        select(c.type, c.status, func.count().label("total"))
+        .group_by(c.type, c.status)
+        .order_by(c.type, c.status)
+    )
+
+
+def queue_depth_statement(table: Table) -> Select[Any]:
+    """Pending tasks per type: due now, scheduled for later, and the oldest due one's age.
+
+    Reads only pending rows, through the partial claimable index.
+    """
+    c = table.c
+    due = c.run_at <= _now()
+    return (
+        select(
+            c.type,
+            func.count().filter(due).label("ready"),
+            func.count().filter(c.run_at > _now()).label("scheduled"),
+            func.coalesce(func.max(_seconds_between(_now(), c.run_at)).filter(due), 0).label(
+                "oldest_ready_seconds"
+            ),
+        )
+        .where(c.status == TaskStatus.PENDING)
+        .group_by(c.type)
+        .order_by(c.type)
+    )
+
+
+def stuck_tasks_statement(
+    table: Table, *, running_longer_than: timedelta, limit: int
+) -> Select[Any]:
+    """In-progress tasks that run longer than a threshold or whose lease has expired."""
+    c = table.c
+    expired = c.lease_expires_at < _now()
+    return (
+        select(
+            c.id,
+            c.type,
+            c.started_at,
+            c.lease_owner,
+            c.lease_expires_at,
+            c.retry_count,
+            c.progress,
+            expired.label("lease_expired"),
+        )
+        .where(
+            c.status == TaskStatus.IN_PROGRESS,
+            (c.started_at < _now() - running_longer_than) | expired,
+        )
+        .order_by(c.started_at)
+        .limit(limit)
+    )
+
+
+def processing_times_statement(table: Table, *, window: timedelta) -> Select[Any]:
+    """Average and 95th percentile run time of tasks completed within ``window``."""
+    c = table.c
+    seconds = _seconds_between(c.completed_at, c.started_at)
+    return (
+        select(
+            c.type,
+            func.count().label("completed"),
+            func.avg(seconds).label("average_seconds"),
+            func.percentile_cont(0.95).within_group(seconds).label("p95_seconds"),
+        )
+        .where(c.status == TaskStatus.COMPLETED, c.completed_at >= _now() - window)
+        .group_by(c.type)
+        .order_by(c.type)
+    )
+
+
+def outcome_counts_statement(table: Table, *, window: timedelta) -> Select[Any]:
+    """Finished tasks per type within ``window``: completed, failed, cancelled, retried."""
+    c = table.c
+    return (
+        select(
+            c.type,
+            func.count().filter(c.status == TaskStatus.COMPLETED).label("completed"),
+            func.count().filter(c.status == TaskStatus.FAILED).label("failed"),
+            func.count().filter(c.status == TaskStatus.CANCELLED).label("cancelled"),
+            # the seed's rule counts the final failure in retry_count too
+            func.count()
+            .filter(
+                case(
+                    (c.status == TaskStatus.FAILED, c.retry_count > 1),
+                    else_=c.retry_count > 0,
+                )
+            )
+            .label("retried"),
+        )
+        .where(c.status.in_(FINISHED_STATUSES), c.completed_at >= _now() - window)
+        .group_by(c.type)
+        .order_by(c.type)
+    )
+
+
+def recent_failures_statement(
+    table: Table, *, limit: int, task_type: str | None = None
+) -> Select[Any]:
+    """The latest permanently failed tasks with their error messages."""
+    c = table.c
+    condition = c.status == TaskStatus.FAILED
+    if task_type is not None:
+        condition = and_(condition, c.type == task_type)
+    return (
+        select(c.id, c.type, c.error_message, c.retry_count, c.created_at, c.completed_at)
+        .where(condition)
+        .order_by(c.completed_at.desc().nulls_last(), c.id.desc())
+        .limit(limit)
+    )
+
+
 # --------------------------------------------------------------------------- cleanup
+
+
+def _purgeable(table: Table, older_than: timedelta) -> ColumnElement[bool]:
+    c = table.c
+    return and_(c.status.in_(FINISHED_STATUSES), c.completed_at < _now() - older_than)
 
 
 def purge_statement(table: Table, *, older_than: timedelta, batch_size: int) -> Delete:
@@ -534,9 +669,14 @@ def purge_statement(table: Table, *, older_than: timedelta, batch_size: int) -> 
     c = table.c
     batch = (
         select(c.id)
-        .where(c.status.in_(FINISHED_STATUSES), c.completed_at < _now() - older_than)
+        .where(_purgeable(table, older_than))
         .limit(batch_size)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
     return delete(table).where(c.id.in_(batch))
+
+
+def purgeable_count_statement(table: Table, *, older_than: timedelta) -> Select[Any]:
+    """How many tasks :func:`purge_statement` would delete (for dry runs)."""
+    return select(func.count()).select_from(table).where(_purgeable(table, older_than))

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from queue_app import Base, Task
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import TaskRepository, TaskStatus
-from sqlalchemy_taskqueue.cli.commands import cli
-
-sys.path.insert(0, str(Path(__file__).parent))
-from queue_app import Base, Task
+from sqlalchemy_taskqueue.cli import cli
 
 
 @pytest.fixture

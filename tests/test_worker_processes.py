@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,38 @@ def test_four_worker_processes_complete_5000_tasks_exactly_once(
         results = session.scalar(text("SELECT sum((result #>> '{}')::int) FROM proc_tasks"))
     assert statuses == {TaskStatus.COMPLETED: 5000}
     assert results == sum(range(5000))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
+def test_the_worker_command_serves_metrics(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    with session_factory() as session:
+        TaskRepository(session, Task).enqueue_many("count", [{"n": n} for n in range(5)])
+        session.commit()
+    port = free_port()
+    worker = spawn("--metrics-port", str(port))
+    wait_for(
+        lambda: (
+            (body := scrape(port)) is not None
+            and 'taskqueue_tasks_completed_total{type="count"} 5.0' in body
+        )
+    )
+    body = scrape(port) or ""
+    assert 'taskqueue_tasks{status="completed",type="count"} 5.0' in body
+    assert "taskqueue_task_duration_seconds_bucket" in body
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()

@@ -10,7 +10,21 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "cli":
+        return _load()
+    raise AttributeError(name)
+
+
+def _load() -> object:
+    """Import every command module (each registers its commands on the group)."""
+    from . import operations, worker_command  # noqa: F401
+    from .group import cli
+
+    return cli
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         main(["worker", "myapp.tasks:registry", "--concurrency", "8"])
     """
     try:
-        from .commands import cli
+        cli = _load()
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         print(
             f"taskqueue: the command line needs the 'cli' extra ({exc.name} is missing): "
@@ -29,4 +43,4 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    cli.main(args=argv, prog_name="taskqueue")
+    cli.main(args=argv, prog_name="taskqueue")  # type: ignore[attr-defined]

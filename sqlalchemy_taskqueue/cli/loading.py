@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import click
+from sqlalchemy.orm import DeclarativeBase
 
 from sqlalchemy_taskqueue.handlers import HandlerRegistry
-from sqlalchemy_taskqueue.models import task_table
+from sqlalchemy_taskqueue.models import TaskMixin, task_table
 
-__all__ = ["load_object", "load_worker_target"]
+__all__ = ["load_model", "load_object", "load_worker_target", "model_for_table"]
 
 
 def load_object(reference: str) -> Any:
@@ -39,6 +40,24 @@ def load_object(reference: str) -> Any:
         except AttributeError:
             raise click.BadParameter(f"{module_name!r} has no attribute {attribute!r}") from None
     return target
+
+
+def model_for_table(table_name: str) -> type[Any]:
+    """A task model for an existing queue table, for operator commands.
+
+    Only the library's columns are mapped; ``schema.table`` names a table in a schema.
+    """
+    if not table_name or not table_name.strip():
+        raise click.BadParameter("must name a table", param_hint="--table")
+    schema, _, name = table_name.rpartition(".")
+
+    class Base(DeclarativeBase):
+        pass
+
+    namespace: dict[str, Any] = {"__tablename__": name}
+    if schema:
+        namespace["__table_args__"] = {"schema": schema}
+    return type("OperatorTask", (TaskMixin, Base), namespace)
 
 
 def load_model(reference: str) -> type[Any]:

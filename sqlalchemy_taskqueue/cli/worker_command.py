@@ -1,63 +1,21 @@
-"""The ``taskqueue`` command group and the ``worker`` command."""
+"""``taskqueue worker``: run a worker for an app's handlers."""
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
 
 import click
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
-from sqlalchemy_taskqueue.durations import parse_duration
-from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, mask_password, normalize_url
+from sqlalchemy_taskqueue.embedded import mask_password, normalize_url
 from sqlalchemy_taskqueue.worker import Worker
 
+from .group import DURATION, cli, configure_logging, database_url_option
 from .loading import load_worker_target
 
-__all__ = ["cli"]
-
-LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
-
-
-class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
-    """``90s``, ``15m``, ``12h``, ``7d`` or seconds."""
-
-    name = "duration"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = DurationType()
-
-
-def database_url_option(function: Any) -> Any:
-    return click.option(
-        "--database-url",
-        envvar=DATABASE_URL_ENV,
-        required=True,
-        show_envvar=True,
-        help="SQLAlchemy URL of the queue's database.",
-    )(function)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="sqlalchemy-taskqueue")
-def cli() -> None:
-    """sqlalchemy-taskqueue: run workers and operate the task queue."""
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+__all__ = ["worker"]
 
 
 @cli.command()
@@ -111,6 +69,12 @@ def configure_logging(level: str) -> None:
 )
 @click.option("--until-empty", is_flag=True, help="Exit once nothing is claimable.")
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (needs the 'metrics' extra).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -128,6 +92,7 @@ def worker(
     timeout: timedelta | None,
     no_listen: bool,
     until_empty: bool,
+    metrics_port: int | None,
     log_level: str,
 ) -> None:
     """Run a worker for the handlers in MODULE:ATTR.
@@ -147,6 +112,11 @@ def worker(
     engine = create_engine(
         url, pool_size=concurrency + 2, max_overflow=concurrency, pool_pre_ping=True
     )
+    metrics_server = None
+    if metrics_port is not None:
+        from sqlalchemy_taskqueue.metrics import serve_worker_metrics
+
+        metrics_server = serve_worker_metrics(metrics_port, sessionmaker(engine), model)
     try:
         runner = Worker(
             sessionmaker(engine),
@@ -159,6 +129,7 @@ def worker(
             shutdown_grace=grace,
             default_timeout=timeout,
             listen=not no_listen,
+            on_event=metrics_server.metrics.on_event if metrics_server else None,
         )
     except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
@@ -168,4 +139,6 @@ def worker(
     try:
         runner.run(until_empty=until_empty)
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
         engine.dispose()

@@ -1,0 +1,203 @@
+"""``make demo``: the whole life of a queue in under a minute.
+
+1. finds a database (``TASKQUEUE_DATABASE_URL``, a local PostgreSQL, or an embedded one
+   started from the ``pgserver`` wheel) and creates a fresh ``taskqueue_demo`` database;
+2. migrates it with Alembic (``alembic upgrade head``);
+3. enqueues exports and imports (one import fails once and is retried with backoff; a
+   duplicate import request is deduplicated);
+4. runs two workers and shows a live progress bar per task;
+5. prints each task's final status and the ``taskqueue stats`` tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.table import Table
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from sqlalchemy_taskqueue import BackoffPolicy, TaskRepository, TaskStatus, Worker
+from sqlalchemy_taskqueue.cli.operations import stats_tables
+from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, mask_password, resolve_database_url
+from sqlalchemy_taskqueue.status import FINISHED_STATUSES
+
+from .bulk_import import BULK_IMPORT, make_import_handler, request_import, write_sample_csv
+from .data_export import DATA_EXPORT, make_export_handler, request_export
+from .shop import Task, migrate, seed_project
+
+DEMO_DATABASE = "taskqueue_demo"
+TIME_LIMIT = 50.0
+
+# a wide console when piped (make demo in CI), the terminal's width otherwise
+console = Console() if sys.stdout.isatty() else Console(width=120)
+
+
+def demo_engine(server_url: str, database: str) -> Engine:
+    """A fresh demo database on the server, or the given database if we may not create one."""
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{database}"'))
+        url = make_url(server_url).set(database=database)
+    except Exception as exc:
+        console.print(
+            f"[yellow]cannot create {database} ({exc.__class__.__name__}); "
+            "using the given database[/]"
+        )
+        url = make_url(server_url)
+    finally:
+        admin.dispose()
+    return create_engine(url, pool_size=10)
+
+
+def enqueue_work(engine: Engine, workdir: Path) -> list[int]:
+    """Three exports and two imports, committed with the projects they belong to."""
+    ids: list[int] = []
+    with Session(engine) as session, session.begin():
+        projects = [
+            seed_project(session, name, items)
+            for name, items in (("acme", 4000), ("globex", 1500), ("initech", 600))
+        ]
+        for project in projects:
+            ids.append(request_export(session, project.id, f"ops@{project.name}.example", pace=0.6))
+        catalog = workdir / "catalog.csv"
+        write_sample_csv(catalog, 3000, bad_every=499)
+        task_id, _ = request_import(session, projects[0].id, catalog, pace=0.08)
+        ids.append(task_id)
+        again, created = request_import(session, projects[0].id, catalog, pace=0.08)
+        console.print(f"the same import requested twice -> task {again} (created={created})")
+        flaky = workdir / "flaky.csv"
+        write_sample_csv(flaky, 2000, seed=11)
+        task_id, _ = request_import(session, projects[1].id, flaky, pace=0.08, flaky=True)
+        ids.append(task_id)
+    return ids
+
+
+def watch(engine: Engine, ids: list[int]) -> dict[int, Any]:
+    """Live progress bars until every task has finished (or the time limit)."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=40),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+    )
+    bars = {
+        task_id: progress.add_task(f"#{task_id}", total=100, status="pending") for task_id in ids
+    }
+    deadline = time.monotonic() + TIME_LIMIT
+    rows: dict[int, Any] = {}
+    with Live(progress, console=console, refresh_per_second=10):
+        while time.monotonic() < deadline:
+            with Session(engine) as session:
+                rows = {
+                    row.id: row
+                    for row in session.execute(select(Task).where(Task.id.in_(ids))).scalars()
+                }
+                for task_id, row in rows.items():
+                    label = f"#{task_id} {row.type:<11}"
+                    retry = f" (retry {row.retry_count})" if row.retry_count else ""
+                    progress.update(
+                        bars[task_id],
+                        completed=row.progress,
+                        description=label,
+                        status=f"{row.status}{retry}",
+                    )
+            if rows and all(row.status in FINISHED_STATUSES for row in rows.values()):
+                break
+            time.sleep(0.1)  # screen refresh rate
+    return rows
+
+
+def describe(row: Any) -> str:
+    if row.status is not TaskStatus.COMPLETED:
+        return str(row.error_message)
+    result = row.result or {}
+    if row.type == DATA_EXPORT:
+        return f"{result.get('rows')} rows -> {Path(result.get('path', '')).name}"
+    return f"{result.get('imported')} imported, {result.get('skipped')} bad rows skipped"
+
+
+def summary(rows: dict[int, Any]) -> Table:
+    table = Table(title="Final status", title_justify="left", header_style="bold")
+    for column in ("id", "type", "status", "retries", "result / last error"):
+        table.add_column(column)
+    for task_id, row in sorted(rows.items()):
+        table.add_row(str(task_id), row.type, str(row.status), str(row.retry_count), describe(row))
+    return table
+
+
+def main(server_url: str | None = None, database: str = DEMO_DATABASE) -> int:
+    """Run the demo; returns the exit status (0 when every task completed)."""
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
+    started = time.monotonic()
+    server_url = server_url or resolve_database_url(DATABASE_URL_ENV)
+    console.print(f"[bold]sqlalchemy-taskqueue demo[/] on {mask_password(server_url)}")
+    engine = demo_engine(server_url, database)
+    migrate(engine)
+    console.print("migrated: alembic upgrade head (tasks) + the example app's tables")
+    workdir = Path(tempfile.mkdtemp(prefix="taskqueue-demo-"))
+    ids = enqueue_work(engine, workdir)
+    console.print(f"enqueued {len(ids)} tasks: {ids}")
+
+    factory = sessionmaker(engine)
+    handlers = {
+        DATA_EXPORT: make_export_handler(engine, workdir / "exports"),
+        BULK_IMPORT: make_import_handler(engine),
+    }
+    workers = [
+        Worker(
+            factory,
+            Task,
+            handlers,
+            concurrency=2,
+            backoff=BackoffPolicy(base_seconds=0.5, jitter=0),
+            progress_interval=0.1,
+        )
+        for _ in range(2)
+    ]
+    threads = [threading.Thread(target=worker.run, daemon=True) for worker in workers]
+    for thread in threads:
+        thread.start()
+    rows = watch(engine, ids)
+    console.print()
+    for worker in workers:
+        worker.stop()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    console.print(summary(rows))
+    with Session(engine) as session:
+        for rendered in stats_tables(TaskRepository(session, Task).queue_stats()):
+            console.print(rendered)
+    exports = sorted((workdir / "exports").glob("*.csv"))
+    console.print(f"{len(exports)} CSV exports written to {workdir / 'exports'}")
+    ok = bool(rows) and all(row.status is TaskStatus.COMPLETED for row in rows.values())
+    console.print(
+        f"done in {time.monotonic() - started:.1f}s: "
+        + ("[green]all tasks completed[/]" if ok else "[red]some tasks did not complete[/]")
+    )
+    engine.dispose()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

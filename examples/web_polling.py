@@ -1,0 +1,93 @@
+"""A web app that enqueues an export inside the request's transaction and lets the client
+poll for status and progress (Flask; install the ``web`` extra).
+
+Endpoints:
+
+* ``POST /projects/<id>/exports`` — enqueue, answer ``202`` at once with the task id and
+  a ``Location`` to poll.
+* ``GET /tasks/<id>`` — status, progress (0-100), result or error.
+* ``GET /projects/<id>/exports/progress`` — progress of the project's active export, if
+  any (the seed's ``GetTaskProgress``).
+
+Run it: ``python -m examples.web_polling`` (serves on http://127.0.0.1:8000 with a worker
+in the same process), then::
+
+    curl -X POST localhost:8000/projects/1/exports -H 'content-type: application/json' \\
+         -d '{"email": "ada@example.com"}'
+    curl localhost:8000/tasks/1
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from flask import Flask, request
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqlalchemy_taskqueue import TaskRepository, Worker
+
+from .data_export import DATA_EXPORT, make_export_handler, request_export
+from .shop import Project, Task, connect, migrate, seed_project
+
+
+def create_app(engine: Engine) -> Flask:
+    """The Flask application, using ``engine`` for its per-request sessions."""
+    app = Flask(__name__)
+    factory = sessionmaker(engine)
+
+    @app.post("/projects/<int:project_id>/exports")
+    def start_export(project_id: int) -> Any:
+        body = request.get_json(silent=True) or {}
+        email = body.get("email")
+        if not isinstance(email, str) or "@" not in email:
+            return {"error": "a JSON body with an 'email' is required"}, 400
+        # the request's unit of work: the task commits with it or not at all
+        with factory.begin() as session:
+            if session.get(Project, project_id) is None:
+                return {"error": f"project {project_id} does not exist"}, 404
+            task_id = request_export(session, project_id, email)
+        body = {"task_id": task_id, "status": "pending", "progress": 0}
+        return body, 202, {"Location": f"/tasks/{task_id}"}
+
+    @app.get("/tasks/<int:task_id>")
+    def task_status(task_id: int) -> Any:
+        with factory() as session:
+            task = TaskRepository(session, Task).get_task(task_id)
+            if task is None:
+                return {"error": f"task {task_id} does not exist"}, 404
+            return {
+                "task_id": task.id,
+                "type": task.type,
+                "status": str(task.status),
+                "progress": task.progress,
+                "result": task.result,
+                "error": task.error_message,
+            }
+
+    @app.get("/projects/<int:project_id>/exports/progress")
+    def export_progress(project_id: int) -> Any:
+        with factory() as session:
+            progress = TaskRepository(session, Task).get_task_progress(
+                DATA_EXPORT, project_id=project_id
+            )
+        return {"project_id": project_id, "active": progress is not None, "progress": progress}
+
+    return app
+
+
+def main() -> None:
+    engine = connect()
+    migrate(engine)
+    with Session(engine) as session, session.begin():
+        project = session.query(Project).filter_by(name="web-demo").one_or_none()
+        project = project or seed_project(session, "web-demo", items=1000)
+        print(f"project {project.id} is ready: POST /projects/{project.id}/exports")
+    worker = Worker(sessionmaker(engine), Task, {DATA_EXPORT: make_export_handler(engine)})
+    threading.Thread(target=worker.run, daemon=True).start()
+    create_app(engine).run(host="127.0.0.1", port=8000)
+
+
+if __name__ == "__main__":
+    main()

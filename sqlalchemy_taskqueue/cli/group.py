@@ -1,0 +1,55 @@
+"""The ``taskqueue`` command group and the options its commands share."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from sqlalchemy_taskqueue.durations import parse_duration
+from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV
+
+__all__ = ["DURATION", "cli", "configure_logging", "database_url_option"]
+
+LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+
+class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """``90s``, ``15m``, ``12h``, ``7d`` or seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = DurationType()
+
+
+def database_url_option(function: Any) -> Any:
+    return click.option(
+        "--database-url",
+        envvar=DATABASE_URL_ENV,
+        required=True,
+        show_envvar=True,
+        help="SQLAlchemy URL of the queue's database.",
+    )(function)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="sqlalchemy-taskqueue")
+def cli() -> None:
+    """sqlalchemy-taskqueue: run workers and operate the task queue."""
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)

@@ -1,0 +1,176 @@
+"""Prometheus metrics for the queue and its workers (install the ``metrics`` extra).
+
+Two sources:
+
+* :class:`QueueCollector` reads the queue from the database at scrape time: tasks by
+  type and status, ready and scheduled depth, and the age of the oldest ready task.
+* :class:`WorkerMetrics` counts what a worker does (completed, failed, retried, released)
+  and times it, fed by the worker's ``on_event`` hook.
+
+``taskqueue worker --metrics-port 9100`` serves both.  In an app, register them on your
+own registry::
+
+    from prometheus_client import REGISTRY
+    from sqlalchemy_taskqueue.metrics import QueueCollector, WorkerMetrics
+
+    REGISTRY.register(QueueCollector(sessionmaker(engine), Task))
+    metrics = WorkerMetrics(REGISTRY)
+    worker = Worker(sessionmaker(engine), Task, handlers, on_event=metrics.on_event)
+
+Every worker's endpoint reports the same queue-wide gauges; aggregate them with ``max``
+(or scrape :class:`QueueCollector` from one place only).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from .exceptions import TaskQueueError
+from .models import task_table
+from .repository import TaskRepository
+
+__all__ = ["MetricsServer", "QueueCollector", "WorkerMetrics", "serve_worker_metrics"]
+
+logger = logging.getLogger("sqlalchemy_taskqueue.metrics")
+
+DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class QueueCollector(Collector):
+    """Queue-wide gauges, read from the database when Prometheus scrapes.
+
+    Example::
+
+        REGISTRY.register(QueueCollector(sessionmaker(engine), Task))
+    """
+
+    def __init__(self, session_factory: Callable[[], Session], model: type[Any]) -> None:
+        task_table(model)
+        self._session_factory = session_factory
+        self._model = model
+
+    def collect(self) -> Iterator[Metric]:
+        tasks = GaugeMetricFamily(
+            "taskqueue_tasks", "Tasks by type and status.", labels=["type", "status"]
+        )
+        ready = GaugeMetricFamily(
+            "taskqueue_queue_ready", "Pending tasks that are due now.", labels=["type"]
+        )
+        scheduled = GaugeMetricFamily(
+            "taskqueue_queue_scheduled",
+            "Pending tasks waiting for their run_at (scheduled or retry backoff).",
+            labels=["type"],
+        )
+        oldest = GaugeMetricFamily(
+            "taskqueue_oldest_ready_seconds",
+            "Age of the oldest task that is due but not claimed.",
+            labels=["type"],
+        )
+        up = GaugeMetricFamily("taskqueue_up", "1 when the queue could be read at scrape time.")
+        try:
+            with self._session_factory() as session:
+                repo = TaskRepository(session, self._model)
+                counts = repo.status_counts()
+                depths = repo.queue_depth()
+        except (SQLAlchemyError, TaskQueueError):
+            logger.warning("metrics.scrape_failed", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        for count in counts:
+            tasks.add_metric([count.task_type, count.status.value], count.count)
+        for depth in depths:
+            ready.add_metric([depth.task_type], depth.ready)
+            scheduled.add_metric([depth.task_type], depth.scheduled)
+            oldest.add_metric([depth.task_type], depth.oldest_ready_seconds)
+        up.add_metric([], 1)
+        yield from (tasks, ready, scheduled, oldest, up)
+
+
+class WorkerMetrics:
+    """Counters and a run-time histogram, fed by ``Worker(on_event=metrics.on_event)``.
+
+    Example::
+
+        metrics = WorkerMetrics(REGISTRY)
+        Worker(factory, Task, handlers, on_event=metrics.on_event)
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, documentation: str) -> Counter:
+            return Counter(name, documentation, ["type"], registry=registry)
+
+        self.completed = counter("taskqueue_tasks_completed", "Tasks completed.")
+        self.failed = counter("taskqueue_tasks_failed", "Tasks failed for good.")
+        self.retried = counter("taskqueue_tasks_retried", "Failed attempts scheduled to retry.")
+        self.released = counter(
+            "taskqueue_tasks_released", "Tasks handed back unfinished at shutdown."
+        )
+        self.duration = Histogram(
+            "taskqueue_task_duration_seconds",
+            "Run time of task attempts by outcome.",
+            ["type", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+
+    def on_event(self, event: str, task: Any, seconds: float) -> None:
+        """The worker's event hook: count ``event`` and record the attempt's run time."""
+        counter = {
+            "completed": self.completed,
+            "failed": self.failed,
+            "retried": self.retried,
+            "released": self.released,
+        }.get(event)
+        if counter is None:
+            return
+        counter.labels(task.type).inc()
+        self.duration.labels(task.type, event).observe(seconds)
+
+
+class MetricsServer:
+    """A running metrics endpoint (see :func:`serve_worker_metrics`)."""
+
+    def __init__(self, server: Any, thread: threading.Thread, metrics: WorkerMetrics) -> None:
+        self._server = server
+        self._thread = thread
+        self.metrics = metrics
+        self.port: int = int(server.server_port)
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_worker_metrics(
+    port: int,
+    session_factory: Callable[[], Session],
+    model: type[Any],
+    *,
+    addr: str = "0.0.0.0",
+    registry: CollectorRegistry | None = None,
+) -> MetricsServer:
+    """Serve queue and worker metrics on ``http://addr:port/metrics`` (port 0: any free).
+
+    Example::
+
+        server = serve_worker_metrics(9100, sessionmaker(engine), Task)
+        Worker(..., on_event=server.metrics.on_event).run()
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    registry.register(QueueCollector(session_factory, model))
+    metrics = WorkerMetrics(registry)
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    logger.info("metrics.serving addr=%s port=%d", addr, server.server_port)
+    return MetricsServer(server, thread, metrics)

@@ -1,0 +1,359 @@
+"""Typed monitoring queries: the questions operators ask of a queue.
+
+Each method is one query and returns frozen dataclasses, so dashboards, alerts and the
+``taskqueue stats`` command share one implementation.  They are methods of
+:class:`~sqlalchemy_taskqueue.TaskRepository`::
+
+    with Session(engine) as session:
+        repo = TaskRepository(session, Task)
+        for depth in repo.queue_depth():
+            print(depth.task_type, depth.ready, depth.oldest_ready_seconds)
+
+=============================  ==========================================================
+method                         answers
+=============================  ==========================================================
+``status_counts()``            how many tasks per type and status
+``queue_depth()``              what is waiting per type: due now, scheduled, oldest age
+``stuck_tasks()``              what runs too long or lost its worker (expired lease)
+``processing_times()``         average and p95 run time per type over a window
+``outcome_rates()``            completed / failed / retried share and throughput per type
+``recent_failures()``          the latest failed tasks with their errors
+``queue_stats()``              all of the above at once, for ``taskqueue stats``
+=============================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.orm import Session
+
+from . import statements
+from .status import TaskStatus
+
+__all__ = [
+    "FailedTask",
+    "OutcomeRate",
+    "ProcessingTime",
+    "QueueDepth",
+    "QueueStats",
+    "StatusCount",
+    "StuckTask",
+    "TaskMonitoring",
+]
+
+
+@dataclass(frozen=True)
+class StatusCount:
+    """Number of tasks of one type in one status."""
+
+    task_type: str
+    status: TaskStatus
+    count: int
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Pending tasks of one type."""
+
+    task_type: str
+    ready: int
+    """Claimable now."""
+    scheduled: int
+    """Waiting for ``run_at`` (scheduled or backing off before a retry)."""
+    oldest_ready_seconds: float
+    """Age of the oldest claimable task (time since its ``run_at``); 0 when none."""
+
+
+@dataclass(frozen=True)
+class StuckTask:
+    """An in-progress task that runs too long or whose worker stopped renewing its lease."""
+
+    id: int
+    task_type: str
+    started_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    retry_count: int
+    progress: int
+    lease_expired: bool
+
+
+@dataclass(frozen=True)
+class ProcessingTime:
+    """Run time of completed tasks of one type within a window."""
+
+    task_type: str
+    completed: int
+    average_seconds: float
+    p95_seconds: float
+
+
+@dataclass(frozen=True)
+class OutcomeRate:
+    """How the tasks of one type that finished within a window ended."""
+
+    task_type: str
+    completed: int
+    failed: int
+    cancelled: int
+    retried: int
+    """Finished tasks that needed at least one retry."""
+    window_seconds: float
+
+    @property
+    def finished(self) -> int:
+        """Tasks that reached a final state in the window."""
+        return self.completed + self.failed + self.cancelled
+
+    @property
+    def success_rate(self) -> float:
+        """Completed share of completed + failed (0 when none)."""
+        decided = self.completed + self.failed
+        return self.completed / decided if decided else 0.0
+
+    @property
+    def failure_rate(self) -> float:
+        """Failed share of completed + failed (0 when none)."""
+        decided = self.completed + self.failed
+        return self.failed / decided if decided else 0.0
+
+    @property
+    def retry_rate(self) -> float:
+        """Share of finished tasks that needed a retry (0 when none)."""
+        return self.retried / self.finished if self.finished else 0.0
+
+    @property
+    def throughput_per_minute(self) -> float:
+        """Completed tasks per minute over the window."""
+        return self.completed / (self.window_seconds / 60) if self.window_seconds else 0.0
+
+
+@dataclass(frozen=True)
+class FailedTask:
+    """A permanently failed task and its last error."""
+
+    id: int
+    task_type: str
+    error_message: str | None
+    retry_count: int
+    created_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A snapshot of the whole queue (what ``taskqueue stats`` prints)."""
+
+    status_counts: list[StatusCount] = field(default_factory=list)
+    queue_depth: list[QueueDepth] = field(default_factory=list)
+    processing_times: list[ProcessingTime] = field(default_factory=list)
+    outcome_rates: list[OutcomeRate] = field(default_factory=list)
+    stuck: list[StuckTask] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (datetimes as ISO strings, rates included).
+
+        Example::
+
+            json.dumps(repo.queue_stats().as_dict())
+        """
+        rates = [
+            {
+                **asdict(rate),
+                "success_rate": rate.success_rate,
+                "failure_rate": rate.failure_rate,
+                "retry_rate": rate.retry_rate,
+                "throughput_per_minute": rate.throughput_per_minute,
+            }
+            for rate in self.outcome_rates
+        ]
+        snapshot: dict[str, Any] = _jsonable(
+            {
+                "status_counts": [asdict(item) for item in self.status_counts],
+                "queue_depth": [asdict(item) for item in self.queue_depth],
+                "processing_times": [asdict(item) for item in self.processing_times],
+                "outcome_rates": rates,
+                "stuck": [asdict(item) for item in self.stuck],
+            }
+        )
+        return snapshot
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, TaskStatus):
+        return value.value
+    return value
+
+
+def _require_window(name: str, value: Any) -> timedelta:
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{name} must be a timedelta, got {value!r}")
+    if value <= timedelta(0):
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return value
+
+
+def _require_limit(limit: Any) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an integer, got {limit!r}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit!r}")
+    return limit
+
+
+class TaskMonitoring:
+    """Monitoring queries, mixed into :class:`~sqlalchemy_taskqueue.TaskRepository`."""
+
+    _session: Session
+    _table: Table
+
+    def status_counts(self) -> list[StatusCount]:
+        """Tasks per type and status.
+
+        Example::
+
+            {(c.task_type, c.status): c.count for c in repo.status_counts()}
+        """
+        rows = self._session.execute(statements.status_counts_statement(self._table))
+        return [StatusCount(row.type, TaskStatus(row.status), int(row.total)) for row in rows]
+
+    def queue_depth(self) -> list[QueueDepth]:
+        """Pending tasks per type: claimable now, scheduled later, oldest claimable age.
+
+        Example::
+
+            [d for d in repo.queue_depth() if d.oldest_ready_seconds > 300]  # alert
+        """
+        rows = self._session.execute(statements.queue_depth_statement(self._table))
+        return [
+            QueueDepth(
+                row.type, int(row.ready), int(row.scheduled), float(row.oldest_ready_seconds)
+            )
+            for row in rows
+        ]
+
+    def stuck_tasks(
+        self, running_longer_than: timedelta = timedelta(hours=1), *, limit: int = 100
+    ) -> list[StuckTask]:
+        """In-progress tasks running longer than the threshold, or with an expired lease.
+
+        Example::
+
+            repo.stuck_tasks(timedelta(minutes=30))
+        """
+        _require_window("running_longer_than", running_longer_than)
+        stmt = statements.stuck_tasks_statement(
+            self._table, running_longer_than=running_longer_than, limit=_require_limit(limit)
+        )
+        return [
+            StuckTask(
+                row.id,
+                row.type,
+                row.started_at,
+                row.lease_owner,
+                row.lease_expires_at,
+                int(row.retry_count),
+                int(row.progress),
+                bool(row.lease_expired),
+            )
+            for row in self._session.execute(stmt)
+        ]
+
+    def processing_times(self, window: timedelta = timedelta(hours=24)) -> list[ProcessingTime]:
+        """Average and p95 run time (claim to completion) per type over ``window``.
+
+        Example::
+
+            repo.processing_times(timedelta(hours=1))
+        """
+        stmt = statements.processing_times_statement(
+            self._table, window=_require_window("window", window)
+        )
+        return [
+            ProcessingTime(
+                row.type,
+                int(row.completed),
+                float(row.average_seconds or 0),
+                float(row.p95_seconds or 0),
+            )
+            for row in self._session.execute(stmt)
+        ]
+
+    def outcome_rates(self, window: timedelta = timedelta(hours=24)) -> list[OutcomeRate]:
+        """Success, failure and retry rates and throughput per type over ``window``.
+
+        Example::
+
+            [r.task_type for r in repo.outcome_rates() if r.failure_rate > 0.05]
+        """
+        stmt = statements.outcome_counts_statement(
+            self._table, window=_require_window("window", window)
+        )
+        seconds = window.total_seconds()
+        return [
+            OutcomeRate(
+                row.type,
+                int(row.completed),
+                int(row.failed),
+                int(row.cancelled),
+                int(row.retried),
+                seconds,
+            )
+            for row in self._session.execute(stmt)
+        ]
+
+    def recent_failures(
+        self, *, limit: int = 100, task_type: str | None = None
+    ) -> list[FailedTask]:
+        """The latest failed tasks (newest first) with their error messages.
+
+        Example::
+
+            for failure in repo.recent_failures(limit=10):
+                print(failure.id, failure.error_message)
+        """
+        if task_type is not None and (not isinstance(task_type, str) or not task_type):
+            raise ValueError(f"task_type must be a non-empty string, got {task_type!r}")
+        stmt = statements.recent_failures_statement(
+            self._table, limit=_require_limit(limit), task_type=task_type
+        )
+        return [
+            FailedTask(
+                row.id,
+                row.type,
+                row.error_message,
+                int(row.retry_count),
+                row.created_at,
+                row.completed_at,
+            )
+            for row in self._session.execute(stmt)
+        ]
+
+    def queue_stats(
+        self,
+        window: timedelta = timedelta(hours=24),
+        running_longer_than: timedelta = timedelta(hours=1),
+    ) -> QueueStats:
+        """Every monitoring figure at once.
+
+        Example::
+
+            print(json.dumps(repo.queue_stats().as_dict(), indent=2))
+        """
+        return QueueStats(
+            status_counts=self.status_counts(),
+            queue_depth=self.queue_depth(),
+            processing_times=self.processing_times(window),
+            outcome_rates=self.outcome_rates(window),
+            stuck=self.stuck_tasks(running_longer_than),
+        )

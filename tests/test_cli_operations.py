@@ -1,0 +1,167 @@
+"""The operator commands against a real queue table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from sqlalchemy_taskqueue import TaskRepository, TaskStatus
+from sqlalchemy_taskqueue.cli import cli
+
+Repo = TaskRepository[Any]
+
+
+@pytest.fixture
+def run(database_url: str, clean_table: type[Any]) -> Any:
+    def invoke(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(
+            cli,
+            [*args, "--table", clean_table.__tablename__],
+            env={"TASKQUEUE_DATABASE_URL": database_url},
+            catch_exceptions=False,
+        )
+        return result.exit_code, result.output
+
+    return invoke
+
+
+def failed_task(repo: Repo, session: Session, task_type: str = "export") -> int:
+    task_id = repo.enqueue(task_type, {}, max_retries=0)
+    session.commit()
+    task = repo.dequeue(task_type)
+    assert task is not None
+    repo.fail_task(task.id, "RuntimeError: disk full")
+    session.commit()
+    return task_id
+
+
+def test_enqueue_and_show(run: Any, repo: Repo) -> None:
+    code, output = run("enqueue", "export", "--payload", '{"project_id": 7}', "--priority", "-1")
+    assert code == 0
+    task_id = int(output)
+    task = repo.get_task(task_id)
+    assert task is not None and task.payload == {"project_id": 7} and task.priority == -1
+    code, output = run("show", str(task_id))
+    assert code == 0 and "payload" in output and '{"project_id": 7}' in output
+    code, output = run("show", str(task_id), "--json")
+    assert json.loads(output)["status"] == "pending"
+
+
+def test_enqueue_unique_and_delayed(run: Any, repo: Repo) -> None:
+    first = run("enqueue", "import", "--payload", '{"file": "a.csv"}', "--unique")
+    second = run("enqueue", "import", "--payload", '{"file": "a.csv"}', "--unique")
+    assert first[0] == second[0] == 0
+    assert second[1].startswith(first[1].strip()) and "already active" in second[1]
+    code, _ = run("enqueue", "later", "--delay", "1h")
+    assert code == 0
+    assert repo.dequeue("later") is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["enqueue", "export", "--payload", "{oops"], "not valid JSON"),
+        (["enqueue", "export", "--payload", "null"], "payload"),
+        (["enqueue", "export", "--delay", "soon"], "invalid duration"),
+        (["cleanup", "--older-than", "7 days"], "invalid duration"),
+        (["cleanup"], "--older-than"),
+        (["retry"], "TASK_ID or --all-failed"),
+        (["retry", "1", "--all-failed"], "TASK_ID or --all-failed"),
+        (["show", "0"], "0"),
+        (["show", "abc"], "abc"),
+        (["stuck", "--older-than", "0s"], "positive"),
+    ],
+)
+def test_bad_arguments_exit_2(run: Any, args: list[str], message: str) -> None:
+    code, output = run(*args)
+    assert code == 2
+    assert message in output
+
+
+@pytest.mark.parametrize("command", ["show", "cancel", "retry"])
+def test_unknown_ids_exit_1(run: Any, command: str) -> None:
+    code, output = run(command, "987654")
+    assert code == 1
+    assert "987654" in output
+
+
+def test_cancel(run: Any, repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("export", {})
+    session.commit()
+    assert run("cancel", str(task_id)) == (0, f"task {task_id} cancelled\n")
+    code, output = run("cancel", str(task_id))
+    assert code == 1 and "only pending tasks" in output
+    assert repo.get_task(task_id).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_failed_and_retry(run: Any, repo: Repo, session: Session) -> None:
+    first = failed_task(repo, session)
+    second = failed_task(repo, session, "email")
+    code, output = run("failed")
+    assert code == 0 and "RuntimeError: disk full" in output and str(first) in output
+    code, output = run("failed", "--json", "--type", "email")
+    assert [item["id"] for item in json.loads(output)] == [second]
+    assert run("retry", str(first)) == (0, f"task {first} is pending again\n")
+    code, output = run("retry", str(first))
+    assert code == 1 and "not failed" in output
+    assert run("retry", "--all-failed") == (0, "1 failed task(s) are pending again\n")
+    session.expire_all()
+    assert {repo.get_task(i).status for i in (first, second)} == {TaskStatus.PENDING}  # type: ignore[union-attr]
+    code, output = run("failed")
+    assert code == 0 and "none" in output
+
+
+def test_stats_table_and_json(run: Any, repo: Repo, session: Session) -> None:
+    repo.enqueue_many("export", [{}, {}])
+    failed_task(repo, session, "email")
+    code, output = run("stats")
+    assert code == 0
+    assert "Tasks by type and status" in output and "export" in output and "email" in output
+    code, output = run("stats", "--json")
+    counts = {
+        (c["task_type"], c["status"]): c["count"] for c in json.loads(output)["status_counts"]
+    }
+    assert counts == {("export", "pending"): 2, ("email", "failed"): 1}
+
+
+def test_stuck(run: Any, repo: Repo, session: Session) -> None:
+    repo.enqueue("export", {})
+    session.commit()
+    task = repo.dequeue("export")
+    session.execute(
+        text(f"UPDATE {repo.model.__tablename__} SET lease_expires_at = now() - interval '1 s'")
+    )
+    session.commit()
+    code, output = run("stuck")
+    assert code == 0 and "(expired)" in output
+    code, output = run("stuck", "--json")
+    assert [item["id"] for item in json.loads(output)] == [task.id]  # type: ignore[union-attr]
+
+
+def test_cleanup_dry_run_then_delete(run: Any, repo: Repo, session: Session) -> None:
+    for _ in range(3):
+        failed_task(repo, session)
+    keep = repo.enqueue("export", {})
+    session.execute(
+        text(
+            f"UPDATE {repo.model.__tablename__} SET completed_at = now() - interval '8 days' WHERE status = 'failed'"
+        )
+    )
+    session.commit()
+    assert run("cleanup", "--older-than", "7d", "--dry-run")[1].startswith("would delete 3 ")
+    assert run("cleanup", "--older-than", "7d", "--batch-size", "2")[1].startswith("deleted 3 ")
+    remaining = session.scalars(text(f"SELECT id FROM {repo.model.__tablename__}")).all()
+    assert remaining == [keep]
+
+
+def test_a_missing_table_is_reported_clearly(database_url: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["stats", "--table", "no_such_table"], env={"TASKQUEUE_DATABASE_URL": database_url}
+    )
+    assert result.exit_code == 1
+    assert "no_such_table" in result.output and "does not exist" in result.output

@@ -1,0 +1,248 @@
+"""The runnable examples, exercised end to end on a database of their own."""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from examples import bulk_import, custom_columns, data_export, demo, web_polling
+from examples.shop import Item, Notification, Project, Task, migrate, seed_project
+from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus, Worker
+
+
+@pytest.fixture
+def app_engine(empty_database_url: str) -> Iterator[Engine]:
+    engine = sa.create_engine(empty_database_url, pool_size=10)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def run_recorded(
+    engine: Engine, handler: Callable[[Any, TaskContext], Any], task_type: str
+) -> tuple[Any, list[int]]:
+    """Claim one task and run ``handler`` with a real context whose writes are recorded."""
+    factory = sessionmaker(engine)
+    with factory() as session:
+        task = TaskRepository(session, Task).dequeue(task_type)
+        session.commit()
+    assert task is not None
+    seen: list[int] = []
+
+    def write(task_id: int, progress: int, lease_token: uuid.UUID) -> bool:
+        seen.append(progress)
+        with factory() as session:
+            TaskRepository(session, Task).update_progress(
+                task_id, progress, lease_token=lease_token
+            )
+            session.commit()
+        return True
+
+    context = TaskContext(
+        task, progress_writer=write, progress_interval=0, worker_stopping=threading.Event()
+    )
+    result = handler(task, context)
+    with factory() as session:
+        TaskRepository(session, Task).complete_task(
+            task.id, result=result, lease_token=task.lease_token
+        )
+        session.commit()
+    return result, seen
+
+
+def test_data_export_runs_four_phases_and_writes_a_csv(app_engine: Engine, tmp_path: Path) -> None:
+    with Session(app_engine) as session, session.begin():
+        project = seed_project(session, "acme", items=120)
+        data_export.request_export(session, project.id, "ada@example.com")
+    handler = data_export.make_export_handler(app_engine, tmp_path)
+    result, progress = run_recorded(app_engine, handler, data_export.DATA_EXPORT)
+    assert progress == [10, 30, 40, 70, 75, 90, 95]
+    with Path(result["path"]).open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["sku", "name", "price"] and len(rows) == 121 and result["rows"] == 120
+    assert rows[1] == ["acme-00000", "Item 0", "0.99"]
+    with Session(app_engine) as session:
+        [note] = session.scalars(select(Notification)).all()
+    assert note.recipient == "ada@example.com" and result["path"] in note.message
+
+
+def test_data_export_of_a_missing_project_fails(app_engine: Engine, tmp_path: Path) -> None:
+    with Session(app_engine) as session, session.begin():
+        task_id = data_export.request_export(session, 999, "ada@example.com")
+    handlers = {data_export.DATA_EXPORT: data_export.make_export_handler(app_engine, tmp_path)}
+    Worker(sessionmaker(app_engine), Task, handlers, poll_interval=0.05).run(until_empty=True)
+    with Session(app_engine) as session:
+        task = session.get(Task, task_id)
+        assert task is not None and task.error_message == "LookupError: project 999 does not exist"
+
+
+def test_bulk_import_dedupes_skips_bad_rows_and_reports_progress(
+    app_engine: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "items.csv"
+    bad = bulk_import.write_sample_csv(path, 2500, bad_every=400)
+    with Session(app_engine) as session, session.begin():
+        project = Project(name="imports")
+        session.add(project)
+        session.flush()
+        project_id = project.id
+        first, created = bulk_import.request_import(session, project_id, path)
+        second, created_again = bulk_import.request_import(session, project_id, path)
+    assert created and (second, created_again) == (first, False)
+    handler = bulk_import.make_import_handler(app_engine)
+    result, progress = run_recorded(app_engine, handler, bulk_import.BULK_IMPORT)
+    assert bad == 6
+    assert result == {
+        "rows": 2500,
+        "imported": 2494,
+        "skipped": 6,
+        "bad_lines": [401, 801, 1201, 1601, 2001, 2401],
+    }
+    # 10 (read), 20 (parsed), one update per 100 rows, 95
+    assert progress[:2] == [10, 20] and progress[-1] == 95 and len(progress) == 2 + 25 + 1
+    assert progress == sorted(progress)
+    with Session(app_engine) as session:
+        assert session.scalar(select(func.count()).select_from(Item)) == 2494
+        # a finished import may be requested again
+        _, created_after = bulk_import.request_import(session, project_id, path)
+        session.commit()
+    assert created_after
+
+
+def test_bulk_import_retry_does_not_duplicate_rows(app_engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "items.csv"
+    bulk_import.write_sample_csv(path, 300)
+    with Session(app_engine) as session, session.begin():
+        project = Project(name="twice")
+        session.add(project)
+        session.flush()
+        bulk_import.request_import(session, project.id, path, flaky=True)
+    factory = sessionmaker(app_engine)
+    from sqlalchemy_taskqueue import BackoffPolicy
+
+    worker = Worker(
+        factory,
+        Task,
+        {bulk_import.BULK_IMPORT: bulk_import.make_import_handler(app_engine)},
+        poll_interval=0.05,
+        backoff=BackoffPolicy(base_seconds=0.05, jitter=0),
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        worker.run(until_empty=True)
+        with Session(app_engine) as session:
+            task = session.scalars(select(Task)).one()
+        if task.status is TaskStatus.COMPLETED:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # the retry's backoff
+    assert task.retry_count == 1 and task.result["imported"] == 300
+    with Session(app_engine) as session:
+        assert session.scalar(select(func.count()).select_from(Item)) == 300
+
+
+def test_web_polling_enqueues_in_the_request_and_reports_progress(
+    app_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data_export, "EXPORT_DIR", tmp_path)
+    with Session(app_engine) as session, session.begin():
+        project_id = seed_project(session, "web", items=50).id
+    client = web_polling.create_app(app_engine).test_client()
+    assert client.post(f"/projects/{project_id}/exports", json={}).status_code == 400
+    assert client.post("/projects/999/exports", json={"email": "a@b.c"}).status_code == 404
+    assert client.get("/tasks/999").status_code == 404
+
+    response = client.post(f"/projects/{project_id}/exports", json={"email": "ada@example.com"})
+    assert response.status_code == 202
+    task_id = response.get_json()["task_id"]
+    assert response.headers["Location"] == f"/tasks/{task_id}"
+    assert client.get(f"/tasks/{task_id}").get_json()["status"] == "pending"
+    assert client.get(f"/projects/{project_id}/exports/progress").get_json() == {
+        "project_id": project_id,
+        "active": True,
+        "progress": 0,
+    }
+
+    handlers = {data_export.DATA_EXPORT: data_export.make_export_handler(app_engine, tmp_path)}
+    worker = Worker(sessionmaker(app_engine), Task, handlers, poll_interval=0.05)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (body := client.get(f"/tasks/{task_id}").get_json())["status"] != "completed":
+            assert time.monotonic() < deadline, body
+            time.sleep(0.05)  # the client's polling interval
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert body["progress"] == 100 and body["result"]["rows"] == 50 and body["error"] is None
+    assert client.get(f"/projects/{project_id}/exports/progress").get_json()["active"] is False
+
+
+def test_web_polling_rolls_the_task_back_with_the_request(app_engine: Engine) -> None:
+    app = web_polling.create_app(app_engine)
+    with Session(app_engine) as session, session.begin():
+        seed_project(session, "rollback", items=1)
+    with Session(app_engine) as session:
+        assert session.scalar(select(func.count()).select_from(Task)) == 0
+    assert (
+        app.test_client().post("/projects/424242/exports", json={"email": "a@b.c"}).status_code
+        == 404
+    )
+    with Session(app_engine) as session:
+        assert session.scalar(select(func.count()).select_from(Task)) == 0
+
+
+def test_custom_columns_migrate_and_join(app_engine: Engine) -> None:
+    custom_columns.upgrade(app_engine)
+    with app_engine.connect() as connection:
+        diff = compare_metadata(
+            MigrationContext.configure(connection), custom_columns.Base.metadata
+        )
+    assert diff == []
+    with Session(app_engine) as session, session.begin():
+        alpha = seed_project(session, "alpha", items=0)
+        beta = seed_project(session, "beta", items=0)
+        custom_columns.enqueue_for_project(session, alpha, "reindex", "ada")
+        custom_columns.enqueue_for_project(session, alpha, "export", "grace")
+        done = custom_columns.enqueue_for_project(session, beta, "export", "ada")
+        session.flush()
+        session.get(custom_columns.ProjectTask, done).status = TaskStatus.CANCELLED  # type: ignore[union-attr]
+    with Session(app_engine) as session:
+        assert custom_columns.active_tasks_per_project(session) == [("alpha", 2)]
+        asked = custom_columns.tasks_requested_by(session, "ada")
+        assert [(task.project.name, task.type) for task in asked] == [
+            ("alpha", "reindex"),
+            ("beta", "export"),
+        ]
+
+
+@pytest.mark.slow
+def test_the_demo_runs_to_completion(server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    database = f"taskqueue_demo_test_{uuid.uuid4().hex[:8]}"
+    try:
+        assert demo.main(server_url, database) == 0
+    finally:
+        admin = sa.create_engine(
+            server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+        )
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
+    output = capsys.readouterr().out
+    assert "all tasks completed" in output and "Final status" in output
+    assert "(created=False)" in output
+    assert make_url(server_url).database not in (None, database)
