@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,10 @@ def start_embedded_server(
         engine = create_engine(server.url)
     """
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI)
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise RuntimeError(
             "No database URL is set, nothing answers on 127.0.0.1:5432, and the embedded "
@@ -118,7 +122,10 @@ def start_embedded_server(
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
     logger.info("starting embedded PostgreSQL in %s", path)
-    return EmbeddedServer(pgserver.get_server(str(path), cleanup_mode="stop"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        handle = pgserver.get_server(str(path), cleanup_mode="stop")
+    return EmbeddedServer(handle)
 
 
 def resolve_database_url(
