@@ -73,7 +73,13 @@ def seed_complete(session: Session, task_id: int) -> None:
     )
 
 
-def seed_workers(factory: sessionmaker[Session], threads: int, idle_sleep: float, stop: threading.Event, on_task: Callable[[int], None]) -> list[threading.Thread]:
+def seed_workers(
+    factory: sessionmaker[Session],
+    threads: int,
+    idle_sleep: float,
+    stop: threading.Event,
+    on_task: Callable[[int], None],
+) -> list[threading.Thread]:
     def loop() -> None:
         while not stop.is_set():
             with factory() as session:
@@ -133,7 +139,9 @@ def enqueue_bulk(engine: Engine, count: int, ours: bool) -> float:
             if ours:
                 TaskRepository(session, Task).enqueue_many("noop", payloads)
             else:
-                session.add_all(Task(type="noop", payload=p, status=TaskStatus.PENDING) for p in payloads)
+                session.add_all(
+                    Task(type="noop", payload=p, status=TaskStatus.PENDING) for p in payloads
+                )
             session.commit()
 
     reset(engine)
@@ -150,7 +158,9 @@ def fill(engine: Engine, count: int) -> None:
 def drain_ours(engine: Engine, count: int, workers: int) -> float:
     fill(engine, count)
     factory = sessionmaker(engine)
-    worker = Worker(factory, Task, {"noop": lambda task, ctx: None}, concurrency=workers, poll_interval=0.05)
+    worker = Worker(
+        factory, Task, {"noop": lambda task, ctx: None}, concurrency=workers, poll_interval=0.05
+    )
     return count / timed(lambda: worker.run(until_empty=True))
 
 
@@ -184,7 +194,13 @@ def wake_latency(engine: Engine, samples: int, ours: bool) -> float:
 
     stop = threading.Event()
     if ours:
-        worker = Worker(factory, Task, {"noop": lambda task, ctx: on_task(task.id)}, concurrency=1, poll_interval=5)
+        worker = Worker(
+            factory,
+            Task,
+            {"noop": lambda task, ctx: on_task(task.id)},
+            concurrency=1,
+            poll_interval=5,
+        )
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         worker.listening.wait(10)
@@ -199,7 +215,11 @@ def wake_latency(engine: Engine, samples: int, ours: bool) -> float:
             time.sleep(0.2)  # let the loop go idle, as between real requests
         arrived.clear()
         with factory() as session:
-            task_id = (TaskRepository(session, Task).enqueue if ours else lambda t, p: seed_enqueue(session, t, p))("noop", {"n": n})
+            task_id = (
+                TaskRepository(session, Task).enqueue
+                if ours
+                else lambda t, p: seed_enqueue(session, t, p)
+            )("noop", {"n": n})
             session.commit()
             committed = time.perf_counter()
         arrived.wait(15)
@@ -243,10 +263,34 @@ def main() -> None:
     rows = []
     try:
         for label, unit, measure, higher_is_better in (
-            ("enqueue, one transaction each", "tasks/s", lambda ours: enqueue_one_by_one(engine, args.tasks // 5, ours), True),
-            ("enqueue, one batch", "tasks/s", lambda ours: enqueue_bulk(engine, args.tasks * 4, ours), True),
-            ("process no-op tasks", "tasks/s", lambda ours: drain_ours(engine, args.tasks, args.workers) if ours else drain_seed(engine, args.tasks, args.workers), True),
-            ("idle wake-up latency (median)", "ms", lambda ours: 1000 * wake_latency(engine, args.samples, ours), False),
+            (
+                "enqueue, one transaction each",
+                "tasks/s",
+                lambda ours: enqueue_one_by_one(engine, args.tasks // 5, ours),
+                True,
+            ),
+            (
+                "enqueue, one batch",
+                "tasks/s",
+                lambda ours: enqueue_bulk(engine, args.tasks * 4, ours),
+                True,
+            ),
+            (
+                "process no-op tasks",
+                "tasks/s",
+                lambda ours: (
+                    drain_ours(engine, args.tasks, args.workers)
+                    if ours
+                    else drain_seed(engine, args.tasks, args.workers)
+                ),
+                True,
+            ),
+            (
+                "idle wake-up latency (median)",
+                "ms",
+                lambda ours: 1000 * wake_latency(engine, args.samples, ours),
+                False,
+            ),
         ):
             baseline = measure(False)
             ours = measure(True)

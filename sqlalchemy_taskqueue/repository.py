@@ -221,8 +221,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             timeout_seconds=timeout_seconds,
             columns=columns,
         )
-        stmt = statements.insert_statement(self._table, values, channel=self._channel)
-        return int(self._session.execute(stmt).scalar_one())
+        stmt = statements.insert_statement(
+            self._table, _columns(values), channel=self._channel, delayed="run_delay" in values
+        )
+        return int(self._session.execute(stmt, values).scalar_one())
 
     @_database_boundary
     def enqueue_many(
@@ -246,14 +248,13 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         if isinstance(payloads, (str, bytes, Mapping)):
             raise TypeError("payloads must be an iterable of payloads, not a single value")
-        shared_run_at = None if run_at is None else _resolve_run_at(run_at)
         rows = [
             self._row_values(
                 task_type,
                 payload,
                 max_retries=max_retries,
                 priority=priority,
-                run_at=None,
+                run_at=run_at,
                 timeout_seconds=timeout_seconds,
                 columns=columns,
             )
@@ -261,7 +262,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         ]
         if not rows:
             return []
-        stmt = statements.insert_many_statement(self._table, run_at=shared_run_at)
+        stmt = statements.insert_many_statement(self._table, delayed="run_delay" in rows[0])
         result = self._session.execute(stmt, rows)
         ids = [int(task_id) for task_id in result.scalars().all()]
         if self._channel is not None:
@@ -308,11 +309,13 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         elif not isinstance(dedupe_key, str) or not dedupe_key:
             raise ValueError(f"dedupe_key must be a non-empty string, got {dedupe_key!r}")
         values["dedupe_key"] = dedupe_key
-        insert = statements.insert_if_absent_statement(self._table, values, channel=self._channel)
+        insert = statements.insert_if_absent_statement(
+            self._table, _columns(values), channel=self._channel, delayed="run_delay" in values
+        )
         lookup = statements.active_dedupe_lookup_statement(self._table, values["type"], dedupe_key)
         # Between a conflict and the lookup the holder may finish; then insert again.
         for _ in range(5):
-            created = self._session.execute(insert).first()
+            created = self._session.execute(insert, values).first()
             if created is not None:
                 return int(created[0]), True
             existing = self._session.execute(lookup).scalar_one_or_none()
@@ -369,18 +372,23 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             if lease_duration is None
             else _positive_duration("lease_duration", lease_duration)
         )
-        stmt = statements.claim_statement(
-            self._table,
-            task_types=task_types,
-            limit=limit,
-            lease=lease,
-            owner=self._owner,
-            token=uuid.uuid4(),
+        params: dict[str, Any] = {
+            "limit": limit,
+            "lease": lease,
+            "owner": self._owner,
+            "token": uuid.uuid4(),
+        }
+        if task_types is None:
+            type_filter: statements.TypeFilter = "any"
+        elif len(task_types) == 1:
+            type_filter, params["task_type"] = "one", task_types[0]
+        else:
+            type_filter, params["task_types"] = "many", task_types
+        model: Any = self._model  # a mapped class, hashable
+        orm_stmt = _orm_claim(
+            model, statements.claim_statement(self._table, type_filter=type_filter)
         )
-        orm_stmt = (
-            select(self._model).from_statement(stmt).execution_options(populate_existing=True)
-        )
-        claimed = list(self._session.execute(orm_stmt).scalars().all())
+        claimed = list(self._session.execute(orm_stmt, params).scalars().all())
         claimed.sort(key=lambda task: (task.priority, task.run_at, task.id))
         for task in claimed:
             self._session.expunge(task)
@@ -404,11 +412,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         _require_task_id(task_id)
         _require_int("progress", progress, minimum=0, maximum=100)
         _require_token(lease_token)
-        stmt = statements.progress_statement(
-            self._table, task_id, progress, lease_token=lease_token
-        )
+        stmt = statements.progress_statement(self._table, fenced=lease_token is not None)
+        params = {"task_id": task_id, "new_progress": progress}
         allowed = (TaskStatus.IN_PROGRESS,) if lease_token else ACTIVE_STATUSES
-        self._guarded(stmt, task_id, "update progress of", allowed, lease_token)
+        self._guarded(stmt, params, "update progress of", allowed, lease_token)
 
     @_database_boundary
     def complete_task(
@@ -426,10 +433,39 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         _require_task_id(task_id)
         _require_token(lease_token)
         _require_json("result", result, allow_none=True)
-        stmt = statements.complete_statement(
-            self._table, task_id, result=result, lease_token=lease_token
-        )
-        self._guarded(stmt, task_id, "complete", (TaskStatus.IN_PROGRESS,), lease_token)
+        stmt = statements.complete_statement(self._table, fenced=lease_token is not None)
+        params = {"task_id": task_id, "new_result": result}
+        self._guarded(stmt, params, "complete", (TaskStatus.IN_PROGRESS,), lease_token)
+
+    @_database_boundary
+    def complete_tasks(self, completions: Iterable[tuple[int, uuid.UUID, Any]]) -> set[int]:
+        """Complete many leased tasks in one statement: ``(task_id, lease_token, result)``.
+
+        Returns the ids completed; a task whose lease is no longer current is left
+        untouched and missing from the result.  This is how the worker acknowledges a
+        batch of finished tasks with a single commit.
+
+        Example::
+
+            done = repo.complete_tasks([(t.id, t.lease_token, {"ok": True}) for t in batch])
+        """
+        rows = list(completions)
+        for row in rows:
+            if not isinstance(row, tuple) or len(row) != 3:
+                raise TypeError(f"completions must be (task_id, lease_token, result), got {row!r}")
+            _require_task_id(row[0])
+            if not isinstance(row[1], uuid.UUID):
+                raise TypeError(f"lease_token must be a uuid.UUID, got {row[1]!r}")
+            _require_json("result", row[2], allow_none=True)
+        if not rows:
+            return set()
+        params = {
+            "ids": [row[0] for row in rows],
+            "tokens": [str(row[1]) for row in rows],
+            "results": [None if row[2] is None else json.dumps(row[2]) for row in rows],
+        }
+        stmt = statements.complete_many_statement(self._table)
+        return {int(task_id) for task_id in self._session.execute(stmt, params).scalars()}
 
     @_database_boundary
     def fail_task(
@@ -458,14 +494,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if not isinstance(retry, bool):
             raise TypeError(f"retry must be a bool, got {retry!r}")
         stmt = statements.fail_statement(
-            self._table,
-            task_id,
-            error_message,
-            lease_token=lease_token,
-            backoff=self._backoff,
-            retry=retry,
+            self._table, fenced=lease_token is not None, backoff=self._backoff, retry=retry
         )
-        row = self._guarded(stmt, task_id, "fail", (TaskStatus.IN_PROGRESS,), lease_token)
+        params = {"task_id": task_id, "message": error_message}
+        row = self._guarded(stmt, params, "fail", (TaskStatus.IN_PROGRESS,), lease_token)
         return TaskStatus(row[0])
 
     @_database_boundary
@@ -494,7 +526,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         _require_task_id(task_id)
         stmt = statements.retry_statement(self._table, task_id=task_id, task_type=None)
-        self._guarded(stmt, task_id, "retry", (TaskStatus.FAILED,), None)
+        self._guarded(stmt, {"task_id": task_id}, "retry", (TaskStatus.FAILED,), None)
 
     @_database_boundary
     def retry_failed_tasks(self, task_type: str | None = None) -> int:
@@ -534,8 +566,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             if lease_duration is None
             else _positive_duration("lease_duration", lease_duration)
         )
-        stmt = statements.renew_leases_statement(self._table, pairs, lease)
-        return {int(task_id) for task_id in self._session.execute(stmt).scalars()}
+        stmt = statements.renew_leases_statement(self._table)
+        params = {**_lease_arrays(pairs), "lease": lease}
+        return {int(task_id) for task_id in self._session.execute(stmt, params).scalars()}
 
     @_database_boundary
     def release_tasks(self, leases: Iterable[tuple[int, uuid.UUID]]) -> set[int]:
@@ -550,8 +583,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         pairs = _lease_pairs(leases)
         if not pairs:
             return set()
-        stmt = statements.release_statement(self._table, pairs)
-        return {int(task_id) for task_id in self._session.execute(stmt).scalars()}
+        stmt = statements.release_statement(self._table)
+        return {
+            int(task_id) for task_id in self._session.execute(stmt, _lease_arrays(pairs)).scalars()
+        }
 
     @_database_boundary
     def rescue_expired_leases(self, *, limit: int = 1000) -> dict[int, TaskStatus]:
@@ -672,8 +707,12 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             "max_retries": max_retries,
             "priority": priority,
         }
-        if run_at is not None:
-            values["run_at"] = _resolve_run_at(run_at)
+        if isinstance(run_at, timedelta):
+            if run_at < timedelta(0):
+                raise ValueError(f"run_at as a delay must not be negative, got {run_at!r}")
+            values["run_delay"] = run_at
+        elif run_at is not None:
+            values["run_at"] = _require_aware(run_at)
         if timeout_seconds is not None:
             _require_int("timeout_seconds", timeout_seconds, minimum=1, maximum=_INT4_MAX)
             values["timeout_seconds"] = timeout_seconds
@@ -691,15 +730,17 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
     def _guarded(
         self,
         stmt: Any,
-        task_id: int,
+        params: dict[str, Any],
         action: str,
         allowed: tuple[TaskStatus, ...],
         lease_token: uuid.UUID | None,
     ) -> Any:
         """Run a state-guarded update; when it matched nothing, raise the reason."""
-        row = self._session.execute(stmt).first()
+        if lease_token is not None:
+            params["token"] = lease_token
+        row = self._session.execute(stmt, params).first()
         if row is None:
-            self._explain_miss(task_id, action, allowed, lease_token)
+            self._explain_miss(params["task_id"], action, allowed, lease_token)
         return row
 
     def _explain_miss(
@@ -814,11 +855,7 @@ def _positive_duration(name: str, value: Any) -> timedelta:
     return value
 
 
-def _resolve_run_at(run_at: datetime | timedelta) -> datetime | Any:
-    if isinstance(run_at, timedelta):
-        if run_at < timedelta(0):
-            raise ValueError(f"run_at as a delay must not be negative, got {run_at!r}")
-        return statements.after(run_at)
+def _require_aware(run_at: Any) -> datetime:
     if not isinstance(run_at, datetime):
         raise TypeError(f"run_at must be an aware datetime or a timedelta, got {run_at!r}")
     if run_at.tzinfo is None or run_at.utcoffset() is None:
@@ -826,3 +863,18 @@ def _resolve_run_at(run_at: datetime | timedelta) -> datetime | Any:
             f"run_at must be timezone-aware (e.g. datetime.now(timezone.utc)), got {run_at!r}"
         )
     return run_at
+
+
+def _columns(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The table columns a row of insert parameters sets (``run_delay`` is not one)."""
+    return tuple(sorted(name for name in values if name != "run_delay"))
+
+
+def _lease_arrays(pairs: Sequence[tuple[int, uuid.UUID]]) -> dict[str, list[Any]]:
+    return {"ids": [pair[0] for pair in pairs], "tokens": [str(pair[1]) for pair in pairs]}
+
+
+@functools.cache
+def _orm_claim(model: Any, stmt: Any) -> Any:
+    """The claim statement loading ``model`` instances (cached with the statement)."""
+    return select(model).from_statement(stmt).execution_options(populate_existing=True)

@@ -20,22 +20,29 @@ The statements can be compiled without a database, which is how their shape is t
 
 from __future__ import annotations
 
+import functools
 import json
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
+    BigInteger,
     ColumnElement,
     Delete,
     Index,
     Insert,
+    Integer,
+    Interval,
     Select,
     Table,
+    Text,
     Update,
+    Uuid,
     and_,
+    bindparam,
     case,
     cast,
     delete,
@@ -47,7 +54,6 @@ from sqlalchemy import (
     select,
     text,
     true,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -65,10 +71,11 @@ __all__ = [
     "LEASED_PREDICATE",
     "SUPPORTED_DIALECTS",
     "JSONDocument",
+    "TypeFilter",
     "active_dedupe_lookup_statement",
-    "after",
     "cancel_statement",
     "claim_statement",
+    "complete_many_statement",
     "complete_statement",
     "diagnose_statement",
     "fail_statement",
@@ -155,11 +162,6 @@ def _after(seconds: ColumnElement[Any] | float) -> ColumnElement[Any]:
     return _now() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
-def after(delta: timedelta) -> ColumnElement[Any]:
-    """``now()`` (database clock) plus ``delta``."""
-    return _after(delta.total_seconds())
-
-
 # --------------------------------------------------------------------------- enqueue
 
 
@@ -168,44 +170,57 @@ def notify_channel(table: Table) -> str:
     return f"taskqueue_{table.fullname}"
 
 
+@functools.cache
 def insert_statement(
-    table: Table, values: Mapping[str, Any], *, channel: str | None
+    table: Table, columns: tuple[str, ...], *, channel: str | None, delayed: bool = False
 ) -> Insert | Select[Any]:
     """Insert one task and return its id; with ``channel``, also announce it.
 
-    The notification is sent from the same statement (one round trip) and PostgreSQL
-    delivers it only when the enqueuing transaction commits.
+    Parameters: one per name in ``columns``, plus ``run_delay`` (an interval added to the
+    database clock for ``run_at``) when ``delayed``.  The notification is sent from the
+    same statement (one round trip) and PostgreSQL delivers it only when the enqueuing
+    transaction commits.  Statements are cached per table and column set.
     """
-    inserted = insert(table).values(**values).returning(table.c.id)
+    inserted = insert(table).values(**_row_binds(table, columns, delayed)).returning(table.c.id)
     if channel is None:
         return inserted
     return _announce(inserted, channel)
 
 
-def insert_many_statement(table: Table, *, run_at: Any = None) -> Insert:
+def _row_binds(table: Table, columns: tuple[str, ...], delayed: bool) -> dict[str, Any]:
+    binds: dict[str, Any] = {name: bindparam(name, type_=table.c[name].type) for name in columns}
+    if delayed:
+        binds["run_at"] = _now() + bindparam("run_delay", type_=Interval)
+    return binds
+
+
+@functools.cache
+def insert_many_statement(table: Table, *, delayed: bool = False) -> Insert:
     """Insert many tasks (executed with a list of rows) returning ids in input order.
 
     SQLAlchemy batches the rows into multi-row ``INSERT ... VALUES`` statements and sorts
-    the returned ids by parameter order.  ``run_at`` (a value or SQL expression) is
-    shared by every row.
+    the returned ids by parameter order.  When ``delayed``, each row carries ``run_delay``
+    (an interval added to the database clock for ``run_at``).
     """
     stmt = insert(table)
-    if run_at is not None:
-        stmt = stmt.values(run_at=run_at)
+    if delayed:
+        stmt = stmt.values(run_at=_now() + bindparam("run_delay", type_=Interval))
     return stmt.returning(table.c.id, sort_by_parameter_order=True)
 
 
+@functools.cache
 def insert_if_absent_statement(
-    table: Table, values: Mapping[str, Any], *, channel: str | None
+    table: Table, columns: tuple[str, ...], *, channel: str | None, delayed: bool = False
 ) -> Insert | Select[Any]:
     """Insert one task unless an active task with the same type and dedupe key exists.
 
+    Parameters as :func:`insert_statement` (``columns`` includes ``dedupe_key``).
     Returns the new id, or no row when the unique partial index reported a conflict.  The
     index arbitrates concurrent callers, so two transactions can never both insert.
     """
     inserted = (
         postgresql.insert(table)
-        .values(**values)
+        .values(**_row_binds(table, columns, delayed))
         .on_conflict_do_nothing(
             index_elements=[table.c.type, table.c.dedupe_key],
             index_where=text(ACTIVE_DEDUPE_PREDICATE),
@@ -246,24 +261,25 @@ def active_dedupe_lookup_statement(table: Table, task_type: str, dedupe_key: str
 # --------------------------------------------------------------------------- claim
 
 
-def _type_filter(table: Table, task_types: Sequence[str] | None) -> ColumnElement[bool]:
-    if not task_types:
+def _type_filter(table: Table, type_filter: TypeFilter) -> ColumnElement[bool]:
+    if type_filter == "any":
         return true()
-    if len(task_types) == 1:
-        return table.c.type == task_types[0]
-    return table.c.type.in_(list(task_types))
+    if type_filter == "one":
+        return table.c.type == bindparam("task_type")
+    return table.c.type.in_(bindparam("task_types", expanding=True))
 
 
-def claim_statement(
-    table: Table,
-    *,
-    task_types: Sequence[str] | None,
-    limit: int,
-    lease: timedelta,
-    owner: str,
-    token: uuid.UUID,
-) -> Update:
+#: How a claim filters by type: ``any`` type, ``one`` (param ``task_type``) or ``many``
+#: (param ``task_types``, a list).
+TypeFilter = Literal["any", "one", "many"]
+
+
+@functools.cache
+def claim_statement(table: Table, *, type_filter: TypeFilter) -> Update:
     """Claim up to ``limit`` due tasks in one statement and return the claimed rows.
+
+    Parameters: ``limit``, ``lease`` (interval), ``owner``, ``token`` and the type
+    parameter of ``type_filter``.
 
     1. ``claimable`` picks the due pending rows, lowest ``priority`` first, then oldest
        ``run_at``, then ``id``; it walks the partial claimable index in that order.
@@ -278,10 +294,10 @@ def claim_statement(
         .where(
             c.status == TaskStatus.PENDING,
             c.run_at <= _now(),
-            _type_filter(table, task_types),
+            _type_filter(table, type_filter),
         )
         .order_by(c.priority, c.run_at, c.id)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)
         .cte("claimable")
     )
@@ -292,9 +308,9 @@ def claim_statement(
             status=TaskStatus.IN_PROGRESS,
             started_at=_now(),
             completed_at=None,
-            lease_owner=owner,
-            lease_token=token,
-            lease_expires_at=after(lease),
+            lease_owner=bindparam("owner", type_=c.lease_owner.type),
+            lease_token=bindparam("token", type_=c.lease_token.type),
+            lease_expires_at=_now() + bindparam("lease", type_=Interval),
         )
         .returning(*c)
     )
@@ -303,38 +319,80 @@ def claim_statement(
 # --------------------------------------------------------------------------- finish
 
 
-def _owned(table: Table, task_id: int, lease_token: uuid.UUID | None) -> ColumnElement[bool]:
-    """The task, while it is in progress and (when a token is given) leased by the caller."""
+def _owned(table: Table, *, fenced: bool) -> ColumnElement[bool]:
+    """The task ``task_id`` while in progress and, when ``fenced``, leased with ``token``."""
     c = table.c
-    condition = and_(c.id == task_id, c.status == TaskStatus.IN_PROGRESS)
-    if lease_token is not None:
-        condition = and_(condition, c.lease_token == lease_token)
+    condition = and_(c.id == bindparam("task_id"), c.status == TaskStatus.IN_PROGRESS)
+    if fenced:
+        condition = and_(condition, c.lease_token == bindparam("token", type_=c.lease_token.type))
     return condition
 
 
 _LEASE_CLEARED: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
 
 
-def complete_statement(
-    table: Table, task_id: int, *, result: Any, lease_token: uuid.UUID | None
-) -> Update:
-    """Mark an in-progress task completed (progress 100) with an optional JSON result."""
+def _completed_values(result: Any) -> dict[str, Any]:
+    return {
+        "status": TaskStatus.COMPLETED,
+        "progress": 100,
+        "completed_at": _now(),
+        "result": result,
+        **_LEASE_CLEARED,
+    }
+
+
+@functools.cache
+def complete_statement(table: Table, *, fenced: bool) -> Update:
+    """Mark an in-progress task completed (progress 100) with a JSON result.
+
+    Parameters: ``task_id``, ``new_result`` and, when ``fenced``, ``token``.
+    """
+    result = bindparam("new_result", type_=table.c.result.type)
     return (
         update(table)
-        .where(_owned(table, task_id, lease_token))
-        .values(
-            status=TaskStatus.COMPLETED,
-            progress=100,
-            completed_at=_now(),
-            result=result,
-            **_LEASE_CLEARED,
-        )
+        .where(_owned(table, fenced=fenced))
+        .values(**_completed_values(result))
         .returning(table.c.id)
     )
 
 
+def _leases(table: Table, *, with_results: bool = False) -> Any:
+    """``unnest(:ids, :tokens[, :results])`` as a table: many (id, token) pairs in one
+    array parameter each, so one cached statement serves any batch size."""
+    arrays = [
+        bindparam("ids", type_=ARRAY(BigInteger)),
+        cast(bindparam("tokens", type_=ARRAY(Text)), ARRAY(Uuid())),
+    ]
+    names = ["id", "token"]
+    if with_results:
+        arrays.append(cast(bindparam("results", type_=ARRAY(Text)), ARRAY(postgresql.JSONB())))
+        names.append("result")
+    return func.unnest(*arrays).table_valued(*names).render_derived(name="leases")
+
+
+@functools.cache
+def complete_many_statement(table: Table) -> Update:
+    """Complete a batch of leased tasks in one statement; returns the ids completed.
+
+    Parameters: ``ids``, ``tokens`` (text) and ``results`` (JSON text or NULL), arrays
+    of equal length.  Pairs whose lease is no longer current are left untouched.
+    """
+    c = table.c
+    leases = _leases(table, with_results=True)
+    return (
+        update(table)
+        .where(
+            c.id == leases.c.id,
+            c.lease_token == leases.c.token,
+            c.status == TaskStatus.IN_PROGRESS,
+        )
+        .values(**_completed_values(leases.c.result))
+        .returning(c.id)
+    )
+
+
 def _failure_values(
-    table: Table, error_message: str, backoff: BackoffPolicy | None, *, retry: bool
+    table: Table, error_message: Any, backoff: BackoffPolicy | None, *, retry: bool
 ) -> dict[str, Any]:
     """SET clause of the seed's atomic retry rule, with backoff computed in SQL.
 
@@ -371,34 +429,41 @@ def _failure_values(
     }
 
 
+@functools.cache
 def fail_statement(
-    table: Table,
-    task_id: int,
-    error_message: str,
-    *,
-    lease_token: uuid.UUID | None,
-    backoff: BackoffPolicy,
-    retry: bool = True,
+    table: Table, *, fenced: bool, backoff: BackoffPolicy, retry: bool = True
 ) -> Update:
-    """Record a failed attempt: back to ``pending`` with backoff, or ``failed``."""
+    """Record a failed attempt: back to ``pending`` with backoff, or ``failed``.
+
+    Parameters: ``task_id``, ``message`` and, when ``fenced``, ``token``.
+    """
+    message = bindparam("message", type_=Text)
     return (
         update(table)
-        .where(_owned(table, task_id, lease_token))
-        .values(**_failure_values(table, error_message, backoff, retry=retry))
+        .where(_owned(table, fenced=fenced))
+        .values(**_failure_values(table, message, backoff, retry=retry))
         .returning(table.c.status)
     )
 
 
-def progress_statement(
-    table: Table, task_id: int, progress: int, *, lease_token: uuid.UUID | None
-) -> Update:
-    """Set the progress of an unfinished task (only ``progress``, so the update is HOT)."""
+@functools.cache
+def progress_statement(table: Table, *, fenced: bool) -> Update:
+    """Set the progress of an unfinished task (only ``progress``, so the update is HOT).
+
+    Parameters: ``task_id``, ``new_progress`` and, when ``fenced``, ``token``; unfenced,
+    a pending task may be updated too.
+    """
     c = table.c
-    if lease_token is None:
-        condition = and_(c.id == task_id, c.status.in_(ACTIVE_STATUSES))
+    if fenced:
+        condition = _owned(table, fenced=True)
     else:
-        condition = _owned(table, task_id, lease_token)
-    return update(table).where(condition).values(progress=progress).returning(c.id)
+        condition = and_(c.id == bindparam("task_id"), c.status.in_(ACTIVE_STATUSES))
+    return (
+        update(table)
+        .where(condition)
+        .values(progress=bindparam("new_progress", type_=Integer))
+        .returning(c.id)
+    )
 
 
 def diagnose_statement(table: Table, task_id: int) -> Select[Any]:
@@ -447,34 +512,42 @@ def retry_statement(table: Table, *, task_id: int | None, task_type: str | None)
 # --------------------------------------------------------------------------- leases
 
 
-def renew_leases_statement(
-    table: Table, leases: Sequence[tuple[int, uuid.UUID]], lease: timedelta
-) -> Update:
+@functools.cache
+def renew_leases_statement(table: Table) -> Update:
     """Heartbeat: extend every listed lease that is still current; return their ids.
 
-    One statement renews the leases of all tasks a worker is running.  An id missing from
-    the result has lost its lease (rescued, or changed by an operator).
+    Parameters: ``ids`` and ``tokens`` (arrays) and ``lease`` (interval).  One statement
+    renews the leases of all tasks a worker holds; an id missing from the result has lost
+    its lease (rescued, or changed by an operator).
     """
     c = table.c
+    leases = _leases(table)
     return (
         update(table)
         .where(
+            c.id == leases.c.id,
+            c.lease_token == leases.c.token,
             c.status == TaskStatus.IN_PROGRESS,
-            tuple_(c.id, c.lease_token).in_([tuple(pair) for pair in leases]),
         )
-        .values(lease_expires_at=after(lease))
+        .values(lease_expires_at=_now() + bindparam("lease", type_=Interval))
         .returning(c.id)
     )
 
 
-def release_statement(table: Table, leases: Sequence[tuple[int, uuid.UUID]]) -> Update:
-    """Hand unfinished tasks back to ``pending`` without consuming a retry (shutdown)."""
+@functools.cache
+def release_statement(table: Table) -> Update:
+    """Hand unfinished tasks back to ``pending`` without consuming a retry (shutdown).
+
+    Parameters: ``ids`` and ``tokens`` (arrays).
+    """
     c = table.c
+    leases = _leases(table)
     return (
         update(table)
         .where(
+            c.id == leases.c.id,
+            c.lease_token == leases.c.token,
             c.status == TaskStatus.IN_PROGRESS,
-            tuple_(c.id, c.lease_token).in_([tuple(pair) for pair in leases]),
         )
         .values(
             status=TaskStatus.PENDING,
@@ -509,7 +582,7 @@ def rescue_statement(table: Table, *, limit: int) -> Update:
     return (
         update(table)
         .where(c.id == expired.c.id)
-        .values(**_failure_values(table, message, None, retry=True))
+        .values(**_failure_values(table, literal(message, Text), None, retry=True))
         .returning(c.id, c.status)
     )
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
-
 import pytest
+import sqlalchemy.dialects.postgresql.psycopg2
 from sqlalchemy import create_engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session
@@ -23,9 +21,7 @@ class Task(TaskMixin, Base):
 
 
 TABLE = Task.__table__
-
-
-PSYCOPG2 = postgresql.psycopg2.dialect()  # type: ignore[attr-defined]
+PSYCOPG2 = sqlalchemy.dialects.postgresql.psycopg2.dialect()  # type: ignore[no-untyped-call]
 
 
 def pg(stmt: object) -> str:
@@ -33,55 +29,54 @@ def pg(stmt: object) -> str:
 
 
 def test_claim_is_one_statement_with_skip_locked_in_priority_order() -> None:
-    sql = pg(
-        statements.claim_statement(
-            TABLE,
-            task_types=["a", "b"],
-            limit=5,
-            lease=timedelta(seconds=30),
-            owner="w",
-            token=uuid.uuid4(),
-        )
-    )
+    sql = pg(statements.claim_statement(TABLE, type_filter="many"))
     assert sql.startswith(
         "WITH claimable AS (SELECT tasks.id AS id FROM tasks WHERE tasks.status ="
     )
     assert "ORDER BY tasks.priority, tasks.run_at, tasks.id" in sql
-    assert "LIMIT %(param_1)s FOR UPDATE SKIP LOCKED)" in sql
+    assert "LIMIT %(limit)s FOR UPDATE SKIP LOCKED)" in sql
     assert (
         "UPDATE tasks SET status=" in sql and "FROM claimable WHERE tasks.id = claimable.id" in sql
     )
     assert "tasks.run_at <= now()" in sql
-    assert "tasks.type IN (__[POSTCOMPILE_type_1])" in sql
+    assert "tasks.type IN (__[POSTCOMPILE_task_types])" in sql
+    assert "lease_expires_at=(now() + %(lease)s)" in sql
     assert "RETURNING tasks.id, tasks.type, tasks.payload" in sql
 
 
-def test_claim_without_types_does_not_filter_by_type() -> None:
-    sql = pg(
-        statements.claim_statement(
-            TABLE,
-            task_types=None,
-            limit=1,
-            lease=timedelta(seconds=1),
-            owner="w",
-            token=uuid.uuid4(),
-        )
+def test_claim_type_filters() -> None:
+    assert (
+        "tasks.type"
+        not in pg(statements.claim_statement(TABLE, type_filter="any")).split("RETURNING")[0]
     )
-    assert "tasks.type" not in sql.split("RETURNING")[0]
+    assert "tasks.type = %(task_type)s" in pg(statements.claim_statement(TABLE, type_filter="one"))
+
+
+def test_hot_statements_are_built_once() -> None:
+    assert statements.claim_statement(TABLE, type_filter="one") is statements.claim_statement(
+        TABLE, type_filter="one"
+    )
+    columns = ("payload", "type")
+    assert statements.insert_statement(TABLE, columns, channel="c") is statements.insert_statement(
+        TABLE, columns, channel="c"
+    )
 
 
 def test_enqueue_announces_in_the_same_statement() -> None:
-    sql = pg(
-        statements.insert_statement(TABLE, {"type": "a", "payload": {}}, channel="taskqueue_tasks")
-    )
-    assert sql.startswith("WITH inserted AS (INSERT INTO tasks")
+    sql = pg(statements.insert_statement(TABLE, ("payload", "type"), channel="taskqueue_tasks"))
+    assert sql.startswith("WITH inserted AS (INSERT INTO tasks (type, payload, ")
+    assert "VALUES (%(type)s, %(payload)s::JSONB, " in sql
     assert "pg_notify(" in sql
+    delayed = pg(
+        statements.insert_statement(TABLE, ("payload", "type"), channel=None, delayed=True)
+    )
+    assert "(now() + %(run_delay)s)" in delayed and not delayed.startswith("WITH")
 
 
 def test_enqueue_if_not_exists_uses_the_partial_unique_index() -> None:
     sql = pg(
         statements.insert_if_absent_statement(
-            TABLE, {"type": "a", "payload": {}, "dedupe_key": "k"}, channel=None
+            TABLE, ("dedupe_key", "payload", "type"), channel=None
         )
     )
     assert (
@@ -91,46 +86,48 @@ def test_enqueue_if_not_exists_uses_the_partial_unique_index() -> None:
 
 
 def test_fail_is_one_atomic_update_with_backoff() -> None:
-    sql = pg(
-        statements.fail_statement(TABLE, 1, "x", lease_token=uuid.uuid4(), backoff=DEFAULT_BACKOFF)
-    )
+    sql = pg(statements.fail_statement(TABLE, fenced=True, backoff=DEFAULT_BACKOFF))
     assert sql.count("UPDATE") == 1
     assert "CASE WHEN" in sql and "tasks.retry_count < tasks.max_retries" in sql
     assert "power(" in sql and "random()" in sql
-    assert "tasks.lease_token = %(lease_token_1)s" in sql
+    assert "tasks.lease_token = %(token)s" in sql
+    assert (
+        "tasks.lease_token"
+        not in pg(statements.fail_statement(TABLE, fenced=False, backoff=DEFAULT_BACKOFF)).split(
+            "WHERE"
+        )[1]
+    )
+
+
+def test_batched_completion_and_heartbeat_use_unnest() -> None:
+    complete = pg(statements.complete_many_statement(TABLE))
+    assert "FROM unnest(%(ids)s::BIGINT[], CAST(%(tokens)s::TEXT[] AS UUID[]), " in complete
+    assert "CAST(%(results)s::TEXT[] AS JSONB[])) AS leases(id, token, result)" in complete
+    assert "tasks.lease_token = leases.token" in complete and "result=leases.result" in complete
+    heartbeat = pg(statements.renew_leases_statement(TABLE))
+    assert "SET lease_expires_at=(now() + %(lease)s) FROM unnest(" in heartbeat
 
 
 def test_rescue_and_purge_skip_locked_rows() -> None:
     rescue = pg(statements.rescue_statement(TABLE, limit=10))
     assert "tasks.lease_expires_at < now()" in rescue and "FOR UPDATE SKIP LOCKED" in rescue
+    from datetime import timedelta
+
     purge = pg(statements.purge_statement(TABLE, older_than=timedelta(days=7), batch_size=500))
     assert purge.startswith("DELETE FROM tasks WHERE tasks.id IN (SELECT tasks.id")
     assert "FOR UPDATE SKIP LOCKED" in purge
 
 
-def test_heartbeat_renews_all_leases_in_one_statement() -> None:
-    leases = [(1, uuid.uuid4()), (2, uuid.uuid4())]
-    sql = pg(statements.renew_leases_statement(TABLE, leases, timedelta(seconds=60)))
-    assert "(tasks.id, tasks.lease_token) IN" in sql
-    assert "SET lease_expires_at=(now() + make_interval(" in sql
-
-
 def test_progress_only_touches_the_progress_column() -> None:
-    sql = pg(statements.progress_statement(TABLE, 1, 50, lease_token=None))
-    assert "SET progress=%(progress)s WHERE" in sql
+    sql = pg(statements.progress_statement(TABLE, fenced=False))
+    assert "SET progress=%(new_progress)s WHERE" in sql
 
 
 def test_sqlite_is_refused_with_a_clear_error() -> None:
     assert "SKIP LOCKED" not in str(
-        statements.claim_statement(
-            TABLE,
-            task_types=None,
-            limit=1,
-            lease=timedelta(seconds=1),
-            owner="w",
-            token=uuid.uuid4(),
-        ).compile(dialect=sqlite.dialect())
+        statements.claim_statement(TABLE, type_filter="any").compile(dialect=sqlite.dialect())
     )
     engine = create_engine("sqlite://")
     with Session(engine) as session, pytest.raises(UnsupportedDialectError, match="sqlite"):
         TaskRepository(session, Task)
+    assert postgresql.dialect.name == "postgresql"
