@@ -46,7 +46,14 @@ from .models import TaskDataclassMixin, TaskMixin, task_table
 from .monitoring import TaskMonitoring
 from .status import ACTIVE_STATUSES, TaskStatus
 
-__all__ = ["DEFAULT_LEASE_DURATION", "TaskRepository", "TaskT", "canonical_json", "default_owner"]
+__all__ = [
+    "DEFAULT_LEASE_DURATION",
+    "TaskRepository",
+    "TaskT",
+    "canonical_json",
+    "default_owner",
+    "require_json",
+]
 
 TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
 _P = ParamSpec("_P")
@@ -432,7 +439,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         _require_task_id(task_id)
         _require_token(lease_token)
-        _require_json("result", result, allow_none=True)
+        require_json("result", result, allow_none=True)
         stmt = statements.complete_statement(self._table, fenced=lease_token is not None)
         params = {"task_id": task_id, "new_result": result}
         self._guarded(stmt, params, "complete", (TaskStatus.IN_PROGRESS,), lease_token)
@@ -456,7 +463,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             _require_task_id(row[0])
             if not isinstance(row[1], uuid.UUID):
                 raise TypeError(f"lease_token must be a uuid.UUID, got {row[1]!r}")
-            _require_json("result", row[2], allow_none=True)
+            require_json("result", row[2], allow_none=True)
         if not rows:
             return set()
         params = {
@@ -633,7 +640,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         match = dict(payload_match)
         if project_id is not None:
             match["project_id"] = project_id
-        _require_json("payload match", match, allow_none=False)
+        require_json("payload match", match, allow_none=False)
         stmt = statements.progress_lookup_statement(self._table, str(task_type), match)
         progress = self._session.execute(stmt).scalar_one_or_none()
         return None if progress is None else int(progress)
@@ -698,7 +705,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         columns: Mapping[str, Any],
     ) -> dict[str, Any]:
         _require_task_type(task_type)
-        _require_json("payload", payload, allow_none=False)
+        require_json("payload", payload, allow_none=False)
         _require_int("max_retries", max_retries, minimum=0, maximum=_INT4_MAX)
         _require_int("priority", priority, minimum=_INT4_MIN, maximum=_INT4_MAX)
         values: dict[str, Any] = {
@@ -811,17 +818,28 @@ def _task_types(task_type: str | Sequence[str] | None) -> list[str] | None:
     return [str(item) for item in types]
 
 
-def _require_json(name: str, value: Any, *, allow_none: bool) -> None:
+def require_json(name: str, value: Any, *, allow_none: bool) -> None:
+    """Raise ``TypeError`` unless ``value`` is JSON that PostgreSQL can store.
+
+    ``ValueError`` for text PostgreSQL refuses in ``jsonb``: NUL characters and unpaired
+    UTF-16 surrogates.
+    """
     if value is None:
         if allow_none:
             return
         raise TypeError(f"{name} must be a JSON value, not None (use {{}} for no arguments)")
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} is not JSON-serialisable: {exc}") from None
     if "\\u0000" in text:
         raise ValueError(f"{name} contains a NUL character, which PostgreSQL cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{name} contains an unpaired surrogate, which is not valid text"
+        ) from None
 
 
 def _require_older_than(older_than: Any) -> None:

@@ -50,7 +50,6 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
 from typing import Any, Generic
@@ -60,13 +59,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import statements
+from .attempts import Attempt, Outcome, WorkerStats
 from .backoff import DEFAULT_BACKOFF, BackoffPolicy
 from .context import TaskContext
 from .durations import Duration, to_seconds
 from .exceptions import LeaseLostError, TaskInterrupted, TaskQueueError
 from .handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
 from .models import task_table
-from .repository import TaskRepository, TaskT, default_owner
+from .repository import TaskRepository, TaskT, default_owner, require_json
 from .status import TaskStatus
 from .wakeup import NotificationListener
 
@@ -75,45 +75,6 @@ __all__ = ["Worker", "WorkerStats"]
 logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 
 _WRITE_ATTEMPTS = 5
-
-
-@dataclass
-class WorkerStats:
-    """Counters of one worker since it started (read them from any thread)."""
-
-    claimed: int = 0
-    completed: int = 0
-    failed: int = 0
-    retried: int = 0
-    rescued: int = 0
-    released: int = 0
-    timed_out: int = 0
-    lost_leases: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        """Increment counters by name."""
-        with self._lock:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + value)
-
-
-@dataclass
-class _Attempt:
-    """One task running on a slot."""
-
-    task: Any
-    context: TaskContext
-    deadline: float | None
-    timeout_seconds: float | None
-    started: float = field(default_factory=time.monotonic)
-    settled: bool = False  # outcome already written by someone else (timeout, release)
-    lost: bool = False
-
-    @property
-    def lease(self) -> tuple[int, uuid.UUID]:
-        return (self.task.id, self.task.lease_token)
-
 
 EventHook = Callable[[str, Any, float], None]
 
@@ -234,9 +195,10 @@ class Worker(Generic[TaskT]):
         self._supervisor_stop = threading.Event()
         self._supervisor_wake = threading.Event()
         self._lock = threading.Lock()
-        self._busy = 0
-        self._running: dict[int, _Attempt] = {}
-        self._slots: queue.Queue[Any] = queue.Queue()
+        self._busy = 0  # claimed tasks whose handler has not returned yet
+        self._held: dict[int, Attempt] = {}  # claimed tasks whose outcome is not written
+        self._outcomes: list[Outcome] = []
+        self._slots: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
         self._signals_seen = 0
         self._is_running = False
         self.listening = threading.Event()  #: set while LISTEN is active
@@ -296,19 +258,22 @@ class Worker(Generic[TaskT]):
             self._lease.total_seconds(),
             listener is not None,
         )
-        with self._signal_handlers():
-            for thread in [*slots, supervisor]:
-                thread.start()
-            try:
-                self._claim_loop(until_empty)
-            finally:
-                self._shut_down(listener, slots, supervisor)
-        with self._lock:
-            self._is_running = False
+        try:
+            with self._signal_handlers():
+                for thread in [*slots, supervisor]:
+                    thread.start()
+                try:
+                    self._claim_loop(until_empty)
+                finally:
+                    self._shut_down(listener, slots, supervisor)
+        finally:
+            with self._lock:
+                self._is_running = False
 
     # ------------------------------------------------------------------ claim loop
 
     def _claim_loop(self, until_empty: bool) -> None:
+        """Write finished outcomes and claim new tasks, one transaction per turn."""
         next_rescue = 0.0
         errors = 0
         while not self._stopping.is_set():
@@ -318,8 +283,8 @@ class Worker(Generic[TaskT]):
                     self._rescue()
                     next_rescue = time.monotonic() + self._rescue_every
                 free = self._concurrency - self._busy
-                claimed = self._claim(free) if free > 0 else []
-                if until_empty and not claimed and self._busy == 0 and self._rescue() == 0:
+                claimed = self._settle_and_claim(free)
+                if until_empty and not claimed and self._drained() and self._rescue() == 0:
                     return
                 errors = 0
             except (SQLAlchemyError, TaskQueueError, OSError):
@@ -330,23 +295,100 @@ class Worker(Generic[TaskT]):
                 continue
             if free > 0 and len(claimed) == free:
                 continue  # maybe more work: claim again once a slot frees
-            if not claimed and self._busy == 0:
+            if not claimed and self._drained():
                 self.idle.set()
             self._wake.wait(self._poll)
             self.idle.clear()
 
-    def _claim(self, free: int) -> list[Any]:
-        with self._session_factory() as session:
-            repo = self._repository(session)
-            claimed = repo.dequeue_many(self._types, limit=free, lease_duration=self._lease)
-            session.commit()
-        if claimed:
+    def _drained(self) -> bool:
+        with self._lock:
+            return self._busy == 0 and not self._outcomes
+
+    def _settle_and_claim(self, free: int) -> list[Any]:
+        """One transaction: write the outcomes that are ready, then claim ``free`` tasks.
+
+        Acknowledging finished tasks and fetching the next ones together costs one
+        commit per turn instead of one per task.  If the transaction fails, the outcomes
+        stay queued for the next turn.
+        """
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+        if not outcomes and free <= 0:
+            return []
+        try:
+            with self._session_factory() as session:
+                repo = self._repository(session)
+                written = self._write_outcomes(repo, outcomes)
+                claimed = (
+                    repo.dequeue_many(self._types, limit=free, lease_duration=self._lease)
+                    if free > 0
+                    else []
+                )
+                session.commit()
+        except (SQLAlchemyError, TaskQueueError) as exc:
+            if _is_transient(exc):
+                with self._lock:
+                    self._outcomes[:0] = outcomes  # the next turn writes them
+            else:
+                self._write_separately(outcomes)  # isolate whichever one the database refuses
+            raise
+        except BaseException:
             with self._lock:
-                self._busy += len(claimed)
-            self.stats.add(claimed=len(claimed))
-            for task in claimed:
-                self._slots.put(task)
+                self._outcomes[:0] = outcomes
+            raise
+        self._report(written)
+        if claimed:
+            self._dispatch(claimed)
         return claimed
+
+    def _write_separately(self, outcomes: list[Outcome]) -> None:
+        """Write each outcome in its own transaction; one the database refuses is dropped
+        (its lease then expires and the task is rescued) instead of blocking the rest."""
+        for outcome in outcomes:
+            try:
+                written = self._write_alone([outcome])
+            except (SQLAlchemyError, TaskQueueError):
+                logger.exception(
+                    "task.outcome_write_failed id=%d (its lease will expire and it is rescued)",
+                    outcome.attempt.task.id,
+                )
+                with self._lock:
+                    self._held.pop(outcome.attempt.task.id, None)
+                continue
+            self._report(written)
+
+    def _write_alone(self, outcomes: list[Outcome]) -> list[tuple[Outcome, str]]:
+        """Write outcomes in a transaction of their own (retrying transient errors)."""
+        written: list[tuple[Outcome, str]] = self._write(
+            lambda repo: self._write_outcomes(repo, outcomes)
+        )
+        return written
+
+    def _dispatch(self, claimed: list[Any]) -> None:
+        attempts = [self._attempt(task) for task in claimed]
+        with self._lock:
+            self._busy += len(attempts)
+            for attempt in attempts:
+                self._held[attempt.task.id] = attempt
+        self.stats.add(claimed=len(attempts))
+        for attempt in attempts:
+            self._slots.put(attempt)
+
+    def _attempt(self, task: Any) -> Attempt:
+        spec = self._specs.get(task.type)
+        if task.timeout_seconds:
+            timeout: float | None = float(task.timeout_seconds)
+        elif spec is not None and spec.timeout_seconds:
+            timeout = spec.timeout_seconds
+        else:
+            timeout = self._default_timeout
+        context = TaskContext(
+            task,
+            progress_writer=self._write_progress,
+            progress_interval=self._progress_interval,
+            worker_stopping=self._stopping,
+        )
+        return Attempt(task, context, timeout)
 
     def _rescue(self) -> int:
         with self._session_factory() as session:
@@ -371,145 +413,152 @@ class Worker(Generic[TaskT]):
 
     def _slot_loop(self) -> None:
         while True:
-            task = self._slots.get()
-            if task is None:
+            attempt = self._slots.get()
+            if attempt is None:
                 return
             try:
-                self._execute(task)
+                outcome = self._execute(attempt)
             except Exception:  # a bug here must not kill the slot
-                logger.exception("worker.slot_error id=%s", getattr(task, "id", "?"))
-            finally:
-                with self._lock:
-                    self._busy -= 1
-                self._wake.set()
-
-    def _execute(self, task: Any) -> None:
-        spec = self._specs.get(task.type)
-        timeout = (
-            float(task.timeout_seconds)
-            if task.timeout_seconds
-            else (spec.timeout_seconds if spec and spec.timeout_seconds else self._default_timeout)
-        )
-        context = TaskContext(
-            task,
-            progress_writer=self._write_progress,
-            progress_interval=self._progress_interval,
-            worker_stopping=self._stopping,
-        )
-        attempt = _Attempt(
-            task,
-            context,
-            deadline=None if timeout is None else time.monotonic() + timeout,
-            timeout_seconds=timeout,
-        )
-        with self._lock:
-            self._running[task.id] = attempt
-        self._supervisor_wake.set()  # re-plan around the new deadline
-        logger.info("task.started id=%d type=%s attempt=%d", task.id, task.type, context.attempt)
-        try:
-            if spec is None:
-                self._fail(
-                    attempt, f"no handler is registered for task type {task.type!r}", retry=False
-                )
-                return
-            try:
-                result = spec.function(task, context)
-            except TaskInterrupted as exc:
-                self._interrupted(attempt, exc)
-                return
-            except Exception as exc:
-                logger.error(
-                    "task.error id=%d type=%s error=%s\n%s",
-                    task.id,
-                    task.type,
-                    f"{type(exc).__name__}: {exc}",
-                    traceback.format_exc().rstrip(),
-                )
-                self._fail(attempt, f"{type(exc).__name__}: {exc}", retry=True)
-                return
-            self._complete(attempt, result)
-        finally:
+                logger.exception("worker.slot_error id=%s", attempt.task.id)
+                outcome = None
             with self._lock:
-                self._running.pop(task.id, None)
+                self._busy -= 1
+                attempt.running = False
+                if outcome is not None and not attempt.finished:
+                    self._outcomes.append(outcome)
+                else:
+                    self._held.pop(attempt.task.id, None)
+            if outcome is not None and attempt.finished:
+                self._discard(outcome)
+            self._wake.set()
 
-    # ------------------------------------------------------------------ outcomes
-
-    def _complete(self, attempt: _Attempt, result: Any) -> None:
+    def _execute(self, attempt: Attempt) -> Outcome | None:
+        """Run the handler and say how the attempt ended (written later, in a batch)."""
         task = attempt.task
-        if self._discarded(attempt, "completed"):
-            return
-        try:
-            self._write(
-                lambda repo: repo.complete_task(
-                    task.id, result=result, lease_token=task.lease_token
-                )
-            )
-        except TypeError as exc:  # the handler returned something that is not JSON
-            self._fail(attempt, f"TypeError: the handler's result is not JSON: {exc}", retry=False)
-            return
-        except LeaseLostError:
-            self._lease_lost(attempt)
-            return
-        seconds = time.monotonic() - attempt.started
-        logger.info("task.completed id=%d type=%s duration=%.3fs", task.id, task.type, seconds)
-        self.stats.add(completed=1)
-        self._emit("completed", task, seconds)
-
-    def _fail(self, attempt: _Attempt, message: str, *, retry: bool) -> None:
-        if not self._discarded(attempt, "failed"):
-            self._write_failure(attempt, message, retry=retry)
-
-    def _write_failure(self, attempt: _Attempt, message: str, *, retry: bool) -> None:
-        task = attempt.task
-        try:
-            status = self._write(
-                lambda repo: repo.fail_task(
-                    task.id, message, lease_token=task.lease_token, retry=retry
-                )
-            )
-        except LeaseLostError:
-            self._lease_lost(attempt)
-            return
-        self._record_failure(attempt, status, message)
-
-    def _record_failure(self, attempt: _Attempt, status: TaskStatus, message: str) -> None:
-        task = attempt.task
-        seconds = time.monotonic() - attempt.started
-        event = "retried" if status is TaskStatus.PENDING else "failed"
-        logger.warning(
-            "task.%s id=%d type=%s attempt=%d duration=%.3fs error=%s",
-            event,
-            task.id,
-            task.type,
-            attempt.context.attempt,
-            seconds,
-            message,
-        )
-        self.stats.add(**{event: 1})
-        self._emit(event, task, seconds)
-
-    def _interrupted(self, attempt: _Attempt, exc: TaskInterrupted) -> None:
-        if self._discarded(attempt, "interrupted"):
-            return
+        spec = self._specs.get(task.type)
         if self._stopping.is_set():
-            self._release([attempt])
-        else:
-            self._fail(attempt, f"TaskInterrupted: {exc}", retry=True)
-
-    def _discarded(self, attempt: _Attempt, outcome: str) -> bool:
-        """True (and logged) when the outcome of this attempt was already settled."""
+            return Outcome(attempt, "release")  # claimed, but shutdown came first
         with self._lock:
-            settled = attempt.settled or attempt.lost
-        if settled:
-            logger.warning(
-                "task.outcome_discarded id=%d outcome=%s reason=%s",
-                attempt.task.id,
-                outcome,
-                attempt.context.stop_reason,
+            attempt.start()
+        self._supervisor_wake.set()  # re-plan around the new deadline
+        logger.info(
+            "task.started id=%d type=%s attempt=%d", task.id, task.type, attempt.context.attempt
+        )
+        if spec is None:
+            message = f"no handler is registered for task type {task.type!r}"
+            return self._outcome(attempt, "fail", message=message, retry=False)
+        try:
+            result = spec.function(task, attempt.context)
+        except TaskInterrupted as exc:
+            if self._stopping.is_set():
+                return self._outcome(attempt, "release")
+            return self._outcome(attempt, "fail", message=f"TaskInterrupted: {exc}")
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            logger.error(
+                "task.error id=%d type=%s error=%s\n%s",
+                task.id,
+                task.type,
+                message,
+                traceback.format_exc().rstrip(),
             )
-        return settled
+            return self._outcome(attempt, "fail", message=message)
+        try:
+            require_json("result", result, allow_none=True)
+        except (TypeError, ValueError) as exc:
+            message = f"TypeError: the handler's result is not JSON: {exc}"
+            return self._outcome(attempt, "fail", message=message, retry=False)
+        return self._outcome(attempt, "complete", result=result)
 
-    def _lease_lost(self, attempt: _Attempt) -> None:
+    def _outcome(self, attempt: Attempt, kind: Any, **fields: Any) -> Outcome:
+        seconds = time.monotonic() - attempt.started
+        if "message" in fields:  # PostgreSQL text cannot hold NUL characters
+            fields["message"] = fields["message"].replace("\x00", "\\0")
+        return Outcome(attempt, kind, seconds=seconds, **fields)
+
+    def _discard(self, outcome: Outcome) -> None:
+        logger.warning(
+            "task.outcome_discarded id=%d outcome=%s reason=%s",
+            outcome.attempt.task.id,
+            outcome.kind,
+            outcome.attempt.context.stop_reason,
+        )
+
+    # ------------------------------------------------------------------ writing outcomes
+
+    def _write_outcomes(
+        self, repo: TaskRepository[TaskT], outcomes: list[Outcome]
+    ) -> list[tuple[Outcome, str]]:
+        """Write outcomes in the caller's transaction; returns ``(outcome, event)`` pairs.
+
+        Completions go in one statement; failures one by one (each decides retry or
+        failure atomically); hand-backs in one statement.  An outcome whose lease is no
+        longer current is reported as ``lease_lost`` and changes nothing.
+        """
+        written: list[tuple[Outcome, str]] = []
+        completions = [o for o in outcomes if o.kind == "complete"]
+        if completions:
+            done = repo.complete_tasks(
+                [(o.attempt.task.id, o.attempt.task.lease_token, o.result) for o in completions]
+            )
+            for outcome in completions:
+                event = "completed" if outcome.attempt.task.id in done else "lease_lost"
+                written.append((outcome, event))
+        for outcome in outcomes:
+            if outcome.kind != "fail":
+                continue
+            task = outcome.attempt.task
+            try:
+                status = repo.fail_task(
+                    task.id, outcome.message, lease_token=task.lease_token, retry=outcome.retry
+                )
+            except LeaseLostError:
+                written.append((outcome, "lease_lost"))
+                continue
+            written.append((outcome, "retried" if status is TaskStatus.PENDING else "failed"))
+        releases = [o for o in outcomes if o.kind == "release"]
+        if releases:
+            released = repo.release_tasks([o.attempt.lease for o in releases])
+            for outcome in releases:
+                event = "released" if outcome.attempt.task.id in released else "lease_lost"
+                written.append((outcome, event))
+        return written
+
+    def _report(self, written: list[tuple[Outcome, str]], *, forget: bool = True) -> None:
+        """After the commit: forget the attempts, log, count and emit events."""
+        if forget:
+            with self._lock:
+                for outcome, _ in written:
+                    self._held.pop(outcome.attempt.task.id, None)
+        for outcome, event in written:
+            if event == "lease_lost":
+                self._lease_lost(outcome.attempt)
+            else:
+                self._report_event(outcome, event)
+
+    def _report_event(self, outcome: Outcome, event: str) -> None:
+        attempt, task = outcome.attempt, outcome.attempt.task
+        if event == "completed":
+            logger.info(
+                "task.completed id=%d type=%s duration=%.3fs", task.id, task.type, outcome.seconds
+            )
+        elif event == "released":
+            attempt.context.interrupt("handed back at shutdown")
+            logger.info("task.released id=%d type=%s", task.id, task.type)
+        else:
+            logger.warning(
+                "task.%s id=%d type=%s attempt=%d duration=%.3fs error=%s",
+                event,
+                task.id,
+                task.type,
+                attempt.context.attempt,
+                outcome.seconds,
+                outcome.message,
+            )
+        self.stats.add(**{event: 1})
+        self._emit(event, task, outcome.seconds)
+
+    def _lease_lost(self, attempt: Attempt) -> None:
         with self._lock:
             attempt.lost = True
         attempt.context.interrupt("the lease on this task was lost")
@@ -520,23 +569,6 @@ class Worker(Generic[TaskT]):
             attempt.task.id,
             attempt.task.type,
         )
-
-    def _release(self, attempts: list[_Attempt]) -> None:
-        if not attempts:
-            return
-        try:
-            released = self._write(lambda repo: repo.release_tasks([a.lease for a in attempts]))
-        except (SQLAlchemyError, TaskQueueError):
-            logger.exception("worker.release_failed (the leases will expire and be rescued)")
-            return
-        for attempt in attempts:
-            with self._lock:
-                attempt.settled = True
-            attempt.context.interrupt("handed back at shutdown")
-            if attempt.task.id in released:
-                logger.info("task.released id=%d type=%s", attempt.task.id, attempt.task.type)
-                self.stats.add(released=1)
-                self._emit("released", attempt.task, time.monotonic() - attempt.started)
 
     def _write(self, action: Callable[[TaskRepository[TaskT]], Any]) -> Any:
         """Run one write in its own transaction, retrying transient database errors."""
@@ -575,6 +607,7 @@ class Worker(Generic[TaskT]):
     # ------------------------------------------------------------------ supervisor
 
     def _supervise(self) -> None:
+        """Heartbeats, timeouts and throttled progress, on one background thread."""
         next_heartbeat = time.monotonic() + self._heartbeat
         while not self._supervisor_stop.is_set():
             now = time.monotonic()
@@ -583,19 +616,19 @@ class Worker(Generic[TaskT]):
                 next_heartbeat = now + self._heartbeat
             self._enforce_timeouts(now)
             with self._lock:
-                attempts = list(self._running.values())
-            for attempt in attempts:
+                running = [a for a in self._held.values() if a.running]
+            for attempt in running:
                 attempt.context.flush_progress(force=False)
-            deadlines = [a.deadline for a in attempts if a.deadline and not a.settled]
+            deadlines = [a.deadline for a in running if a.deadline and not a.finished]
             wait = min([next_heartbeat, *deadlines]) - time.monotonic()
-            if attempts and self._progress_interval:
+            if running and self._progress_interval:
                 wait = min(wait, self._progress_interval)
             self._supervisor_wake.wait(max(wait, 0.01))
             self._supervisor_wake.clear()
 
     def _renew_leases(self) -> None:
         with self._lock:
-            attempts = [a for a in self._running.values() if not a.settled and not a.lost]
+            attempts = [a for a in self._held.values() if not a.finished]
         if not attempts:
             return
         try:
@@ -608,28 +641,34 @@ class Worker(Generic[TaskT]):
             logger.exception("worker.heartbeat_failed (will retry)")
             return
         for attempt in attempts:
-            if attempt.task.id not in renewed and not attempt.settled:
+            if attempt.task.id not in renewed and not attempt.finished:
                 self._lease_lost(attempt)
 
     def _enforce_timeouts(self, now: float) -> None:
         with self._lock:
             expired = [
                 a
-                for a in self._running.values()
-                if a.deadline is not None and a.deadline <= now and not a.settled and not a.lost
+                for a in self._held.values()
+                if a.running and a.deadline is not None and a.deadline <= now and not a.finished
             ]
             for attempt in expired:
                 attempt.settled = True
         for attempt in expired:
-            message = (
-                f"TimeoutError: the attempt exceeded its timeout of {attempt.timeout_seconds:g}s"
-            )
-            attempt.context.interrupt(message)
-            self.stats.add(timed_out=1)
-            try:
-                self._write_failure(attempt, message, retry=True)
-            except (SQLAlchemyError, TaskQueueError):
-                logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
+            self._time_out(attempt)
+
+    def _time_out(self, attempt: Attempt) -> None:
+        """Fail an attempt that passed its deadline; its handler is asked to stop."""
+        message = f"TimeoutError: the attempt exceeded its timeout of {attempt.timeout_seconds:g}s"
+        attempt.context.interrupt(message)
+        self.stats.add(timed_out=1)
+        outcome = self._outcome(attempt, "fail", message=message)
+        try:
+            written = self._write_alone([outcome])
+        except (SQLAlchemyError, TaskQueueError):
+            logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
+            return
+        # held until the handler returns: its slot stays busy till then
+        self._report(written, forget=False)
 
     # ------------------------------------------------------------------ start and stop
 
@@ -655,18 +694,27 @@ class Worker(Generic[TaskT]):
         slots: list[threading.Thread],
         supervisor: threading.Thread,
     ) -> None:
+        """Give running tasks the grace period, write their outcomes, hand back the rest."""
         if listener is not None:
             listener.stop()
+        self._release_queued()
         if self._busy:
             logger.info("worker.stopping running=%d grace=%.1fs", self._busy, self._grace)
         deadline = time.monotonic() + self._grace
-        while self._busy and time.monotonic() < deadline:
+        while True:
+            self._flush_outcomes()
+            if not self._busy or time.monotonic() >= deadline:
+                break
+            self._wake.wait(min(deadline - time.monotonic(), 0.5))
             self._wake.clear()
-            if self._busy:
-                self._wake.wait(min(deadline - time.monotonic(), 0.5))
         with self._lock:
-            leftover = [a for a in self._running.values() if not a.settled and not a.lost]
-        self._release(leftover)
+            leftover = [a for a in self._held.values() if not a.finished]
+            for attempt in leftover:
+                attempt.settled = True  # whatever the handler returns later is discarded
+        if leftover:
+            with self._lock:
+                self._outcomes.extend(self._outcome(a, "release") for a in leftover)
+        self._flush_outcomes()
         self._supervisor_stop.set()
         self._supervisor_wake.set()
         supervisor.join(timeout=5)
@@ -681,6 +729,27 @@ class Worker(Generic[TaskT]):
             self.stats.retried,
             self.stats.released,
         )
+
+    def _release_queued(self) -> None:
+        """Claimed tasks still waiting for a slot go straight back."""
+        while True:
+            try:
+                attempt = self._slots.get_nowait()
+            except queue.Empty:
+                return
+            if attempt is None:
+                continue
+            with self._lock:
+                self._busy -= 1
+                self._outcomes.append(Outcome(attempt, "release"))
+
+    def _flush_outcomes(self) -> None:
+        try:
+            self._settle_and_claim(0)
+        except (SQLAlchemyError, TaskQueueError, OSError):
+            logger.exception("worker.flush_failed (unwritten tasks are rescued when leases expire)")
+            with self._lock:
+                self._outcomes.clear()
 
     @contextmanager
     def _signal_handlers(self) -> Iterator[None]:

@@ -125,6 +125,7 @@ def test_enqueue_accepts_options_and_strenum_types(repo: Repo, session: Session)
         (None, TypeError),
         ({"x": float("nan")}, TypeError),
         ({"x": "nul\x00byte"}, ValueError),
+        ({"x": "lone \ud800 surrogate"}, ValueError),
     ],
 )
 def test_enqueue_rejects_payloads_that_are_not_json(

@@ -565,3 +565,41 @@ def test_handler_registry(clean_table: type[Any]) -> None:
         registry.add("", email)
     with pytest.raises(TypeError, match="TaskMixin"):
         HandlerRegistry(object)
+
+
+def test_an_outcome_the_database_refuses_does_not_block_the_others(
+    session_factory: Factory, clean_table: type[Any], engine: Any
+) -> None:
+    table = clean_table.__tablename__
+    refused = enqueue(session_factory, clean_table, "job", {"refuse": True})
+    accepted = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(3)]
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE FUNCTION refuse_completion() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN IF NEW.status = 'completed' AND NEW.payload ? 'refuse' THEN "
+                "RAISE EXCEPTION 'storage quota exceeded'; END IF; RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                f"CREATE TRIGGER refuse BEFORE UPDATE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_completion()"
+            )
+        )
+    try:
+        worker = make_worker(
+            session_factory, clean_table, {"job": lambda task, ctx: "ok"}, concurrency=4
+        )
+        worker.run(until_empty=True)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TRIGGER refuse ON {table}"))
+            connection.execute(text("DROP FUNCTION refuse_completion()"))
+    assert [fetch(session_factory, clean_table, i).status for i in accepted] == [
+        TaskStatus.COMPLETED
+    ] * 3
+    # the refused one keeps its lease until it expires; then any worker rescues it
+    stuck = fetch(session_factory, clean_table, refused)
+    assert stuck.status is TaskStatus.IN_PROGRESS and stuck.lease_owner == worker.owner
+    assert worker.stats.completed == 3

@@ -1,0 +1,84 @@
+"""The worker's bookkeeping: attempts it holds, outcomes waiting to be written, counters.
+
+An :class:`Attempt` lives from the claim until its outcome is written: while it waits
+for a slot, while its handler runs, and while its :class:`Outcome` waits for the next
+batched write.  The worker renews the leases of every attempt it holds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .context import TaskContext
+
+__all__ = ["Attempt", "Outcome", "WorkerStats"]
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker since it was created (safe to read from any thread)."""
+
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    rescued: int = 0
+    released: int = 0
+    timed_out: int = 0
+    lost_leases: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Increment counters by name."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass
+class Attempt:
+    """One claimed task, from the claim until its outcome is in the database."""
+
+    task: Any
+    context: TaskContext
+    timeout_seconds: float | None
+    deadline: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    running: bool = False
+    settled: bool = False
+    """Its outcome was written by someone else (timeout, shutdown hand-back)."""
+    lost: bool = False
+    """Its lease is gone; nothing more may be written for it."""
+
+    @property
+    def lease(self) -> tuple[int, uuid.UUID]:
+        """``(task_id, lease_token)`` as the repository's lease methods take it."""
+        return (self.task.id, self.task.lease_token)
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more may be written for this attempt."""
+        return self.settled or self.lost
+
+    def start(self) -> None:
+        """The handler starts now: the timeout counts from here."""
+        self.started = time.monotonic()
+        self.running = True
+        if self.timeout_seconds is not None:
+            self.deadline = self.started + self.timeout_seconds
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, waiting to be written with the next batch."""
+
+    attempt: Attempt
+    kind: Literal["complete", "fail", "release"]
+    result: Any = None
+    message: str = ""
+    retry: bool = True
+    seconds: float = 0.0
