@@ -34,7 +34,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict sqlalchemy_taskqueue
+	$(BIN)/mypy --strict sqlalchemy_taskqueue tests/typing
 
 check: lint typecheck test
 

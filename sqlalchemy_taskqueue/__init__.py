@@ -20,6 +20,8 @@ Mix :class:`TaskMixin` into a declarative model, migrate the table with Alembic
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .backoff import BackoffPolicy
 from .context import TaskContext
 from .exceptions import (
@@ -38,6 +40,7 @@ from .status import TaskStatus
 from .worker import Worker, WorkerStats
 
 __all__ = [
+    "AsyncTaskRepository",
     "BackoffPolicy",
     "HandlerRegistry",
     "InvalidTransitionError",
@@ -58,4 +61,16 @@ __all__ = [
     "task_table_args",
 ]
 
+if TYPE_CHECKING:
+    from .async_repository import AsyncTaskRepository
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # the async twin needs greenlet (the "async" extra), so it is imported on first use
+    if name == "AsyncTaskRepository":
+        from .async_repository import AsyncTaskRepository
+
+        return AsyncTaskRepository
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -257,7 +257,6 @@ class TaskMixin:
             __tablename__ = "tasks"
     """
 
-    __tablename__: ClassVar[str]
     id: Mapped[int] = _PLAIN.id()
     """Primary key, a 64-bit identity (2^31 lifetime enqueues is reachable)."""
     type: Mapped[str] = _PLAIN.type()
@@ -326,7 +325,6 @@ class TaskDataclassMixin(MappedAsDataclass):
         Task(42, type="export", payload={})
     """
 
-    __tablename__: ClassVar[str]
     id: Mapped[int] = _DATACLASS.id()
     type: Mapped[str] = _DATACLASS.type()
     payload: Mapped[Any] = _DATACLASS.payload()

@@ -195,6 +195,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
     @_database_boundary
     def enqueue(
         self,
+        /,
         task_type: str,
         payload: Any,
         *,
@@ -236,6 +237,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
     @_database_boundary
     def enqueue_many(
         self,
+        /,
         task_type: str,
         payloads: Iterable[Any],
         *,
@@ -279,6 +281,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
     @_database_boundary
     def enqueue_if_not_exists(
         self,
+        /,
         task_type: str,
         payload: Any,
         *,
@@ -625,7 +628,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     @_database_boundary
     def get_task_progress(
-        self, task_type: str, project_id: Any = None, **payload_match: Any
+        self, /, task_type: str, project_id: Any = None, **payload_match: Any
     ) -> int | None:
         """Progress of the newest pending or in-progress task of ``task_type`` whose
         payload has the given keys and values (``project_id`` is one such key); ``None``

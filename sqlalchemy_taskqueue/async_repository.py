@@ -1,0 +1,108 @@
+"""The async twin of :class:`~sqlalchemy_taskqueue.TaskRepository`.
+
+:class:`AsyncTaskRepository` takes an :class:`~sqlalchemy.ext.asyncio.AsyncSession` and
+offers every repository method under the same name, as a coroutine.  Each call runs the
+synchronous method through ``AsyncSession.run_sync``, so the two share one
+implementation (validation, statements, error handling) and cannot drift apart.  Like
+its twin it never commits::
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    engine = create_async_engine("postgresql+asyncpg://app@db/app")
+    Session = async_sessionmaker(engine)
+
+    async def start_export(project_id: int) -> int:
+        async with Session.begin() as session:
+            repo = AsyncTaskRepository(session, Task)
+            return await repo.enqueue("data_export", {"project_id": project_id})
+
+Workers stay synchronous (:class:`~sqlalchemy_taskqueue.Worker`); an async web app
+enqueues and polls with this class.  Install an async driver (``asyncpg``; the ``async``
+extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from .models import task_table
+from .repository import TaskRepository, TaskT
+
+__all__ = ["AsyncTaskRepository"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _awaitable(
+    method: Callable[Concatenate[TaskRepository[Any], _P], _R],
+) -> Callable[Concatenate[AsyncTaskRepository[Any], _P], Coroutine[Any, Any, _R]]:
+    """The coroutine twin of a ``TaskRepository`` method."""
+
+    async def twin(self: AsyncTaskRepository[Any], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        def call(session: Session) -> _R:
+            return method(self.sync_repository(session), *args, **kwargs)
+
+        return await self.session.run_sync(call)
+
+    twin.__name__ = twin.__qualname__ = method.__name__
+    twin.__doc__ = f"Awaitable :meth:`TaskRepository.{method.__name__}`.\n\n{method.__doc__ or ''}"
+    return twin
+
+
+class AsyncTaskRepository(Generic[TaskT]):
+    """Every :class:`TaskRepository` operation as a coroutine, on an ``AsyncSession``.
+
+    Takes the same keyword options as :class:`TaskRepository` (``backoff``,
+    ``lease_duration``, ``owner``, ``notify``).
+
+    Example::
+
+        async with Session() as session:
+            repo = AsyncTaskRepository(session, Task)
+            task = await repo.get_task(task_id)
+    """
+
+    def __init__(self, session: AsyncSession, model: type[TaskT], **options: Any) -> None:
+        if not isinstance(session, AsyncSession):
+            raise TypeError(f"session must be an AsyncSession, got {session!r}")
+        task_table(model)
+        TaskRepository(session.sync_session, model, **options)  # validates the options now
+        self.session = session
+        self.model = model
+        self._options = options
+
+    def sync_repository(self, session: Session) -> TaskRepository[TaskT]:
+        """The synchronous twin bound to ``session`` (used inside ``run_sync``)."""
+        return TaskRepository(session, self.model, **self._options)
+
+    enqueue = _awaitable(TaskRepository.enqueue)
+    enqueue_many = _awaitable(TaskRepository.enqueue_many)
+    enqueue_if_not_exists = _awaitable(TaskRepository.enqueue_if_not_exists)
+    dequeue = _awaitable(TaskRepository.dequeue)
+    dequeue_many = _awaitable(TaskRepository.dequeue_many)
+    update_progress = _awaitable(TaskRepository.update_progress)
+    complete_task = _awaitable(TaskRepository.complete_task)
+    complete_tasks = _awaitable(TaskRepository.complete_tasks)
+    fail_task = _awaitable(TaskRepository.fail_task)
+    cancel_task = _awaitable(TaskRepository.cancel_task)
+    retry_task = _awaitable(TaskRepository.retry_task)
+    retry_failed_tasks = _awaitable(TaskRepository.retry_failed_tasks)
+    renew_leases = _awaitable(TaskRepository.renew_leases)
+    release_tasks = _awaitable(TaskRepository.release_tasks)
+    rescue_expired_leases = _awaitable(TaskRepository.rescue_expired_leases)
+    get_task = _awaitable(TaskRepository.get_task)
+    get_task_progress = _awaitable(TaskRepository.get_task_progress)
+    cleanup_old_tasks = _awaitable(TaskRepository.cleanup_old_tasks)
+    count_old_tasks = _awaitable(TaskRepository.count_old_tasks)
+    status_counts = _awaitable(TaskRepository.status_counts)
+    queue_depth = _awaitable(TaskRepository.queue_depth)
+    stuck_tasks = _awaitable(TaskRepository.stuck_tasks)
+    processing_times = _awaitable(TaskRepository.processing_times)
+    outcome_rates = _awaitable(TaskRepository.outcome_rates)
+    recent_failures = _awaitable(TaskRepository.recent_failures)
+    queue_stats = _awaitable(TaskRepository.queue_stats)

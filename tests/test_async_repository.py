@@ -1,0 +1,130 @@
+"""AsyncTaskRepository: the same operations, awaited, through asyncpg."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
+
+from sqlalchemy_taskqueue import (
+    AsyncTaskRepository,
+    InvalidTransitionError,
+    TaskNotFoundError,
+    TaskRepository,
+    TaskStatus,
+)
+
+T = TypeVar("T")
+
+
+def public_methods(cls: type) -> set[str]:
+    return {
+        name
+        for name, member in inspect.getmembers(cls)
+        if not name.startswith("_") and callable(member) and not isinstance(member, property)
+    }
+
+
+def test_the_twins_have_the_same_method_names() -> None:
+    sync = public_methods(TaskRepository)
+    assert sync - public_methods(AsyncTaskRepository) == set()
+    for name in sync:
+        assert inspect.iscoroutinefunction(getattr(AsyncTaskRepository, name)), name
+
+
+@pytest.fixture
+def run_async(
+    database_url: str, clean_table: type[Any]
+) -> Callable[[Callable[[AsyncSession], Awaitable[T]]], T]:
+    url = make_url(database_url).set(drivername="postgresql+asyncpg")
+
+    def run(body: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async def main() -> T:
+            engine = create_async_engine(url)
+            try:
+                async with async_sessionmaker(engine)() as session:
+                    return await body(session)
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(main())
+
+    return run
+
+
+def test_a_full_round_trip(run_async: Any, clean_table: type[Any], session: Session) -> None:
+    async def body(async_session: AsyncSession) -> dict[str, Any]:
+        repo = AsyncTaskRepository(async_session, clean_table)
+        task_id = await repo.enqueue("export", {"project_id": 7})
+        again, created = await repo.enqueue_if_not_exists("import", {"f": 1})
+        same, created_again = await repo.enqueue_if_not_exists("import", {"f": 1})
+        await async_session.commit()
+        task = await repo.dequeue("export")
+        await async_session.commit()
+        assert task is not None and task.id == task_id
+        await repo.update_progress(task.id, 60, lease_token=task.lease_token)
+        progress = await repo.get_task_progress("export", project_id=7)
+        await repo.complete_task(task.id, result={"rows": 3}, lease_token=task.lease_token)
+        await async_session.commit()
+        stored = await repo.get_task(task.id)
+        depth = await repo.queue_depth()
+        return {
+            "created": (created, created_again, again == same),
+            "progress": progress,
+            "status": stored.status if stored else None,
+            "result": stored.result if stored else None,
+            "depth": [(d.task_type, d.ready) for d in depth],
+        }
+
+    outcome = run_async(body)
+    assert outcome == {
+        "created": (True, False, True),
+        "progress": 60,
+        "status": TaskStatus.COMPLETED,
+        "result": {"rows": 3},
+        "depth": [("import", 1)],
+    }
+
+
+def test_errors_propagate_and_write_nothing(
+    run_async: Any, clean_table: type[Any], session: Session
+) -> None:
+    async def body(async_session: AsyncSession) -> None:
+        repo = AsyncTaskRepository(async_session, clean_table)
+        with pytest.raises(TypeError, match="payload"):
+            await repo.enqueue("x", {"bad": object()})
+        with pytest.raises(TaskNotFoundError):
+            await repo.complete_task(12345)
+        task_id = await repo.enqueue("x", {}, run_at=timedelta(hours=1))
+        with pytest.raises(InvalidTransitionError):
+            await repo.fail_task(task_id, "not running")
+        with pytest.raises(ValueError, match="progress"):
+            await repo.update_progress(task_id, 101)
+        await async_session.rollback()
+
+    run_async(body)
+    assert session.scalar(select(func.count()).select_from(clean_table)) == 0
+
+
+def test_construction_is_validated(clean_table: type[Any], session: Session) -> None:
+    with pytest.raises(TypeError, match="AsyncSession"):
+        AsyncTaskRepository(session, clean_table)  # type: ignore[arg-type]
+
+    async def body() -> None:
+        engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+        async with AsyncSession(engine) as async_session:
+            with pytest.raises(TypeError, match="TaskMixin"):
+                AsyncTaskRepository(async_session, dict)  # type: ignore[type-var]
+            with pytest.raises(ValueError, match="lease_duration"):
+                AsyncTaskRepository(async_session, clean_table, lease_duration=timedelta(0))
+        await engine.dispose()
+
+    asyncio.run(body())

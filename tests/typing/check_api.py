@@ -1,0 +1,77 @@
+"""Static typing of the public API, checked by ``mypy --strict`` in ``make typecheck``.
+
+Nothing here runs; mypy fails the build when an annotation users rely on regresses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from typing_extensions import assert_type
+
+from sqlalchemy_taskqueue import (
+    AsyncTaskRepository,
+    HandlerRegistry,
+    TaskContext,
+    TaskMixin,
+    TaskRepository,
+    TaskStatus,
+    Worker,
+)
+from sqlalchemy_taskqueue.monitoring import QueueDepth, QueueStats
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Task(TaskMixin, Base):
+    __tablename__ = "tasks"
+    project_id: Mapped[int | None] = mapped_column()
+
+
+def repository_types(session: Session) -> None:
+    repo = TaskRepository(session, Task)
+    assert_type(repo.enqueue("export", {"project_id": 1}, project_id=1), int)
+    assert_type(repo.enqueue_many("export", [{}]), list[int])
+    assert_type(repo.enqueue_if_not_exists("export", {}), tuple[int, bool])
+    task = repo.dequeue("export")
+    assert_type(task, Task | None)
+    assert_type(repo.dequeue_many(limit=5), list[Task])
+    assert_type(repo.fail_task(1, "boom"), TaskStatus)
+    assert_type(repo.get_task(1), Task | None)
+    assert_type(repo.get_task_progress("export", project_id="p1"), int | None)
+    assert_type(repo.cleanup_old_tasks(timedelta(days=7)), int)
+    assert_type(repo.complete_tasks([(1, uuid.uuid4(), None)]), set[int])
+    assert_type(repo.queue_depth(), list[QueueDepth])
+    assert_type(repo.queue_stats(), QueueStats)
+    if task is not None:
+        assert_type(task.id, int)
+        assert_type(task.status, TaskStatus)
+        assert_type(task.lease_token, uuid.UUID | None)
+        assert_type(task.project_id, int | None)
+
+
+async def async_repository_types(session: AsyncSession) -> None:
+    repo = AsyncTaskRepository(session, Task)
+    assert_type(await repo.enqueue("export", {}), int)
+    assert_type(await repo.enqueue_if_not_exists("export", {}), tuple[int, bool])
+    assert_type(await repo.fail_task(1, "boom"), TaskStatus)
+
+
+def worker_types(factory: sessionmaker[Session]) -> None:
+    registry = HandlerRegistry(Task)
+
+    @registry.handler("export")
+    def export(task: Any, ctx: TaskContext) -> dict[str, int]:
+        ctx.update_progress(50)
+        assert_type(ctx.should_stop(), bool)
+        return {"rows": 1}
+
+    worker = Worker(factory, Task, registry, concurrency=2, lease_duration=30)
+    assert_type(worker.task_types, list[str])
+    worker.run(until_empty=True)
