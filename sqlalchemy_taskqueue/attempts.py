@@ -53,6 +53,8 @@ class Attempt:
     """Its outcome was written by someone else (timeout, shutdown hand-back)."""
     lost: bool = False
     """Its lease is gone; nothing more may be written for it."""
+    outcome_queued: bool = False
+    """Its handler returned; the outcome waits for the next batched write."""
 
     @property
     def lease(self) -> tuple[int, uuid.UUID]:

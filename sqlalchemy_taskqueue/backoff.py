@@ -26,6 +26,8 @@ __all__ = ["DEFAULT_BACKOFF", "BackoffPolicy"]
 
 #: Exponents above this would overflow a double; the cap is far smaller anyway.
 MAX_EXPONENT = 62
+#: The longest delay a policy may use (ten years), far inside PostgreSQL's date range.
+MAX_DELAY_SECONDS = 10 * 365 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,12 @@ class BackoffPolicy:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.jitter > 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
+        for name in ("base_seconds", "cap_seconds"):
+            if getattr(self, name) > MAX_DELAY_SECONDS:
+                raise ValueError(
+                    f"{name} must be at most {MAX_DELAY_SECONDS:.0f} s (ten years), "
+                    f"got {getattr(self, name)!r}"
+                )
 
     def delay_bounds(self, retry_count: int) -> tuple[float, float]:
         """Shortest and longest delay (seconds) after the failure that set ``retry_count``.

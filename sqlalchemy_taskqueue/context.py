@@ -137,3 +137,7 @@ class TaskContext:
             logger.warning(
                 "progress.write_failed id=%s progress=%s", self.task_id, value, exc_info=True
             )
+            with self._lock:  # try again at the next flush unless a newer value came
+                self._written = None
+                if self._pending is None:
+                    self._pending = value

@@ -13,6 +13,12 @@ Each class's docstring is its default message::
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+
 __all__ = [
     "InvalidTransitionError",
     "LeaseLostError",
@@ -21,7 +27,11 @@ __all__ = [
     "TaskQueueDatabaseError",
     "TaskQueueError",
     "UnsupportedDialectError",
+    "wrap_database_errors",
 ]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class TaskQueueError(Exception):
@@ -51,13 +61,16 @@ class InvalidTransitionError(TaskQueueError, ValueError):
         action: str = "",
         status: str | None = None,
         allowed: tuple[str, ...] = (),
+        reason: str | None = None,
     ) -> None:
         self.task_id = task_id
         self.action = action
         self.status = status
         self.allowed = allowed
         message = None
-        if task_id is not None:
+        if task_id is not None and reason is not None:
+            message = f"Cannot {action} task {task_id}: {reason}."
+        elif task_id is not None:
             needed = " or ".join(allowed) if allowed else "another state"
             message = f"Cannot {action} task {task_id}: it is {status}, not {needed}."
         super().__init__(message)
@@ -88,3 +101,24 @@ class TaskQueueDatabaseError(TaskQueueError):
 
 class TaskInterrupted(TaskQueueError):
     """The attempt was asked to stop (shutdown, timeout or lost lease)."""
+
+
+def wrap_database_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorator: driver errors leave as :class:`TaskQueueDatabaseError` (cause kept).
+
+    Example::
+
+        @wrap_database_errors
+        def queue_depth(self): ...
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except DBAPIError as exc:
+            raise TaskQueueDatabaseError(
+                f"{method.__name__} failed in the database: {exc.orig!r}"
+            ) from exc
+
+    return wrapper

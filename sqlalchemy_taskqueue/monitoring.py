@@ -32,6 +32,7 @@ from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 from . import statements
+from .exceptions import wrap_database_errors
 from .status import TaskStatus
 
 __all__ = [
@@ -217,6 +218,7 @@ class TaskMonitoring:
     _session: Session
     _table: Table
 
+    @wrap_database_errors
     def status_counts(self) -> list[StatusCount]:
         """Tasks per type and status.
 
@@ -227,6 +229,7 @@ class TaskMonitoring:
         rows = self._session.execute(statements.status_counts_statement(self._table))
         return [StatusCount(row.type, TaskStatus(row.status), int(row.total)) for row in rows]
 
+    @wrap_database_errors
     def queue_depth(self) -> list[QueueDepth]:
         """Pending tasks per type: claimable now, scheduled later, oldest claimable age.
 
@@ -242,6 +245,7 @@ class TaskMonitoring:
             for row in rows
         ]
 
+    @wrap_database_errors
     def stuck_tasks(
         self, running_longer_than: timedelta = timedelta(hours=1), *, limit: int = 100
     ) -> list[StuckTask]:
@@ -269,6 +273,7 @@ class TaskMonitoring:
             for row in self._session.execute(stmt)
         ]
 
+    @wrap_database_errors
     def processing_times(self, window: timedelta = timedelta(hours=24)) -> list[ProcessingTime]:
         """Average and p95 run time (claim to completion) per type over ``window``.
 
@@ -289,6 +294,7 @@ class TaskMonitoring:
             for row in self._session.execute(stmt)
         ]
 
+    @wrap_database_errors
     def outcome_rates(self, window: timedelta = timedelta(hours=24)) -> list[OutcomeRate]:
         """Success, failure and retry rates and throughput per type over ``window``.
 
@@ -312,6 +318,7 @@ class TaskMonitoring:
             for row in self._session.execute(stmt)
         ]
 
+    @wrap_database_errors
     def recent_failures(
         self, *, limit: int = 100, task_type: str | None = None
     ) -> list[FailedTask]:

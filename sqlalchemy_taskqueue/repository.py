@@ -23,14 +23,15 @@ import functools
 import hashlib
 import json
 import os
+import re
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, NoReturn, ParamSpec, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from sqlalchemy import Table, select
-from sqlalchemy.exc import DBAPIError, UnboundExecutionError
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Session
 
 from . import statements
@@ -39,8 +40,8 @@ from .exceptions import (
     InvalidTransitionError,
     LeaseLostError,
     TaskNotFoundError,
-    TaskQueueDatabaseError,
     TaskQueueError,
+    wrap_database_errors,
 )
 from .models import TaskDataclassMixin, TaskMixin, task_table
 from .monitoring import TaskMonitoring
@@ -53,11 +54,10 @@ __all__ = [
     "canonical_json",
     "default_owner",
     "require_json",
+    "storable_text",
 ]
 
 TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 #: Lease of a task claimed through the repository directly.  The worker renews its leases
 #: with a heartbeat and uses a shorter one; a hand-written loop should renew with
@@ -103,21 +103,6 @@ def canonical_json(value: Any) -> str:
     '{"a":[1,2],"b":1}'
     """
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _database_boundary(method: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Wrap driver errors in :class:`TaskQueueDatabaseError` (the original is the cause)."""
-
-    @functools.wraps(method)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(*args, **kwargs)
-        except DBAPIError as exc:
-            raise TaskQueueDatabaseError(
-                f"{method.__name__} failed in the database: {exc.orig!r}"
-            ) from exc
-
-    return wrapper
 
 
 class TaskRepository(TaskMonitoring, Generic[TaskT]):
@@ -192,7 +177,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     # ------------------------------------------------------------------ enqueue
 
-    @_database_boundary
+    @wrap_database_errors
     def enqueue(
         self,
         /,
@@ -234,7 +219,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         )
         return int(self._session.execute(stmt, values).scalar_one())
 
-    @_database_boundary
+    @wrap_database_errors
     def enqueue_many(
         self,
         /,
@@ -278,7 +263,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             self._session.execute(statements.notify_statement(self._channel))
         return ids
 
-    @_database_boundary
+    @wrap_database_errors
     def enqueue_if_not_exists(
         self,
         /,
@@ -338,7 +323,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     # ------------------------------------------------------------------ claim
 
-    @_database_boundary
+    @wrap_database_errors
     def dequeue(
         self,
         task_type: str | Sequence[str] | None = None,
@@ -361,7 +346,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         claimed = self.dequeue_many(task_type, limit=1, lease_duration=lease_duration)
         return claimed[0] if claimed else None
 
-    @_database_boundary
+    @wrap_database_errors
     def dequeue_many(
         self,
         task_type: str | Sequence[str] | None = None,
@@ -406,7 +391,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     # ------------------------------------------------------------------ progress and outcome
 
-    @_database_boundary
+    @wrap_database_errors
     def update_progress(
         self, task_id: int, progress: int, *, lease_token: uuid.UUID | None = None
     ) -> None:
@@ -427,7 +412,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         allowed = (TaskStatus.IN_PROGRESS,) if lease_token else ACTIVE_STATUSES
         self._guarded(stmt, params, "update progress of", allowed, lease_token)
 
-    @_database_boundary
+    @wrap_database_errors
     def complete_task(
         self, task_id: int, *, result: Any = None, lease_token: uuid.UUID | None = None
     ) -> None:
@@ -447,7 +432,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         params = {"task_id": task_id, "new_result": result}
         self._guarded(stmt, params, "complete", (TaskStatus.IN_PROGRESS,), lease_token)
 
-    @_database_boundary
+    @wrap_database_errors
     def complete_tasks(self, completions: Iterable[tuple[int, uuid.UUID, Any]]) -> set[int]:
         """Complete many leased tasks in one statement: ``(task_id, lease_token, result)``.
 
@@ -477,7 +462,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         stmt = statements.complete_many_statement(self._table)
         return {int(task_id) for task_id in self._session.execute(stmt, params).scalars()}
 
-    @_database_boundary
+    @wrap_database_errors
     def fail_task(
         self,
         task_id: int,
@@ -510,7 +495,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         row = self._guarded(stmt, params, "fail", (TaskStatus.IN_PROGRESS,), lease_token)
         return TaskStatus(row[0])
 
-    @_database_boundary
+    @wrap_database_errors
     def cancel_task(self, task_id: int) -> bool:
         """Cancel a pending task; ``False`` when it has already started or finished.
 
@@ -524,11 +509,12 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         self._require_exists(task_id)
         return False
 
-    @_database_boundary
+    @wrap_database_errors
     def retry_task(self, task_id: int) -> None:
         """Put a failed task back in the queue: due now, ``retry_count`` reset to 0.
 
-        :raises InvalidTransitionError: the task is not ``failed``.
+        :raises InvalidTransitionError: the task is not ``failed``, or an active task
+            holds its dedupe key (retrying would duplicate it).
 
         Example::
 
@@ -536,11 +522,24 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         _require_task_id(task_id)
         stmt = statements.retry_statement(self._table, task_id=task_id, task_type=None)
-        self._guarded(stmt, {"task_id": task_id}, "retry", (TaskStatus.FAILED,), None)
+        if self._session.execute(stmt).first() is not None:
+            return
+        holder = self._session.execute(
+            statements.duplicate_holder_statement(self._table, task_id)
+        ).scalar()
+        if holder is not None:
+            raise InvalidTransitionError(
+                task_id,
+                action="retry",
+                reason=f"task {holder} with the same dedupe key is already active",
+            )
+        self._explain_miss(task_id, "retry", (TaskStatus.FAILED,), None)
 
-    @_database_boundary
+    @wrap_database_errors
     def retry_failed_tasks(self, task_type: str | None = None) -> int:
         """Put every failed task (of ``task_type``) back in the queue; returns how many.
+
+        Failed tasks whose dedupe key is held by an active task are left failed.
 
         Example::
 
@@ -553,7 +552,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     # ------------------------------------------------------------------ leases
 
-    @_database_boundary
+    @wrap_database_errors
     def renew_leases(
         self,
         leases: Iterable[tuple[int, uuid.UUID]],
@@ -580,7 +579,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         params = {**_lease_arrays(pairs), "lease": lease}
         return {int(task_id) for task_id in self._session.execute(stmt, params).scalars()}
 
-    @_database_boundary
+    @wrap_database_errors
     def release_tasks(self, leases: Iterable[tuple[int, uuid.UUID]]) -> set[int]:
         """Hand tasks back to ``pending`` without consuming a retry (graceful shutdown).
 
@@ -598,7 +597,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             int(task_id) for task_id in self._session.execute(stmt, _lease_arrays(pairs)).scalars()
         }
 
-    @_database_boundary
+    @wrap_database_errors
     def rescue_expired_leases(self, *, limit: int = 1000) -> dict[int, TaskStatus]:
         """Return tasks whose lease expired to the queue (or fail them when out of retries).
 
@@ -615,7 +614,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     # ------------------------------------------------------------------ reads
 
-    @_database_boundary
+    @wrap_database_errors
     def get_task(self, task_id: int) -> TaskT | None:
         """The task with this id, freshly read, or ``None``.
 
@@ -626,7 +625,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         _require_task_id(task_id)
         return self._session.get(self._model, task_id, populate_existing=True)
 
-    @_database_boundary
+    @wrap_database_errors
     def get_task_progress(
         self, /, task_type: str, project_id: Any = None, **payload_match: Any
     ) -> int | None:
@@ -650,7 +649,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     # ------------------------------------------------------------------ cleanup
 
-    @_database_boundary
+    @wrap_database_errors
     def cleanup_old_tasks(
         self,
         older_than: timedelta,
@@ -682,7 +681,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             if deleted < batch_size or (max_batches is not None and batches >= max_batches):
                 return total
 
-    @_database_boundary
+    @wrap_database_errors
     def count_old_tasks(self, older_than: timedelta) -> int:
         """How many tasks :meth:`cleanup_old_tasks` would delete now (a dry run).
 
@@ -821,6 +820,19 @@ def _task_types(task_type: str | Sequence[str] | None) -> list[str] | None:
     return [str(item) for item in types]
 
 
+#: ``\u0000`` in JSON text preceded by an even number of backslashes: a real NUL.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def storable_text(text: str) -> str:
+    r"""``text`` with what PostgreSQL's ``text`` type refuses (NUL, lone surrogates) escaped.
+
+    >>> print(storable_text("nul:" + chr(0) + " surrogate:" + chr(0xD800)))
+    nul:\x00 surrogate:\ud800
+    """
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def require_json(name: str, value: Any, *, allow_none: bool) -> None:
     """Raise ``TypeError`` unless ``value`` is JSON that PostgreSQL can store.
 
@@ -835,7 +847,7 @@ def require_json(name: str, value: Any, *, allow_none: bool) -> None:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} is not JSON-serialisable: {exc}") from None
-    if "\\u0000" in text:
+    if _NUL_ESCAPE.search(text):
         raise ValueError(f"{name} contains a NUL character, which PostgreSQL cannot store")
     try:
         text.encode("utf-8")

@@ -21,6 +21,7 @@ The statements can be compiled without a database, which is how their shape is t
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -51,6 +52,7 @@ from sqlalchemy import (
     insert,
     literal,
     null,
+    or_,
     select,
     text,
     true,
@@ -78,6 +80,7 @@ __all__ = [
     "complete_many_statement",
     "complete_statement",
     "diagnose_statement",
+    "duplicate_holder_statement",
     "fail_statement",
     "insert_if_absent_statement",
     "insert_many_statement",
@@ -165,9 +168,22 @@ def _after(seconds: ColumnElement[Any] | float) -> ColumnElement[Any]:
 # --------------------------------------------------------------------------- enqueue
 
 
+#: PostgreSQL identifiers (and so NOTIFY channels) are at most 63 bytes.
+_MAX_CHANNEL_BYTES = 63
+
+
 def notify_channel(table: Table) -> str:
-    """The LISTEN/NOTIFY channel on which enqueues into ``table`` are announced."""
-    return f"taskqueue_{table.fullname}"
+    """The LISTEN/NOTIFY channel on which enqueues into ``table`` are announced.
+
+    ``taskqueue_<schema.table>``; a name too long for PostgreSQL keeps its start and
+    ends with a hash of the whole name, so it stays unique.
+    """
+    channel = f"taskqueue_{table.fullname}"
+    if len(channel.encode()) <= _MAX_CHANNEL_BYTES:
+        return channel
+    digest = hashlib.sha256(channel.encode()).hexdigest()[:16]
+    head = channel.encode()[: _MAX_CHANNEL_BYTES - len(digest) - 1].decode("utf-8", "ignore")
+    return f"{head}_{digest}"
 
 
 @functools.cache
@@ -421,6 +437,7 @@ def _failure_values(
             (will_retry, literal(TaskStatus.PENDING.value)), else_=literal(TaskStatus.FAILED.value)
         ),
         "retry_count": c.retry_count + 1,
+        "progress": case((will_retry, 0), else_=c.progress),
         "error_message": error_message,
         "started_at": case((will_retry, null()), else_=c.started_at),
         "completed_at": case((will_retry, null()), else_=_now()),
@@ -466,6 +483,18 @@ def progress_statement(table: Table, *, fenced: bool) -> Update:
     )
 
 
+def duplicate_holder_statement(table: Table, task_id: int) -> Select[Any]:
+    """The active task that holds the dedupe key of task ``task_id``, if any."""
+    c = table.c
+    holder = table.alias("holder")
+    return select(holder.c.id).where(
+        c.id == task_id,
+        holder.c.type == c.type,
+        holder.c.dedupe_key == c.dedupe_key,
+        holder.c.status.in_(ACTIVE_STATUSES),
+    )
+
+
 def diagnose_statement(table: Table, task_id: int) -> Select[Any]:
     """The status and lease token of one task, to explain why a guarded update missed."""
     return select(table.c.status, table.c.lease_token).where(table.c.id == task_id)
@@ -485,10 +514,22 @@ def cancel_statement(table: Table, task_id: int) -> Update:
 def retry_statement(table: Table, *, task_id: int | None, task_type: str | None) -> Update:
     """Put failed tasks back in the queue, due now, with a fresh retry budget.
 
-    With ``task_id`` only that task; otherwise every failed task (of ``task_type``).
+    With ``task_id`` only that task; otherwise every failed task (of ``task_type``).  A
+    failed task whose dedupe key is held by an active task stays failed: retrying it
+    would duplicate work the unique index forbids.
     """
     c = table.c
-    condition = c.status == TaskStatus.FAILED
+    holder = table.alias("holder")
+    duplicate_active = (
+        select(holder.c.id)
+        .where(
+            holder.c.type == c.type,
+            holder.c.dedupe_key == c.dedupe_key,
+            holder.c.status.in_(ACTIVE_STATUSES),
+        )
+        .exists()
+    )
+    condition = and_(c.status == TaskStatus.FAILED, or_(c.dedupe_key.is_(None), ~duplicate_active))
     if task_id is not None:
         condition = and_(condition, c.id == task_id)
     if task_type is not None:

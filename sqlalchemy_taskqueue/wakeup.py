@@ -45,13 +45,20 @@ class NotificationListener:
     :ivar listening: set while the ``LISTEN`` connection is established.
     """
 
-    def __init__(self, engine: Engine, channel: str, on_notify: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        channel: str,
+        on_notify: Callable[[], None],
+        *,
+        listening: threading.Event | None = None,
+    ) -> None:
         self._engine = engine
         self._channel = channel
         self._on_notify = on_notify
         self._stopped = threading.Event()
         self._stop_reader, self._stop_writer = os.pipe()  # wakes select() on stop
-        self.listening = threading.Event()
+        self.listening = listening if listening is not None else threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"taskqueue-listen-{channel}", daemon=True
         )

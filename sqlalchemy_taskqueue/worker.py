@@ -66,7 +66,7 @@ from .durations import Duration, to_seconds
 from .exceptions import LeaseLostError, TaskInterrupted, TaskQueueError
 from .handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
 from .models import task_table
-from .repository import TaskRepository, TaskT, default_owner, require_json
+from .repository import TaskRepository, TaskT, default_owner, require_json, storable_text
 from .status import TaskStatus
 from .wakeup import NotificationListener
 
@@ -187,6 +187,14 @@ class Worker(Generic[TaskT]):
         self._listen = listen
         self._backoff = backoff
         self._on_event = on_event
+        if owner is not None and (not isinstance(owner, str) or not owner.strip()):
+            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
+        registry_model = handlers.model if isinstance(handlers, HandlerRegistry) else None
+        if registry_model is not None and registry_model is not model:
+            raise ValueError(
+                f"the handlers were registered for {registry_model.__name__}, "
+                f"not for {model.__name__}"
+            )
         self.owner: str = owner or default_owner()
         self.stats = WorkerStats()
 
@@ -195,6 +203,9 @@ class Worker(Generic[TaskT]):
         self._supervisor_stop = threading.Event()
         self._supervisor_wake = threading.Event()
         self._lock = threading.Lock()
+        # held while a transaction writes outcomes or renews leases: the two touch the
+        # same rows in no fixed order, and a heartbeat must see outcomes already written
+        self._write_lock = threading.Lock()
         self._busy = 0  # claimed tasks whose handler has not returned yet
         self._held: dict[int, Attempt] = {}  # claimed tasks whose outcome is not written
         self._outcomes: list[Outcome] = []
@@ -269,6 +280,8 @@ class Worker(Generic[TaskT]):
         finally:
             with self._lock:
                 self._is_running = False
+                self._signals_seen = 0
+            self._stopping.clear()  # a stop request ends one run; the worker may run again
 
     # ------------------------------------------------------------------ claim loop
 
@@ -287,7 +300,7 @@ class Worker(Generic[TaskT]):
                 if until_empty and not claimed and self._drained() and self._rescue() == 0:
                     return
                 errors = 0
-            except (SQLAlchemyError, TaskQueueError, OSError):
+            except Exception:  # the database, the network, or a bug: keep the worker alive
                 errors += 1
                 delay = min(self._poll * 2**errors, 30.0)
                 logger.exception("worker.claim_failed retry_in=%.1fs", delay)
@@ -315,31 +328,34 @@ class Worker(Generic[TaskT]):
             outcomes, self._outcomes = self._outcomes, []
         if not outcomes and free <= 0:
             return []
-        try:
-            with self._session_factory() as session:
-                repo = self._repository(session)
-                written = self._write_outcomes(repo, outcomes)
-                claimed = (
-                    repo.dequeue_many(self._types, limit=free, lease_duration=self._lease)
-                    if free > 0
-                    else []
-                )
-                session.commit()
-        except (SQLAlchemyError, TaskQueueError) as exc:
-            if _is_transient(exc):
-                with self._lock:
-                    self._outcomes[:0] = outcomes  # the next turn writes them
-            else:
-                self._write_separately(outcomes)  # isolate whichever one the database refuses
-            raise
-        except BaseException:
-            with self._lock:
-                self._outcomes[:0] = outcomes
-            raise
-        self._report(written)
+        with self._write_lock:
+            try:
+                with self._session_factory() as session:
+                    repo = self._repository(session)
+                    written = self._write_outcomes(repo, outcomes)
+                    claimed = (
+                        repo.dequeue_many(self._types, limit=free, lease_duration=self._lease)
+                        if free > 0
+                        else []
+                    )
+                    session.commit()
+            except (SQLAlchemyError, TaskQueueError) as exc:
+                if _is_transient(exc):
+                    self._requeue(outcomes)  # the next turn writes them
+                else:
+                    self._write_separately(outcomes)  # isolate the one the database refuses
+                raise
+            except BaseException:
+                self._requeue(outcomes)
+                raise
+            self._report(written)
         if claimed:
             self._dispatch(claimed)
         return claimed
+
+    def _requeue(self, outcomes: list[Outcome]) -> None:
+        with self._lock:
+            self._outcomes[:0] = outcomes
 
     def _write_separately(self, outcomes: list[Outcome]) -> None:
         """Write each outcome in its own transaction; one the database refuses is dropped
@@ -353,7 +369,7 @@ class Worker(Generic[TaskT]):
                     outcome.attempt.task.id,
                 )
                 with self._lock:
-                    self._held.pop(outcome.attempt.task.id, None)
+                    self._forget(outcome.attempt)
                 continue
             self._report(written)
 
@@ -363,6 +379,11 @@ class Worker(Generic[TaskT]):
             lambda repo: self._write_outcomes(repo, outcomes)
         )
         return written
+
+    def _forget(self, attempt: Attempt) -> None:
+        """Stop holding ``attempt`` (call with the lock held)."""
+        if self._held.get(attempt.task.id) is attempt:
+            del self._held[attempt.task.id]
 
     def _dispatch(self, claimed: list[Any]) -> None:
         attempts = [self._attempt(task) for task in claimed]
@@ -425,9 +446,10 @@ class Worker(Generic[TaskT]):
                 self._busy -= 1
                 attempt.running = False
                 if outcome is not None and not attempt.finished:
+                    attempt.outcome_queued = True
                     self._outcomes.append(outcome)
                 else:
-                    self._held.pop(attempt.task.id, None)
+                    self._forget(attempt)
             if outcome is not None and attempt.finished:
                 self._discard(outcome)
             self._wake.set()
@@ -472,8 +494,8 @@ class Worker(Generic[TaskT]):
 
     def _outcome(self, attempt: Attempt, kind: Any, **fields: Any) -> Outcome:
         seconds = time.monotonic() - attempt.started
-        if "message" in fields:  # PostgreSQL text cannot hold NUL characters
-            fields["message"] = fields["message"].replace("\x00", "\\0")
+        if "message" in fields:
+            fields["message"] = storable_text(fields["message"])
         return Outcome(attempt, kind, seconds=seconds, **fields)
 
     def _discard(self, outcome: Outcome) -> None:
@@ -529,7 +551,7 @@ class Worker(Generic[TaskT]):
         if forget:
             with self._lock:
                 for outcome, _ in written:
-                    self._held.pop(outcome.attempt.task.id, None)
+                    self._forget(outcome.attempt)
         for outcome, event in written:
             if event == "lease_lost":
                 self._lease_lost(outcome.attempt)
@@ -627,22 +649,30 @@ class Worker(Generic[TaskT]):
             self._supervisor_wake.clear()
 
     def _renew_leases(self) -> None:
-        with self._lock:
-            attempts = [a for a in self._held.values() if not a.finished]
-        if not attempts:
-            return
-        try:
-            renewed = self._write(
-                lambda repo: repo.renew_leases(
-                    [a.lease for a in attempts], lease_duration=self._lease
+        with self._write_lock:
+            with self._lock:
+                attempts = [a for a in self._held.values() if not a.finished]
+            if not attempts:
+                return
+            try:
+                renewed = self._write(
+                    lambda repo: repo.renew_leases(
+                        [a.lease for a in attempts], lease_duration=self._lease
+                    )
                 )
-            )
-        except (SQLAlchemyError, TaskQueueError):
-            logger.exception("worker.heartbeat_failed (will retry)")
-            return
-        for attempt in attempts:
-            if attempt.task.id not in renewed and not attempt.finished:
-                self._lease_lost(attempt)
+            except (SQLAlchemyError, TaskQueueError):
+                logger.exception("worker.heartbeat_failed (will retry)")
+                return
+            with self._lock:
+                lost = [
+                    a
+                    for a in attempts
+                    if a.task.id not in renewed
+                    and self._held.get(a.task.id) is a
+                    and not a.finished
+                ]
+        for attempt in lost:
+            self._lease_lost(attempt)
 
     def _enforce_timeouts(self, now: float) -> None:
         with self._lock:
@@ -663,7 +693,8 @@ class Worker(Generic[TaskT]):
         self.stats.add(timed_out=1)
         outcome = self._outcome(attempt, "fail", message=message)
         try:
-            written = self._write_alone([outcome])
+            with self._write_lock:
+                written = self._write_alone([outcome])
         except (SQLAlchemyError, TaskQueueError):
             logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
             return
@@ -680,8 +711,9 @@ class Worker(Generic[TaskT]):
         if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
             return None
         channel = statements.notify_channel(self._table)
-        listener = NotificationListener(bind, channel, self._on_notification)
-        self.listening = listener.listening
+        listener = NotificationListener(
+            bind, channel, self._on_notification, listening=self.listening
+        )
         listener.start()
         return listener
 
@@ -695,40 +727,49 @@ class Worker(Generic[TaskT]):
         supervisor: threading.Thread,
     ) -> None:
         """Give running tasks the grace period, write their outcomes, hand back the rest."""
-        if listener is not None:
-            listener.stop()
-        self._release_queued()
-        if self._busy:
-            logger.info("worker.stopping running=%d grace=%.1fs", self._busy, self._grace)
-        deadline = time.monotonic() + self._grace
-        while True:
-            self._flush_outcomes()
-            if not self._busy or time.monotonic() >= deadline:
-                break
-            self._wake.wait(min(deadline - time.monotonic(), 0.5))
-            self._wake.clear()
-        with self._lock:
-            leftover = [a for a in self._held.values() if not a.finished]
-            for attempt in leftover:
-                attempt.settled = True  # whatever the handler returns later is discarded
-        if leftover:
+        try:
+            if listener is not None:
+                listener.stop()
+            self._release_queued()
+            if self._busy:
+                logger.info("worker.stopping running=%d grace=%.1fs", self._busy, self._grace)
+            deadline = time.monotonic() + self._grace
+            while True:
+                flushed = self._flush_outcomes()
+                if (not self._busy and flushed) or time.monotonic() >= deadline:
+                    break
+                self._wake.wait(min(max(deadline - time.monotonic(), 0.01), 0.5))
+                self._wake.clear()
             with self._lock:
+                leftover = [
+                    a for a in self._held.values() if not a.finished and not a.outcome_queued
+                ]
+                for attempt in leftover:
+                    attempt.settled = True  # whatever the handler returns later is discarded
                 self._outcomes.extend(self._outcome(a, "release") for a in leftover)
-        self._flush_outcomes()
-        self._supervisor_stop.set()
-        self._supervisor_wake.set()
-        supervisor.join(timeout=5)
-        for _ in slots:
-            self._slots.put(None)
-        for thread in slots:
-            thread.join(timeout=0.1)
-        logger.info(
-            "worker.stopped completed=%d failed=%d retried=%d released=%d",
-            self.stats.completed,
-            self.stats.failed,
-            self.stats.retried,
-            self.stats.released,
-        )
+            if not self._flush_outcomes():
+                with self._lock:
+                    unwritten, self._outcomes = self._outcomes, []
+                logger.error(
+                    "worker.unwritten_outcomes count=%d (their leases expire and the tasks "
+                    "are rescued)",
+                    len(unwritten),
+                )
+        finally:
+            self._supervisor_stop.set()
+            self._supervisor_wake.set()
+            supervisor.join(timeout=5)
+            for _ in slots:
+                self._slots.put(None)
+            for thread in slots:
+                thread.join(timeout=0.1)
+            logger.info(
+                "worker.stopped completed=%d failed=%d retried=%d released=%d",
+                self.stats.completed,
+                self.stats.failed,
+                self.stats.retried,
+                self.stats.released,
+            )
 
     def _release_queued(self) -> None:
         """Claimed tasks still waiting for a slot go straight back."""
@@ -741,15 +782,17 @@ class Worker(Generic[TaskT]):
                 continue
             with self._lock:
                 self._busy -= 1
+                attempt.outcome_queued = True
                 self._outcomes.append(Outcome(attempt, "release"))
 
-    def _flush_outcomes(self) -> None:
+    def _flush_outcomes(self) -> bool:
+        """Write the queued outcomes; ``False`` when the database could not be reached."""
         try:
             self._settle_and_claim(0)
-        except (SQLAlchemyError, TaskQueueError, OSError):
-            logger.exception("worker.flush_failed (unwritten tasks are rescued when leases expire)")
-            with self._lock:
-                self._outcomes.clear()
+        except Exception:
+            logger.exception("worker.flush_failed (retrying until the grace period ends)")
+            return False
+        return True
 
     @contextmanager
     def _signal_handlers(self) -> Iterator[None]:

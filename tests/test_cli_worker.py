@@ -94,6 +94,12 @@ def test_bad_arguments_exit_non_zero_with_a_clear_message(args: list[str], messa
     assert message in output
 
 
+def test_an_unparsable_database_url_is_a_usage_error() -> None:
+    for args in (["worker", "queue_app:tasks"], ["stats"]):
+        code, output = invoke(*args, url="not a url at all")
+        assert code == 2 and "--database-url" in output and "is not a database URL" in output
+
+
 def test_a_missing_database_url_is_reported() -> None:
     code, output = invoke("worker", "queue_app:tasks")
     assert code == 2 and "TASKQUEUE_DATABASE_URL" in output

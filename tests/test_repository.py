@@ -636,6 +636,42 @@ def test_retry_task_requeues_a_failed_task(repo: Repo, session: Session) -> None
         repo.retry_task(task_id)
 
 
+def test_retry_never_duplicates_an_active_deduplicated_task(repo: Repo, session: Session) -> None:
+    first, _ = repo.enqueue_if_not_exists("import", {"file": "a.csv"}, max_retries=0)
+    session.commit()
+    task = claim(repo, "import")
+    repo.fail_task(task.id, "boom")
+    session.commit()
+    active, created = repo.enqueue_if_not_exists("import", {"file": "a.csv"})
+    session.commit()
+    assert created and active != first
+    with pytest.raises(InvalidTransitionError, match=f"task {active} with the same dedupe key"):
+        repo.retry_task(first)
+    assert repo.retry_failed_tasks() == 0
+    session.commit()  # the transaction is still usable: nothing was attempted in the database
+    assert repo.get_task(first).status is TaskStatus.FAILED  # type: ignore[union-attr]
+
+
+def test_a_backslash_before_u0000_is_not_a_nul(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {"path": "C:\\u0000dir"})
+    session.commit()
+    assert repo.get_task(task_id).payload == {"path": "C:\\u0000dir"}  # type: ignore[union-attr]
+
+
+def test_long_schema_qualified_names_get_a_valid_channel(session: Session) -> None:
+    from sqlalchemy import MetaData, Table
+
+    from sqlalchemy_taskqueue.statements import notify_channel
+
+    long_table = Table("t" * 46, MetaData(), schema="tenant_" + "s" * 20)
+    other = Table("t" * 45 + "u", MetaData(), schema="tenant_" + "s" * 20)
+    channel = notify_channel(long_table)
+    assert len(channel.encode()) <= 63 and channel.startswith("taskqueue_tenant_")
+    assert channel == notify_channel(long_table) != notify_channel(other)
+    session.execute(select(func.pg_notify(channel, "")))  # PostgreSQL accepts it
+    session.rollback()
+
+
 def test_retry_failed_tasks_in_bulk(repo: Repo, session: Session) -> None:
     ids = repo.enqueue_many("a", [{}, {}, {}], max_retries=0)
     other = repo.enqueue("b", {}, max_retries=0)
@@ -730,6 +766,10 @@ def test_repository_rejects_bad_configuration(session: Session, clean_table: typ
         TaskRepository(session, clean_table, backoff=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="jitter"):
         BackoffPolicy(jitter=2)
+    with pytest.raises(ValueError, match="cap_seconds"):
+        BackoffPolicy(cap_seconds=1e12)
+    with pytest.raises(TypeError, match="base_seconds"):
+        BackoffPolicy(base_seconds="1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="owner"):
         TaskRepository(session, clean_table, owner="")
 

@@ -603,3 +603,117 @@ def test_an_outcome_the_database_refuses_does_not_block_the_others(
     stuck = fetch(session_factory, clean_table, refused)
     assert stuck.status is TaskStatus.IN_PROGRESS and stuck.lease_owner == worker.owner
     assert worker.stats.completed == 3
+
+
+# ---------------------------------------------------------------- review regressions
+
+
+def test_a_late_timed_out_attempt_does_not_drop_the_retry_it_overlaps(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    """Attempt 1 times out but keeps running; the same worker runs attempt 2 meanwhile.
+    When attempt 1 finally returns, attempt 2 must keep its lease (heartbeats)."""
+    second_started = threading.Event()
+    release_first = threading.Event()
+    seen_late: list[bool] = []
+
+    def job(task: Any, ctx: TaskContext) -> str:
+        if ctx.attempt == 1:
+            assert release_first.wait(10)  # ignores its timeout
+            seen_late.append(True)
+            return "first (late)"
+        second_started.set()
+        release_first.set()
+        deadline = time.monotonic() + 1.6  # longer than the 1 s lease: needs heartbeats
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+        return "second"
+
+    from sqlalchemy_taskqueue import BackoffPolicy
+
+    task_id = enqueue(session_factory, clean_table, "job", max_retries=1, timeout_seconds=2)
+    worker = make_worker(
+        session_factory,
+        clean_table,
+        {"job": job},
+        concurrency=2,
+        lease_duration=1,
+        backoff=BackoffPolicy(base_seconds=0.01, jitter=0),
+    )
+    with running(worker):
+        assert second_started.wait(15)
+        wait_for(
+            lambda: fetch(session_factory, clean_table, task_id).status is TaskStatus.COMPLETED
+        )
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.result, task.retry_count) == ("second", 1)
+    assert seen_late == [True]
+    assert (worker.stats.lost_leases, worker.stats.rescued) == (0, 0)
+
+
+def test_an_exception_message_postgresql_cannot_store_is_escaped(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    def odd(task: Any, ctx: TaskContext) -> None:
+        raise ValueError("lone " + chr(0xD800) + " surrogate and a nul " + chr(0))
+
+    bad = enqueue(session_factory, clean_table, "odd", max_retries=0)
+    good = enqueue(session_factory, clean_table, "good")
+    worker = make_worker(session_factory, clean_table, {"odd": odd, "good": lambda task, ctx: 1})
+    worker.run(until_empty=True)
+    failed = fetch(session_factory, clean_table, bad)
+    assert failed.status is TaskStatus.FAILED
+    assert failed.error_message == "ValueError: lone \\ud800 surrogate and a nul \\x00"
+    assert fetch(session_factory, clean_table, good).status is TaskStatus.COMPLETED
+
+
+def test_heartbeats_racing_completions_report_no_lost_leases(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    with session_factory() as session:
+        TaskRepository(session, clean_table).enqueue_many("fast", [{}] * 600)
+        session.commit()
+    worker = make_worker(
+        session_factory, clean_table, {"fast": lambda task, ctx: None}, heartbeat_interval=0.005
+    )
+    worker.run(until_empty=True)
+    assert (worker.stats.completed, worker.stats.lost_leases) == (600, 0)
+
+
+def test_a_worker_can_run_again_after_stop(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    worker = make_worker(session_factory, clean_table, {"job": lambda task, ctx: "ok"})
+    with running(worker):
+        wait_for(worker.idle.is_set)
+    task_id = enqueue(session_factory, clean_table, "job")
+    worker.run(until_empty=True)
+    assert fetch(session_factory, clean_table, task_id).status is TaskStatus.COMPLETED
+
+
+def test_a_retried_task_starts_again_from_zero_progress(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    def flaky(task: Any, ctx: TaskContext) -> None:
+        ctx.update_progress(70)
+        raise RuntimeError("half way")
+
+    task_id = enqueue(session_factory, clean_table, "flaky", max_retries=1)
+    make_worker(session_factory, clean_table, {"flaky": flaky}).run(until_empty=True)
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.status, task.progress) == (TaskStatus.PENDING, 0)
+
+
+def test_owner_and_registry_model_are_validated(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    with pytest.raises(ValueError, match="owner"):
+        Worker(session_factory, clean_table, {"job": lambda task, ctx: None}, owner="")
+    with pytest.raises(ValueError, match="owner"):
+        Worker(session_factory, clean_table, {"job": lambda task, ctx: None}, owner=123)  # type: ignore[arg-type]
+    from conftest import declare_task_model
+
+    other = HandlerRegistry(declare_task_model("tasks_other_registry"))
+    other.add("job", lambda task, ctx: None)
+    with pytest.raises(ValueError, match="registered for"):
+        Worker(session_factory, clean_table, other)

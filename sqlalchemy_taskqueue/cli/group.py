@@ -9,9 +9,15 @@ from typing import Any
 import click
 
 from sqlalchemy_taskqueue.durations import parse_duration
-from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV
+from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, mask_password, normalize_url
 
-__all__ = ["DURATION", "cli", "configure_logging", "database_url_option"]
+__all__ = [
+    "DURATION",
+    "cli",
+    "configure_logging",
+    "database_url_option",
+    "database_url_or_fail",
+]
 
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
@@ -43,6 +49,18 @@ def database_url_option(function: Any) -> Any:
         show_envvar=True,
         help="SQLAlchemy URL of the queue's database.",
     )(function)
+
+
+def database_url_or_fail(database_url: str) -> str:
+    """The URL normalised for SQLAlchemy, or a usage error (exit 2) naming the option."""
+    try:
+        return normalize_url(database_url)
+    except Exception:
+        raise click.BadParameter(
+            f"{mask_password(database_url)!r} is not a database URL "
+            "(e.g. postgresql+psycopg2://user:password@host:5432/dbname)",
+            param_hint="--database-url",
+        ) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

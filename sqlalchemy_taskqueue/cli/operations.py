@@ -24,12 +24,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from sqlalchemy_taskqueue.embedded import mask_password, normalize_url
+from sqlalchemy_taskqueue.embedded import mask_password
 from sqlalchemy_taskqueue.exceptions import TaskQueueDatabaseError, TaskQueueError
 from sqlalchemy_taskqueue.monitoring import QueueStats
 from sqlalchemy_taskqueue.repository import TaskRepository
 
-from .group import DURATION, cli, database_url_option
+from .group import DURATION, cli, database_url_option, database_url_or_fail
 from .loading import load_model, model_for_table
 
 __all__ = ["open_repository"]
@@ -66,7 +66,7 @@ def open_repository(
 ) -> Iterator[TaskRepository[Any]]:
     """A repository in one transaction, committed when the block succeeds."""
     model = load_model(model_reference) if model_reference else model_for_table(table)
-    url = normalize_url(database_url)
+    url = database_url_or_fail(database_url)
     engine = create_engine(url, poolclass=NullPool)
     try:
         with Session(engine) as session:

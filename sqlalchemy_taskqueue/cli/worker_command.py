@@ -9,10 +9,10 @@ import click
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
-from sqlalchemy_taskqueue.embedded import mask_password, normalize_url
+from sqlalchemy_taskqueue.embedded import mask_password
 from sqlalchemy_taskqueue.worker import Worker
 
-from .group import DURATION, cli, configure_logging, database_url_option
+from .group import DURATION, cli, configure_logging, database_url_option, database_url_or_fail
 from .loading import load_worker_target
 
 __all__ = ["worker"]
@@ -108,7 +108,7 @@ def worker(
     task_types = [t.strip() for t in types.split(",") if t.strip()] if types else None
     if types is not None and not task_types:
         raise click.BadParameter("name at least one task type", param_hint="--types")
-    url = normalize_url(database_url)
+    url = database_url_or_fail(database_url)
     engine = create_engine(
         url, pool_size=concurrency + 2, max_overflow=concurrency, pool_pre_ping=True
     )

@@ -1,0 +1,68 @@
+"""TaskContext: throttled progress that always lands, and stop requests."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from types import SimpleNamespace
+
+import pytest
+
+from sqlalchemy_taskqueue import TaskContext, TaskInterrupted
+
+
+def make_context(writer: object, interval: float = 0.0) -> tuple[TaskContext, threading.Event]:
+    task = SimpleNamespace(
+        id=7, type="export", payload={"k": 1}, retry_count=2, lease_token=uuid.uuid4()
+    )
+    stopping = threading.Event()
+    return TaskContext(
+        task, progress_writer=writer, progress_interval=interval, worker_stopping=stopping
+    ), stopping  # type: ignore[arg-type]
+
+
+def test_a_failed_progress_write_is_retried_at_the_next_flush() -> None:
+    written: list[int] = []
+    failures = [True]
+
+    def writer(task_id: int, progress: int, token: uuid.UUID) -> bool:
+        if failures:
+            failures.pop()
+            raise ConnectionError("database went away")
+        written.append(progress)
+        return True
+
+    ctx, _ = make_context(writer)
+    ctx.update_progress(30)  # fails, logged, does not raise
+    assert written == []
+    ctx.flush_progress(force=True)
+    assert written == [30]
+
+
+def test_throttling_keeps_the_latest_value() -> None:
+    written: list[int] = []
+    ctx, _ = make_context(
+        lambda task_id, progress, token: written.append(progress) or True, interval=3600
+    )
+    for percent in (10, 20, 30):
+        ctx.update_progress(percent)
+    assert written == [10]
+    ctx.flush_progress(force=True)
+    assert written == [10, 30]
+
+
+def test_context_fields_and_stop_requests() -> None:
+    ctx, stopping = make_context(lambda *args: True)
+    assert (ctx.task_id, ctx.task_type, ctx.payload, ctx.attempt) == (7, "export", {"k": 1}, 3)
+    assert not ctx.should_stop()
+    ctx.raise_if_stopping()
+    stopping.set()
+    assert ctx.should_stop() and ctx.stop_reason == "the worker is shutting down"
+    with pytest.raises(TaskInterrupted, match="shutting down"):
+        ctx.raise_if_stopping()
+
+
+def test_a_lost_lease_asks_the_handler_to_stop() -> None:
+    ctx, _ = make_context(lambda *args: False)
+    ctx.update_progress(5)
+    assert ctx.should_stop() and ctx.stop_reason == "the lease on this task was lost"
