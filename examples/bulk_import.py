@@ -21,12 +21,12 @@ from typing import Any
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from sqlalchemy_taskqueue import TaskContext, TaskRepository, Worker
+from sqlalchemy_taskqueue import TaskContext, TaskRepository
 
 from .data_export import pace
-from .shop import Item, Project, Task, connect, migrate
+from .shop import Item, Project, Task, connect, migrate, run_and_show
 
 BULK_IMPORT = "bulk_import"
 CHUNK = 100
@@ -143,12 +143,8 @@ def main() -> None:
     print(
         f"import task {task_id} (created={created}); asking again gave {again} (created={created_again})"
     )
-    factory = sessionmaker(engine)
-    Worker(factory, Task, {BULK_IMPORT: make_import_handler(engine)}).run(until_empty=True)
-    with factory() as session:
-        task = TaskRepository(session, Task).get_task(task_id)
-        assert task is not None
-        print(f"task {task.id}: {task.status}, {bad} bad rows written, result={task.result}")
+    handlers = {BULK_IMPORT: make_import_handler(engine)}
+    run_and_show(engine, handlers, task_id, note=f"({bad} bad rows in the file) ")
 
 
 if __name__ == "__main__":

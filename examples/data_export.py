@@ -21,11 +21,11 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from sqlalchemy_taskqueue import TaskContext, TaskRepository, Worker
+from sqlalchemy_taskqueue import TaskContext, TaskRepository
 
-from .shop import Item, Notification, Project, Task, connect, migrate, seed_project
+from .shop import Item, Notification, Project, Task, connect, migrate, run_and_show, seed_project
 
 DATA_EXPORT = "data_export"
 EXPORT_DIR = Path(os.environ.get("EXPORT_DIR", "exports"))
@@ -108,13 +108,7 @@ def main() -> None:
         project = seed_project(session, f"export-demo-{os.getpid()}", items=250)
         task_id = request_export(session, project.id, "ada@example.com")
     print(f"enqueued export task {task_id}")
-    factory = sessionmaker(engine)
-    worker = Worker(factory, Task, {DATA_EXPORT: make_export_handler(engine)})
-    worker.run(until_empty=True)
-    with factory() as session:
-        task = TaskRepository(session, Task).get_task(task_id)
-        assert task is not None
-        print(f"task {task.id}: {task.status} {task.progress}% result={task.result}")
+    run_and_show(engine, {DATA_EXPORT: make_export_handler(engine)}, task_id)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,9 @@ from rich.live import Live
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import create_engine, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue import BackoffPolicy, TaskRepository, TaskStatus, Worker
 from sqlalchemy_taskqueue.cli.operations import stats_tables
@@ -36,32 +35,13 @@ from sqlalchemy_taskqueue.status import FINISHED_STATUSES
 
 from .bulk_import import BULK_IMPORT, make_import_handler, request_import, write_sample_csv
 from .data_export import DATA_EXPORT, make_export_handler, request_export
-from .shop import Task, migrate, seed_project
+from .shop import Task, database_on_server, migrate, seed_project
 
 DEMO_DATABASE = "taskqueue_demo"
 TIME_LIMIT = 50.0
 
 # a wide console when piped (make demo in CI), the terminal's width otherwise
 console = Console() if sys.stdout.isatty() else Console(width=120)
-
-
-def demo_engine(server_url: str, database: str) -> Engine:
-    """A fresh demo database on the server, or the given database if we may not create one."""
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-            connection.execute(text(f'CREATE DATABASE "{database}"'))
-        url = make_url(server_url).set(database=database)
-    except Exception as exc:
-        console.print(
-            f"[yellow]cannot create {database} ({exc.__class__.__name__}); "
-            "using the given database[/]"
-        )
-        url = make_url(server_url)
-    finally:
-        admin.dispose()
-    return create_engine(url, pool_size=10)
 
 
 def enqueue_work(engine: Engine, workdir: Path) -> list[int]:
@@ -151,7 +131,7 @@ def main(server_url: str | None = None, database: str = DEMO_DATABASE) -> int:
     started = time.monotonic()
     server_url = server_url or resolve_database_url(DATABASE_URL_ENV)
     console.print(f"[bold]sqlalchemy-taskqueue demo[/] on {mask_password(server_url)}")
-    engine = demo_engine(server_url, database)
+    engine = create_engine(database_on_server(server_url, database, fresh=True), pool_size=10)
     migrate(engine)
     console.print("migrated: alembic upgrade head (tasks) + the example app's tables")
     workdir = Path(tempfile.mkdtemp(prefix="taskqueue-demo-"))

@@ -448,9 +448,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         for row in rows:
             if not isinstance(row, tuple) or len(row) != 3:
                 raise TypeError(f"completions must be (task_id, lease_token, result), got {row!r}")
-            _require_task_id(row[0])
-            if not isinstance(row[1], uuid.UUID):
-                raise TypeError(f"lease_token must be a uuid.UUID, got {row[1]!r}")
+            _require_lease(row[0], row[1])
             require_json("result", row[2], allow_none=True)
         if not rows:
             return set()
@@ -874,10 +872,14 @@ def _lease_pairs(leases: Iterable[tuple[int, uuid.UUID]]) -> list[tuple[int, uui
     for pair in pairs:
         if not isinstance(pair, tuple) or len(pair) != 2:
             raise TypeError(f"leases must be (task_id, lease_token) pairs, got {pair!r}")
-        _require_task_id(pair[0])
-        if not isinstance(pair[1], uuid.UUID):
-            raise TypeError(f"lease_token must be a uuid.UUID, got {pair[1]!r}")
+        _require_lease(*pair)
     return pairs
+
+
+def _require_lease(task_id: Any, lease_token: Any) -> None:
+    _require_task_id(task_id)
+    if not isinstance(lease_token, uuid.UUID):
+        raise TypeError(f"lease_token must be a uuid.UUID, got {lease_token!r}")
 
 
 def _positive_duration(name: str, value: Any) -> timedelta:

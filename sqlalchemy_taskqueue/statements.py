@@ -386,6 +386,16 @@ def _leases(table: Table, *, with_results: bool = False) -> Any:
     return func.unnest(*arrays).table_valued(*names).render_derived(name="leases")
 
 
+def _update_leased(table: Table, leases: Any) -> Update:
+    """``UPDATE`` of the in-progress rows whose (id, lease token) is among ``leases``."""
+    c = table.c
+    return update(table).where(
+        c.id == leases.c.id,
+        c.lease_token == leases.c.token,
+        c.status == TaskStatus.IN_PROGRESS,
+    )
+
+
 @functools.cache
 def complete_many_statement(table: Table) -> Update:
     """Complete a batch of leased tasks in one statement; returns the ids completed.
@@ -393,17 +403,11 @@ def complete_many_statement(table: Table) -> Update:
     Parameters: ``ids``, ``tokens`` (text) and ``results`` (JSON text or NULL), arrays
     of equal length.  Pairs whose lease is no longer current are left untouched.
     """
-    c = table.c
     leases = _leases(table, with_results=True)
     return (
-        update(table)
-        .where(
-            c.id == leases.c.id,
-            c.lease_token == leases.c.token,
-            c.status == TaskStatus.IN_PROGRESS,
-        )
+        _update_leased(table, leases)
         .values(**_completed_values(leases.c.result))
-        .returning(c.id)
+        .returning(table.c.id)
     )
 
 
@@ -561,17 +565,10 @@ def renew_leases_statement(table: Table) -> Update:
     renews the leases of all tasks a worker holds; an id missing from the result has lost
     its lease (rescued, or changed by an operator).
     """
-    c = table.c
-    leases = _leases(table)
     return (
-        update(table)
-        .where(
-            c.id == leases.c.id,
-            c.lease_token == leases.c.token,
-            c.status == TaskStatus.IN_PROGRESS,
-        )
+        _update_leased(table, _leases(table))
         .values(lease_expires_at=_now() + bindparam("lease", type_=Interval))
-        .returning(c.id)
+        .returning(table.c.id)
     )
 
 
@@ -581,15 +578,8 @@ def release_statement(table: Table) -> Update:
 
     Parameters: ``ids`` and ``tokens`` (arrays).
     """
-    c = table.c
-    leases = _leases(table)
     return (
-        update(table)
-        .where(
-            c.id == leases.c.id,
-            c.lease_token == leases.c.token,
-            c.status == TaskStatus.IN_PROGRESS,
-        )
+        _update_leased(table, _leases(table))
         .values(
             status=TaskStatus.PENDING,
             progress=0,
@@ -598,7 +588,7 @@ def release_statement(table: Table) -> Update:
             lease_owner=None,
             **_LEASE_CLEARED,
         )
-        .returning(c.id)
+        .returning(table.c.id)
     )
 
 

@@ -79,6 +79,23 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+class Gate:
+    """A handler that says it started, then waits (ignoring stop requests) for the test
+    to let it finish."""
+
+    def __init__(self, result: Any = "ok") -> None:
+        self.started = threading.Event()
+        self.proceed = threading.Event()
+        self.result = result
+        self.stop_seen: list[bool] = []
+
+    def __call__(self, task: Any, ctx: TaskContext) -> Any:
+        self.started.set()
+        assert self.proceed.wait(10)
+        self.stop_seen.append(ctx.should_stop())
+        return self.result
+
+
 # ---------------------------------------------------------------- outcomes
 
 
@@ -270,22 +287,13 @@ def test_progress_rejects_bad_values(session_factory: Factory, clean_table: type
 def test_a_stale_worker_cannot_complete_a_rescued_task(
     session_factory: Factory, clean_table: type[Any]
 ) -> None:
-    started = threading.Event()
-    proceed = threading.Event()
-    stop_seen: list[bool] = []
-
-    def slow(task: Any, ctx: TaskContext) -> str:
-        started.set()
-        assert proceed.wait(10)
-        stop_seen.append(ctx.should_stop())
-        return "stale result"
-
+    slow = Gate("stale result")
     task_id = enqueue(session_factory, clean_table, "slow")
     worker = make_worker(
         session_factory, clean_table, {"slow": slow}, lease_duration=2, rescue_interval=3600
     )
     with running(worker):
-        assert started.wait(10)
+        assert slow.started.wait(10)
         # another worker takes over: the lease is expired, rescued and claimed again
         with session_factory() as session:
             session.execute(
@@ -302,8 +310,8 @@ def test_a_stale_worker_cannot_complete_a_rescued_task(
         assert successor is not None
         # the stale worker's heartbeat notices and its handler is asked to stop
         wait_for(lambda: worker.stats.lost_leases == 1)
-        proceed.set()
-        wait_for(lambda: worker.stats.claimed == 1 and stop_seen == [True])
+        slow.proceed.set()
+        wait_for(lambda: worker.stats.claimed == 1 and slow.stop_seen == [True])
     task = fetch(session_factory, clean_table, task_id)
     assert task.status is TaskStatus.IN_PROGRESS and task.lease_owner == "successor"
     assert task.result is None and task.lease_token == successor.lease_token
@@ -313,24 +321,17 @@ def test_a_stale_worker_cannot_complete_a_rescued_task(
 def test_heartbeats_keep_a_long_task_leased(
     session_factory: Factory, clean_table: type[Any]
 ) -> None:
-    started = threading.Event()
-    proceed = threading.Event()
-
-    def slow(task: Any, ctx: TaskContext) -> str:
-        started.set()
-        assert proceed.wait(10)
-        return "ok"
-
+    slow = Gate()
     task_id = enqueue(session_factory, clean_table, "slow")
     worker = make_worker(session_factory, clean_table, {"slow": slow}, lease_duration=1)
     with running(worker):
-        assert started.wait(10)
+        assert slow.started.wait(10)
         first = fetch(session_factory, clean_table, task_id).lease_expires_at
         wait_for(lambda: fetch(session_factory, clean_table, task_id).lease_expires_at > first)
         # a second worker's rescue finds nothing expired while heartbeats run
         with session_factory() as session:
             assert TaskRepository(session, clean_table).rescue_expired_leases() == {}
-        proceed.set()
+        slow.proceed.set()
         wait_for(
             lambda: fetch(session_factory, clean_table, task_id).status is TaskStatus.COMPLETED
         )
@@ -404,20 +405,13 @@ def test_polling_only_mode_still_finds_work(
 def test_stop_lets_a_running_task_finish_within_the_grace_period(
     session_factory: Factory, clean_table: type[Any]
 ) -> None:
-    started = threading.Event()
-    proceed = threading.Event()
-
-    def slow(task: Any, ctx: TaskContext) -> str:
-        started.set()
-        assert proceed.wait(10)
-        return "finished"
-
+    slow = Gate("finished")
     task_id = enqueue(session_factory, clean_table, "slow")
     worker = make_worker(session_factory, clean_table, {"slow": slow}, shutdown_grace=10)
     with running(worker) as thread:
-        assert started.wait(10)
+        assert slow.started.wait(10)
         worker.stop()
-        proceed.set()
+        slow.proceed.set()
         thread.join(10)
     task = fetch(session_factory, clean_table, task_id)
     assert (task.status, task.result) == (TaskStatus.COMPLETED, "finished")
@@ -426,24 +420,17 @@ def test_stop_lets_a_running_task_finish_within_the_grace_period(
 def test_unfinished_tasks_are_handed_back_without_using_a_retry(
     session_factory: Factory, clean_table: type[Any]
 ) -> None:
-    started = threading.Event()
-    proceed = threading.Event()
-
-    def stubborn(task: Any, ctx: TaskContext) -> str:
-        started.set()
-        assert proceed.wait(10)  # ignores should_stop()
-        return "too late"
-
+    stubborn = Gate("too late")
     task_id = enqueue(session_factory, clean_table, "stubborn")
     worker = make_worker(session_factory, clean_table, {"stubborn": stubborn}, shutdown_grace=0.2)
     with running(worker) as thread:
-        assert started.wait(10)
+        assert stubborn.started.wait(10)
         worker.stop()
         thread.join(10)
         assert not thread.is_alive()
     task = fetch(session_factory, clean_table, task_id)
     assert (task.status, task.retry_count, task.lease_token) == (TaskStatus.PENDING, 0, None)
-    proceed.set()  # the handler returns later; its result is discarded
+    stubborn.proceed.set()  # the handler returns later; its result is discarded
     wait_for(lambda: worker.stats.released == 1)
     assert fetch(session_factory, clean_table, task_id).status is TaskStatus.PENDING
 
