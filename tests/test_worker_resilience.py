@@ -1,0 +1,148 @@
+"""Connection loss: the worker's database connections are killed while it works."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus, Worker
+
+pytestmark = pytest.mark.slow
+
+
+def kill_connections(admin: Engine, application: str, query_like: str = "%") -> int:
+    with admin.connect() as connection:
+        return len(
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = :app AND query LIKE :query AND pid <> pg_backend_pid()"
+                ),
+                {"app": application, "query": query_like},
+            ).all()
+        )
+
+
+@pytest.fixture
+def worker_engine(database_url: str) -> Any:
+    """An engine whose connections are tagged, so the test can kill exactly those."""
+    engine = create_engine(
+        database_url, connect_args={"application_name": "tq-chaos"}, pool_size=10
+    )
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    yield engine, admin
+    engine.dispose()
+    admin.dispose()
+
+
+def listeners(admin: Engine) -> list[int]:
+    with admin.connect() as connection:
+        return list(
+            connection.scalars(
+                text(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE application_name = 'tq-chaos' AND query LIKE 'LISTEN%'"
+                )
+            )
+        )
+
+
+def wait_for(condition: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_killed_connections_lose_no_task(
+    worker_engine: Any, session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    engine, admin = worker_engine
+    with session_factory() as session:
+        ids = TaskRepository(session, clean_table).enqueue_many(
+            "work", [{"n": n} for n in range(300)]
+        )
+        session.commit()
+    runs: Counter[int] = Counter()
+
+    def work(task: Any, ctx: TaskContext) -> int:
+        runs[task.id] += 1
+        time.sleep(0.005)  # simulated work
+        return int(task.payload["n"])
+
+    worker = Worker(
+        sessionmaker(engine), clean_table, {"work": work}, lease_duration=2, poll_interval=0.1
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        killed = 0
+        for _ in range(6):
+            time.sleep(0.15)  # let the worker make progress between the kills
+            killed += kill_connections(admin, "tq-chaos")
+        assert killed > 0
+
+        def all_completed() -> bool:
+            with session_factory() as session:
+                done = session.scalar(
+                    text(
+                        f"SELECT count(*) FROM {clean_table.__tablename__} WHERE status = 'completed'"
+                    )
+                )
+            return done == len(ids)
+
+        wait_for(all_completed)
+    finally:
+        worker.stop()
+        thread.join(30)
+    with session_factory() as session:
+        statuses = {
+            status
+            for (status,) in session.execute(
+                text(f"SELECT status FROM {clean_table.__tablename__}")
+            )
+        }
+    assert statuses == {TaskStatus.COMPLETED.value}
+    assert set(runs) == set(ids)  # every task ran (some twice: delivery is at-least-once)
+    assert worker.stats.completed == len(ids)  # and each outcome was written once
+
+
+def test_the_listener_reconnects_after_its_connection_is_killed(
+    worker_engine: Any, session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    engine, admin = worker_engine
+    finished = threading.Event()
+    worker = Worker(
+        sessionmaker(engine),
+        clean_table,
+        {"job": lambda task, ctx: finished.set()},
+        poll_interval=60,
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert worker.listening.wait(10)
+        wait_for(lambda: len(listeners(admin)) == 1, timeout=10)
+        [before] = listeners(admin)
+        assert kill_connections(admin, "tq-chaos", "LISTEN%") == 1
+        # a new LISTEN connection replaces the killed one
+        wait_for(lambda: listeners(admin) not in ([], [before]), timeout=15)
+        assert worker.listening.wait(10)
+        wait_for(worker.idle.is_set, timeout=10)
+        enqueued = time.monotonic()
+        with session_factory() as session:
+            TaskRepository(session, clean_table).enqueue("job", {})
+            session.commit()
+        assert finished.wait(10)
+        assert time.monotonic() - enqueued < 10  # far below the 60 s poll interval
+    finally:
+        worker.stop()
+        thread.join(30)
