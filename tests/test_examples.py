@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.serving import make_server
 
 from examples import bulk_import, custom_columns, data_export, demo, web_polling
 from examples.shop import Item, Notification, Project, Task, migrate, seed_project
@@ -154,23 +158,51 @@ def test_bulk_import_retry_does_not_duplicate_rows(app_engine: Engine, tmp_path:
         assert session.scalar(select(func.count()).select_from(Item)) == 300
 
 
-def test_web_polling_enqueues_in_the_request_and_reports_progress(
-    app_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(data_export, "EXPORT_DIR", tmp_path)
+class HttpClient:
+    """A real HTTP client against the app served on a local port."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, dict(response.headers), json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), json.loads(error.read())
+
+
+@pytest.fixture
+def served(app_engine: Engine) -> Iterator[HttpClient]:
+    server = make_server("127.0.0.1", 0, web_polling.create_app(app_engine), threaded=True)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        yield HttpClient(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_web_polling_over_http(app_engine: Engine, served: HttpClient, tmp_path: Path) -> None:
     with Session(app_engine) as session, session.begin():
         project_id = seed_project(session, "web", items=50).id
-    client = web_polling.create_app(app_engine).test_client()
-    assert client.post(f"/projects/{project_id}/exports", json={}).status_code == 400
-    assert client.post("/projects/999/exports", json={"email": "a@b.c"}).status_code == 404
-    assert client.get("/tasks/999").status_code == 404
+    assert served.call("POST", f"/projects/{project_id}/exports", {})[0] == 400
+    assert served.call("POST", "/projects/999/exports", {"email": "a@b.c"})[0] == 404
+    assert served.call("GET", "/tasks/999")[0] == 404
 
-    response = client.post(f"/projects/{project_id}/exports", json={"email": "ada@example.com"})
-    assert response.status_code == 202
-    task_id = response.get_json()["task_id"]
-    assert response.headers["Location"] == f"/tasks/{task_id}"
-    assert client.get(f"/tasks/{task_id}").get_json()["status"] == "pending"
-    assert client.get(f"/projects/{project_id}/exports/progress").get_json() == {
+    status, headers, body = served.call(
+        "POST", f"/projects/{project_id}/exports", {"email": "ada@example.com"}
+    )
+    assert status == 202
+    task_id = body["task_id"]
+    assert headers["Location"] == f"/tasks/{task_id}"
+    assert served.call("GET", f"/tasks/{task_id}")[2]["status"] == "pending"
+    assert served.call("GET", f"/projects/{project_id}/exports/progress")[2] == {
         "project_id": project_id,
         "active": True,
         "progress": 0,
@@ -182,14 +214,14 @@ def test_web_polling_enqueues_in_the_request_and_reports_progress(
     thread.start()
     try:
         deadline = time.monotonic() + 30
-        while (body := client.get(f"/tasks/{task_id}").get_json())["status"] != "completed":
+        while (body := served.call("GET", f"/tasks/{task_id}")[2])["status"] != "completed":
             assert time.monotonic() < deadline, body
             time.sleep(0.05)  # the client's polling interval
     finally:
         worker.stop()
         thread.join(10)
     assert body["progress"] == 100 and body["result"]["rows"] == 50 and body["error"] is None
-    assert client.get(f"/projects/{project_id}/exports/progress").get_json()["active"] is False
+    assert served.call("GET", f"/projects/{project_id}/exports/progress")[2]["active"] is False
 
 
 def test_web_polling_rolls_the_task_back_with_the_request(app_engine: Engine) -> None:
