@@ -155,11 +155,16 @@ def fill(engine: Engine, count: int) -> None:
         session.commit()
 
 
-def drain_ours(engine: Engine, count: int, workers: int) -> float:
+def drain_ours(engine: Engine, count: int, workers: int, prefetch: int = 0) -> float:
     fill(engine, count)
     factory = sessionmaker(engine)
     worker = Worker(
-        factory, Task, {"noop": lambda task, ctx: None}, concurrency=workers, poll_interval=0.05
+        factory,
+        Task,
+        {"noop": lambda task, ctx: None},
+        concurrency=workers,
+        prefetch=prefetch,
+        poll_interval=0.05,
     )
     return count / timed(lambda: worker.run(until_empty=True))
 
@@ -280,6 +285,16 @@ def main() -> None:
                 "tasks/s",
                 lambda ours: (
                     drain_ours(engine, args.tasks, args.workers)
+                    if ours
+                    else drain_seed(engine, args.tasks, args.workers)
+                ),
+                True,
+            ),
+            (
+                "  ... with prefetch 3 x slots",
+                "tasks/s",
+                lambda ours: (
+                    drain_ours(engine, args.tasks, args.workers, 3 * args.workers)
                     if ours
                     else drain_seed(engine, args.tasks, args.workers)
                 ),

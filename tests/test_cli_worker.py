@@ -39,6 +39,7 @@ def test_help_documents_every_option() -> None:
         "--lease",
         "--poll-interval",
         "--grace",
+        "--prefetch",
         "--timeout",
         "--no-listen",
         "--until-empty",

@@ -506,6 +506,8 @@ def test_interrupted_without_shutdown_counts_as_a_failed_attempt(
         ({"shutdown_grace": -1}, ValueError, "shutdown_grace"),
         ({"task_types": []}, ValueError, "task_types"),
         ({"listen": "yes"}, TypeError, "listen"),
+        ({"prefetch": -1}, ValueError, "prefetch"),
+        ({"prefetch": 1.5}, TypeError, "prefetch"),
     ],
 )
 def test_bad_configuration_is_rejected(
@@ -704,3 +706,38 @@ def test_owner_and_registry_model_are_validated(
     other.add("job", lambda task, ctx: None)
     with pytest.raises(ValueError, match="registered for"):
         Worker(session_factory, clean_table, other)
+
+
+def test_prefetched_tasks_keep_their_leases_and_go_back_at_shutdown(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    first = Gate("first")
+    ids = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(3)]
+    calls: list[int] = []
+
+    def job(task: Any, ctx: TaskContext) -> Any:
+        calls.append(task.id)
+        return first(task, ctx) if task.id == ids[0] else "later"
+
+    worker = make_worker(
+        session_factory, clean_table, {"job": job}, concurrency=1, prefetch=2, lease_duration=1
+    )
+    with running(worker) as thread:
+        assert first.started.wait(10)
+        # all three are claimed: one running, two waiting in the worker for the slot
+        wait_for(
+            lambda: all(
+                fetch(session_factory, clean_table, i).status is TaskStatus.IN_PROGRESS for i in ids
+            )
+        )
+        held_until = fetch(session_factory, clean_table, ids[2]).lease_expires_at
+        wait_for(lambda: fetch(session_factory, clean_table, ids[2]).lease_expires_at > held_until)
+        worker.stop()
+        first.proceed.set()
+        thread.join(10)
+    assert calls == [ids[0]]
+    assert fetch(session_factory, clean_table, ids[0]).status is TaskStatus.COMPLETED
+    for task_id in ids[1:]:
+        task = fetch(session_factory, clean_table, task_id)
+        assert (task.status, task.retry_count) == (TaskStatus.PENDING, 0)
+    assert (worker.stats.rescued, worker.stats.lost_leases, worker.stats.released) == (0, 0, 2)

@@ -36,6 +36,13 @@ __all__ = ["worker"]
     help="Tasks run at the same time (threads).",
 )
 @click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tasks claimed beyond the free slots (more throughput for many short tasks).",
+)
+@click.option(
     "--types", help="Comma-separated task types to claim (default: every type with a handler)."
 )
 @click.option(
@@ -85,6 +92,7 @@ def worker(
     database_url: str,
     model_reference: str | None,
     concurrency: int,
+    prefetch: int,
     types: str | None,
     lease: timedelta,
     poll_interval: timedelta,
@@ -123,6 +131,7 @@ def worker(
             model,
             handlers,
             concurrency=concurrency,
+            prefetch=prefetch,
             task_types=task_types,
             lease_duration=lease,
             poll_interval=poll_interval,
