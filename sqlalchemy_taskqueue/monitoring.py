@@ -154,6 +154,8 @@ class QueueStats:
     processing_times: list[ProcessingTime] = field(default_factory=list)
     outcome_rates: list[OutcomeRate] = field(default_factory=list)
     stuck: list[StuckTask] = field(default_factory=list)
+    window: timedelta = timedelta(hours=24)
+    """The period the rates and run times cover."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (datetimes as ISO strings, rates included).
@@ -179,6 +181,7 @@ class QueueStats:
                 "processing_times": [asdict(item) for item in self.processing_times],
                 "outcome_rates": rates,
                 "stuck": [asdict(item) for item in self.stuck],
+                "window_seconds": self.window.total_seconds(),
             }
         )
         return snapshot
@@ -363,4 +366,5 @@ class TaskMonitoring:
             processing_times=self.processing_times(window),
             outcome_rates=self.outcome_rates(window),
             stuck=self.stuck_tasks(running_longer_than),
+            window=window,
         )

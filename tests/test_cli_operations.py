@@ -75,6 +75,8 @@ def test_enqueue_unique_and_delayed(run: Any, repo: Repo) -> None:
         (["show", "0"], "0"),
         (["show", "abc"], "abc"),
         (["stuck", "--older-than", "0s"], "positive"),
+        (["stats", "--window", "0s"], "positive"),
+        (["stats", "--window", "a while"], "invalid duration"),
     ],
 )
 def test_bad_arguments_exit_2(run: Any, args: list[str], message: str) -> None:
@@ -122,6 +124,8 @@ def test_stats_table_and_json(run: Any, repo: Repo, session: Session) -> None:
     code, output = run("stats")
     assert code == 0
     assert "Tasks by type and status" in output and "export" in output and "email" in output
+    assert "Finished in the last 24h" in output
+    assert "Finished in the last 90m" in run("stats", "--window", "90m")[1]
     code, output = run("stats", "--json")
     counts = {
         (c["task_type"], c["status"]): c["count"] for c in json.loads(output)["status_counts"]

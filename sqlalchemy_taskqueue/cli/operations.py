@@ -146,7 +146,7 @@ def stats_tables(stats: QueueStats) -> list[Table]:
     )
     times = {item.task_type: item for item in stats.processing_times}
     rates = _table(
-        "Last 24 hours",
+        f"Finished in the last {_span(stats.window)}",
         [
             "type",
             "completed",
@@ -174,13 +174,33 @@ def stats_tables(stats: QueueStats) -> list[Table]:
     return [counts, rates]
 
 
+def _span(window: timedelta) -> str:
+    """``90m``, ``24h``, ``7d``: a window as people write it."""
+    seconds = int(window.total_seconds())
+    for unit, size, smallest in (("d", 86400, 2 * 86400), ("h", 3600, 3600), ("m", 60, 60)):
+        if seconds >= smallest and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 @cli.command()
 @queue_options
 @json_option
-def stats(database_url: str, table: str, model_reference: str | None, as_json: bool) -> None:
-    """Tasks by type and status, queue depth, and the last day's rates and run times."""
+@click.option(
+    "--window",
+    type=DURATION,
+    default="24h",
+    show_default=True,
+    help="Period for rates, throughput and run times.",
+)
+def stats(
+    database_url: str, table: str, model_reference: str | None, as_json: bool, window: timedelta
+) -> None:
+    """Tasks by type and status, queue depth, and rates and run times over a window."""
+    if window <= timedelta(0):
+        raise click.BadParameter("must be positive", param_hint="--window")
     with open_repository(database_url, table, model_reference) as repo:
-        snapshot = repo.queue_stats()
+        snapshot = repo.queue_stats(window)
     if as_json:
         print_json(snapshot.as_dict())
         return
