@@ -47,7 +47,8 @@ class Attempt:
     context: TaskContext
     timeout_seconds: float | None
     deadline: float | None = None
-    started: float = field(default_factory=time.monotonic)
+    claimed: float = field(default_factory=time.monotonic)
+    started: float = 0.0
     running: bool = False
     settled: bool = False
     """Its outcome was written by someone else (timeout, shutdown hand-back)."""
@@ -65,6 +66,9 @@ class Attempt:
     def finished(self) -> bool:
         """Nothing more may be written for this attempt."""
         return self.settled or self.lost
+
+    def __post_init__(self) -> None:
+        self.started = self.claimed  # until the handler starts
 
     def start(self) -> None:
         """The handler starts now: the timeout counts from here."""

@@ -14,7 +14,11 @@ import math
 import re
 from datetime import timedelta
 
-__all__ = ["Duration", "parse_duration", "to_seconds"]
+__all__ = ["MAX_DURATION", "Duration", "parse_duration", "to_seconds"]
+
+#: The longest duration any setting accepts: a century keeps ``now() +/- duration``
+#: well inside PostgreSQL's timestamp range.
+MAX_DURATION = timedelta(days=36500)
 
 #: A duration argument: a ``timedelta`` or a number of seconds.
 Duration = timedelta | int | float
@@ -38,6 +42,8 @@ def to_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound} seconds, got {value!r}")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{name} must be at most {MAX_DURATION.days} days, got {value!r}")
     return seconds
 
 

@@ -32,6 +32,7 @@ from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 from . import statements
+from .durations import MAX_DURATION
 from .exceptions import wrap_database_errors
 from .status import TaskStatus
 
@@ -204,6 +205,8 @@ def _require_window(name: str, value: Any) -> timedelta:
         raise TypeError(f"{name} must be a timedelta, got {value!r}")
     if value <= timedelta(0):
         raise ValueError(f"{name} must be positive, got {value!r}")
+    if value > MAX_DURATION:
+        raise ValueError(f"{name} must be at most {MAX_DURATION.days} days, got {value!r}")
     return value
 
 

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from . import statements
 from .backoff import DEFAULT_BACKOFF, BackoffPolicy
+from .durations import MAX_DURATION
 from .exceptions import (
     InvalidTransitionError,
     LeaseLostError,
@@ -65,6 +66,7 @@ TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
 DEFAULT_LEASE_DURATION = timedelta(minutes=5)
 
 _INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
+_INT8_MAX = 2**63 - 1
 
 #: Columns the queue manages itself; ``enqueue(**columns)`` may not set them.
 _MANAGED_COLUMNS = frozenset(
@@ -717,6 +719,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if isinstance(run_at, timedelta):
             if run_at < timedelta(0):
                 raise ValueError(f"run_at as a delay must not be negative, got {run_at!r}")
+            _require_at_most("run_at as a delay", run_at)
             values["run_delay"] = run_at
         elif run_at is not None:
             values["run_at"] = _require_aware(run_at)
@@ -794,7 +797,7 @@ def _require_int(
 
 
 def _require_task_id(task_id: Any) -> None:
-    _require_int("task_id", task_id, minimum=1)
+    _require_int("task_id", task_id, minimum=1, maximum=_INT8_MAX)
 
 
 def _require_task_type(task_type: Any) -> None:
@@ -860,6 +863,12 @@ def _require_older_than(older_than: Any) -> None:
         raise TypeError(f"older_than must be a timedelta, got {older_than!r}")
     if older_than < timedelta(0):
         raise ValueError(f"older_than must not be negative, got {older_than!r}")
+    _require_at_most("older_than", older_than)
+
+
+def _require_at_most(name: str, value: timedelta) -> None:
+    if value > MAX_DURATION:
+        raise ValueError(f"{name} must be at most {MAX_DURATION.days} days, got {value!r}")
 
 
 def _require_token(lease_token: Any) -> None:
@@ -887,6 +896,7 @@ def _positive_duration(name: str, value: Any) -> timedelta:
         raise TypeError(f"{name} must be a timedelta, got {value!r}")
     if value <= timedelta(0):
         raise ValueError(f"{name} must be positive, got {value!r}")
+    _require_at_most(name, value)
     return value
 
 

@@ -12,10 +12,13 @@ clocks agree on leases and ``run_at``.
 
 The statements can be compiled without a database, which is how their shape is tested::
 
-    stmt = claim_statement(Task.__table__, task_types=None, limit=1,
-                           lease=timedelta(seconds=60), owner="w1", token=uuid.uuid4())
+    stmt = claim_statement(Task.__table__, type_filter="one")
     sql = str(stmt.compile(dialect=postgresql.psycopg2.dialect()))
     assert "FOR UPDATE SKIP LOCKED" in sql
+
+Hot statements (claim, insert, complete, fail, progress, heartbeat, release) are built
+once per table and variant (``functools.cache``) with bind parameters, and executed with
+the values as parameters; batches pass arrays through ``unnest()``.
 """
 
 from __future__ import annotations
@@ -519,8 +522,9 @@ def retry_statement(table: Table, *, task_id: int | None, task_type: str | None)
     """Put failed tasks back in the queue, due now, with a fresh retry budget.
 
     With ``task_id`` only that task; otherwise every failed task (of ``task_type``).  A
-    failed task whose dedupe key is held by an active task stays failed: retrying it
-    would duplicate work the unique index forbids.
+    failed task whose dedupe key an active task holds stays failed, and of several failed
+    tasks sharing a dedupe key only the newest is retried: the unique index allows one
+    active task per key.
     """
     c = table.c
     holder = table.alias("holder")
@@ -538,9 +542,21 @@ def retry_statement(table: Table, *, task_id: int | None, task_type: str | None)
         condition = and_(condition, c.id == task_id)
     if task_type is not None:
         condition = and_(condition, c.type == task_type)
+    key = func.coalesce(c.dedupe_key, cast(c.id, Text))  # tasks without a key stand alone
+    ranked = (
+        select(
+            c.id,
+            func.row_number()
+            .over(partition_by=(c.type, key), order_by=c.id.desc())
+            .label("newest_first"),
+        )
+        .where(condition)
+        .subquery("candidates")
+    )
+    newest = select(ranked.c.id).where(ranked.c.newest_first == 1)
     return (
         update(table)
-        .where(condition)
+        .where(c.id.in_(newest.scalar_subquery()))
         .values(
             status=TaskStatus.PENDING,
             retry_count=0,

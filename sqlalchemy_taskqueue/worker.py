@@ -334,30 +334,43 @@ class Worker(Generic[TaskT]):
         stay queued for the next turn.
         """
         with self._lock:
-            outcomes, self._outcomes = self._outcomes, []
+            outcomes = [o for o in self._outcomes if not o.attempt.lost]
+            for outcome in self._outcomes:
+                if outcome.attempt.lost:  # already reported when the lease was found lost
+                    self._forget(outcome.attempt)
+            self._outcomes = []
         if not outcomes and free <= 0:
             return []
+        written: list[tuple[Outcome, str]] = []
+        claimed: list[Any] = []
+        failure: Exception | None = None
         with self._write_lock:
             try:
                 with self._session_factory() as session:
                     repo = self._repository(session)
                     written = self._write_outcomes(repo, outcomes)
-                    claimed = (
-                        repo.dequeue_many(self._types, limit=free, lease_duration=self._lease)
-                        if free > 0
-                        else []
-                    )
+                    if free > 0:
+                        claimed = repo.dequeue_many(
+                            self._types, limit=free, lease_duration=self._lease
+                        )
                     session.commit()
-            except (SQLAlchemyError, TaskQueueError) as exc:
-                if _is_transient(exc):
+            except Exception as exc:
+                written, claimed = [], []  # the transaction rolled back: nothing was written
+                if isinstance(exc, (SQLAlchemyError, TaskQueueError)) and _is_transient(exc):
                     self._requeue(outcomes)  # the next turn writes them
-                else:
-                    self._write_separately(outcomes)  # isolate the one the database refuses
-                raise
+                else:  # isolate the outcome the database (or a bug) refuses
+                    written = self._write_separately(outcomes)
+                failure = exc
             except BaseException:
                 self._requeue(outcomes)
                 raise
-            self._report(written)
+            with self._lock:
+                for outcome, _ in written:
+                    self._forget(outcome.attempt)
+        # events and user callbacks run outside the write lock: heartbeats never wait on them
+        self._report(written)
+        if failure is not None:
+            raise failure
         if claimed:
             self._dispatch(claimed)
         return claimed
@@ -366,21 +379,21 @@ class Worker(Generic[TaskT]):
         with self._lock:
             self._outcomes[:0] = outcomes
 
-    def _write_separately(self, outcomes: list[Outcome]) -> None:
-        """Write each outcome in its own transaction; one the database refuses is dropped
-        (its lease then expires and the task is rescued) instead of blocking the rest."""
+    def _write_separately(self, outcomes: list[Outcome]) -> list[tuple[Outcome, str]]:
+        """Write each outcome in its own transaction; one that fails is dropped (its lease
+        then expires and the task is rescued) instead of blocking the rest."""
+        written: list[tuple[Outcome, str]] = []
         for outcome in outcomes:
             try:
-                written = self._write_alone([outcome])
-            except (SQLAlchemyError, TaskQueueError):
+                written.extend(self._write_alone([outcome]))
+            except Exception:
                 logger.exception(
                     "task.outcome_write_failed id=%d (its lease will expire and it is rescued)",
                     outcome.attempt.task.id,
                 )
                 with self._lock:
                     self._forget(outcome.attempt)
-                continue
-            self._report(written)
+        return written
 
     def _write_alone(self, outcomes: list[Outcome]) -> list[tuple[Outcome, str]]:
         """Write outcomes in a transaction of their own (retrying transient errors)."""
@@ -395,7 +408,7 @@ class Worker(Generic[TaskT]):
             del self._held[attempt.task.id]
 
     def _dispatch(self, claimed: list[Any]) -> None:
-        attempts = [self._attempt(task) for task in claimed]
+        attempts = [self._attempt(task) for task in claimed]  # claimed now
         with self._lock:
             self._busy += len(attempts)
             for attempt in attempts:
@@ -446,30 +459,33 @@ class Worker(Generic[TaskT]):
             attempt = self._slots.get()
             if attempt is None:
                 return
+            outcome: Outcome | None = None
             try:
                 outcome = self._execute(attempt)
-            except Exception:  # a bug here must not kill the slot
+            except BaseException:  # a bug here must not kill the slot or strand the task
                 logger.exception("worker.slot_error id=%s", attempt.task.id)
-                outcome = None
-            with self._lock:
-                self._busy -= 1
-                attempt.running = False
-                if outcome is not None and not attempt.finished:
-                    attempt.outcome_queued = True
-                    self._outcomes.append(outcome)
-                else:
-                    self._forget(attempt)
-            if outcome is not None and attempt.finished:
-                self._discard(outcome)
-            self._wake.set()
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    attempt.running = False
+                    if outcome is not None and not attempt.finished:
+                        attempt.outcome_queued = True
+                        self._outcomes.append(outcome)
+                    elif not attempt.outcome_queued:
+                        self._forget(attempt)
+                if outcome is not None and attempt.finished:
+                    self._discard(outcome)
+                self._wake.set()
 
     def _execute(self, attempt: Attempt) -> Outcome | None:
         """Run the handler and say how the attempt ended (written later, in a batch)."""
         task = attempt.task
         spec = self._specs.get(task.type)
-        if self._stopping.is_set():
-            return Outcome(attempt, "release")  # claimed, but shutdown came first
         with self._lock:
+            if attempt.finished:
+                return None  # lost or handed back while it waited for this slot
+            if self._stopping.is_set():
+                return Outcome(attempt, "release")  # claimed, but shutdown came first
             attempt.start()
         self._supervisor_wake.set()  # re-plan around the new deadline
         logger.info(
@@ -484,7 +500,7 @@ class Worker(Generic[TaskT]):
             if self._stopping.is_set():
                 return self._outcome(attempt, "release")
             return self._outcome(attempt, "fail", message=f"TaskInterrupted: {exc}")
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a handler fails the attempt too
             message = f"{type(exc).__name__}: {exc}"
             logger.error(
                 "task.error id=%d type=%s error=%s\n%s",
@@ -555,12 +571,8 @@ class Worker(Generic[TaskT]):
                 written.append((outcome, event))
         return written
 
-    def _report(self, written: list[tuple[Outcome, str]], *, forget: bool = True) -> None:
-        """After the commit: forget the attempts, log, count and emit events."""
-        if forget:
-            with self._lock:
-                for outcome, _ in written:
-                    self._forget(outcome.attempt)
+    def _report(self, written: list[tuple[Outcome, str]]) -> None:
+        """After the commit: log, count and emit events (outside every lock)."""
         for outcome, event in written:
             if event == "lease_lost":
                 self._lease_lost(outcome.attempt)
@@ -638,24 +650,55 @@ class Worker(Generic[TaskT]):
     # ------------------------------------------------------------------ supervisor
 
     def _supervise(self) -> None:
-        """Heartbeats, timeouts and throttled progress, on one background thread."""
+        """Heartbeats, timeouts, throttled progress and stale prefetched tasks, on one
+        background thread."""
         next_heartbeat = time.monotonic() + self._heartbeat
         while not self._supervisor_stop.is_set():
-            now = time.monotonic()
-            if now >= next_heartbeat:
-                self._renew_leases()
-                next_heartbeat = now + self._heartbeat
-            self._enforce_timeouts(now)
-            with self._lock:
-                running = [a for a in self._held.values() if a.running]
-            for attempt in running:
-                attempt.context.flush_progress(force=False)
-            deadlines = [a.deadline for a in running if a.deadline and not a.finished]
-            wait = min([next_heartbeat, *deadlines]) - time.monotonic()
-            if running and self._progress_interval:
-                wait = min(wait, self._progress_interval)
+            wait = self._poll
+            try:
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    self._renew_leases()
+                    self._release_stale_waiting(now)
+                    next_heartbeat = now + self._heartbeat
+                self._enforce_timeouts(now)
+                with self._lock:
+                    running = [a for a in self._held.values() if a.running]
+                for attempt in running:
+                    attempt.context.flush_progress(force=False)
+                deadlines = [a.deadline for a in running if a.deadline and not a.finished]
+                wait = min([next_heartbeat, *deadlines]) - time.monotonic()
+                if running and self._progress_interval:
+                    wait = min(wait, self._progress_interval)
+            except Exception:  # keep heartbeating whatever happens
+                logger.exception("worker.supervisor_error")
             self._supervisor_wake.wait(max(wait, 0.01))
             self._supervisor_wake.clear()
+
+    def _release_stale_waiting(self, now: float) -> None:
+        """Hand back claimed tasks that waited a whole lease for a slot (every slot is
+        busy, perhaps with handlers that timed out but never return), so other workers
+        can run them."""
+        limit = self._lease.total_seconds()
+        with self._lock:
+            stale = [
+                a
+                for a in self._held.values()
+                if not a.running
+                and not a.outcome_queued
+                and not a.finished
+                and a.started == a.claimed
+                and now - a.claimed > limit
+            ]
+            for attempt in stale:
+                attempt.settled = True
+                attempt.outcome_queued = True
+                self._outcomes.append(Outcome(attempt, "release"))
+        if stale:
+            logger.warning(
+                "worker.release_waiting count=%d (no slot freed within a lease)", len(stale)
+            )
+            self._wake.set()
 
     def _renew_leases(self) -> None:
         with self._write_lock:
@@ -708,7 +751,7 @@ class Worker(Generic[TaskT]):
             logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
             return
         # held until the handler returns: its slot stays busy till then
-        self._report(written, forget=False)
+        self._report(written)
 
     # ------------------------------------------------------------------ start and stop
 
@@ -745,7 +788,7 @@ class Worker(Generic[TaskT]):
             deadline = time.monotonic() + self._grace
             while True:
                 flushed = self._flush_outcomes()
-                if (not self._busy and flushed) or time.monotonic() >= deadline:
+                if (flushed and not self._still_running()) or time.monotonic() >= deadline:
                     break
                 self._wake.wait(min(max(deadline - time.monotonic(), 0.01), 0.5))
                 self._wake.clear()
@@ -756,6 +799,8 @@ class Worker(Generic[TaskT]):
                 for attempt in leftover:
                     attempt.settled = True  # whatever the handler returns later is discarded
                 self._outcomes.extend(self._outcome(a, "release") for a in leftover)
+            for attempt in leftover:
+                attempt.context.interrupt("handed back at shutdown")
             if not self._flush_outcomes():
                 with self._lock:
                     unwritten, self._outcomes = self._outcomes, []
@@ -779,6 +824,11 @@ class Worker(Generic[TaskT]):
                 self.stats.retried,
                 self.stats.released,
             )
+
+    def _still_running(self) -> bool:
+        """Handlers whose outcome is still open (a timed-out one is already settled)."""
+        with self._lock:
+            return any(a.running and not a.finished for a in self._held.values())
 
     def _release_queued(self) -> None:
         """Claimed tasks still waiting for a slot go straight back."""

@@ -148,6 +148,7 @@ def test_enqueue_rejects_payloads_that_are_not_json(
         ({"run_at": "tomorrow"}, TypeError, "run_at"),
         ({"run_at": timedelta(seconds=-1)}, ValueError, "run_at"),
         ({"timeout_seconds": 0}, ValueError, "timeout_seconds"),
+        ({"run_at": timedelta(days=10**6)}, ValueError, "at most"),
         ({"status": "completed"}, TypeError, "status"),
         ({"no_such_column": 1}, TypeError, "no_such_column"),
     ],
@@ -384,7 +385,7 @@ def test_unknown_ids_raise_task_not_found(repo: Repo) -> None:
     assert repo.get_task(999) is None
 
 
-@pytest.mark.parametrize("task_id", [0, -3, True, "7", None])
+@pytest.mark.parametrize("task_id", [0, -3, True, "7", None, 2**63])
 def test_bad_task_ids_are_rejected(repo: Repo, task_id: Any) -> None:
     with pytest.raises((TypeError, ValueError), match="task_id"):
         repo.get_task(task_id)
@@ -652,6 +653,22 @@ def test_retry_never_duplicates_an_active_deduplicated_task(repo: Repo, session:
     assert repo.get_task(first).status is TaskStatus.FAILED  # type: ignore[union-attr]
 
 
+def test_retry_failed_tasks_retries_one_of_several_sharing_a_dedupe_key(
+    repo: Repo, session: Session
+) -> None:
+    first, _ = repo.enqueue_if_not_exists("import", {"file": "a.csv"}, max_retries=0)
+    session.commit()
+    repo.fail_task(claim(repo, "import").id, "boom")
+    second, _ = repo.enqueue_if_not_exists("import", {"file": "a.csv"}, max_retries=0)
+    session.commit()
+    repo.fail_task(claim(repo, "import").id, "boom again")
+    session.commit()
+    assert repo.retry_failed_tasks() == 1
+    session.commit()
+    statuses = sorted(repo.get_task(i).status for i in (first, second))  # type: ignore[union-attr]
+    assert statuses == [TaskStatus.FAILED, TaskStatus.PENDING]
+
+
 def test_a_backslash_before_u0000_is_not_a_nul(repo: Repo, session: Session) -> None:
     task_id = repo.enqueue("a", {"path": "C:\\u0000dir"})
     session.commit()
@@ -762,6 +779,8 @@ def test_repository_rejects_a_model_that_is_not_a_task_table(session: Session) -
 def test_repository_rejects_bad_configuration(session: Session, clean_table: type[Any]) -> None:
     with pytest.raises(ValueError, match="lease_duration"):
         TaskRepository(session, clean_table, lease_duration=timedelta(0))
+    with pytest.raises(ValueError, match="at most"):
+        TaskRepository(session, clean_table, lease_duration=timedelta(days=10**6))
     with pytest.raises(TypeError, match="backoff"):
         TaskRepository(session, clean_table, backoff=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="jitter"):

@@ -719,8 +719,9 @@ def test_prefetched_tasks_keep_their_leases_and_go_back_at_shutdown(
         calls.append(task.id)
         return first(task, ctx) if task.id == ids[0] else "later"
 
+    # a 3 s lease: renewed every 0.75 s, and a waiting task is handed back only after 3 s
     worker = make_worker(
-        session_factory, clean_table, {"job": job}, concurrency=1, prefetch=2, lease_duration=1
+        session_factory, clean_table, {"job": job}, concurrency=1, prefetch=2, lease_duration=3
     )
     with running(worker) as thread:
         assert first.started.wait(10)
@@ -741,3 +742,77 @@ def test_prefetched_tasks_keep_their_leases_and_go_back_at_shutdown(
         task = fetch(session_factory, clean_table, task_id)
         assert (task.status, task.retry_count) == (TaskStatus.PENDING, 0)
     assert (worker.stats.rescued, worker.stats.lost_leases, worker.stats.released) == (0, 0, 2)
+
+
+def test_a_handler_calling_sys_exit_fails_its_attempt(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    import sys
+
+    def exits(task: Any, ctx: TaskContext) -> None:
+        sys.exit(3)
+
+    task_id = enqueue(session_factory, clean_table, "exits", max_retries=0)
+    worker = make_worker(session_factory, clean_table, {"exits": exits})
+    worker.run(until_empty=True)  # returns: the slot survived and the task is settled
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.status, task.error_message) == (TaskStatus.FAILED, "SystemExit: 3")
+
+
+def test_tasks_waiting_behind_a_hung_handler_go_back_after_a_lease(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    hung = Gate("never mind")
+    first = enqueue(session_factory, clean_table, "hang", timeout_seconds=1, max_retries=0)
+    waiting = enqueue(session_factory, clean_table, "quick")
+    worker = make_worker(
+        session_factory,
+        clean_table,
+        {"hang": hung, "quick": lambda task, ctx: "done"},
+        concurrency=1,
+        prefetch=1,
+        lease_duration=1,
+    )
+    try:
+        with running(worker):
+            assert hung.started.wait(10)
+            # the hung handler times out but never returns; the prefetched task is handed back
+            wait_for(
+                lambda: fetch(session_factory, clean_table, waiting).status is TaskStatus.PENDING
+            )
+            other = make_worker(session_factory, clean_table, {"quick": lambda task, ctx: "done"})
+            other.run(until_empty=True)
+            assert fetch(session_factory, clean_table, waiting).result == "done"
+            assert fetch(session_factory, clean_table, first).status is TaskStatus.FAILED
+    finally:
+        hung.proceed.set()
+
+
+def test_a_prefetched_task_whose_lease_is_lost_is_not_run(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    blocker = Gate("first")
+    ids = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(2)]
+    calls: list[int] = []
+
+    def job(task: Any, ctx: TaskContext) -> Any:
+        calls.append(task.id)
+        return blocker(task, ctx) if task.id == ids[0] else "second"
+
+    worker = make_worker(
+        session_factory, clean_table, {"job": job}, concurrency=1, prefetch=1, lease_duration=1
+    )
+    with running(worker):
+        assert blocker.started.wait(10)
+        wait_for(
+            lambda: fetch(session_factory, clean_table, ids[1]).status is TaskStatus.IN_PROGRESS
+        )
+        with session_factory() as session:  # an operator finishes the waiting task by hand
+            TaskRepository(session, clean_table).complete_task(ids[1], result="by hand")
+            session.commit()
+        wait_for(lambda: worker.stats.lost_leases == 1)
+        blocker.proceed.set()
+        wait_for(lambda: fetch(session_factory, clean_table, ids[0]).status is TaskStatus.COMPLETED)
+    assert calls == [ids[0]]
+    assert fetch(session_factory, clean_table, ids[1]).result == "by hand"
+    assert worker.stats.lost_leases == 1
