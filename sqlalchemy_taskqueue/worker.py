@@ -367,12 +367,12 @@ class Worker(Generic[TaskT]):
             with self._lock:
                 for outcome, _ in written:
                     self._forget(outcome.attempt)
+        if claimed:
+            self._dispatch(claimed)  # held (and heartbeated) before any callback runs
         # events and user callbacks run outside the write lock: heartbeats never wait on them
         self._report(written)
         if failure is not None:
             raise failure
-        if claimed:
-            self._dispatch(claimed)
         return claimed
 
     def _requeue(self, outcomes: list[Outcome]) -> None:
