@@ -77,7 +77,12 @@ class AsyncTaskRepository(Generic[TaskT]):
         self._options = options
 
     def sync_repository(self, session: Session) -> TaskRepository[TaskT]:
-        """The synchronous twin bound to ``session`` (used inside ``run_sync``)."""
+        """The synchronous twin bound to ``session`` (used inside ``run_sync``).
+
+        Example::
+
+            stats = await repo.session.run_sync(lambda s: repo.sync_repository(s).queue_stats())
+        """
         return TaskRepository(session, self.model, **self._options)
 
     enqueue = _awaitable(TaskRepository.enqueue)

@@ -33,7 +33,13 @@ class WorkerStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
-        """Increment counters by name."""
+        """Increment counters by name.
+
+        >>> stats = WorkerStats()
+        >>> stats.add(claimed=2, completed=1)
+        >>> stats.claimed, stats.completed
+        (2, 1)
+        """
         with self._lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
@@ -59,19 +65,35 @@ class Attempt:
 
     @property
     def lease(self) -> tuple[int, uuid.UUID]:
-        """``(task_id, lease_token)`` as the repository's lease methods take it."""
+        """``(task_id, lease_token)`` as the repository's lease methods take it.
+
+        Example::
+
+            repo.renew_leases([attempt.lease for attempt in held])
+        """
         return (self.task.id, self.task.lease_token)
 
     @property
     def finished(self) -> bool:
-        """Nothing more may be written for this attempt."""
+        """Nothing more may be written for this attempt.
+
+        Example::
+
+            leases = [a.lease for a in attempts if not a.finished]
+        """
         return self.settled or self.lost
 
     def __post_init__(self) -> None:
         self.started = self.claimed  # until the handler starts
 
     def start(self) -> None:
-        """The handler starts now: the timeout counts from here."""
+        """The handler starts now: the timeout counts from here.
+
+        Example::
+
+            attempt.start()
+            result = spec.function(attempt.task, attempt.context)
+        """
         self.started = time.monotonic()
         self.running = True
         if self.timeout_seconds is not None:

@@ -106,7 +106,13 @@ class TaskContext:
 
     @property
     def stop_reason(self) -> str | None:
-        """Why the attempt should stop, or ``None``."""
+        """Why the attempt should stop, or ``None``.
+
+        Example::
+
+            if ctx.should_stop():
+                logger.info("export stopped early: %s", ctx.stop_reason)
+        """
         if self._stop_reason is not None:
             return self._stop_reason
         return "the worker is shutting down" if self._worker_stopping.is_set() else None
@@ -114,12 +120,26 @@ class TaskContext:
     # ------------------------------------------------------------------ for the worker
 
     def interrupt(self, reason: str) -> None:
-        """Ask the handler to stop (timeout, lost lease, shutdown deadline)."""
+        """Ask the handler to stop (timeout, lost lease, shutdown deadline).
+
+        Only the first reason is kept; :meth:`should_stop` turns true.
+
+        Example::
+
+            ctx.interrupt("the lease on this task was lost")
+        """
         if self._stop_reason is None:
             self._stop_reason = reason
 
     def flush_progress(self, *, force: bool) -> None:
-        """Write the latest reported progress if the throttle interval has passed."""
+        """Write the latest reported progress if the throttle interval has passed.
+
+        With ``force`` it is written regardless of the interval.
+
+        Example::
+
+            ctx.flush_progress(force=True)  # write the last value now
+        """
         with self._lock:
             value = self._pending
             now = time.monotonic()

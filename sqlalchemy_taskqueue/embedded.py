@@ -92,7 +92,16 @@ class EmbeddedServer:
         self.url: str = normalize_url(str(handle.get_uri()))
 
     def stop(self) -> None:
-        """Stop the server (pgserver keeps it running while other processes use it)."""
+        """Stop the server (pgserver keeps it running while other processes use it).
+
+        Example::
+
+            server = start_embedded_server()
+            try:
+                run_tests(server.url)
+            finally:
+                server.stop()
+        """
         self._handle.cleanup()
 
 

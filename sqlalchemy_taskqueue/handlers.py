@@ -92,7 +92,12 @@ class HandlerRegistry(Mapping[str, Handler]):
         self._specs[str(task_type)] = HandlerSpec(function, seconds)
 
     def spec(self, task_type: str) -> HandlerSpec | None:
-        """The handler and timeout registered for ``task_type``, if any."""
+        """The handler and timeout registered for ``task_type``, if any.
+
+        Example::
+
+            tasks.spec("bulk_import").timeout_seconds  # 600.0
+        """
         return self._specs.get(task_type)
 
     def __getitem__(self, task_type: str) -> Handler:

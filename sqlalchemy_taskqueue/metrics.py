@@ -59,6 +59,14 @@ class QueueCollector(Collector):
         self._model = model
 
     def collect(self) -> Iterator[Metric]:
+        """Read the queue and yield its gauges (called by ``prometheus_client`` per scrape).
+
+        When the database cannot be read, only ``taskqueue_up`` is yielded, with value 0.
+
+        Example::
+
+            [metric.name for metric in QueueCollector(sessionmaker(engine), Task).collect()]
+        """
         tasks = GaugeMetricFamily(
             "taskqueue_tasks", "Tasks by type and status.", labels=["type", "status"]
         )
@@ -124,7 +132,12 @@ class WorkerMetrics:
         )
 
     def on_event(self, event: str, task: Any, seconds: float) -> None:
-        """The worker's event hook: count ``event`` and record the attempt's run time."""
+        """The worker's event hook: count ``event`` and record the attempt's run time.
+
+        Example::
+
+            metrics.on_event("completed", task, 0.42)
+        """
         counter = {
             "completed": self.completed,
             "failed": self.failed,
@@ -147,7 +160,16 @@ class MetricsServer:
         self.port: int = int(server.server_port)
 
     def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving.
+
+        Example::
+
+            server = serve_worker_metrics(9100, sessionmaker(engine), Task)
+            try:
+                worker.run()
+            finally:
+                server.stop()
+        """
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

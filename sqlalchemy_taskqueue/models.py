@@ -80,9 +80,21 @@ class TaskStatusType(TypeDecorator[TaskStatus]):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        """The text stored for a status (a :class:`TaskStatus` or its value).
+
+        >>> from sqlalchemy.dialects import postgresql
+        >>> TaskStatusType().process_bind_param(TaskStatus.FAILED, postgresql.dialect())
+        'failed'
+        """
         return None if value is None else TaskStatus(value).value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> TaskStatus | None:
+        """The :class:`TaskStatus` for the text read from the database.
+
+        >>> from sqlalchemy.dialects import postgresql
+        >>> TaskStatusType().process_result_value("failed", postgresql.dialect())
+        <TaskStatus.FAILED: 'failed'>
+        """
         return None if value is None else TaskStatus(value)
 
 
@@ -105,7 +117,11 @@ def task_table(model: Any) -> Table:
 
 
 def claim_index_name(table_name: str) -> str:
-    """Name of the partial index the claim query walks, for ``table_name``."""
+    """Name of the partial index the claim query walks, for ``table_name``.
+
+    >>> claim_index_name("tasks")
+    'ix_tasks_claimable'
+    """
     return f"ix_{table_name}_claimable"
 
 
@@ -144,7 +160,9 @@ def merge_table_args(cls: type[Any], *args: Any) -> tuple[Any, ...]:
 
     Positional items may be schema items (``Index``, ``UniqueConstraint`` ...), tuples of
     them, or dicts of table options (merged, later ones win).  Use it from a
-    ``declared_attr``::
+    ``declared_attr``.
+
+    Example::
 
         class Task(TaskMixin, Base):
             __tablename__ = "tasks"

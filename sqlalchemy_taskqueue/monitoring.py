@@ -108,29 +108,54 @@ class OutcomeRate:
 
     @property
     def finished(self) -> int:
-        """Tasks that reached a final state in the window."""
+        """Tasks that reached a final state in the window.
+
+        >>> rate = OutcomeRate("email", 90, 10, 0, retried=5, window_seconds=3600)
+        >>> rate.finished
+        100
+        """
         return self.completed + self.failed + self.cancelled
 
     @property
     def success_rate(self) -> float:
-        """Completed share of completed + failed (0 when none)."""
+        """Completed share of completed + failed (0 when none).
+
+        >>> rate = OutcomeRate("email", 90, 10, 0, retried=5, window_seconds=3600)
+        >>> rate.success_rate
+        0.9
+        """
         decided = self.completed + self.failed
         return self.completed / decided if decided else 0.0
 
     @property
     def failure_rate(self) -> float:
-        """Failed share of completed + failed (0 when none)."""
+        """Failed share of completed + failed (0 when none).
+
+        >>> rate = OutcomeRate("email", 90, 10, 0, retried=5, window_seconds=3600)
+        >>> rate.failure_rate
+        0.1
+        """
         decided = self.completed + self.failed
         return self.failed / decided if decided else 0.0
 
     @property
     def retry_rate(self) -> float:
-        """Share of finished tasks that needed a retry (0 when none)."""
+        """Share of finished tasks that needed a retry (0 when none).
+
+        >>> rate = OutcomeRate("email", 90, 10, 0, retried=5, window_seconds=3600)
+        >>> rate.retry_rate
+        0.05
+        """
         return self.retried / self.finished if self.finished else 0.0
 
     @property
     def throughput_per_minute(self) -> float:
-        """Completed tasks per minute over the window."""
+        """Completed tasks per minute over the window.
+
+        >>> rate = OutcomeRate("email", 90, 10, 0, retried=5, window_seconds=3600)
+        >>> rate.throughput_per_minute
+        1.5
+        """
         return self.completed / (self.window_seconds / 60) if self.window_seconds else 0.0
 
 

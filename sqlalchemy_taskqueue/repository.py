@@ -94,7 +94,12 @@ _MANAGED_COLUMNS = frozenset(
 
 
 def default_owner() -> str:
-    """A worker identity: host name, process id and a short random suffix."""
+    """A worker identity: host name, process id and a short random suffix.
+
+    Example::
+
+        default_owner()  # 'web-1:4242:9f3c1a2b'
+    """
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -159,22 +164,42 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     @property
     def session(self) -> Session:
-        """The caller's session this repository runs in."""
+        """The caller's session this repository runs in.
+
+        Example::
+
+            repo.session.commit()  # the repository itself never commits
+        """
         return self._session
 
     @property
     def model(self) -> type[TaskT]:
-        """The task model."""
+        """The task model.
+
+        Example::
+
+            repo.model.__tablename__  # 'tasks'
+        """
         return self._model
 
     @property
     def owner(self) -> str:
-        """The identity written to ``lease_owner`` by claims made through this repository."""
+        """The identity written to ``lease_owner`` by claims made through this repository.
+
+        Example::
+
+            TaskRepository(session, Task, owner="importer-1").owner  # 'importer-1'
+        """
         return self._owner
 
     @property
     def notify_channel(self) -> str:
-        """The LISTEN/NOTIFY channel on which this queue announces new tasks."""
+        """The LISTEN/NOTIFY channel on which this queue announces new tasks.
+
+        Example::
+
+            repo.notify_channel  # 'taskqueue_tasks'
+        """
         return statements.notify_channel(self._table)
 
     # ------------------------------------------------------------------ enqueue
@@ -839,6 +864,12 @@ def require_json(name: str, value: Any, *, allow_none: bool) -> None:
 
     ``ValueError`` for text PostgreSQL refuses in ``jsonb``: NUL characters and unpaired
     UTF-16 surrogates.
+
+    >>> require_json("payload", {"rows": [1, 2]}, allow_none=False)
+    >>> require_json("payload", {"tags": {1}}, allow_none=False)
+    Traceback (most recent call last):
+        ...
+    TypeError: payload is not JSON-serialisable: Object of type set is not JSON serializable
     """
     if value is None:
         if allow_none:

@@ -114,7 +114,12 @@ SUPPORTED_DIALECTS = frozenset({"postgresql"})
 
 
 def require_supported_dialect(dialect: Dialect) -> None:
-    """Raise :class:`UnsupportedDialectError` unless the queue can run on ``dialect``."""
+    """Raise :class:`UnsupportedDialectError` unless the queue can run on ``dialect``.
+
+    Example::
+
+        require_supported_dialect(engine.dialect)  # raises UnsupportedDialectError on SQLite
+    """
     if dialect.name not in SUPPORTED_DIALECTS:
         raise UnsupportedDialectError(
             f"sqlalchemy-taskqueue does not support the {dialect.name!r} dialect yet; "
@@ -146,7 +151,12 @@ FINISHED_PREDICATE = f"status IN ({_quoted_list(FINISHED_STATUSES)})"
 
 
 def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
-    """An index restricted to the rows matching ``where`` (PostgreSQL and SQLite)."""
+    """An index restricted to the rows matching ``where`` (PostgreSQL and SQLite).
+
+    Example::
+
+        partial_index("ix_tasks_claimable", "priority", "run_at", "id", where=CLAIMABLE_PREDICATE)
+    """
     return Index(
         name,
         *columns,
@@ -180,6 +190,10 @@ def notify_channel(table: Table) -> str:
 
     ``taskqueue_<schema.table>``; a name too long for PostgreSQL keeps its start and
     ends with a hash of the whole name, so it stays unique.
+
+    Example::
+
+        notify_channel(Task.__table__)  # 'taskqueue_tasks'
     """
     channel = f"taskqueue_{table.fullname}"
     if len(channel.encode()) <= _MAX_CHANNEL_BYTES:
@@ -199,6 +213,12 @@ def insert_statement(
     database clock for ``run_at``) when ``delayed``.  The notification is sent from the
     same statement (one round trip) and PostgreSQL delivers it only when the enqueuing
     transaction commits.  Statements are cached per table and column set.
+
+    Example::
+
+        stmt = insert_statement(Task.__table__, ("payload", "type"), channel="taskqueue_tasks")
+        row = {"type": "email", "payload": {"to": "a@example.com"}}
+        task_id = session.execute(stmt, row).scalar_one()
     """
     inserted = insert(table).values(**_row_binds(table, columns, delayed)).returning(table.c.id)
     if channel is None:
@@ -220,6 +240,11 @@ def insert_many_statement(table: Table, *, delayed: bool = False) -> Insert:
     SQLAlchemy batches the rows into multi-row ``INSERT ... VALUES`` statements and sorts
     the returned ids by parameter order.  When ``delayed``, each row carries ``run_delay``
     (an interval added to the database clock for ``run_at``).
+
+    Example::
+
+        rows = [{"type": "email", "payload": {"to": to}} for to in addresses]
+        ids = session.execute(insert_many_statement(Task.__table__), rows).scalars().all()
     """
     stmt = insert(table)
     if delayed:
@@ -236,6 +261,13 @@ def insert_if_absent_statement(
     Parameters as :func:`insert_statement` (``columns`` includes ``dedupe_key``).
     Returns the new id, or no row when the unique partial index reported a conflict.  The
     index arbitrates concurrent callers, so two transactions can never both insert.
+
+    Example::
+
+        columns = ("dedupe_key", "payload", "type")
+        stmt = insert_if_absent_statement(Task.__table__, columns, channel=None)
+        row = {"type": "import", "payload": {}, "dedupe_key": "a.csv"}
+        created = session.execute(stmt, row).first()  # None: an active task holds the key
     """
     inserted = (
         postgresql.insert(table)
@@ -257,18 +289,33 @@ def _announce(inserted: Insert, channel: str) -> Select[Any]:
 
 
 def listen_statement(channel: str) -> str:
-    """``LISTEN`` on ``channel`` (raw SQL for the listener's dedicated connection)."""
+    """``LISTEN`` on ``channel`` (raw SQL for the listener's dedicated connection).
+
+    >>> listen_statement("taskqueue_tasks")
+    'LISTEN "taskqueue_tasks"'
+    """
     quoted = channel.replace('"', '""')
     return f'LISTEN "{quoted}"'
 
 
 def notify_statement(channel: str) -> Select[Any]:
-    """Announce new work on ``channel`` (delivered when the transaction commits)."""
+    """Announce new work on ``channel`` (delivered when the transaction commits).
+
+    Example::
+
+        session.execute(notify_statement(notify_channel(Task.__table__)))
+    """
     return select(func.pg_notify(channel, ""))
 
 
 def active_dedupe_lookup_statement(table: Table, task_type: str, dedupe_key: str) -> Select[Any]:
-    """The id of the active task holding ``dedupe_key`` for ``task_type``, if any."""
+    """The id of the active task holding ``dedupe_key`` for ``task_type``, if any.
+
+    Example::
+
+        stmt = active_dedupe_lookup_statement(Task.__table__, "import", "a.csv")
+        holder_id = session.execute(stmt).scalar_one_or_none()
+    """
     c = table.c
     return select(c.id).where(
         c.type == task_type,
@@ -306,6 +353,18 @@ def claim_statement(table: Table, *, type_filter: TypeFilter) -> Update:
        so concurrent workers never wait for or double-claim one another.
     3. The ``UPDATE`` marks the picked rows ``in_progress`` and stamps the lease: owner,
        a token unique to this claim (used to fence later writes) and an expiry.
+
+    Example::
+
+        stmt = claim_statement(Task.__table__, type_filter="one")
+        params = {
+            "task_type": "email",
+            "limit": 10,
+            "lease": timedelta(seconds=60),
+            "owner": "w1",
+            "token": uuid.uuid4(),
+        }
+        claimed = session.execute(stmt, params).all()
     """
     c = table.c
     claimable = (
@@ -365,6 +424,12 @@ def complete_statement(table: Table, *, fenced: bool) -> Update:
     """Mark an in-progress task completed (progress 100) with a JSON result.
 
     Parameters: ``task_id``, ``new_result`` and, when ``fenced``, ``token``.
+
+    Example::
+
+        stmt = complete_statement(Task.__table__, fenced=True)
+        params = {"task_id": 42, "new_result": {"rows": 10}, "token": task.lease_token}
+        completed = session.execute(stmt, params).first() is not None
     """
     result = bindparam("new_result", type_=table.c.result.type)
     return (
@@ -405,6 +470,11 @@ def complete_many_statement(table: Table) -> Update:
 
     Parameters: ``ids``, ``tokens`` (text) and ``results`` (JSON text or NULL), arrays
     of equal length.  Pairs whose lease is no longer current are left untouched.
+
+    Example::
+
+        params = {"ids": [42, 43], "tokens": [str(t1), str(t2)], "results": ['{"ok": true}', None]}
+        done = set(session.execute(complete_many_statement(Task.__table__), params).scalars())
     """
     leases = _leases(table, with_results=True)
     return (
@@ -460,6 +530,12 @@ def fail_statement(
     """Record a failed attempt: back to ``pending`` with backoff, or ``failed``.
 
     Parameters: ``task_id``, ``message`` and, when ``fenced``, ``token``.
+
+    Example::
+
+        stmt = fail_statement(Task.__table__, fenced=True, backoff=DEFAULT_BACKOFF)
+        params = {"task_id": 42, "message": "ValueError: bad row", "token": task.lease_token}
+        new_status = session.execute(stmt, params).scalar_one()
     """
     message = bindparam("message", type_=Text)
     return (
@@ -476,6 +552,11 @@ def progress_statement(table: Table, *, fenced: bool) -> Update:
 
     Parameters: ``task_id``, ``new_progress`` and, when ``fenced``, ``token``; unfenced,
     a pending task may be updated too.
+
+    Example::
+
+        stmt = progress_statement(Task.__table__, fenced=False)
+        session.execute(stmt, {"task_id": 42, "new_progress": 40})
     """
     c = table.c
     if fenced:
@@ -491,7 +572,12 @@ def progress_statement(table: Table, *, fenced: bool) -> Update:
 
 
 def duplicate_holder_statement(table: Table, task_id: int) -> Select[Any]:
-    """The active task that holds the dedupe key of task ``task_id``, if any."""
+    """The active task that holds the dedupe key of task ``task_id``, if any.
+
+    Example::
+
+        holder_id = session.execute(duplicate_holder_statement(Task.__table__, 42)).scalar()
+    """
     c = table.c
     holder = table.alias("holder")
     return select(holder.c.id).where(
@@ -503,12 +589,22 @@ def duplicate_holder_statement(table: Table, task_id: int) -> Select[Any]:
 
 
 def diagnose_statement(table: Table, task_id: int) -> Select[Any]:
-    """The status and lease token of one task, to explain why a guarded update missed."""
+    """The status and lease token of one task, to explain why a guarded update missed.
+
+    Example::
+
+        status, lease_token = session.execute(diagnose_statement(Task.__table__, 42)).one()
+    """
     return select(table.c.status, table.c.lease_token).where(table.c.id == task_id)
 
 
 def cancel_statement(table: Table, task_id: int) -> Update:
-    """Cancel a task that has not started yet."""
+    """Cancel a task that has not started yet.
+
+    Example::
+
+        cancelled = session.execute(cancel_statement(Task.__table__, 42)).first() is not None
+    """
     c = table.c
     return (
         update(table)
@@ -525,6 +621,11 @@ def retry_statement(table: Table, *, task_id: int | None, task_type: str | None)
     failed task whose dedupe key an active task holds stays failed, and of several failed
     tasks sharing a dedupe key only the newest is retried: the unique index allows one
     active task per key.
+
+    Example::
+
+        stmt = retry_statement(Task.__table__, task_id=None, task_type="webhook")
+        retried_ids = session.execute(stmt).scalars().all()
     """
     c = table.c
     holder = table.alias("holder")
@@ -580,6 +681,11 @@ def renew_leases_statement(table: Table) -> Update:
     Parameters: ``ids`` and ``tokens`` (arrays) and ``lease`` (interval).  One statement
     renews the leases of all tasks a worker holds; an id missing from the result has lost
     its lease (rescued, or changed by an operator).
+
+    Example::
+
+        params = {"ids": [42], "tokens": [str(task.lease_token)], "lease": timedelta(seconds=60)}
+        kept = set(session.execute(renew_leases_statement(Task.__table__), params).scalars())
     """
     return (
         _update_leased(table, _leases(table))
@@ -593,6 +699,11 @@ def release_statement(table: Table) -> Update:
     """Hand unfinished tasks back to ``pending`` without consuming a retry (shutdown).
 
     Parameters: ``ids`` and ``tokens`` (arrays).
+
+    Example::
+
+        params = {"ids": [42], "tokens": [str(task.lease_token)]}
+        released = set(session.execute(release_statement(Task.__table__), params).scalars())
     """
     return (
         _update_leased(table, _leases(table))
@@ -615,6 +726,11 @@ def rescue_statement(table: Table, *, limit: int) -> Update:
     leases; once a lease has expired, any worker rescues the task with the same rule as a
     failed attempt, except that a rescued task is due at once (the attempt already waited
     out its lease).  ``SKIP LOCKED`` lets several workers rescue concurrently.
+
+    Example::
+
+        stmt = rescue_statement(Task.__table__, limit=1000)
+        rescued = {task_id: status for task_id, status in session.execute(stmt)}
     """
     c = table.c
     expired = (
@@ -638,14 +754,25 @@ def rescue_statement(table: Table, *, limit: int) -> Update:
 
 
 def payload_contains(table: Table, match: Mapping[str, Any]) -> ColumnElement[bool]:
-    """``payload @> match``: the payload has every key of ``match`` with that value."""
+    """``payload @> match``: the payload has every key of ``match`` with that value.
+
+    Example::
+
+        stmt = select(Task.id).where(payload_contains(Task.__table__, {"project_id": 7}))
+    """
     return table.c.payload.op("@>")(cast(literal(json.dumps(match)), postgresql.JSONB))
 
 
 def progress_lookup_statement(
     table: Table, task_type: str, match: Mapping[str, Any]
 ) -> Select[Any]:
-    """Progress of the newest unfinished task of a type whose payload matches."""
+    """Progress of the newest unfinished task of a type whose payload matches.
+
+    Example::
+
+        stmt = progress_lookup_statement(Task.__table__, "data_export", {"project_id": 7})
+        progress = session.execute(stmt).scalar_one_or_none()  # 45
+    """
     c = table.c
     condition = and_(c.type == task_type, c.status.in_(ACTIVE_STATUSES))
     if match:
@@ -661,7 +788,13 @@ def _seconds_between(later: Any, earlier: Any) -> ColumnElement[Any]:
 
 
 def status_counts_statement(table: Table) -> Select[Any]:
-    """Tasks per type and status."""
+    """Tasks per type and status.
+
+    Example::
+
+        for task_type, status, total in session.execute(status_counts_statement(Task.__table__)):
+            print(task_type, status, total)
+    """
     c = table.c
     return (
         select(c.type, c.status, func.count().label("total"))
@@ -674,6 +807,11 @@ def queue_depth_statement(table: Table) -> Select[Any]:
     """Pending tasks per type: due now, scheduled for later, and the oldest due one's age.
 
     Reads only pending rows, through the partial claimable index.
+
+    Example::
+
+        for row in session.execute(queue_depth_statement(Task.__table__)):
+            print(row.type, row.ready, row.scheduled, row.oldest_ready_seconds)
     """
     c = table.c
     due = c.run_at <= _now()
@@ -695,7 +833,15 @@ def queue_depth_statement(table: Table) -> Select[Any]:
 def stuck_tasks_statement(
     table: Table, *, running_longer_than: timedelta, limit: int
 ) -> Select[Any]:
-    """In-progress tasks that run longer than a threshold or whose lease has expired."""
+    """In-progress tasks that run longer than a threshold or whose lease has expired.
+
+    Example::
+
+        stmt = stuck_tasks_statement(
+            Task.__table__, running_longer_than=timedelta(hours=1), limit=100
+        )
+        stuck = session.execute(stmt).all()
+    """
     c = table.c
     expired = c.lease_expires_at < _now()
     return (
@@ -719,7 +865,14 @@ def stuck_tasks_statement(
 
 
 def processing_times_statement(table: Table, *, window: timedelta) -> Select[Any]:
-    """Average and 95th percentile run time of tasks completed within ``window``."""
+    """Average and 95th percentile run time of tasks completed within ``window``.
+
+    Example::
+
+        stmt = processing_times_statement(Task.__table__, window=timedelta(hours=24))
+        for row in session.execute(stmt):
+            print(row.type, row.completed, row.average_seconds, row.p95_seconds)
+    """
     c = table.c
     seconds = _seconds_between(c.completed_at, c.started_at)
     return (
@@ -736,7 +889,14 @@ def processing_times_statement(table: Table, *, window: timedelta) -> Select[Any
 
 
 def outcome_counts_statement(table: Table, *, window: timedelta) -> Select[Any]:
-    """Finished tasks per type within ``window``: completed, failed, cancelled, retried."""
+    """Finished tasks per type within ``window``: completed, failed, cancelled, retried.
+
+    Example::
+
+        stmt = outcome_counts_statement(Task.__table__, window=timedelta(hours=24))
+        for row in session.execute(stmt):
+            print(row.type, row.completed, row.failed, row.cancelled, row.retried)
+    """
     c = table.c
     return (
         select(
@@ -763,7 +923,14 @@ def outcome_counts_statement(table: Table, *, window: timedelta) -> Select[Any]:
 def recent_failures_statement(
     table: Table, *, limit: int, task_type: str | None = None
 ) -> Select[Any]:
-    """The latest permanently failed tasks with their error messages."""
+    """The latest permanently failed tasks with their error messages.
+
+    Example::
+
+        stmt = recent_failures_statement(Task.__table__, limit=20, task_type="webhook")
+        for row in session.execute(stmt):
+            print(row.id, row.error_message)
+    """
     c = table.c
     condition = c.status == TaskStatus.FAILED
     if task_type is not None:
@@ -785,7 +952,13 @@ def _purgeable(table: Table, older_than: timedelta) -> ColumnElement[bool]:
 
 
 def purge_statement(table: Table, *, older_than: timedelta, batch_size: int) -> Delete:
-    """Delete one bounded batch of finished tasks that finished before ``now() - older_than``."""
+    """Delete one bounded batch of finished tasks that finished before ``now() - older_than``.
+
+    Example::
+
+        stmt = purge_statement(Task.__table__, older_than=timedelta(days=7), batch_size=1000)
+        deleted = session.execute(stmt).rowcount
+    """
     c = table.c
     batch = (
         select(c.id)
@@ -798,5 +971,11 @@ def purge_statement(table: Table, *, older_than: timedelta, batch_size: int) -> 
 
 
 def purgeable_count_statement(table: Table, *, older_than: timedelta) -> Select[Any]:
-    """How many tasks :func:`purge_statement` would delete (for dry runs)."""
+    """How many tasks :func:`purge_statement` would delete (for dry runs).
+
+    Example::
+
+        stmt = purgeable_count_statement(Task.__table__, older_than=timedelta(days=7))
+        count = session.execute(stmt).scalar_one()
+    """
     return select(func.count()).select_from(table).where(_purgeable(table, older_than))

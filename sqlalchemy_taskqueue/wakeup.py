@@ -64,11 +64,22 @@ class NotificationListener:
         )
 
     def start(self) -> None:
-        """Start listening in a background thread."""
+        """Start listening in a background thread.
+
+        Example::
+
+            listener.start()
+            listener.listening.wait(5)  # True once LISTEN is established
+        """
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop listening and close the connection."""
+        """Stop listening and close the connection.
+
+        Example::
+
+            listener.stop()
+        """
         self._stopped.set()
         os.write(self._stop_writer, b"x")
         if self._thread.is_alive():

@@ -228,12 +228,23 @@ class Worker(Generic[TaskT]):
 
     @property
     def task_types(self) -> list[str]:
-        """The task types this worker claims."""
+        """The task types this worker claims.
+
+        Example::
+
+            worker = Worker(sessionmaker(engine), Task, tasks, task_types=["export"])
+            worker.task_types  # ['export']
+        """
         return list(self._types)
 
     @property
     def concurrency(self) -> int:
-        """Number of slots."""
+        """Number of slots.
+
+        Example::
+
+            Worker(sessionmaker(engine), Task, tasks, concurrency=8).concurrency  # 8
+        """
         return self._concurrency
 
     def stop(self) -> None:

@@ -30,6 +30,11 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only i
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> timedelta:
+        """The option's value as a ``timedelta``; a usage error when it is not a duration.
+
+        >>> DURATION.convert("90s", None, None)
+        datetime.timedelta(seconds=90)
+        """
         if isinstance(value, timedelta):
             return value
         try:
@@ -42,6 +47,15 @@ DURATION = DurationType()
 
 
 def database_url_option(function: Any) -> Any:
+    """Decorator adding ``--database-url`` (or ``TASKQUEUE_DATABASE_URL``) to a command.
+
+    Example::
+
+        @cli.command()
+        @database_url_option
+        def ping(database_url: str) -> None:
+            create_engine(database_url_or_fail(database_url)).connect().close()
+    """
     return click.option(
         "--database-url",
         envvar=DATABASE_URL_ENV,
@@ -52,7 +66,11 @@ def database_url_option(function: Any) -> Any:
 
 
 def database_url_or_fail(database_url: str) -> str:
-    """The URL normalised for SQLAlchemy, or a usage error (exit 2) naming the option."""
+    """The URL normalised for SQLAlchemy, or a usage error (exit 2) naming the option.
+
+    >>> database_url_or_fail("postgres://app@db/app")
+    'postgresql+psycopg2://app@db/app'
+    """
     try:
         return normalize_url(database_url)
     except Exception:
@@ -66,8 +84,17 @@ def database_url_or_fail(database_url: str) -> str:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="sqlalchemy-taskqueue")
 def cli() -> None:
-    """sqlalchemy-taskqueue: run workers and operate the task queue."""
+    """sqlalchemy-taskqueue: run workers and operate the task queue.
+
+    Example: TASKQUEUE_DATABASE_URL=postgresql://app@db/app taskqueue stats
+    """
 
 
 def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` (``"debug"`` ... ``"error"``) in ``key=value`` format.
+
+    Example::
+
+        configure_logging("debug")
+    """
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)

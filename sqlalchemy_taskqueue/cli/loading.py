@@ -46,6 +46,10 @@ def model_for_table(table_name: str) -> type[Any]:
     """A task model for an existing queue table, for operator commands.
 
     Only the library's columns are mapped; ``schema.table`` names a table in a schema.
+
+    Example::
+
+        model_for_table("jobs.tasks").__table__.fullname  # 'jobs.tasks'
     """
     if not table_name or not table_name.strip():
         raise click.BadParameter("must name a table", param_hint="--table")
@@ -61,7 +65,12 @@ def model_for_table(table_name: str) -> type[Any]:
 
 
 def load_model(reference: str) -> type[Any]:
-    """The task model named by ``MODULE:ATTR``."""
+    """The task model named by ``MODULE:ATTR``.
+
+    Example::
+
+        Task = load_model("myapp.models:Task")
+    """
     model = load_object(reference)
     try:
         task_table(model)
@@ -77,6 +86,10 @@ def load_worker_target(
 
     ``reference`` names a :class:`HandlerRegistry` (which knows its model) or a plain
     ``{task_type: handler}`` mapping, in which case ``--model`` is required.
+
+    Example::
+
+        handlers, model = load_worker_target("myapp.tasks:handlers", "myapp.models:Task")
     """
     handlers = load_object(reference)
     if not isinstance(handlers, Mapping):

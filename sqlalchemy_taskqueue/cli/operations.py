@@ -38,7 +38,16 @@ TABLE_ENV = "TASKQUEUE_TABLE"
 
 
 def queue_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``--database-url``, ``--table`` and ``--model``."""
+    """``--database-url``, ``--table`` and ``--model``.
+
+    Example::
+
+        @cli.command()
+        @queue_options
+        def depth(database_url: str, table: str, model_reference: str | None) -> None:
+            with open_repository(database_url, table, model_reference) as repo:
+                click.echo(repo.queue_depth())
+    """
     function = click.option(
         "--model",
         "model_reference",
@@ -57,6 +66,15 @@ def queue_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator adding ``--json`` (passed to the command as ``as_json``).
+
+    Example::
+
+        @cli.command()
+        @queue_options
+        @json_option
+        def depth(database_url, table, model_reference, as_json): ...
+    """
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
 
 
@@ -64,7 +82,13 @@ def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
 def open_repository(
     database_url: str, table: str, model_reference: str | None
 ) -> Iterator[TaskRepository[Any]]:
-    """A repository in one transaction, committed when the block succeeds."""
+    """A repository in one transaction, committed when the block succeeds.
+
+    Example::
+
+        with open_repository("postgresql://app@db/app", "tasks", None) as repo:
+            repo.retry_task(42)
+    """
     model = load_model(model_reference) if model_reference else model_for_table(table)
     url = database_url_or_fail(database_url)
     engine = create_engine(url, poolclass=NullPool)
@@ -84,10 +108,22 @@ def open_repository(
 
 
 def console() -> Console:
+    """The rich console the commands print to (120 columns, no highlighting).
+
+    Example::
+
+        console().print(stats_tables(repo.queue_stats())[0])
+    """
     return Console(highlight=False, soft_wrap=False, width=120)
 
 
 def print_json(value: Any) -> None:
+    """Print ``value`` as indented JSON (datetimes as ISO text, other objects as ``str``).
+
+    Example::
+
+        print_json(repo.queue_stats().as_dict())
+    """
     click.echo(json.dumps(value, indent=2, default=_json_default))
 
 
@@ -124,7 +160,13 @@ def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any
 
 
 def stats_tables(stats: QueueStats) -> list[Table]:
-    """The ``taskqueue stats`` tables."""
+    """The ``taskqueue stats`` tables.
+
+    Example::
+
+        for table in stats_tables(repo.queue_stats(timedelta(hours=1))):
+            console().print(table)
+    """
     by_type: dict[str, dict[str, int]] = {}
     for count in stats.status_counts:
         by_type.setdefault(count.task_type, {})[count.status.value] = count.count
@@ -196,7 +238,10 @@ def _span(window: timedelta) -> str:
 def stats(
     database_url: str, table: str, model_reference: str | None, as_json: bool, window: timedelta
 ) -> None:
-    """Tasks by type and status, queue depth, and rates and run times over a window."""
+    """Tasks by type and status, queue depth, and rates and run times over a window.
+
+    Example: taskqueue stats --window 1h --json
+    """
     if window <= timedelta(0):
         raise click.BadParameter("must be positive", param_hint="--window")
     with open_repository(database_url, table, model_reference) as repo:
@@ -228,7 +273,10 @@ def stuck(
     as_json: bool,
     older_than: timedelta,
 ) -> None:
-    """Tasks in progress for too long, or whose worker stopped renewing its lease."""
+    """Tasks in progress for too long, or whose worker stopped renewing its lease.
+
+    Example: taskqueue stuck --older-than 30m
+    """
     if older_than <= timedelta(0):
         raise click.BadParameter("must be positive", param_hint="--older-than")
     with open_repository(database_url, table, model_reference) as repo:
@@ -267,7 +315,10 @@ def failed(
     limit: int,
     task_type: str | None,
 ) -> None:
-    """The latest failed tasks with their error messages."""
+    """The latest failed tasks with their error messages.
+
+    Example: taskqueue failed --type webhook --limit 5
+    """
     with open_repository(database_url, table, model_reference) as repo:
         failures = repo.recent_failures(limit=limit, task_type=task_type)
     if as_json:
@@ -296,7 +347,10 @@ def failed(
 def show(
     task_id: int, database_url: str, table: str, model_reference: str | None, as_json: bool
 ) -> None:
-    """Every column of one task."""
+    """Every column of one task.
+
+    Example: taskqueue show 42 --json
+    """
     with open_repository(database_url, table, model_reference) as repo:
         task = repo.get_task(task_id)
         if task is None:
@@ -324,7 +378,10 @@ def retry(
     all_failed: bool,
     task_type: str | None,
 ) -> None:
-    """Put a failed task (or every failed task) back in the queue, due now."""
+    """Put a failed task (or every failed task) back in the queue, due now.
+
+    Example: taskqueue retry --all-failed --type webhook
+    """
     if (task_id is None) == (not all_failed):
         raise click.UsageError("give either a TASK_ID or --all-failed")
     if task_type is not None and not all_failed:
@@ -342,7 +399,10 @@ def retry(
 @click.argument("task_id", type=click.IntRange(min=1))
 @queue_options
 def cancel(task_id: int, database_url: str, table: str, model_reference: str | None) -> None:
-    """Cancel a pending task."""
+    """Cancel a pending task.
+
+    Example: taskqueue cancel 42
+    """
     with open_repository(database_url, table, model_reference) as repo:
         if not repo.cancel_task(task_id):
             task = repo.get_task(task_id)
@@ -371,7 +431,10 @@ def cleanup(
     batch_size: int,
     dry_run: bool,
 ) -> None:
-    """Delete old completed, failed and cancelled tasks, one committed batch at a time."""
+    """Delete old completed, failed and cancelled tasks, one committed batch at a time.
+
+    Example: taskqueue cleanup --older-than 7d --dry-run
+    """
     if dry_run:
         with open_repository(database_url, table, model_reference) as repo:
             count = repo.count_old_tasks(older_than)
@@ -406,7 +469,10 @@ def enqueue(
     delay: timedelta | None,
     unique: bool,
 ) -> None:
-    """Add a task (prints its id)."""
+    """Add a task (prints its id).
+
+    Example: taskqueue enqueue data_export --payload '{"project_id": 7}'
+    """
     try:
         value = json.loads(payload)
     except json.JSONDecodeError as exc:
