@@ -30,7 +30,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import BackoffPolicy, TaskRepository, TaskStatus, Worker
 from sqlalchemy_taskqueue.cli.operations import stats_tables
-from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, mask_password, resolve_database_url
+from sqlalchemy_taskqueue.embedded import (
+    DATABASE_URL_ENV,
+    TEST_DATABASE_URL_ENV,
+    mask_password,
+    resolve_database_url,
+)
 from sqlalchemy_taskqueue.status import FINISHED_STATUSES
 
 from .bulk_import import BULK_IMPORT, make_import_handler, request_import, write_sample_csv
@@ -129,7 +134,7 @@ def main(server_url: str | None = None, database: str = DEMO_DATABASE) -> int:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
     )
     started = time.monotonic()
-    server_url = server_url or resolve_database_url(DATABASE_URL_ENV)
+    server_url = server_url or resolve_database_url(DATABASE_URL_ENV, TEST_DATABASE_URL_ENV)
     console.print(f"[bold]sqlalchemy-taskqueue demo[/] on {mask_password(server_url)}")
     engine = create_engine(database_on_server(server_url, database, fresh=True), pool_size=10)
     migrate(engine)
