@@ -852,6 +852,8 @@ class Worker(Generic[TaskT]):
                 continue
             with self._lock:
                 self._busy -= 1
+                if attempt.finished or attempt.outcome_queued:
+                    continue  # already handed back (it waited too long) or lost
                 attempt.outcome_queued = True
                 self._outcomes.append(Outcome(attempt, "release"))
 

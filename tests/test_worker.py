@@ -816,3 +816,33 @@ def test_a_prefetched_task_whose_lease_is_lost_is_not_run(
     assert calls == [ids[0]]
     assert fetch(session_factory, clean_table, ids[1]).result == "by hand"
     assert worker.stats.lost_leases == 1
+
+
+def test_a_task_handed_back_for_waiting_too_long_is_released_once(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    blocker = Gate("first")
+    ids = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(2)]
+    worker = make_worker(
+        session_factory,
+        clean_table,
+        {"job": blocker},
+        concurrency=1,
+        prefetch=1,
+        lease_duration=1,
+        shutdown_grace=0.3,
+    )
+    try:
+        with running(worker) as thread:
+            assert blocker.started.wait(10)
+            # the prefetched task waits more than a lease, so it is handed back ...
+            wait_for(
+                lambda: fetch(session_factory, clean_table, ids[1]).status is TaskStatus.PENDING
+            )
+            worker.stop()  # ... and shutdown (the slot still busy) must not hand it back again
+            thread.join(10)
+    finally:
+        blocker.proceed.set()
+    # released: the waiting task once, and the blocked one at the end of the grace period
+    assert (worker.stats.released, worker.stats.lost_leases) == (2, 0)
+    assert [fetch(session_factory, clean_table, i).retry_count for i in ids] == [0, 0]
