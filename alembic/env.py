@@ -2,15 +2,16 @@
 
 Copy the revision in ``versions/`` into your own Alembic project (or call the helpers in
 ``sqlalchemy_taskqueue.migrations`` from your own revisions).  The URL is taken from, in
-order: ``sqlalchemy.url`` set programmatically, ``alembic -x url=...``,
-``TASKQUEUE_DATABASE_URL``, then a local or embedded PostgreSQL.
+order: a connection in ``config.attributes["connection"]``, ``sqlalchemy.url`` set
+programmatically, ``alembic -x url=...``, ``TASKQUEUE_DATABASE_URL``, then a local or
+embedded PostgreSQL.
 """
 
 from __future__ import annotations
 
 from logging.config import fileConfig
 
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.orm import DeclarativeBase
 
 from alembic import context
@@ -54,12 +55,22 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def run_on(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations_online() -> None:
+    # a connection handed in by the caller (config.attributes["connection"]) wins: that is
+    # how tests and apps run migrations inside their own connection
+    given = config.attributes.get("connection")
+    if given is not None:
+        run_on(given)
+        return
     engine = create_engine(database_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata)
-        with context.begin_transaction():
-            context.run_migrations()
+        run_on(connection)
     engine.dispose()
 
 

@@ -4,7 +4,8 @@ poll for status and progress (Flask; install the ``web`` extra).
 Endpoints:
 
 * ``POST /projects/<id>/exports`` — enqueue, answer ``202`` at once with the task id and
-  a ``Location`` to poll.
+  a ``Location`` to poll; an optional JSON body ``{"email": ...}`` names who is told
+  when the export is ready.
 * ``GET /tasks/<id>`` — status, progress (0-100), result or error.
 * ``GET /projects/<id>/exports/progress`` — progress of the project's active export, if
   any (the seed's ``GetTaskProgress``).
@@ -40,9 +41,9 @@ def create_app(engine: Engine) -> Flask:
     @app.post("/projects/<int:project_id>/exports")
     def start_export(project_id: int) -> Any:
         body = request.get_json(silent=True) or {}
-        email = body.get("email")
-        if not isinstance(email, str) or "@" not in email:
-            return {"error": "a JSON body with an 'email' is required"}, 400
+        email = body.get("email")  # optional: who is told when the export is ready
+        if email is not None and (not isinstance(email, str) or "@" not in email):
+            return {"error": "'email' must be an e-mail address"}, 400
         # the request's unit of work: the task commits with it or not at all
         with factory.begin() as session:
             if session.get(Project, project_id) is None:

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from . import statements
 from .backoff import DEFAULT_BACKOFF, BackoffPolicy
-from .durations import MAX_DURATION
+from .durations import MAX_DURATION, Duration, to_seconds
 from .exceptions import (
     InvalidTransitionError,
     LeaseLostError,
@@ -139,7 +139,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         model: type[TaskT],
         *,
         backoff: BackoffPolicy = DEFAULT_BACKOFF,
-        lease_duration: timedelta = DEFAULT_LEASE_DURATION,
+        lease_duration: Duration = DEFAULT_LEASE_DURATION,
         owner: str | None = None,
         notify: bool = True,
     ) -> None:
@@ -355,7 +355,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         self,
         task_type: str | Sequence[str] | None = None,
         *,
-        lease_duration: timedelta | None = None,
+        lease_duration: Duration | None = None,
     ) -> TaskT | None:
         """Claim the next due task (lowest priority value, then oldest), or ``None``.
 
@@ -379,7 +379,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         task_type: str | Sequence[str] | None = None,
         *,
         limit: int,
-        lease_duration: timedelta | None = None,
+        lease_duration: Duration | None = None,
     ) -> list[TaskT]:
         """Claim up to ``limit`` due tasks in one statement, in claim order.
 
@@ -582,7 +582,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         self,
         leases: Iterable[tuple[int, uuid.UUID]],
         *,
-        lease_duration: timedelta | None = None,
+        lease_duration: Duration | None = None,
     ) -> set[int]:
         """Heartbeat: extend the given ``(task_id, lease_token)`` leases in one statement.
 
@@ -923,12 +923,8 @@ def _require_lease(task_id: Any, lease_token: Any) -> None:
 
 
 def _positive_duration(name: str, value: Any) -> timedelta:
-    if isinstance(value, bool) or not isinstance(value, timedelta):
-        raise TypeError(f"{name} must be a timedelta, got {value!r}")
-    if value <= timedelta(0):
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    _require_at_most(name, value)
-    return value
+    """A positive duration given as a ``timedelta`` or a number of seconds."""
+    return timedelta(seconds=to_seconds(name, value))
 
 
 def _require_aware(run_at: Any) -> datetime:

@@ -75,6 +75,8 @@ __all__ = ["Worker", "WorkerStats"]
 logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 
 _WRITE_ATTEMPTS = 5
+#: Consecutive failed turns after which ``run(until_empty=True)`` gives up and raises.
+_UNTIL_EMPTY_ATTEMPTS = 5
 
 EventHook = Callable[[str, Any, float], None]
 
@@ -262,7 +264,9 @@ class Worker(Generic[TaskT]):
         """Process tasks until stopped; with ``until_empty``, until nothing is claimable.
 
         Installs SIGINT/SIGTERM handlers when called on the main thread (restored on
-        return); from other threads, use :meth:`stop`.
+        return); from other threads, use :meth:`stop`.  A running worker rides out
+        database outages (it retries with backoff); with ``until_empty`` it gives up after
+        five failed turns in a row and raises the last error.
 
         Example::
 
@@ -322,6 +326,9 @@ class Worker(Generic[TaskT]):
                 errors = 0
             except Exception:  # the database, the network, or a bug: keep the worker alive
                 errors += 1
+                if until_empty and errors >= _UNTIL_EMPTY_ATTEMPTS:
+                    logger.error("worker.giving_up errors=%d (run until empty)", errors)
+                    raise  # a batch run reports failure instead of waiting forever
                 delay = min(self._poll * 2**errors, 30.0)
                 logger.exception("worker.claim_failed retry_in=%.1fs", delay)
                 self._stopping.wait(delay)

@@ -163,6 +163,16 @@ def test_cleanup_dry_run_then_delete(run: Any, repo: Repo, session: Session) -> 
     assert remaining == [keep]
 
 
+def test_the_database_url_may_come_before_the_command(
+    database_url: str, clean_table: type[Any]
+) -> None:
+    result = CliRunner().invoke(
+        cli, ["--database-url", database_url, "stats", "--table", clean_table.__tablename__]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Tasks by type and status" in result.output or "none" in result.output
+
+
 def test_a_missing_table_is_reported_clearly(database_url: str) -> None:
     result = CliRunner().invoke(
         cli, ["stats", "--table", "no_such_table"], env={"TASKQUEUE_DATABASE_URL": database_url}

@@ -191,7 +191,7 @@ def served(app_engine: Engine) -> Iterator[HttpClient]:
 def test_web_polling_over_http(app_engine: Engine, served: HttpClient, tmp_path: Path) -> None:
     with Session(app_engine) as session, session.begin():
         project_id = seed_project(session, "web", items=50).id
-    assert served.call("POST", f"/projects/{project_id}/exports", {})[0] == 400
+    assert served.call("POST", f"/projects/{project_id}/exports", {"email": "nope"})[0] == 400
     assert served.call("POST", "/projects/999/exports", {"email": "a@b.c"})[0] == 404
     assert served.call("GET", "/tasks/999")[0] == 404
 
@@ -222,6 +222,8 @@ def test_web_polling_over_http(app_engine: Engine, served: HttpClient, tmp_path:
         thread.join(10)
     assert body["progress"] == 100 and body["result"]["rows"] == 50 and body["error"] is None
     assert served.call("GET", f"/projects/{project_id}/exports/progress")[2]["active"] is False
+    # the e-mail is optional
+    assert served.call("POST", f"/projects/{project_id}/exports")[0] == 202
 
 
 def test_web_polling_rolls_the_task_back_with_the_request(app_engine: Engine) -> None:

@@ -85,6 +85,19 @@ def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
     assert "tasks" not in sa.inspect(empty_engine).get_table_names()
 
 
+def test_upgrade_runs_on_a_connection_handed_in(empty_engine: sa.Engine) -> None:
+    """The Alembic cookbook's way for tests: config.attributes["connection"]."""
+    config = alembic_config("postgresql+psycopg2://nobody@127.0.0.1:1/unused")
+    with empty_engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    assert "tasks" in sa.inspect(empty_engine).get_table_names()
+    with empty_engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+    assert "tasks" not in sa.inspect(empty_engine).get_table_names()
+
+
 class AppBase(DeclarativeBase):
     pass
 

@@ -316,7 +316,15 @@ def test_dequeue_many_claims_a_batch_in_order(repo: Repo, session: Session) -> N
     with pytest.raises(ValueError, match="limit"):
         repo.dequeue_many("a", limit=0)
     with pytest.raises(TypeError, match="lease_duration"):
-        repo.dequeue_many("a", limit=1, lease_duration=30)  # type: ignore[arg-type]
+        repo.dequeue_many("a", limit=1, lease_duration="30s")  # type: ignore[arg-type]
+
+
+def test_lease_durations_may_be_seconds(repo: Repo, session: Session) -> None:
+    repo.enqueue("a", {})
+    session.commit()
+    task = repo.dequeue("a", lease_duration=90)
+    session.commit()
+    assert task is not None and task.lease_expires_at - task.started_at == timedelta(seconds=90)
 
 
 def test_dequeue_refreshes_a_copy_already_in_the_session(repo: Repo, session: Session) -> None:

@@ -59,18 +59,27 @@ def database_url_option(function: Any) -> Any:
     return click.option(
         "--database-url",
         envvar=DATABASE_URL_ENV,
-        required=True,
+        required=False,
         show_envvar=True,
         help="SQLAlchemy URL of the queue's database.",
     )(function)
 
 
-def database_url_or_fail(database_url: str) -> str:
+def database_url_or_fail(database_url: str | None) -> str:
     """The URL normalised for SQLAlchemy, or a usage error (exit 2) naming the option.
+
+    A URL given to the command wins; else the one given before it
+    (``taskqueue --database-url URL stats``); else ``TASKQUEUE_DATABASE_URL``.
 
     >>> database_url_or_fail("postgres://app@db/app")
     'postgresql+psycopg2://app@db/app'
     """
+    if not database_url:
+        context = click.get_current_context(silent=True)
+        root = context.find_root() if context is not None else None
+        database_url = (root.obj or {}).get("database_url") if root is not None else None
+    if not database_url:
+        raise click.UsageError("Missing option '--database-url' (or set TASKQUEUE_DATABASE_URL).")
     try:
         return normalize_url(database_url)
     except Exception:
@@ -83,11 +92,19 @@ def database_url_or_fail(database_url: str) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="sqlalchemy-taskqueue")
-def cli() -> None:
+@click.option(
+    "--database-url",
+    envvar=DATABASE_URL_ENV,
+    show_envvar=True,
+    help="SQLAlchemy URL of the queue's database (for every command).",
+)
+@click.pass_context
+def cli(context: click.Context, database_url: str | None) -> None:
     """sqlalchemy-taskqueue: run workers and operate the task queue.
 
     Example: TASKQUEUE_DATABASE_URL=postgresql://app@db/app taskqueue stats
     """
+    context.ensure_object(dict)["database_url"] = database_url
 
 
 def configure_logging(level: str) -> None:

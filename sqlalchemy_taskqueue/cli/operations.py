@@ -44,7 +44,7 @@ def queue_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
         @cli.command()
         @queue_options
-        def depth(database_url: str, table: str, model_reference: str | None) -> None:
+        def depth(database_url: str | None, table: str, model_reference: str | None) -> None:
             with open_repository(database_url, table, model_reference) as repo:
                 click.echo(repo.queue_depth())
     """
@@ -80,7 +80,7 @@ def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def open_repository(
-    database_url: str, table: str, model_reference: str | None
+    database_url: str | None, table: str, model_reference: str | None
 ) -> Iterator[TaskRepository[Any]]:
     """A repository in one transaction, committed when the block succeeds.
 
@@ -236,7 +236,11 @@ def _span(window: timedelta) -> str:
     help="Period for rates, throughput and run times.",
 )
 def stats(
-    database_url: str, table: str, model_reference: str | None, as_json: bool, window: timedelta
+    database_url: str | None,
+    table: str,
+    model_reference: str | None,
+    as_json: bool,
+    window: timedelta,
 ) -> None:
     """Tasks by type and status, queue depth, and rates and run times over a window.
 
@@ -267,7 +271,7 @@ def stats(
     help="Report tasks in progress for longer than this (and any expired lease).",
 )
 def stuck(
-    database_url: str,
+    database_url: str | None,
     table: str,
     model_reference: str | None,
     as_json: bool,
@@ -308,7 +312,7 @@ def stuck(
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--type", "task_type", help="Only this task type.")
 def failed(
-    database_url: str,
+    database_url: str | None,
     table: str,
     model_reference: str | None,
     as_json: bool,
@@ -345,7 +349,7 @@ def failed(
 @queue_options
 @json_option
 def show(
-    task_id: int, database_url: str, table: str, model_reference: str | None, as_json: bool
+    task_id: int, database_url: str | None, table: str, model_reference: str | None, as_json: bool
 ) -> None:
     """Every column of one task.
 
@@ -372,7 +376,7 @@ def show(
 @click.option("--type", "task_type", help="With --all-failed: only this task type.")
 def retry(
     task_id: int | None,
-    database_url: str,
+    database_url: str | None,
     table: str,
     model_reference: str | None,
     all_failed: bool,
@@ -398,7 +402,7 @@ def retry(
 @cli.command()
 @click.argument("task_id", type=click.IntRange(min=1))
 @queue_options
-def cancel(task_id: int, database_url: str, table: str, model_reference: str | None) -> None:
+def cancel(task_id: int, database_url: str | None, table: str, model_reference: str | None) -> None:
     """Cancel a pending task.
 
     Example: taskqueue cancel 42
@@ -424,7 +428,7 @@ def cancel(task_id: int, database_url: str, table: str, model_reference: str | N
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 def cleanup(
-    database_url: str,
+    database_url: str | None,
     table: str,
     model_reference: str | None,
     older_than: timedelta,
@@ -460,7 +464,7 @@ def cleanup(
 @click.option("--unique", is_flag=True, help="Skip when an equal task is already active.")
 def enqueue(
     task_type: str,
-    database_url: str,
+    database_url: str | None,
     table: str,
     model_reference: str | None,
     payload: str,

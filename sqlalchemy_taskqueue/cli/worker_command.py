@@ -89,7 +89,7 @@ __all__ = ["worker"]
 )
 def worker(
     target: str,
-    database_url: str,
+    database_url: str | None,
     model_reference: str | None,
     concurrency: int,
     prefetch: int,
@@ -147,6 +147,10 @@ def worker(
     )
     try:
         runner.run(until_empty=until_empty)
+    except Exception as exc:  # only run(until_empty=True) gives up; it logged why
+        raise click.ClickException(
+            f"the worker stopped: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from None
     finally:
         if metrics_server is not None:
             metrics_server.stop()
