@@ -79,6 +79,20 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def first_blocks(
+    ids: list[int], gate: Gate, later: Any
+) -> tuple[Callable[[Any, TaskContext], Any], list[int]]:
+    """A handler where the task ``ids[0]`` runs ``gate`` and the others return ``later``,
+    and the list of task ids it was called for."""
+    calls: list[int] = []
+
+    def job(task: Any, ctx: TaskContext) -> Any:
+        calls.append(task.id)
+        return gate(task, ctx) if task.id == ids[0] else later
+
+    return job, calls
+
+
 class Gate:
     """A handler that says it started, then waits (ignoring stop requests) for the test
     to let it finish."""
@@ -713,11 +727,7 @@ def test_prefetched_tasks_keep_their_leases_and_go_back_at_shutdown(
 ) -> None:
     first = Gate("first")
     ids = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(3)]
-    calls: list[int] = []
-
-    def job(task: Any, ctx: TaskContext) -> Any:
-        calls.append(task.id)
-        return first(task, ctx) if task.id == ids[0] else "later"
+    job, calls = first_blocks(ids, first, "later")
 
     # a 3 s lease: renewed every 0.75 s, and a waiting task is handed back only after 3 s
     worker = make_worker(
@@ -793,11 +803,7 @@ def test_a_prefetched_task_whose_lease_is_lost_is_not_run(
 ) -> None:
     blocker = Gate("first")
     ids = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(2)]
-    calls: list[int] = []
-
-    def job(task: Any, ctx: TaskContext) -> Any:
-        calls.append(task.id)
-        return blocker(task, ctx) if task.id == ids[0] else "second"
+    job, calls = first_blocks(ids, blocker, "second")
 
     worker = make_worker(
         session_factory, clean_table, {"job": job}, concurrency=1, prefetch=1, lease_duration=1

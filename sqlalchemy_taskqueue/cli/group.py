@@ -13,6 +13,7 @@ from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, mask_password, norma
 
 __all__ = [
     "DURATION",
+    "POSITIVE_DURATION",
     "cli",
     "configure_logging",
     "database_url_option",
@@ -27,6 +28,9 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only i
 
     name = "duration"
 
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
+
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> timedelta:
@@ -35,15 +39,18 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only i
         >>> DURATION.convert("90s", None, None)
         datetime.timedelta(seconds=90)
         """
-        if isinstance(value, timedelta):
-            return value
         try:
-            return parse_duration(str(value))
+            duration = value if isinstance(value, timedelta) else parse_duration(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if self.positive and duration <= timedelta(0):
+            self.fail(f"must be positive, got {value!r}", param, ctx)
+        return duration
 
 
+#: A duration option (``0`` allowed) and one that must be longer than zero.
 DURATION = DurationType()
+POSITIVE_DURATION = DurationType(positive=True)
 
 
 def database_url_option(function: Any) -> Any:

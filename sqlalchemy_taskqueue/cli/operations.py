@@ -29,7 +29,7 @@ from sqlalchemy_taskqueue.exceptions import TaskQueueDatabaseError, TaskQueueErr
 from sqlalchemy_taskqueue.monitoring import QueueStats
 from sqlalchemy_taskqueue.repository import TaskRepository
 
-from .group import DURATION, cli, database_url_option, database_url_or_fail
+from .group import DURATION, POSITIVE_DURATION, cli, database_url_option, database_url_or_fail
 from .loading import load_model, model_for_table
 
 __all__ = ["open_repository"]
@@ -230,7 +230,7 @@ def _span(window: timedelta) -> str:
 @json_option
 @click.option(
     "--window",
-    type=DURATION,
+    type=POSITIVE_DURATION,
     default="24h",
     show_default=True,
     help="Period for rates, throughput and run times.",
@@ -246,8 +246,6 @@ def stats(
 
     Example: taskqueue stats --window 1h --json
     """
-    if window <= timedelta(0):
-        raise click.BadParameter("must be positive", param_hint="--window")
     with open_repository(database_url, table, model_reference) as repo:
         snapshot = repo.queue_stats(window)
     if as_json:
@@ -265,7 +263,7 @@ def stats(
 @json_option
 @click.option(
     "--older-than",
-    type=DURATION,
+    type=POSITIVE_DURATION,
     default="1h",
     show_default=True,
     help="Report tasks in progress for longer than this (and any expired lease).",
@@ -281,8 +279,6 @@ def stuck(
 
     Example: taskqueue stuck --older-than 30m
     """
-    if older_than <= timedelta(0):
-        raise click.BadParameter("must be positive", param_hint="--older-than")
     with open_repository(database_url, table, model_reference) as repo:
         tasks = repo.stuck_tasks(older_than)
     if as_json:

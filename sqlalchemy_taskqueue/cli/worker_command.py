@@ -12,7 +12,14 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy_taskqueue.embedded import mask_password
 from sqlalchemy_taskqueue.worker import Worker
 
-from .group import DURATION, cli, configure_logging, database_url_option, database_url_or_fail
+from .group import (
+    DURATION,
+    POSITIVE_DURATION,
+    cli,
+    configure_logging,
+    database_url_option,
+    database_url_or_fail,
+)
 from .loading import load_worker_target
 
 __all__ = ["worker"]
@@ -47,14 +54,14 @@ __all__ = ["worker"]
 )
 @click.option(
     "--lease",
-    type=DURATION,
+    type=POSITIVE_DURATION,
     default="60s",
     show_default=True,
     help="Lease of a claimed task, renewed by heartbeats.",
 )
 @click.option(
     "--poll-interval",
-    type=DURATION,
+    type=POSITIVE_DURATION,
     default="1s",
     show_default=True,
     help="Longest idle wait between claims.",
@@ -67,7 +74,10 @@ __all__ = ["worker"]
     help="Time running tasks get to finish after SIGINT/SIGTERM.",
 )
 @click.option(
-    "--timeout", type=DURATION, default=None, help="Default attempt timeout for types without one."
+    "--timeout",
+    type=POSITIVE_DURATION,
+    default=None,
+    help="Default attempt timeout for types without one.",
 )
 @click.option(
     "--no-listen",
