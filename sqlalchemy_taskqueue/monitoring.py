@@ -32,9 +32,9 @@ from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 from . import statements
-from .durations import MAX_DURATION
 from .exceptions import wrap_database_errors
 from .status import TaskStatus
+from .validation import require_int, require_timedelta
 
 __all__ = [
     "FailedTask",
@@ -94,6 +94,11 @@ class ProcessingTime:
     p95_seconds: float
 
 
+def _share(part: int, whole: int) -> float:
+    """``part / whole``, 0 when there is nothing to divide."""
+    return part / whole if whole else 0.0
+
+
 @dataclass(frozen=True)
 class OutcomeRate:
     """How the tasks of one type that finished within a window ended."""
@@ -124,8 +129,7 @@ class OutcomeRate:
         >>> rate.success_rate
         0.9
         """
-        decided = self.completed + self.failed
-        return self.completed / decided if decided else 0.0
+        return _share(self.completed, self.completed + self.failed)
 
     @property
     def failure_rate(self) -> float:
@@ -135,8 +139,7 @@ class OutcomeRate:
         >>> rate.failure_rate
         0.1
         """
-        decided = self.completed + self.failed
-        return self.failed / decided if decided else 0.0
+        return _share(self.failed, self.completed + self.failed)
 
     @property
     def retry_rate(self) -> float:
@@ -146,7 +149,7 @@ class OutcomeRate:
         >>> rate.retry_rate
         0.05
         """
-        return self.retried / self.finished if self.finished else 0.0
+        return _share(self.retried, self.finished)
 
     @property
     def throughput_per_minute(self) -> float:
@@ -225,22 +228,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _require_window(name: str, value: Any) -> timedelta:
-    if not isinstance(value, timedelta):
-        raise TypeError(f"{name} must be a timedelta, got {value!r}")
-    if value <= timedelta(0):
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    if value > MAX_DURATION:
-        raise ValueError(f"{name} must be at most {MAX_DURATION.days} days, got {value!r}")
-    return value
+def require_limit(limit: Any) -> int:
+    """A row limit: an integer of at least 1.
 
-
-def _require_limit(limit: Any) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be an integer, got {limit!r}")
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit!r}")
-    return limit
+    >>> require_limit(20)
+    20
+    """
+    require_int("limit", limit, minimum=1)
+    return int(limit)
 
 
 class TaskMonitoring:
@@ -286,9 +281,9 @@ class TaskMonitoring:
 
             repo.stuck_tasks(timedelta(minutes=30))
         """
-        _require_window("running_longer_than", running_longer_than)
+        require_timedelta("running_longer_than", running_longer_than, allow_zero=False)
         stmt = statements.stuck_tasks_statement(
-            self._table, running_longer_than=running_longer_than, limit=_require_limit(limit)
+            self._table, running_longer_than=running_longer_than, limit=require_limit(limit)
         )
         return [
             StuckTask(
@@ -313,7 +308,7 @@ class TaskMonitoring:
             repo.processing_times(timedelta(hours=1))
         """
         stmt = statements.processing_times_statement(
-            self._table, window=_require_window("window", window)
+            self._table, window=require_timedelta("window", window, allow_zero=False)
         )
         return [
             ProcessingTime(
@@ -334,7 +329,7 @@ class TaskMonitoring:
             [r.task_type for r in repo.outcome_rates() if r.failure_rate > 0.05]
         """
         stmt = statements.outcome_counts_statement(
-            self._table, window=_require_window("window", window)
+            self._table, window=require_timedelta("window", window, allow_zero=False)
         )
         seconds = window.total_seconds()
         return [
@@ -363,7 +358,7 @@ class TaskMonitoring:
         if task_type is not None and (not isinstance(task_type, str) or not task_type):
             raise ValueError(f"task_type must be a non-empty string, got {task_type!r}")
         stmt = statements.recent_failures_statement(
-            self._table, limit=_require_limit(limit), task_type=task_type
+            self._table, limit=require_limit(limit), task_type=task_type
         )
         return [
             FailedTask(

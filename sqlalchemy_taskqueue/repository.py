@@ -23,7 +23,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from . import statements
 from .backoff import DEFAULT_BACKOFF, BackoffPolicy
-from .durations import MAX_DURATION, Duration, to_seconds
+from .durations import Duration
 from .exceptions import (
     InvalidTransitionError,
     LeaseLostError,
@@ -47,6 +46,21 @@ from .exceptions import (
 from .models import TaskDataclassMixin, TaskMixin, task_table
 from .monitoring import TaskMonitoring
 from .status import ACTIVE_STATUSES, TaskStatus
+from .validation import (
+    INT4_MAX,
+    INT4_MIN,
+    lease_pairs,
+    positive_duration,
+    require_aware,
+    require_int,
+    require_json,
+    require_lease,
+    require_task_id,
+    require_task_type,
+    require_timedelta,
+    require_token,
+    task_types_argument,
+)
 
 __all__ = [
     "DEFAULT_LEASE_DURATION",
@@ -54,8 +68,6 @@ __all__ = [
     "TaskT",
     "canonical_json",
     "default_owner",
-    "require_json",
-    "storable_text",
 ]
 
 TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
@@ -65,8 +77,6 @@ TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
 #: :meth:`TaskRepository.renew_leases` or choose a lease longer than its longest task.
 DEFAULT_LEASE_DURATION = timedelta(minutes=5)
 
-_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
-_INT8_MAX = 2**63 - 1
 
 #: Columns the queue manages itself; ``enqueue(**columns)`` may not set them.
 _MANAGED_COLUMNS = frozenset(
@@ -151,7 +161,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         self._session = session
         self._model = model
         self._backoff = backoff
-        self._lease = _positive_duration("lease_duration", lease_duration)
+        self._lease = positive_duration("lease_duration", lease_duration)
         self._owner = owner if owner is not None else default_owner()
         if not isinstance(self._owner, str) or not self._owner:
             raise ValueError(f"owner must be a non-empty string, got {owner!r}")
@@ -387,12 +397,12 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             batch = repo.dequeue_many(["export", "import"], limit=10)
         """
-        task_types = _task_types(task_type)
-        _require_int("limit", limit, minimum=1)
+        task_types = task_types_argument(task_type)
+        require_int("limit", limit, minimum=1)
         lease = (
             self._lease
             if lease_duration is None
-            else _positive_duration("lease_duration", lease_duration)
+            else positive_duration("lease_duration", lease_duration)
         )
         params: dict[str, Any] = {
             "limit": limit,
@@ -431,9 +441,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.update_progress(task.id, 40, lease_token=task.lease_token)
         """
-        _require_task_id(task_id)
-        _require_int("progress", progress, minimum=0, maximum=100)
-        _require_token(lease_token)
+        require_task_id(task_id)
+        require_int("progress", progress, minimum=0, maximum=100)
+        require_token(lease_token)
         stmt = statements.progress_statement(self._table, fenced=lease_token is not None)
         params = {"task_id": task_id, "new_progress": progress}
         allowed = (TaskStatus.IN_PROGRESS,) if lease_token else ACTIVE_STATUSES
@@ -452,8 +462,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.complete_task(task.id, result={"rows": 10}, lease_token=task.lease_token)
         """
-        _require_task_id(task_id)
-        _require_token(lease_token)
+        require_task_id(task_id)
+        require_token(lease_token)
         require_json("result", result, allow_none=True)
         stmt = statements.complete_statement(self._table, fenced=lease_token is not None)
         params = {"task_id": task_id, "new_result": result}
@@ -475,7 +485,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         for row in rows:
             if not isinstance(row, tuple) or len(row) != 3:
                 raise TypeError(f"completions must be (task_id, lease_token, result), got {row!r}")
-            _require_lease(row[0], row[1])
+            require_lease(row[0], row[1])
             require_json("result", row[2], allow_none=True)
         if not rows:
             return set()
@@ -507,8 +517,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.fail_task(task.id, "ValueError: bad row", lease_token=task.lease_token)  # <TaskStatus.PENDING: 'pending'>
         """
-        _require_task_id(task_id)
-        _require_token(lease_token)
+        require_task_id(task_id)
+        require_token(lease_token)
         if not isinstance(error_message, str):
             raise TypeError(f"error_message must be a string, got {error_message!r}")
         if not isinstance(retry, bool):
@@ -528,7 +538,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.cancel_task(task_id)  # True
         """
-        _require_task_id(task_id)
+        require_task_id(task_id)
         if self._session.execute(statements.cancel_statement(self._table, task_id)).first():
             return True
         self._require_exists(task_id)
@@ -545,7 +555,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.retry_task(task_id)
         """
-        _require_task_id(task_id)
+        require_task_id(task_id)
         stmt = statements.retry_statement(self._table, task_id=task_id, task_type=None)
         if self._session.execute(stmt).first() is not None:
             return
@@ -571,7 +581,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             repo.retry_failed_tasks("webhook")  # 3
         """
         if task_type is not None:
-            _require_task_type(task_type)
+            require_task_type(task_type)
         stmt = statements.retry_statement(self._table, task_id=None, task_type=task_type)
         return len(self._session.execute(stmt).all())
 
@@ -592,13 +602,13 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.renew_leases([(task.id, task.lease_token)])  # {42}
         """
-        pairs = _lease_pairs(leases)
+        pairs = lease_pairs(leases)
         if not pairs:
             return set()
         lease = (
             self._lease
             if lease_duration is None
-            else _positive_duration("lease_duration", lease_duration)
+            else positive_duration("lease_duration", lease_duration)
         )
         stmt = statements.renew_leases_statement(self._table)
         params = {**_lease_arrays(pairs), "lease": lease}
@@ -614,7 +624,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.release_tasks([(task.id, task.lease_token)])  # {42}
         """
-        pairs = _lease_pairs(leases)
+        pairs = lease_pairs(leases)
         if not pairs:
             return set()
         stmt = statements.release_statement(self._table)
@@ -633,7 +643,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.rescue_expired_leases()  # {17: <TaskStatus.PENDING: 'pending'>}
         """
-        _require_int("limit", limit, minimum=1)
+        require_int("limit", limit, minimum=1)
         stmt = statements.rescue_statement(self._table, limit=limit)
         return {int(row[0]): TaskStatus(row[1]) for row in self._session.execute(stmt)}
 
@@ -647,7 +657,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.get_task(42).status  # <TaskStatus.COMPLETED: 'completed'>
         """
-        _require_task_id(task_id)
+        require_task_id(task_id)
         return self._session.get(self._model, task_id, populate_existing=True)
 
     @wrap_database_errors
@@ -663,7 +673,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.get_task_progress("data_export", project_id="p-1")  # 45
         """
-        _require_task_type(task_type)
+        require_task_type(task_type)
         match = dict(payload_match)
         if project_id is not None:
             match["project_id"] = project_id
@@ -693,10 +703,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.cleanup_old_tasks(timedelta(days=7))  # 1204
         """
-        _require_older_than(older_than)
-        _require_int("batch_size", batch_size, minimum=1)
+        require_timedelta("older_than", older_than, allow_zero=True)
+        require_int("batch_size", batch_size, minimum=1)
         if max_batches is not None:
-            _require_int("max_batches", max_batches, minimum=1)
+            require_int("max_batches", max_batches, minimum=1)
         stmt = statements.purge_statement(self._table, older_than=older_than, batch_size=batch_size)
         total = batches = 0
         while True:
@@ -714,7 +724,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.count_old_tasks(timedelta(days=7))  # 1204
         """
-        _require_older_than(older_than)
+        require_timedelta("older_than", older_than, allow_zero=True)
         stmt = statements.purgeable_count_statement(self._table, older_than=older_than)
         return int(self._session.execute(stmt).scalar_one())
 
@@ -731,10 +741,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         timeout_seconds: int | None,
         columns: Mapping[str, Any],
     ) -> dict[str, Any]:
-        _require_task_type(task_type)
+        require_task_type(task_type)
         require_json("payload", payload, allow_none=False)
-        _require_int("max_retries", max_retries, minimum=0, maximum=_INT4_MAX)
-        _require_int("priority", priority, minimum=_INT4_MIN, maximum=_INT4_MAX)
+        require_int("max_retries", max_retries, minimum=0, maximum=INT4_MAX)
+        require_int("priority", priority, minimum=INT4_MIN, maximum=INT4_MAX)
         values: dict[str, Any] = {
             "type": str(task_type),
             "payload": payload,
@@ -742,14 +752,12 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             "priority": priority,
         }
         if isinstance(run_at, timedelta):
-            if run_at < timedelta(0):
-                raise ValueError(f"run_at as a delay must not be negative, got {run_at!r}")
-            _require_at_most("run_at as a delay", run_at)
+            require_timedelta("run_at as a delay", run_at, allow_zero=True)
             values["run_delay"] = run_at
         elif run_at is not None:
-            values["run_at"] = _require_aware(run_at)
+            values["run_at"] = require_aware(run_at)
         if timeout_seconds is not None:
-            _require_int("timeout_seconds", timeout_seconds, minimum=1, maximum=_INT4_MAX)
+            require_int("timeout_seconds", timeout_seconds, minimum=1, maximum=INT4_MAX)
             values["timeout_seconds"] = timeout_seconds
         for name, value in columns.items():
             if name in _MANAGED_COLUMNS:
@@ -799,142 +807,6 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         found = self._session.execute(statements.diagnose_statement(self._table, task_id)).first()
         if found is None:
             raise TaskNotFoundError(task_id)
-
-
-# ---------------------------------------------------------------------- validation
-
-
-class BoolArgumentError(TypeError, ValueError):
-    """A bool was given where a number is expected (``True`` is not progress 1)."""
-
-
-def _require_int(
-    name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
-) -> None:
-    if isinstance(value, bool):
-        raise BoolArgumentError(f"{name} must be an integer, not a bool ({value!r})")
-    if not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
-
-
-def _require_task_id(task_id: Any) -> None:
-    _require_int("task_id", task_id, minimum=1, maximum=_INT8_MAX)
-
-
-def _require_task_type(task_type: Any) -> None:
-    if not isinstance(task_type, str):
-        raise TypeError(f"task_type must be a string, got {task_type!r}")
-    if not task_type.strip():
-        raise ValueError("task_type must not be empty")
-
-
-def _task_types(task_type: str | Sequence[str] | None) -> list[str] | None:
-    if task_type is None:
-        return None
-    if isinstance(task_type, str):
-        _require_task_type(task_type)
-        return [str(task_type)]
-    types = list(task_type)
-    if not types:
-        raise ValueError("task_type must name at least one type (or be None for any)")
-    for item in types:
-        _require_task_type(item)
-    return [str(item) for item in types]
-
-
-#: ``\u0000`` in JSON text preceded by an even number of backslashes: a real NUL.
-_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
-def storable_text(text: str) -> str:
-    r"""``text`` with what PostgreSQL's ``text`` type refuses (NUL, lone surrogates) escaped.
-
-    >>> print(storable_text("nul:" + chr(0) + " surrogate:" + chr(0xD800)))
-    nul:\x00 surrogate:\ud800
-    """
-    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def require_json(name: str, value: Any, *, allow_none: bool) -> None:
-    """Raise ``TypeError`` unless ``value`` is JSON that PostgreSQL can store.
-
-    ``ValueError`` for text PostgreSQL refuses in ``jsonb``: NUL characters and unpaired
-    UTF-16 surrogates.
-
-    >>> require_json("payload", {"rows": [1, 2]}, allow_none=False)
-    >>> require_json("payload", {"tags": {1}}, allow_none=False)
-    Traceback (most recent call last):
-        ...
-    TypeError: payload is not JSON-serialisable: Object of type set is not JSON serializable
-    """
-    if value is None:
-        if allow_none:
-            return
-        raise TypeError(f"{name} must be a JSON value, not None (use {{}} for no arguments)")
-    try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} is not JSON-serialisable: {exc}") from None
-    if _NUL_ESCAPE.search(text):
-        raise ValueError(f"{name} contains a NUL character, which PostgreSQL cannot store")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(
-            f"{name} contains an unpaired surrogate, which is not valid text"
-        ) from None
-
-
-def _require_older_than(older_than: Any) -> None:
-    if not isinstance(older_than, timedelta):
-        raise TypeError(f"older_than must be a timedelta, got {older_than!r}")
-    if older_than < timedelta(0):
-        raise ValueError(f"older_than must not be negative, got {older_than!r}")
-    _require_at_most("older_than", older_than)
-
-
-def _require_at_most(name: str, value: timedelta) -> None:
-    if value > MAX_DURATION:
-        raise ValueError(f"{name} must be at most {MAX_DURATION.days} days, got {value!r}")
-
-
-def _require_token(lease_token: Any) -> None:
-    if lease_token is not None and not isinstance(lease_token, uuid.UUID):
-        raise TypeError(f"lease_token must be a uuid.UUID, got {lease_token!r}")
-
-
-def _lease_pairs(leases: Iterable[tuple[int, uuid.UUID]]) -> list[tuple[int, uuid.UUID]]:
-    pairs = list(leases)
-    for pair in pairs:
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise TypeError(f"leases must be (task_id, lease_token) pairs, got {pair!r}")
-        _require_lease(*pair)
-    return pairs
-
-
-def _require_lease(task_id: Any, lease_token: Any) -> None:
-    _require_task_id(task_id)
-    if not isinstance(lease_token, uuid.UUID):
-        raise TypeError(f"lease_token must be a uuid.UUID, got {lease_token!r}")
-
-
-def _positive_duration(name: str, value: Any) -> timedelta:
-    """A positive duration given as a ``timedelta`` or a number of seconds."""
-    return timedelta(seconds=to_seconds(name, value))
-
-
-def _require_aware(run_at: Any) -> datetime:
-    if not isinstance(run_at, datetime):
-        raise TypeError(f"run_at must be an aware datetime or a timedelta, got {run_at!r}")
-    if run_at.tzinfo is None or run_at.utcoffset() is None:
-        raise ValueError(
-            f"run_at must be timezone-aware (e.g. datetime.now(timezone.utc)), got {run_at!r}"
-        )
-    return run_at
 
 
 def _columns(values: Mapping[str, Any]) -> tuple[str, ...]:

@@ -66,8 +66,9 @@ from .durations import Duration, to_seconds
 from .exceptions import LeaseLostError, TaskInterrupted, TaskQueueError
 from .handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
 from .models import task_table
-from .repository import TaskRepository, TaskT, default_owner, require_json, storable_text
+from .repository import TaskRepository, TaskT, default_owner
 from .status import TaskStatus
+from .validation import require_int, require_json, storable_text
 from .wakeup import NotificationListener
 
 __all__ = ["Worker", "WorkerStats"]
@@ -137,14 +138,8 @@ class Worker(Generic[TaskT]):
         if not callable(session_factory):
             raise TypeError(f"session_factory must be a sessionmaker, got {session_factory!r}")
         self._table = task_table(model)
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError(f"concurrency must be an integer, got {concurrency!r}")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int):
-            raise TypeError(f"prefetch must be an integer, got {prefetch!r}")
-        if prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0, got {prefetch!r}")
+        require_int("concurrency", concurrency, minimum=1)
+        require_int("prefetch", prefetch, minimum=0)
         self._prefetch = prefetch
         self._specs: dict[str, HandlerSpec] = normalize_handlers(handlers, timeouts)
         if task_types is None:

@@ -1,0 +1,204 @@
+"""The rules every public entry point applies to its arguments, in one place.
+
+Each ``require_*`` function returns quietly or raises ``TypeError`` (wrong kind of value)
+or ``ValueError`` (right kind, bad value) with a message naming the argument, before
+anything is written::
+
+    >>> require_int("priority", 2**40, maximum=INT4_MAX)
+    Traceback (most recent call last):
+        ...
+    ValueError: priority must be <= 2147483647, got 1099511627776
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from .durations import MAX_DURATION, to_seconds
+
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+INT8_MAX = 2**63 - 1
+
+
+class BoolArgumentError(TypeError, ValueError):
+    """A bool was given where a number is expected (``True`` is not progress 1)."""
+
+
+def require_int(
+    name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
+) -> None:
+    """An ``int`` (never a bool) within ``minimum``..``maximum``.
+
+    >>> require_int("limit", 10, minimum=1)
+    """
+    if isinstance(value, bool):
+        raise BoolArgumentError(f"{name} must be an integer, not a bool ({value!r})")
+    if not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+
+
+def require_task_id(task_id: Any) -> None:
+    """A task id: a positive 64-bit integer.
+
+    >>> require_task_id(42)
+    """
+    require_int("task_id", task_id, minimum=1, maximum=INT8_MAX)
+
+
+def require_task_type(task_type: Any) -> None:
+    """A non-empty string (a ``StrEnum`` member is one).
+
+    >>> require_task_type("email")
+    """
+    if not isinstance(task_type, str):
+        raise TypeError(f"task_type must be a string, got {task_type!r}")
+    if not task_type.strip():
+        raise ValueError("task_type must not be empty")
+
+
+def task_types_argument(task_type: str | Sequence[str] | None) -> list[str] | None:
+    """One type, several, or ``None`` (any) as a list of type names (or ``None``).
+
+    >>> task_types_argument("email")
+    ['email']
+    """
+    if task_type is None:
+        return None
+    if isinstance(task_type, str):
+        require_task_type(task_type)
+        return [str(task_type)]
+    types = list(task_type)
+    if not types:
+        raise ValueError("task_type must name at least one type (or be None for any)")
+    for item in types:
+        require_task_type(item)
+    return [str(item) for item in types]
+
+
+#: ``\u0000`` in JSON text preceded by an even number of backslashes: a real NUL.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def storable_text(text: str) -> str:
+    r"""``text`` with what PostgreSQL's ``text`` type refuses (NUL, lone surrogates) escaped.
+
+    >>> print(storable_text("nul:" + chr(0) + " surrogate:" + chr(0xD800)))
+    nul:\x00 surrogate:\ud800
+    """
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def require_json(name: str, value: Any, *, allow_none: bool) -> None:
+    """Raise ``TypeError`` unless ``value`` is JSON that PostgreSQL can store.
+
+    ``ValueError`` for text PostgreSQL refuses in ``jsonb``: NUL characters and unpaired
+    UTF-16 surrogates.
+
+    >>> require_json("payload", {"rows": [1, 2]}, allow_none=False)
+    >>> require_json("payload", {"tags": {1}}, allow_none=False)
+    Traceback (most recent call last):
+        ...
+    TypeError: payload is not JSON-serialisable: Object of type set is not JSON serializable
+    """
+    if value is None:
+        if allow_none:
+            return
+        raise TypeError(f"{name} must be a JSON value, not None (use {{}} for no arguments)")
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} is not JSON-serialisable: {exc}") from None
+    if _NUL_ESCAPE.search(text):
+        raise ValueError(f"{name} contains a NUL character, which PostgreSQL cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{name} contains an unpaired surrogate, which is not valid text"
+        ) from None
+
+
+def require_timedelta(name: str, value: Any, *, allow_zero: bool) -> timedelta:
+    """A ``timedelta`` that is positive (or, with ``allow_zero``, not negative) and at
+    most :data:`~sqlalchemy_taskqueue.durations.MAX_DURATION`.
+
+    >>> require_timedelta("window", timedelta(hours=1), allow_zero=False)
+    datetime.timedelta(seconds=3600)
+    """
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{name} must be a timedelta, got {value!r}")
+    if allow_zero and value < timedelta(0):
+        raise ValueError(f"{name} must not be negative, got {value!r}")
+    if not allow_zero and value <= timedelta(0):
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    if value > MAX_DURATION:
+        raise ValueError(f"{name} must be at most {MAX_DURATION.days} days, got {value!r}")
+    return value
+
+
+def require_token(lease_token: Any) -> None:
+    """``None`` or a ``uuid.UUID`` lease token.
+
+    >>> require_token(None)
+    """
+    if lease_token is not None and not isinstance(lease_token, uuid.UUID):
+        raise TypeError(f"lease_token must be a uuid.UUID, got {lease_token!r}")
+
+
+def lease_pairs(leases: Iterable[tuple[int, uuid.UUID]]) -> list[tuple[int, uuid.UUID]]:
+    """The ``(task_id, lease_token)`` pairs as a list, each one checked.
+
+    Example::
+
+        lease_pairs([(task.id, task.lease_token)])
+    """
+    pairs = list(leases)
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise TypeError(f"leases must be (task_id, lease_token) pairs, got {pair!r}")
+        require_lease(*pair)
+    return pairs
+
+
+def require_lease(task_id: Any, lease_token: Any) -> None:
+    """A ``(task_id, lease_token)`` pair's parts.
+
+    >>> require_lease(1, uuid.uuid4())
+    """
+    require_task_id(task_id)
+    if not isinstance(lease_token, uuid.UUID):
+        raise TypeError(f"lease_token must be a uuid.UUID, got {lease_token!r}")
+
+
+def positive_duration(name: str, value: Any) -> timedelta:
+    """A positive duration given as a ``timedelta`` or a number of seconds.
+
+    >>> positive_duration("lease_duration", 90)
+    datetime.timedelta(seconds=90)
+    """
+    return timedelta(seconds=to_seconds(name, value))
+
+
+def require_aware(run_at: Any) -> datetime:
+    """A timezone-aware datetime.
+
+    Example::
+
+        require_aware(datetime.now(timezone.utc))
+    """
+    if not isinstance(run_at, datetime):
+        raise TypeError(f"run_at must be an aware datetime or a timedelta, got {run_at!r}")
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise ValueError(
+            f"run_at must be timezone-aware (e.g. datetime.now(timezone.utc)), got {run_at!r}"
+        )
+    return run_at
