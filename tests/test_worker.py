@@ -729,9 +729,16 @@ def test_prefetched_tasks_keep_their_leases_and_go_back_at_shutdown(
     ids = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(3)]
     job, calls = first_blocks(ids, first, "later")
 
-    # a 3 s lease: renewed every 0.75 s, and a waiting task is handed back only after 3 s
+    # renewed every 0.5 s, and a waiting task is handed back only after a whole lease
+    # (60 s), so the hand-back of stale waiting tasks cannot race this test on a slow machine
     worker = make_worker(
-        session_factory, clean_table, {"job": job}, concurrency=1, prefetch=2, lease_duration=3
+        session_factory,
+        clean_table,
+        {"job": job},
+        concurrency=1,
+        prefetch=2,
+        lease_duration=60,
+        heartbeat_interval=0.5,
     )
     with running(worker) as thread:
         assert first.started.wait(10)
