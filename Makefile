@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo lint format typecheck check bench clean
+.PHONY: venv test demo lint format typecheck check bench faults clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.10 is required (python3 not found or too old)"; exit 1; }
@@ -40,6 +40,9 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+faults: $(STAMP)
+	$(BIN)/python tests/faults/report.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

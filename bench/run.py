@@ -17,18 +17,16 @@ import argparse
 import statistics
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, select, text, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository, TaskStatus, Worker
 from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, mask_password, resolve_database_url
+from sqlalchemy_taskqueue.testing import throwaway_database
 
 
 class Base(DeclarativeBase):
@@ -239,20 +237,6 @@ def wake_latency(engine: Engine, samples: int, ours: bool) -> float:
 # --------------------------------------------------------------------------- report
 
 
-def bench_database(server_url: str) -> tuple[str, Callable[[], None]]:
-    name = f"taskqueue_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False), drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=5000, help="tasks per throughput scenario")
@@ -261,59 +245,58 @@ def main() -> None:
     args = parser.parse_args()
 
     server_url = resolve_database_url("TASKQUEUE_BENCH_DATABASE_URL", DATABASE_URL_ENV)
-    url, drop = bench_database(server_url)
-    engine = create_engine(url, pool_size=args.workers + 8)
-    Base.metadata.create_all(engine)
-    print(f"server: {mask_password(server_url)}  tasks: {args.tasks}  slots: {args.workers}")
-    rows = []
-    try:
-        for label, unit, measure, higher_is_better in (
-            (
-                "enqueue, one transaction each",
-                "tasks/s",
-                lambda ours: enqueue_one_by_one(engine, args.tasks // 5, ours),
-                True,
-            ),
-            (
-                "enqueue, one batch",
-                "tasks/s",
-                lambda ours: enqueue_bulk(engine, args.tasks * 4, ours),
-                True,
-            ),
-            (
-                "process no-op tasks",
-                "tasks/s",
-                lambda ours: (
-                    drain_ours(engine, args.tasks, args.workers)
-                    if ours
-                    else drain_seed(engine, args.tasks, args.workers)
+    with throwaway_database(server_url, "taskqueue_bench") as url:
+        engine = create_engine(url, pool_size=args.workers + 8)
+        Base.metadata.create_all(engine)
+        print(f"server: {mask_password(server_url)}  tasks: {args.tasks}  slots: {args.workers}")
+        rows = []
+        try:
+            for label, unit, measure, higher_is_better in (
+                (
+                    "enqueue, one transaction each",
+                    "tasks/s",
+                    lambda ours: enqueue_one_by_one(engine, args.tasks // 5, ours),
+                    True,
                 ),
-                True,
-            ),
-            (
-                "  ... with prefetch 3 x slots",
-                "tasks/s",
-                lambda ours: (
-                    drain_ours(engine, args.tasks, args.workers, 3 * args.workers)
-                    if ours
-                    else drain_seed(engine, args.tasks, args.workers)
+                (
+                    "enqueue, one batch",
+                    "tasks/s",
+                    lambda ours: enqueue_bulk(engine, args.tasks * 4, ours),
+                    True,
                 ),
-                True,
-            ),
-            (
-                "idle wake-up latency (median)",
-                "ms",
-                lambda ours: 1000 * wake_latency(engine, args.samples, ours),
-                False,
-            ),
-        ):
-            baseline = measure(False)
-            ours = measure(True)
-            ratio = ours / baseline if higher_is_better else baseline / ours
-            rows.append((label, unit, baseline, ours, ratio))
-    finally:
-        engine.dispose()
-        drop()
+                (
+                    "process no-op tasks",
+                    "tasks/s",
+                    lambda ours: (
+                        drain_ours(engine, args.tasks, args.workers)
+                        if ours
+                        else drain_seed(engine, args.tasks, args.workers)
+                    ),
+                    True,
+                ),
+                (
+                    "  ... with prefetch 3 x slots",
+                    "tasks/s",
+                    lambda ours: (
+                        drain_ours(engine, args.tasks, args.workers, 3 * args.workers)
+                        if ours
+                        else drain_seed(engine, args.tasks, args.workers)
+                    ),
+                    True,
+                ),
+                (
+                    "idle wake-up latency (median)",
+                    "ms",
+                    lambda ours: 1000 * wake_latency(engine, args.samples, ours),
+                    False,
+                ),
+            ):
+                baseline = measure(False)
+                ours = measure(True)
+                ratio = ours / baseline if higher_is_better else baseline / ours
+                rows.append((label, unit, baseline, ours, ratio))
+        finally:
+            engine.dispose()
     print(f"{'scenario':<32} {'unit':>8} {'seed port':>12} {'taskqueue':>12} {'ratio':>8}")
     for label, unit, baseline, ours, ratio in rows:
         print(f"{label:<32} {unit:>8} {baseline:>12.1f} {ours:>12.1f} {ratio:>7.2f}x")

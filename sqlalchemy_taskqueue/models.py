@@ -30,6 +30,7 @@ keyword-only so your own fields may come without defaults.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime
 from typing import Any
@@ -39,6 +40,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Identity,
+    Index,
     Integer,
     Table,
     Text,
@@ -63,11 +65,14 @@ from .statements import (
 from .status import TaskStatus
 
 __all__ = [
+    "QUEUE_COLUMNS",
     "TaskDataclassMixin",
     "TaskMixin",
     "TaskStatusType",
     "claim_index_name",
     "merge_table_args",
+    "missing_queue_schema",
+    "require_queue_schema",
     "task_table",
     "task_table_args",
 ]
@@ -113,7 +118,51 @@ def task_table(model: Any) -> Table:
     table = getattr(model, "__table__", None)
     if not isinstance(table, Table):
         raise TypeError(f"model {model.__name__} is not mapped to a table (abstract mixin?)")
+    require_queue_schema(model.__name__, table)
     return table
+
+
+def missing_queue_schema(table: Table) -> list[str]:
+    """The library's columns, indexes and constraints that ``table`` lacks (none for a
+    table built from :class:`TaskMixin`).
+
+    Example::
+
+        missing_queue_schema(Task.__table__)  # [] or e.g. ["column 'lease_token'"]
+    """
+    missing = [f"column {name!r}" for name in QUEUE_COLUMNS if name not in table.c]
+    present = {str(index.name) for index in table.indexes}
+    present.update(str(constraint.name) for constraint in table.constraints)
+    missing += [
+        f"{kind} {name!r}" for kind, name in _schema_items(table.name) if name not in present
+    ]
+    return missing
+
+
+@functools.cache
+def _schema_items(table_name: str) -> tuple[tuple[str, str], ...]:
+    """``(kind, name)`` of each index and constraint the library declares on a table."""
+    return tuple(
+        ("index" if isinstance(item, Index) else "constraint", str(getattr(item, "name", "")))
+        for item in task_table_args(table_name)
+    )
+
+
+def require_queue_schema(model_name: str, table: Table) -> None:
+    """``TypeError`` naming what is missing unless ``table`` has everything the queue
+    needs (checked when a task model is declared and when a repository is created).
+
+    Example::
+
+        require_queue_schema("Task", Task.__table__)
+    """
+    missing = missing_queue_schema(table)
+    if missing:
+        raise TypeError(
+            f"{model_name} (table {table.name!r}) lacks what the queue needs: "
+            f"{', '.join(missing)}. Keep every TaskMixin column, and build __table_args__ "
+            "with sqlalchemy_taskqueue.merge_table_args(cls, ...)."
+        )
 
 
 def claim_index_name(table_name: str) -> str:
@@ -321,7 +370,7 @@ class TaskMixin:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         _merge_plain_table_args(cls)
         super().__init_subclass__(**kwargs)
-        _require_claim_index(cls)
+        _require_queue_schema(cls)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} id={self.id!r} type={self.type!r} status={self.status!s}>"
@@ -370,7 +419,7 @@ class TaskDataclassMixin(MappedAsDataclass):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         _merge_plain_table_args(cls)
         super().__init_subclass__(**kwargs)
-        _require_claim_index(cls)
+        _require_queue_schema(cls)
 
 
 def _merge_plain_table_args(cls: type[Any]) -> None:
@@ -379,13 +428,11 @@ def _merge_plain_table_args(cls: type[Any]) -> None:
         cls.__table_args__ = merge_table_args(cls, own)
 
 
-def _require_claim_index(cls: type[Any]) -> None:
+def _require_queue_schema(cls: type[Any]) -> None:
     table = cls.__dict__.get("__table__")
-    if table is None:
-        return
-    expected = claim_index_name(table.name)
-    if not any(index.name == expected for index in table.indexes):
-        raise TypeError(
-            f"{cls.__name__}.__table_args__ dropped the queue's indexes (no {expected!r}); "
-            "build it with sqlalchemy_taskqueue.merge_table_args(cls, ...)."
-        )
+    if isinstance(table, Table):
+        require_queue_schema(cls.__name__, table)
+
+
+#: The columns :class:`TaskMixin` declares, which every queue table needs.
+QUEUE_COLUMNS: tuple[str, ...] = tuple(TaskMixin.__annotations__)

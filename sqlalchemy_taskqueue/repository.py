@@ -47,14 +47,18 @@ from .models import TaskDataclassMixin, TaskMixin, task_table
 from .monitoring import TaskMonitoring
 from .status import ACTIVE_STATUSES, TaskStatus
 from .validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
     INT4_MAX,
     INT4_MIN,
     lease_pairs,
     positive_duration,
     require_aware,
+    require_dedupe_key,
     require_int,
     require_json,
     require_lease,
+    require_max_retries,
+    require_size_limit,
     require_task_id,
     require_task_type,
     require_timedelta,
@@ -132,6 +136,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
     :param lease_duration: lease handed out by :meth:`dequeue` unless it is given one.
     :param owner: identity recorded in ``lease_owner`` (default: host, pid, random).
     :param notify: announce enqueues with ``NOTIFY`` so idle workers wake at once.
+    :param max_payload_bytes: largest payload accepted by the enqueue methods, measured
+        as UTF-8 JSON text (default 1 MiB; ``None`` for no limit).  Large data belongs in
+        a table or object store that the payload points to.
 
     The monitoring queries (:meth:`queue_depth`, :meth:`stuck_tasks` ...) come from
     :class:`~sqlalchemy_taskqueue.monitoring.TaskMonitoring`.
@@ -152,6 +159,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         lease_duration: Duration = DEFAULT_LEASE_DURATION,
         owner: str | None = None,
         notify: bool = True,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         if not isinstance(session, Session):
             raise TypeError(f"session must be an sqlalchemy.orm.Session, got {session!r}")
@@ -162,6 +170,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         self._model = model
         self._backoff = backoff
         self._lease = positive_duration("lease_duration", lease_duration)
+        require_size_limit("max_payload_bytes", max_payload_bytes)
+        self._max_payload = max_payload_bytes
         self._owner = owner if owner is not None else default_owner()
         if not isinstance(self._owner, str) or not self._owner:
             raise ValueError(f"owner must be a non-empty string, got {owner!r}")
@@ -338,8 +348,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if dedupe_key is None:
             digest = hashlib.sha256(canonical_json([str(task_type), payload]).encode())
             dedupe_key = digest.hexdigest()
-        elif not isinstance(dedupe_key, str) or not dedupe_key:
-            raise ValueError(f"dedupe_key must be a non-empty string, got {dedupe_key!r}")
+        else:
+            require_dedupe_key(dedupe_key)
         values["dedupe_key"] = dedupe_key
         insert = statements.insert_if_absent_statement(
             self._table, _columns(values), channel=self._channel, delayed="run_delay" in values
@@ -742,8 +752,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         columns: Mapping[str, Any],
     ) -> dict[str, Any]:
         require_task_type(task_type)
-        require_json("payload", payload, allow_none=False)
-        require_int("max_retries", max_retries, minimum=0, maximum=INT4_MAX)
+        require_json("payload", payload, allow_none=False, max_bytes=self._max_payload)
+        require_max_retries(max_retries)
         require_int("priority", priority, minimum=INT4_MIN, maximum=INT4_MAX)
         values: dict[str, Any] = {
             "type": str(task_type),

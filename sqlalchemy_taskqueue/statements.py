@@ -491,14 +491,14 @@ def _failure_values(
 
     While ``retry_count < max_retries`` the task returns to ``pending`` with
     ``retry_count + 1`` and ``run_at = now() + min(cap, base * 2^(retry_count + 1) *
-    (1 + jitter * random()))`` (due at once when ``backoff`` is ``None``); otherwise it
-    becomes ``failed``.  Every right-hand side reads the row as it was before the update,
+    (1 + jitter * random()))`` (with ``backoff`` ``None``, ``run_at`` is kept: the task
+    is due at once, in its old place in the queue); otherwise it becomes ``failed``.  Every right-hand side reads the row as it was before the update,
     so the decision is atomic.
     """
     c = table.c
     will_retry = and_(true() if retry else false(), c.retry_count < c.max_retries)
     if backoff is None:
-        retry_at = _now()
+        retry_at: ColumnElement[Any] = c.run_at
     else:
         exponent = func.least(c.retry_count + 1, MAX_EXPONENT)
         retry_at = _after(
@@ -724,8 +724,9 @@ def rescue_statement(table: Table, *, limit: int) -> Update:
 
     A worker that dies (``kill -9``, lost machine, lost connection) stops renewing its
     leases; once a lease has expired, any worker rescues the task with the same rule as a
-    failed attempt, except that a rescued task is due at once (the attempt already waited
-    out its lease).  ``SKIP LOCKED`` lets several workers rescue concurrently.
+    failed attempt, except that a rescued task is due at once and keeps its place in the
+    queue (its ``run_at``): the attempt already waited out its lease, so it runs before
+    tasks enqueued after it.  ``SKIP LOCKED`` lets several workers rescue concurrently.
 
     Example::
 

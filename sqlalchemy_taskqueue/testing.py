@@ -8,18 +8,30 @@ for your task model, bound to a session (requires the ``test`` extra)::
     failed = TaskFactory(status=TaskStatus.FAILED, error_message="boom")
 
 Rows are flushed (not committed), so they live and die with the test's transaction.
+
+:func:`throwaway_database` gives a test run an empty database of its own on a server and
+drops it afterwards::
+
+    with throwaway_database("postgresql+psycopg2://postgres@127.0.0.1/postgres") as url:
+        engine = create_engine(url)
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from .models import task_table
 from .status import TaskStatus
 
-__all__ = ["task_factory"]
+__all__ = ["task_factory", "throwaway_database"]
 
 
 def task_factory(model: type[Any], session: Session) -> Any:
@@ -50,3 +62,33 @@ def task_factory(model: type[Any], session: Session) -> Any:
             "status": TaskStatus.PENDING,
         },
     )
+
+
+@contextmanager
+def throwaway_database(server_url: str, prefix: str = "taskqueue_test") -> Iterator[str]:
+    """Create an empty database on the server at ``server_url`` and yield its URL; drop it
+    (closing any connection still open to it) on exit.
+
+    The server's user needs the ``CREATEDB`` privilege; PostgreSQL 13 or later.
+
+    Example::
+
+        with throwaway_database(os.environ["TASKQUEUE_TEST_DATABASE_URL"]) as url:
+            engine = create_engine(url)
+            Base.metadata.create_all(engine)
+            ...
+    """
+    if not prefix.isidentifier() or not prefix.islower():
+        raise ValueError(f"prefix must be a lower-case identifier, got {prefix!r}")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

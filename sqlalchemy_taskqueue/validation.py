@@ -16,13 +16,26 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .durations import MAX_DURATION, to_seconds
 
 INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
 INT8_MAX = 2**63 - 1
+
+#: Longest task type, in characters.
+MAX_TASK_TYPE_LENGTH = 255
+#: Longest dedupe key, in UTF-8 bytes (it shares a B-tree index entry with the type).
+MAX_DEDUPE_KEY_BYTES = 1024
+#: Most retries a task may be given; beyond this a task is retried "forever", which
+#: hides a broken handler instead of reporting it.
+MAX_RETRIES = 1000
+#: Default limit on a payload's size as JSON text (``TaskRepository(max_payload_bytes=)``).
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+#: How far before now a ``run_at`` datetime may lie: a due time just missed is fine, one
+#: from last month is a bug (it also jumps the queue, which is ordered by ``run_at``).
+RUN_AT_PAST_LIMIT = timedelta(days=7)
 
 
 class BoolArgumentError(TypeError, ValueError):
@@ -55,14 +68,65 @@ def require_task_id(task_id: Any) -> None:
 
 
 def require_task_type(task_type: Any) -> None:
-    """A non-empty string (a ``StrEnum`` member is one).
+    """A non-empty string (a ``StrEnum`` member is one) of at most
+    :data:`MAX_TASK_TYPE_LENGTH` characters that PostgreSQL can store.
 
     >>> require_task_type("email")
+    >>> require_task_type("x" * 300)
+    Traceback (most recent call last):
+        ...
+    ValueError: task_type must be at most 255 characters, got 300
     """
     if not isinstance(task_type, str):
         raise TypeError(f"task_type must be a string, got {task_type!r}")
     if not task_type.strip():
         raise ValueError("task_type must not be empty")
+    if len(task_type) > MAX_TASK_TYPE_LENGTH:
+        raise ValueError(
+            f"task_type must be at most {MAX_TASK_TYPE_LENGTH} characters, got {len(task_type)}"
+        )
+    require_storable_text("task_type", task_type)
+
+
+def require_dedupe_key(dedupe_key: Any) -> None:
+    """A non-empty string of at most :data:`MAX_DEDUPE_KEY_BYTES` UTF-8 bytes.
+
+    >>> require_dedupe_key("import:customers.csv")
+    """
+    if not isinstance(dedupe_key, str) or not dedupe_key:
+        raise ValueError(f"dedupe_key must be a non-empty string, got {dedupe_key!r}")
+    require_storable_text("dedupe_key", dedupe_key)
+    size = len(dedupe_key.encode("utf-8"))
+    if size > MAX_DEDUPE_KEY_BYTES:
+        raise ValueError(
+            f"dedupe_key must be at most {MAX_DEDUPE_KEY_BYTES} bytes (UTF-8), got {size}"
+        )
+
+
+def require_storable_text(name: str, value: str) -> None:
+    """``ValueError`` for text PostgreSQL refuses: NUL characters, unpaired surrogates.
+
+    >>> require_storable_text("task_type", "nul" + chr(0))
+    Traceback (most recent call last):
+        ...
+    ValueError: task_type contains a NUL character, which PostgreSQL cannot store
+    """
+    if "\x00" in value:
+        raise ValueError(f"{name} contains a NUL character, which PostgreSQL cannot store")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{name} contains an unpaired surrogate, which is not valid text"
+        ) from None
+
+
+def require_max_retries(max_retries: Any) -> None:
+    """An ``int`` from 0 to :data:`MAX_RETRIES`.
+
+    >>> require_max_retries(5)
+    """
+    require_int("max_retries", max_retries, minimum=0, maximum=MAX_RETRIES)
 
 
 def task_types_argument(task_type: str | Sequence[str] | None) -> list[str] | None:
@@ -97,17 +161,21 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def require_json(name: str, value: Any, *, allow_none: bool) -> None:
+def require_json(name: str, value: Any, *, allow_none: bool, max_bytes: int | None = None) -> None:
     """Raise ``TypeError`` unless ``value`` is JSON that PostgreSQL can store.
 
-    ``ValueError`` for text PostgreSQL refuses in ``jsonb``: NUL characters and unpaired
-    UTF-16 surrogates.
+    ``ValueError`` for text PostgreSQL refuses in ``jsonb`` (NUL characters, unpaired
+    UTF-16 surrogates) and for JSON text longer than ``max_bytes`` (UTF-8).
 
     >>> require_json("payload", {"rows": [1, 2]}, allow_none=False)
     >>> require_json("payload", {"tags": {1}}, allow_none=False)
     Traceback (most recent call last):
         ...
     TypeError: payload is not JSON-serialisable: Object of type set is not JSON serializable
+    >>> require_json("payload", ["x" * 2000], allow_none=False, max_bytes=1024)
+    Traceback (most recent call last):
+        ...
+    ValueError: payload is 2004 bytes as JSON, over the limit of 1024 (max_payload_bytes)
     """
     if value is None:
         if allow_none:
@@ -120,11 +188,25 @@ def require_json(name: str, value: Any, *, allow_none: bool) -> None:
     if _NUL_ESCAPE.search(text):
         raise ValueError(f"{name} contains a NUL character, which PostgreSQL cannot store")
     try:
-        text.encode("utf-8")
+        encoded = text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(
             f"{name} contains an unpaired surrogate, which is not valid text"
         ) from None
+    if max_bytes is not None and len(encoded) > max_bytes:
+        raise ValueError(
+            f"{name} is {len(encoded)} bytes as JSON, over the limit of {max_bytes} "
+            "(max_payload_bytes)"
+        )
+
+
+def require_size_limit(name: str, value: Any) -> None:
+    """``None`` (no limit) or a positive ``int``.
+
+    >>> require_size_limit("max_payload_bytes", 65536)
+    """
+    if value is not None:
+        require_int(name, value, minimum=1)
 
 
 def require_timedelta(name: str, value: Any, *, allow_zero: bool) -> timedelta:
@@ -189,7 +271,9 @@ def positive_duration(name: str, value: Any) -> timedelta:
 
 
 def require_aware(run_at: Any) -> datetime:
-    """A timezone-aware datetime.
+    """A timezone-aware datetime, no more than :data:`RUN_AT_PAST_LIMIT` in the past
+    and no more than :data:`~sqlalchemy_taskqueue.durations.MAX_DURATION` ahead (by
+    this machine's clock: the limits are far wider than any clock skew).
 
     Example::
 
@@ -200,5 +284,15 @@ def require_aware(run_at: Any) -> datetime:
     if run_at.tzinfo is None or run_at.utcoffset() is None:
         raise ValueError(
             f"run_at must be timezone-aware (e.g. datetime.now(timezone.utc)), got {run_at!r}"
+        )
+    now = datetime.now(timezone.utc)
+    if run_at < now - RUN_AT_PAST_LIMIT:
+        raise ValueError(
+            f"run_at lies more than {RUN_AT_PAST_LIMIT.days} days in the past ({run_at:%Y-%m-%d}); "
+            "pass None (or now) to run a task at once"
+        )
+    if run_at - now > MAX_DURATION:
+        raise ValueError(
+            f"run_at lies more than {MAX_DURATION.days} days ahead ({run_at:%Y-%m-%d})"
         )
     return run_at

@@ -7,16 +7,12 @@ database is created for the run and dropped at the end, so nothing is left behin
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository
 from sqlalchemy_taskqueue.embedded import (
@@ -24,26 +20,15 @@ from sqlalchemy_taskqueue.embedded import (
     TEST_DATABASE_URL_ENV,
     resolve_database_url,
 )
+from sqlalchemy_taskqueue.testing import throwaway_database
+
+# a sitecustomize for worker processes with a skewed clock: never import it here
+collect_ignore = ["faults/skewed_clock"]
 
 
 @pytest.fixture(scope="session")
 def server_url() -> str:
     return resolve_database_url(TEST_DATABASE_URL_ENV, DATABASE_URL_ENV)
-
-
-@contextmanager
-def throwaway_database(server_url: str) -> Iterator[str]:
-    """Create an empty database on the server; drop it (and its connections) afterwards."""
-    name = f"taskqueue_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")

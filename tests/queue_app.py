@@ -11,7 +11,7 @@ import time
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Integer, Text, create_engine, insert
+from sqlalchemy import BigInteger, DateTime, Engine, Integer, Text, create_engine, func, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sqlalchemy_taskqueue import HandlerRegistry, TaskContext, TaskMixin
@@ -35,6 +35,8 @@ class Execution(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     pid: Mapped[int] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(Text)
+    #: when the handler started, by the database's clock
+    at: Mapped[Any] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
 
 
 tasks = HandlerRegistry(Task)
@@ -71,3 +73,12 @@ def sleepy(task: Any, ctx: TaskContext) -> str:
     while time.monotonic() < deadline:
         time.sleep(0.05)  # simulated work
     return "finished"
+
+
+@tasks.handler("work")
+def work(task: Any, ctx: TaskContext) -> int:
+    """Records the call (and the worker's wall clock), works ``payload["ms"]``
+    milliseconds, returns the worker's pid."""
+    record(task, ctx, note=f"{time.time():.3f}")
+    time.sleep(task.payload["ms"] / 1000)  # simulated work
+    return os.getpid()

@@ -67,6 +67,12 @@ def test_enqueue_unique_and_delayed(run: Any, repo: Repo) -> None:
     [
         (["enqueue", "export", "--payload", "{oops"], "not valid JSON"),
         (["enqueue", "export", "--payload", "null"], "payload"),
+        (["enqueue", "export", "--payload", '{"x": NaN}'], "not JSON-serialisable"),
+        (["enqueue", "export", "--payload", '"nul\\u0000"'], "NUL character"),
+        (["enqueue", "export", "--max-retries", "5000"], "max_retries must be <= 1000"),
+        (["enqueue", "export", "--priority", "99999999999"], "priority must be <="),
+        (["enqueue", "", "--payload", "{}"], "task_type must not be empty"),
+        (["enqueue", "x" * 300], "at most 255 characters"),
         (["enqueue", "export", "--delay", "soon"], "invalid duration"),
         (["cleanup", "--older-than", "7 days"], "invalid duration"),
         (["cleanup"], "--older-than"),

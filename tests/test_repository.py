@@ -142,9 +142,12 @@ def test_enqueue_rejects_payloads_that_are_not_json(
         ({"max_retries": -1}, ValueError, "max_retries"),
         ({"max_retries": True}, ValueError, "max_retries"),
         ({"max_retries": 1.5}, TypeError, "max_retries"),
+        ({"max_retries": 10**6}, ValueError, "max_retries must be <= 1000"),
         ({"priority": "high"}, TypeError, "priority"),
         ({"priority": 2**31}, ValueError, "priority"),
         ({"run_at": datetime(2030, 1, 1)}, ValueError, "timezone-aware"),
+        ({"run_at": datetime(2001, 1, 1, tzinfo=timezone.utc)}, ValueError, "in the past"),
+        ({"run_at": datetime(9999, 1, 1, tzinfo=timezone.utc)}, ValueError, "ahead"),
         ({"run_at": "tomorrow"}, TypeError, "run_at"),
         ({"run_at": timedelta(seconds=-1)}, ValueError, "run_at"),
         ({"timeout_seconds": 0}, ValueError, "timeout_seconds"),
@@ -163,7 +166,15 @@ def test_enqueue_rejects_bad_options_and_writes_nothing(
 
 @pytest.mark.parametrize(
     ("task_type", "error"),
-    [("", ValueError), ("  ", ValueError), (5, TypeError), (None, TypeError)],
+    [
+        ("", ValueError),
+        ("  ", ValueError),
+        (5, TypeError),
+        (None, TypeError),
+        ("x" * 256, ValueError),
+        ("nul\x00type", ValueError),
+        ("lone \ud800", ValueError),
+    ],
 )
 def test_enqueue_rejects_bad_task_types(
     repo: Repo, session: Session, task_type: Any, error: type[Exception]
@@ -591,6 +602,8 @@ def test_rescue_consumes_a_retry_or_fails(repo: Repo, session: Session) -> None:
     claimed = repo.dequeue_many("a", limit=3)
     session.commit()
     assert {task.id for task in claimed} == {keep, last, healthy}
+    waiting = repo.enqueue("a", {})  # enqueued after ``keep`` was claimed
+    session.commit()
     session.execute(
         text(
             f"UPDATE {repo.model.__tablename__} SET lease_expires_at = now() - interval '1 s' "
@@ -605,6 +618,9 @@ def test_rescue_consumes_a_retry_or_fails(repo: Repo, session: Session) -> None:
     assert (
         kept is not None and kept.retry_count == 1 and "lease expired" in (kept.error_message or "")
     )
+    # due at once, in its old place: ahead of a task enqueued after it
+    assert [task.id for task in repo.dequeue_many("a", limit=2)] == [keep, waiting]
+    session.rollback()
     still = repo.get_task(healthy)
     assert still is not None and still.status is TaskStatus.IN_PROGRESS
     assert repo.rescue_expired_leases() == {}

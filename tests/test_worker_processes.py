@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy_taskqueue import TaskRepository, TaskStatus
 
 sys.path.insert(0, str(Path(__file__).parent))
+from processes import WorkerProcess, wait_for
 from queue_app import Base, Execution, Task
 
 pytestmark = pytest.mark.slow
@@ -31,44 +29,6 @@ def app_tables(engine: Engine) -> Iterator[None]:
     Base.metadata.create_all(engine)
     yield
     Base.metadata.drop_all(engine)
-
-
-class WorkerProcess:
-    def __init__(self, database_url: str, log: Path, *options: str) -> None:
-        env = {**os.environ, "TASKQUEUE_DATABASE_URL": database_url, "PYTHONPATH": str(TESTS)}
-        self.log = log
-        self._out = log.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sqlalchemy_taskqueue.cli",
-                "worker",
-                "queue_app:tasks",
-                *options,
-            ],
-            env=env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout)
-        finally:
-            self._out.close()
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._out.close()
 
 
 @pytest.fixture
@@ -100,14 +60,6 @@ def task_state(factory: sessionmaker[Session], task_id: int) -> Any:
         assert task is not None
         session.expunge(task)
         return task
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait for a database or process state, re-reading it until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def lease_expired(factory: sessionmaker[Session], task_id: int) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus, Worker
+
+sys.path.insert(0, str(Path(__file__).parent))
+from processes import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -55,13 +60,6 @@ def listeners(admin: Engine) -> list[int]:
         )
 
 
-def wait_for(condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-
-
 def test_killed_connections_lose_no_task(
     worker_engine: Any, session_factory: sessionmaker[Session], clean_table: type[Any]
 ) -> None:
@@ -99,7 +97,7 @@ def test_killed_connections_lose_no_task(
                 )
             return done == len(ids)
 
-        wait_for(all_completed)
+        wait_for(all_completed, timeout=60)
     finally:
         worker.stop()
         thread.join(30)

@@ -7,6 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 import click
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import NoSuchModuleError
 
 from sqlalchemy_taskqueue.durations import parse_duration
 from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, mask_password, normalize_url
@@ -87,14 +89,35 @@ def database_url_or_fail(database_url: str | None) -> str:
         database_url = (root.obj or {}).get("database_url") if root is not None else None
     if not database_url:
         raise click.UsageError("Missing option '--database-url' (or set TASKQUEUE_DATABASE_URL).")
+    masked = mask_password(database_url)
     try:
-        return normalize_url(database_url)
+        url = normalize_url(database_url)
     except Exception:
         raise click.BadParameter(
-            f"{mask_password(database_url)!r} is not a database URL "
+            f"{masked!r} is not a database URL "
             "(e.g. postgresql+psycopg2://user:password@host:5432/dbname)",
             param_hint="--database-url",
         ) from None
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise click.BadParameter(
+            f"{masked!r} is a {parsed.get_backend_name()!r} URL; the queue runs on PostgreSQL",
+            param_hint="--database-url",
+        )
+    try:
+        dialect = parsed.get_dialect()
+    except (NoSuchModuleError, ImportError) as exc:
+        raise click.BadParameter(
+            f"{masked!r} names a driver that is not installed ({exc})",
+            param_hint="--database-url",
+        ) from None
+    if getattr(dialect, "is_async", False):
+        raise click.BadParameter(
+            f"{masked!r} names an async driver; the command line needs a synchronous one "
+            "(e.g. postgresql+psycopg2://...)",
+            param_hint="--database-url",
+        )
+    return url
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

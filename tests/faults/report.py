@@ -1,0 +1,91 @@
+"""Run every fault-injection scenario at full size and print the README's reliability
+table (Markdown), then one JSON line per scenario.
+
+Usage: ``make faults`` (or ``python tests/faults/report.py --scale 0.5`` for a quicker
+run).  The server comes from ``TASKQUEUE_TEST_DATABASE_URL`` / ``TASKQUEUE_DATABASE_URL``,
+then PostgreSQL on 127.0.0.1:5432, then an embedded one; the restart scenario always
+uses an embedded server of its own, never a shared one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import TABLE_HEADER, FaultReport
+from scenarios import (
+    idle_in_transaction,
+    server_restart,
+    skewed_clocks,
+    stranded_worker,
+    terminated_connections,
+    worker_sigkill,
+)
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from sqlalchemy_taskqueue.embedded import (
+    DATABASE_URL_ENV,
+    TEST_DATABASE_URL_ENV,
+    mask_password,
+    resolve_database_url,
+)
+
+
+def describe_server(url: str) -> str:
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        version = connection.scalar(text("SHOW server_version"))
+        fsync = connection.scalar(text("SHOW fsync"))
+        commit = connection.scalar(text("SHOW synchronous_commit"))
+    engine.dispose()
+    return f"PostgreSQL {version} (fsync={fsync}, synchronous_commit={commit})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply task counts")
+    args = parser.parse_args()
+    if args.scale <= 0:
+        parser.error("--scale must be positive")
+
+    def size(tasks: int) -> int:
+        return max(int(tasks * args.scale), 10)
+
+    server_url = resolve_database_url(TEST_DATABASE_URL_ENV, DATABASE_URL_ENV)
+    print(f"server: {mask_password(server_url)}, {describe_server(server_url)}")
+    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}")
+    scenarios: list[Callable[[Path], FaultReport]] = [
+        lambda work: worker_sigkill(server_url, work, tasks=size(2000), kills=15),
+        lambda work: terminated_connections(server_url, work, tasks=size(2000), kills=15),
+        lambda work: server_restart(work, tasks=size(2000), restarts=2, outage=2.0),
+        lambda work: idle_in_transaction(server_url, work, tasks=size(3000)),
+        lambda work: stranded_worker(server_url, work, how="network cut", tasks=4),
+        lambda work: stranded_worker(server_url, work, how="SIGSTOP", tasks=4),
+        lambda work: skewed_clocks(server_url, work, tasks=size(1000)),
+    ]
+    reports = []
+    for scenario in scenarios:
+        with tempfile.TemporaryDirectory(prefix="taskqueue-faults-") as work:
+            report = scenario(Path(work))
+        print(f"  done: {report.scenario}", file=sys.stderr, flush=True)
+        reports.append(report)
+    print()
+    print(TABLE_HEADER)
+    for report in reports:
+        print(report.table_row())
+    print()
+    for report in reports:
+        print(report.json_line())
+    if any(report.lost or report.completed_twice for report in reports):
+        sys.exit("a scenario lost a task or completed one twice")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""The fault-injection scenarios, each run against real worker processes and a real
+PostgreSQL, each returning a :class:`~harness.FaultReport`.
+
+The tests (``test_faults.py``) run them small and assert that nothing was lost or
+completed twice; ``make faults`` (``report.py``) runs them larger and prints the table
+published in the README.  Sleeps in here are the fault schedule (when to strike, how long
+an outage lasts), never a way to wait for a state: states are awaited with ``wait_for``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from harness import (
+    FaultQueue,
+    FaultReport,
+    fault_queue,
+    pausable_proxy,
+    restartable_server,
+    tagged,
+    wait_for,
+)
+from processes import WorkerProcess
+from sqlalchemy import text
+
+#: Enough slots and prefetch that a kill finds tasks running, waiting and being written.
+FLEET_OPTIONS = ("--concurrency", "4", "--prefetch", "2")
+
+
+def worker_sigkill(
+    server_url: str, work_dir: Path, *, tasks: int = 400, kills: int = 6, seed: int = 1
+) -> FaultReport:
+    """Three workers; one at a time is SIGKILLed at a random moment (claiming, running
+    handlers, writing outcomes) and replaced, ``kills`` times.
+
+    Recovery: the longest time from a kill until every task the dead worker held had
+    started again elsewhere (the lease, plus the rescue interval).
+    """
+    rng = random.Random(seed)
+    with fault_queue(server_url, work_dir) as queue:
+        queue.enqueue(tasks, ms=(10, 60), seed=seed)
+        fleet = [queue.spawn(*FLEET_OPTIONS) for _ in range(3)]
+        orphaned: list[tuple[datetime, list[int]]] = []
+        wait_for(lambda: queue.completed() > 0)
+        while len(orphaned) < kills and queue.unfinished() > 0:
+            time.sleep(rng.uniform(0.1, 0.6))  # the fault schedule: strike at a random moment
+            victim = fleet.pop(rng.randrange(len(fleet)))
+            victim.kill()
+            orphaned.append((queue.now(), queue.held_by(victim.pid)))
+            fleet.append(queue.spawn(*FLEET_OPTIONS))
+        queue.wait_until_settled()
+        exits = queue.stop_workers()
+        recovery = max(
+            (queue.restarted_after(at, held) for at, held in orphaned if held), default=None
+        )
+        held = sum(len(ids) for _, ids in orphaned)
+        return queue.report(
+            "worker killed (SIGKILL) at random moments",
+            faults=len(orphaned),
+            recovery=recovery,
+            notes=f"{held} tasks held by killed workers; survivors exited {set(exits)}",
+            exits=exits,
+        )
+
+
+def terminated_connections(
+    server_url: str, work_dir: Path, *, tasks: int = 400, kills: int = 8, seed: int = 2
+) -> FaultReport:
+    """Two workers whose every database connection is ``pg_terminate_backend``-ed at
+    random moments; the workers must reconnect and carry on.
+
+    Recovery: the longest time from a round of terminations until the queue completed a
+    task again.
+    """
+    rng = random.Random(seed)
+    application = f"tq-fault-{uuid.uuid4().hex[:8]}"
+    with fault_queue(server_url, work_dir) as queue:
+        queue.enqueue(tasks, ms=(5, 30), seed=seed)
+        fleet = [queue.spawn(*FLEET_OPTIONS, url=tagged(queue.url, application)) for _ in range(2)]
+        wait_for(lambda: queue.completed() > 0)
+        rounds: list[datetime] = []
+        terminated = 0
+        while len(rounds) < kills and queue.unfinished() > 0:
+            time.sleep(rng.uniform(0.1, 0.4))  # the fault schedule
+            count = terminate_backends(queue, application)
+            if count:
+                terminated += count
+                rounds.append(queue.now())
+        queue.wait_until_settled()
+        survived = all(worker.alive() for worker in fleet)
+        exits = queue.stop_workers()
+        recovery = max((queue.next_completion_after(at) for at in rounds), default=None)
+        return queue.report(
+            "connections killed (pg_terminate_backend)",
+            faults=terminated,
+            recovery=recovery,
+            notes=f"{len(rounds)} rounds; workers survived: {survived}, exited {set(exits)}",
+            survived=survived,
+            exits=exits,
+        )
+
+
+def terminate_backends(queue: FaultQueue, application: str) -> int:
+    with queue.engine.connect() as connection:
+        return len(
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = :application"
+                ),
+                {"application": application},
+            ).all()
+        )
+
+
+def server_restart(
+    work_dir: Path, *, tasks: int = 400, restarts: int = 1, outage: float = 2.0
+) -> FaultReport:
+    """A PostgreSQL of the scenario's own is stopped (fast shutdown) and started again
+    while two workers run; the workers must survive the outage and finish.
+
+    Recovery: the longest time from the server accepting connections again until the
+    queue completed a task again.
+    """
+    with (
+        restartable_server(work_dir / "pgdata") as server,
+        fault_queue(server.url, work_dir) as queue,
+    ):
+        queue.enqueue(tasks, ms=(5, 30))
+        fleet = [queue.spawn(*FLEET_OPTIONS) for _ in range(2)]
+        back: list[datetime] = []
+        for round_ in range(1, restarts + 1):
+            progress = tasks * round_ // (restarts + 2)
+            wait_for(lambda: queue.completed() >= progress)  # noqa: B023 (awaited at once)
+            server.stop()
+            time.sleep(outage)  # the outage itself
+            server.start()
+            back.append(queue.now())
+        queue.wait_until_settled()
+        survived = all(worker.alive() for worker in fleet)
+        exits = queue.stop_workers()
+        recovery = max(queue.next_completion_after(at) for at in back)
+        return queue.report(
+            f"PostgreSQL restarted ({outage:.0f} s outage)",
+            faults=restarts,
+            recovery=recovery,
+            notes=f"workers survived: {survived}, exited {set(exits)}",
+            survived=survived,
+            exits=exits,
+        )
+
+
+def idle_in_transaction(server_url: str, work_dir: Path, *, tasks: int = 1000) -> FaultReport:
+    """A session sits ``idle in transaction`` (holding an xid, as a forgotten ``BEGIN``
+    does) while a worker drains the queue; measured against the same drain without it.
+
+    Nothing stalls (the queue never waits on the idle session's locks), but no dead
+    row version created after it began can be vacuumed until it ends.
+    """
+    with fault_queue(server_url, work_dir) as queue:
+        clean_rate = drain_rate(queue, tasks)
+        with queue.engine.connect() as idle:
+            idle.execute(text("SELECT txid_current(), count(*) FROM proc_tasks"))
+            held_rate = drain_rate(queue, tasks)
+            unremovable = dead_rows_left_by_vacuum(queue)
+            idle.rollback()
+        after = dead_rows_left_by_vacuum(queue)
+        return queue.report(
+            "a session idle in transaction during the run",
+            faults=1,
+            recovery=None,
+            notes=(
+                f"drain {held_rate:.0f} tasks/s vs {clean_rate:.0f} without it; "
+                f"vacuum could not remove {unremovable} dead rows until it ended ({after} after)"
+            ),
+            unremovable=unremovable,
+            unremovable_after=after,
+            rates=(clean_rate, held_rate),
+        )
+
+
+def drain_rate(queue: FaultQueue, tasks: int) -> float:
+    """Tasks per second one worker completes ``tasks`` no-op tasks at (database clock)."""
+    ids = queue.enqueue(tasks, ms=(0, 0))
+    worker = queue.spawn("--until-empty", *FLEET_OPTIONS, "--log-level", "warning")
+    assert worker.wait(120) == 0, worker.output()
+    seconds = queue.scalar(
+        "SELECT EXTRACT(EPOCH FROM max(completed_at) - min(started_at)) FROM proc_tasks "
+        "WHERE id = ANY(:ids)",
+        ids=ids,
+    )
+    return tasks / max(float(seconds), 1e-3)
+
+
+def dead_rows_left_by_vacuum(queue: FaultQueue) -> int:
+    """Run ``VACUUM (VERBOSE)`` on the queue table and return how many dead row versions
+    it had to leave because a transaction might still see them."""
+    with queue.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        # the driver's own cursor: SQLAlchemy's would move the notices to its log
+        driver = connection.connection.dbapi_connection
+        assert driver is not None
+        del driver.notices[:]  # type: ignore[attr-defined]
+        driver.cursor().execute("VACUUM (VERBOSE) proc_tasks")
+        notices = "".join(driver.notices)  # type: ignore[attr-defined]
+    found = re.search(r"(\d+) are dead but not yet removable", notices)
+    return int(found.group(1)) if found else 0
+
+
+def stranded_worker(
+    server_url: str, work_dir: Path, *, how: str = "network cut", tasks: int = 3
+) -> FaultReport:
+    """A worker loses contact mid-task: its network is cut (a proxy stops forwarding)
+    or it is frozen (``SIGSTOP``, as a long GC pause or an overloaded host does).  Its
+    leases expire, a second worker rescues and completes the tasks, and when the first
+    comes back its late completions must be refused.
+
+    Recovery: the longest time from the fault until a rescued task started again.
+    """
+    with fault_queue(server_url, work_dir) as queue, pausable_proxy(queue.url) as proxy:
+        faults: dict[str, tuple[Callable[[WorkerProcess], None], Callable[[WorkerProcess], None]]]
+        faults = {
+            "network cut": (lambda _: proxy.cut(), lambda _: proxy.heal()),
+            "SIGSTOP": (
+                lambda worker: worker.signal(signal.SIGSTOP),
+                lambda worker: worker.signal(signal.SIGCONT),
+            ),
+        }
+        strand, heal = faults[how]
+        ids = queue.enqueue(tasks, ms=(3000, 3000))
+        victim = queue.spawn("--concurrency", str(tasks), url=proxy.url)
+        wait_for(lambda: len(queue.held_by(victim.pid)) == tasks)
+        strand(victim)
+        struck = queue.now()
+        rescuer = queue.spawn("--concurrency", str(tasks))
+        queue.wait_until_settled(timeout=60)
+        heal(victim)
+        # the late outcomes are refused: the victim finds its leases gone
+        wait_for(lambda: lost_leases(victim) == set(ids), timeout=60)
+        winners = queue.scalar(
+            "SELECT count(*) FROM proc_completions WHERE (result #>> '{}')::int = :pid",
+            pid=rescuer.pid,
+        )
+        exits = queue.stop_workers()
+        return queue.report(
+            f"worker stranded mid-task ({how})",
+            faults=1,
+            recovery=queue.restarted_after(struck, ids),
+            notes=(
+                f"{winners}/{tasks} outcomes written by the rescuer, the stranded worker's "
+                f"{tasks} refused; exits {set(exits)}"
+            ),
+            rescuer_outcomes=winners,
+            exits=exits,
+        )
+
+
+def skewed_clocks(
+    server_url: str, work_dir: Path, *, tasks: int = 300, skew_hours: float = 1.0
+) -> FaultReport:
+    """Two workers whose clocks are off by +/- ``skew_hours`` share the queue with 2 s
+    leases.  If any lease decision used a worker's clock, the fast one would see every
+    other lease as long expired and steal it, and the slow one's leases would last an
+    hour.
+
+    Recovery: not applicable; the notes give the longest lease seen (database clock).
+    """
+    with fault_queue(server_url, work_dir) as queue:
+        queue.enqueue(tasks, ms=(10, 40))
+        for hours in (skew_hours, -skew_hours):
+            queue.spawn(*FLEET_OPTIONS, clock_skew=hours * 3600)
+        longest = 0.0
+
+        def settled() -> bool:
+            nonlocal longest
+            lease = queue.scalar(
+                "SELECT EXTRACT(EPOCH FROM max(lease_expires_at) - clock_timestamp()) "
+                "FROM proc_tasks WHERE status = 'in_progress'"
+            )
+            longest = max(longest, float(lease or 0.0))
+            return queue.unfinished() == 0
+
+        wait_for(settled, timeout=120)
+        rescued = sum(worker.output().count("task.rescued") for worker in queue.workers)
+        # how far each worker's clock was from the database's when a handler started
+        with queue.engine.connect() as connection:
+            offsets = connection.execute(
+                text(
+                    "SELECT min(note::float - EXTRACT(EPOCH FROM at)), "
+                    "max(note::float - EXTRACT(EPOCH FROM at)) FROM proc_executions"
+                )
+            ).one()
+        exits = queue.stop_workers()
+        return queue.report(
+            f"worker clocks skewed by +/-{skew_hours:g} h",
+            faults=2,
+            recovery=None,
+            notes=(
+                f"longest lease seen {longest:.1f} s (2 s leases); {rescued} rescues; "
+                f"exits {set(exits)}"
+            ),
+            longest_lease=longest,
+            rescued=rescued,
+            clock_offsets=(float(offsets[0]), float(offsets[1])),
+            exits=exits,
+        )
+
+
+def lost_leases(worker: WorkerProcess) -> set[int]:
+    """Tasks whose outcome ``worker`` found it may no longer write."""
+    return {int(found) for found in re.findall(r"task\.lease_lost id=(\d+)", worker.output())}
