@@ -1,306 +1,224 @@
-"""Throughput and latency benchmark: sqlalchemy-taskqueue against the seed's design.
+"""Benchmark: sqlalchemy-taskqueue against a hand-written psycopg2 queue, same run.
 
-The baseline is the queue of the original Go design ported literally to SQLAlchemy, as
-an application would write it from that document: ORM ``session.add`` to enqueue, a
-``SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1`` then ``UPDATE`` to dequeue, one
-transaction per completion, and worker loops that sleep when the queue is empty.  Both
-run in the same process, against the same server, one after the other, and the report
-prints the ratio (higher is better for throughput, lower for latency).
+Every figure of ours is printed next to a baseline measured in the same run on the same
+database (see ``baseline.py``), and as a ratio to it; the targets are those of the
+project's performance issue.  Output: a table, then one JSON line per figure.
 
-Run: ``make bench`` (``TASKQUEUE_DATABASE_URL`` or a local/embedded server), or
-``python bench/run.py --tasks 20000 --workers 8``.
+Run: ``make bench`` (server from ``TASKQUEUE_BENCH_DATABASE_URL`` /
+``TASKQUEUE_DATABASE_URL``, else local, else embedded), or for example
+``python bench/run.py --tasks 5000 --finished-rows 100000`` for a quicker run.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import threading
-import time
-from collections.abc import Callable
-from datetime import datetime, timezone
-from typing import Any
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, select, text, update
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+sys.path.insert(0, str(Path(__file__).parent))
+import baseline
+import ours
+from sqlalchemy import Engine, create_engine, text
 
-from sqlalchemy_taskqueue import TaskMixin, TaskRepository, TaskStatus, Worker
-from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, mask_password, resolve_database_url
+from sqlalchemy_taskqueue.embedded import (
+    DATABASE_URL_ENV,
+    mask_password,
+    resolve_database_url,
+)
 from sqlalchemy_taskqueue.testing import throwaway_database
 
 
-class Base(DeclarativeBase):
-    pass
+@dataclass
+class Figure:
+    """One measured figure, ours against the baseline of the same run."""
 
+    scenario: str
+    unit: str
+    baseline: float | None
+    ours: float
+    higher_is_better: bool = True
+    target: str = ""
 
-class Task(TaskMixin, Base):
-    __tablename__ = "bench_tasks"
+    @property
+    def ratio(self) -> float | None:
+        if not self.baseline or not self.ours:
+            return None
+        return self.ours / self.baseline if self.higher_is_better else self.baseline / self.ours
 
-
-# --------------------------------------------------------------------------- baseline
-
-
-def seed_enqueue(session: Session, task_type: str, payload: Any) -> int:
-    task = Task(type=task_type, payload=payload, status=TaskStatus.PENDING)
-    session.add(task)
-    session.flush()
-    return task.id
-
-
-def seed_dequeue(session: Session, task_type: str) -> Task | None:
-    task = session.scalars(
-        select(Task)
-        .where(Task.status == TaskStatus.PENDING, Task.type == task_type)
-        .order_by(Task.created_at)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    ).first()
-    if task is None:
-        return None
-    task.status = TaskStatus.IN_PROGRESS
-    task.started_at = datetime.now(timezone.utc)
-    session.flush()
-    return task
-
-
-def seed_complete(session: Session, task_id: int) -> None:
-    session.execute(
-        update(Task)
-        .where(Task.id == task_id)
-        .values(status=TaskStatus.COMPLETED, progress=100, completed_at=datetime.now(timezone.utc))
-    )
-
-
-def seed_workers(
-    factory: sessionmaker[Session],
-    threads: int,
-    idle_sleep: float,
-    stop: threading.Event,
-    on_task: Callable[[int], None],
-) -> list[threading.Thread]:
-    def loop() -> None:
-        while not stop.is_set():
-            with factory() as session:
-                task = seed_dequeue(session, "noop")
-                session.commit()
-                task_id = task.id if task is not None else None
-            if task_id is None:
-                stop.wait(idle_sleep)
-                continue
-            on_task(task_id)
-            with factory() as session:
-                seed_complete(session, task_id)
-                session.commit()
-
-    workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    return workers
-
-
-# --------------------------------------------------------------------------- scenarios
-
-
-def reset(engine: Engine) -> None:
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {Task.__tablename__} RESTART IDENTITY"))
-
-
-def timed(action: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
-def enqueue_one_by_one(engine: Engine, count: int, ours: bool) -> float:
-    factory = sessionmaker(engine)
-
-    def run() -> None:
-        for n in range(count):
-            with factory() as session:
-                if ours:
-                    TaskRepository(session, Task).enqueue("noop", {"n": n})
-                else:
-                    seed_enqueue(session, "noop", {"n": n})
-                session.commit()
-
-    reset(engine)
-    return count / timed(run)
-
-
-def enqueue_bulk(engine: Engine, count: int, ours: bool) -> float:
-    factory = sessionmaker(engine)
-    payloads = [{"n": n} for n in range(count)]
-
-    def run() -> None:
-        with factory() as session:
-            if ours:
-                TaskRepository(session, Task).enqueue_many("noop", payloads)
-            else:
-                session.add_all(
-                    Task(type="noop", payload=p, status=TaskStatus.PENDING) for p in payloads
-                )
-            session.commit()
-
-    reset(engine)
-    return count / timed(run)
-
-
-def fill(engine: Engine, count: int) -> None:
-    reset(engine)
-    with Session(engine) as session:
-        TaskRepository(session, Task).enqueue_many("noop", [{"n": n} for n in range(count)])
-        session.commit()
-
-
-def drain_ours(engine: Engine, count: int, workers: int, prefetch: int = 0) -> float:
-    fill(engine, count)
-    factory = sessionmaker(engine)
-    worker = Worker(
-        factory,
-        Task,
-        {"noop": lambda task, ctx: None},
-        concurrency=workers,
-        prefetch=prefetch,
-        poll_interval=0.05,
-    )
-    return count / timed(lambda: worker.run(until_empty=True))
-
-
-def drain_seed(engine: Engine, count: int, workers: int) -> float:
-    fill(engine, count)
-    factory = sessionmaker(engine)
-    done = threading.Semaphore(0)
-    stop = threading.Event()
-
-    def run() -> None:
-        threads = seed_workers(factory, workers, 0.05, stop, lambda task_id: done.release())
-        for _ in range(count):
-            done.acquire()
-        stop.set()
-        for thread in threads:
-            thread.join()
-
-    return count / timed(run)
-
-
-def wake_latency(engine: Engine, samples: int, ours: bool) -> float:
-    """Median seconds from the enqueuing commit to the handler starting, idle workers."""
-    reset(engine)
-    factory = sessionmaker(engine)
-    started: dict[int, float] = {}
-    arrived = threading.Event()
-
-    def on_task(task_id: int) -> None:
-        started[task_id] = time.perf_counter()
-        arrived.set()
-
-    stop = threading.Event()
-    if ours:
-        worker = Worker(
-            factory,
-            Task,
-            {"noop": lambda task, ctx: on_task(task.id)},
-            concurrency=1,
-            poll_interval=5,
+    def row(self) -> str:
+        base = "-" if self.baseline is None else f"{self.baseline:,.1f}"
+        ratio = "-" if self.ratio is None else f"{self.ratio:.2f}x"
+        return (
+            f"| {self.scenario} | {self.unit} | {base} | {self.ours:,.1f} | {ratio} "
+            f"| {self.target} |"
         )
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        worker.listening.wait(10)
-    else:
-        # the seed's sample loop sleeps 5 s when the queue is empty
-        seed_workers(factory, 1, 5.0, stop, on_task)
-    latencies = []
-    for n in range(samples):
-        if ours:
-            worker.idle.wait(10)
-        else:
-            time.sleep(0.2)  # let the loop go idle, as between real requests
-        arrived.clear()
-        with factory() as session:
-            task_id = (
-                TaskRepository(session, Task).enqueue
-                if ours
-                else lambda t, p: seed_enqueue(session, t, p)
-            )("noop", {"n": n})
-            session.commit()
-            committed = time.perf_counter()
-        arrived.wait(15)
-        latencies.append(started[task_id] - committed)
-    if ours:
-        worker.stop()
-        thread.join()
-    stop.set()
-    return statistics.median(latencies)
 
 
-# --------------------------------------------------------------------------- report
+def describe(engine: Engine) -> str:
+    with engine.connect() as connection:
+        settings = {
+            name: connection.scalar(text(f"SHOW {name}"))
+            for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers")
+        }
+    return (
+        f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}; PostgreSQL {settings['server_version']} "
+        f"(fsync={settings['fsync']}, synchronous_commit={settings['synchronous_commit']}, "
+        f"shared_buffers={settings['shared_buffers']})"
+    )
+
+
+def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
+    figures: list[Figure] = []
+    tasks = args.tasks
+
+    def add(figure: Figure) -> None:
+        figures.append(figure)
+        print(f"  {figure.scenario}: {figure.ours:,.1f} {figure.unit}", file=sys.stderr)
+
+    one_by_one = tasks // 10
+    ours.reset(engine)
+    hand = baseline.enqueue_one_by_one(url, one_by_one)
+    ours.reset(engine)
+    add(
+        Figure(
+            "enqueue, one per transaction",
+            "tasks/s",
+            hand,
+            ours.enqueue_one_by_one(engine, one_by_one),
+            target=">= 0.9x",
+        )
+    )
+    ours.reset(engine)
+    hand = baseline.enqueue_bulk(url, tasks, 1000)
+    ours.reset(engine)
+    add(
+        Figure(
+            "enqueue, bulk of 1,000",
+            "tasks/s",
+            hand,
+            ours.enqueue_bulk(engine, tasks, 1000),
+            target=">= 0.8x",
+        )
+    )
+
+    ours.fill(engine, tasks)
+    hand_one = baseline.drain(url, tasks, per_statement=1, processes=1)
+    ours.fill(engine, tasks)
+    add(
+        Figure(
+            "drain, one process, default settings",
+            "tasks/s",
+            hand_one,
+            ours.drain(url, tasks, processes=1),
+            target="2x pgqueuer default (~7.8k/s)",
+        )
+    )
+    ours.fill(engine, tasks)
+    hand_batch = baseline.drain(url, tasks, per_statement=100, processes=args.processes)
+    best = {"concurrency": args.concurrency, "prefetch": args.prefetch}
+    ours.fill(engine, tasks)
+    add(
+        Figure(
+            f"drain, best: {args.processes} processes x {args.concurrency} slots, "
+            f"prefetch {args.prefetch} (baseline: 100 per statement)",
+            "tasks/s",
+            hand_batch,
+            ours.drain(url, tasks, processes=args.processes, **best),
+            target=">= 0.4x, and 1.2x pgqueuer best (~16.4k/s)",
+        )
+    )
+
+    latencies = sorted(ours.wake_latencies(engine, args.samples, 0.02))
+    for label, quantile, target in (
+        ("p50", 0.50, "<= 2 ms"),
+        ("p95", 0.95, ""),
+        ("p99", 0.99, "<= 5 ms"),
+    ):
+        value = latencies[min(int(quantile * len(latencies)), len(latencies) - 1)] * 1000
+        add(
+            Figure(
+                f"enqueue-to-start latency, idle worker, {label}", "ms", None, value, False, target
+            )
+        )
+
+    claims = 200
+    ours.fill(engine, claims)
+    empty = ours.claim_latency(engine, claims) * 1000
+    add(Figure("claim latency, (nearly) empty table", "ms", None, empty, False))
+    ours.fill(engine, claims)
+    ours.add_finished_rows(engine, args.finished_rows)
+    plan = ours.claim_plan(engine)
+    history = ours.claim_latency(engine, claims) * 1000
+    add(
+        Figure(
+            f"claim latency, {args.finished_rows:,} finished rows",
+            "ms",
+            empty,
+            history,
+            False,
+            "<= 1.2x the empty table",
+        )
+    )
+    ours.fill(engine, 100_000)
+    backlog = ours.claim_latency(engine, claims) * 1000
+    add(Figure("claim latency, 100,000 pending rows", "ms", empty, backlog, False))
+
+    ours.fill(engine, 4)
+    with engine.connect() as connection:
+        ids = list(connection.scalars(text("SELECT id FROM bench_tasks")))
+    hand = baseline.progress_updates(url, ids, 500)
+    add(
+        Figure(
+            "progress updates, 4 running handlers",
+            "writes/s",
+            hand,
+            ours.progress_updates(engine, 4, 500),
+        )
+    )
+    print(f"\nclaim plan with {args.finished_rows:,} finished rows:\n{plan}")
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=5000, help="tasks per throughput scenario")
-    parser.add_argument("--workers", type=int, default=4, help="worker slots (threads)")
-    parser.add_argument("--samples", type=int, default=5, help="wake-up latency samples")
+    parser.add_argument("--tasks", type=int, default=20_000, help="tasks per drain")
+    parser.add_argument("--processes", type=int, default=2, help="processes, best drain")
+    parser.add_argument("--concurrency", type=int, default=8, help="slots, best drain")
+    parser.add_argument("--prefetch", type=int, default=200, help="prefetch, best drain")
+    parser.add_argument("--samples", type=int, default=200, help="latency samples")
+    parser.add_argument(
+        "--finished-rows", type=int, default=1_000_000, help="history for the claim test"
+    )
     args = parser.parse_args()
+    for name in ("tasks", "processes", "concurrency", "samples", "finished_rows"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.prefetch < 0:
+        parser.error("--prefetch must not be negative")
 
     server_url = resolve_database_url("TASKQUEUE_BENCH_DATABASE_URL", DATABASE_URL_ENV)
     with throwaway_database(server_url, "taskqueue_bench") as url:
-        engine = create_engine(url, pool_size=args.workers + 8)
-        Base.metadata.create_all(engine)
-        print(f"server: {mask_password(server_url)}  tasks: {args.tasks}  slots: {args.workers}")
-        rows = []
+        engine = create_engine(url, pool_size=12)
         try:
-            for label, unit, measure, higher_is_better in (
-                (
-                    "enqueue, one transaction each",
-                    "tasks/s",
-                    lambda ours: enqueue_one_by_one(engine, args.tasks // 5, ours),
-                    True,
-                ),
-                (
-                    "enqueue, one batch",
-                    "tasks/s",
-                    lambda ours: enqueue_bulk(engine, args.tasks * 4, ours),
-                    True,
-                ),
-                (
-                    "process no-op tasks",
-                    "tasks/s",
-                    lambda ours: (
-                        drain_ours(engine, args.tasks, args.workers)
-                        if ours
-                        else drain_seed(engine, args.tasks, args.workers)
-                    ),
-                    True,
-                ),
-                (
-                    "  ... with prefetch 3 x slots",
-                    "tasks/s",
-                    lambda ours: (
-                        drain_ours(engine, args.tasks, args.workers, 3 * args.workers)
-                        if ours
-                        else drain_seed(engine, args.tasks, args.workers)
-                    ),
-                    True,
-                ),
-                (
-                    "idle wake-up latency (median)",
-                    "ms",
-                    lambda ours: 1000 * wake_latency(engine, args.samples, ours),
-                    False,
-                ),
-            ):
-                baseline = measure(False)
-                ours = measure(True)
-                ratio = ours / baseline if higher_is_better else baseline / ours
-                rows.append((label, unit, baseline, ours, ratio))
+            ours.Base.metadata.create_all(engine)
+            print(f"server: {mask_password(server_url)}")
+            print(f"machine: {describe(engine)}")
+            figures = measure(url, engine, args)
         finally:
             engine.dispose()
-    print(f"{'scenario':<32} {'unit':>8} {'seed port':>12} {'taskqueue':>12} {'ratio':>8}")
-    for label, unit, baseline, ours, ratio in rows:
-        print(f"{label:<32} {unit:>8} {baseline:>12.1f} {ours:>12.1f} {ratio:>7.2f}x")
-    print("ratio: how many times better sqlalchemy-taskqueue is than the seed port (same run)")
+    print()
+    print("| scenario | unit | hand-written psycopg2 | sqlalchemy-taskqueue | ratio | target |")
+    print("|---|---|---:|---:|---:|---|")
+    for figure in figures:
+        print(figure.row())
+    print("\nratio: ours relative to the baseline column (above 1 is better)\n")
+    for figure in figures:
+        print(json.dumps({**asdict(figure), "ratio": figure.ratio}))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from .validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     INT4_MAX,
     INT4_MIN,
+    json_text,
     lease_pairs,
     positive_duration,
     require_aware,
@@ -289,23 +290,27 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         if isinstance(payloads, (str, bytes, Mapping)):
             raise TypeError("payloads must be an iterable of payloads, not a single value")
-        rows = [
-            self._row_values(
-                task_type,
-                payload,
-                max_retries=max_retries,
-                priority=priority,
-                run_at=run_at,
-                timeout_seconds=timeout_seconds,
-                columns=columns,
-            )
-            for payload in payloads
+        shared = self._row_values(
+            task_type,
+            {},
+            max_retries=max_retries,
+            priority=priority,
+            run_at=run_at,
+            timeout_seconds=timeout_seconds,
+            columns=columns,
+        )
+        del shared["payload"]
+        texts = [
+            json_text(f"payload #{position}", payload, max_bytes=self._max_payload)
+            for position, payload in enumerate(payloads)
         ]
-        if not rows:
+        if not texts:
             return []
-        stmt = statements.insert_many_statement(self._table, delayed="run_delay" in rows[0])
-        result = self._session.execute(stmt, rows)
-        ids = [int(task_id) for task_id in result.scalars().all()]
+        stmt = statements.insert_many_statement(
+            self._table, _columns(shared), delayed="run_delay" in shared
+        )
+        result = self._session.execute(stmt, {**shared, "payloads": texts})
+        ids = sorted(int(task_id) for task_id in result.scalars())  # ascend in input order
         if self._channel is not None:
             self._session.execute(statements.notify_statement(self._channel))
         return ids

@@ -101,6 +101,7 @@ __all__ = [
     "purgeable_count_statement",
     "queue_depth_statement",
     "recent_failures_statement",
+    "relaxed_commit_statement",
     "release_statement",
     "renew_leases_statement",
     "require_supported_dialect",
@@ -234,22 +235,35 @@ def _row_binds(table: Table, columns: tuple[str, ...], delayed: bool) -> dict[st
 
 
 @functools.cache
-def insert_many_statement(table: Table, *, delayed: bool = False) -> Insert:
-    """Insert many tasks (executed with a list of rows) returning ids in input order.
+def insert_many_statement(
+    table: Table, columns: tuple[str, ...], *, delayed: bool = False
+) -> Insert:
+    """Insert one task per element of ``:payloads`` (an array of JSON texts), in one
+    statement whose size does not grow with the batch; returns the new ids.
 
-    SQLAlchemy batches the rows into multi-row ``INSERT ... VALUES`` statements and sorts
-    the returned ids by parameter order.  When ``delayed``, each row carries ``run_delay``
-    (an interval added to the database clock for ``run_at``).
+    Every other column named in ``columns`` takes the same bound value in each row (the
+    batch shares its type and options); with ``delayed``, ``run_at`` is the database
+    clock plus ``run_delay``.  Rows are inserted in array order, so their identity ids
+    ascend in that order.
 
     Example::
 
-        rows = [{"type": "email", "payload": {"to": to}} for to in addresses]
-        ids = session.execute(insert_many_statement(Task.__table__), rows).scalars().all()
+        stmt = insert_many_statement(Task.__table__, ("type",))
+        params = {"type": "email", "payloads": ['{"to": "a@x"}', '{"to": "b@x"}']}
+        ids = sorted(session.execute(stmt, params).scalars())
     """
-    stmt = insert(table)
-    if delayed:
-        stmt = stmt.values(run_at=_now() + bindparam("run_delay", type_=Interval))
-    return stmt.returning(table.c.id, sort_by_parameter_order=True)
+    batch = (
+        func.unnest(cast(bindparam("payloads", type_=ARRAY(Text)), ARRAY(postgresql.JSONB)))
+        .table_valued("payload", with_ordinality="position")
+        .render_derived(name="batch")
+    )
+    shared = _row_binds(table, columns, delayed)
+    source = select(*[bind.label(name) for name, bind in shared.items()], batch.c.payload)
+    return (
+        insert(table)
+        .from_select([*shared, "payload"], source.order_by(batch.c.position))
+        .returning(table.c.id)
+    )
 
 
 @functools.cache
@@ -306,6 +320,23 @@ def notify_statement(channel: str) -> Select[Any]:
         session.execute(notify_statement(notify_channel(Task.__table__)))
     """
     return select(func.pg_notify(channel, ""))
+
+
+@functools.cache
+def relaxed_commit_statement() -> Select[Any]:
+    """Let the current transaction commit without waiting for its WAL flush
+    (``synchronous_commit = off`` for this transaction only).
+
+    Workers use it for transactions that only claim tasks: if the server crashes, a
+    claim from its last moments may be forgotten, and the task is simply claimed again
+    (the first claimant's writes are then refused by the lease fencing).  Outcomes are
+    always committed synchronously.
+
+    Example::
+
+        session.execute(relaxed_commit_statement())
+    """
+    return select(func.set_config("synchronous_commit", "off", True))
 
 
 def active_dedupe_lookup_statement(table: Table, task_type: str, dedupe_key: str) -> Select[Any]:

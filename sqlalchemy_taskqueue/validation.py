@@ -181,6 +181,18 @@ def require_json(name: str, value: Any, *, allow_none: bool, max_bytes: int | No
         if allow_none:
             return
         raise TypeError(f"{name} must be a JSON value, not None (use {{}} for no arguments)")
+    json_text(name, value, max_bytes=max_bytes)
+
+
+def json_text(name: str, value: Any, *, max_bytes: int | None = None) -> str:
+    """``value`` as JSON text, after the checks of :func:`require_json` (``None`` is
+    refused).
+
+    >>> json_text("payload", {"to": "ana@example.com"})
+    '{"to": "ana@example.com"}'
+    """
+    if value is None:
+        raise TypeError(f"{name} must be a JSON value, not None (use {{}} for no arguments)")
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
@@ -198,6 +210,7 @@ def require_json(name: str, value: Any, *, allow_none: bool, max_bytes: int | No
             f"{name} is {len(encoded)} bytes as JSON, over the limit of {max_bytes} "
             "(max_payload_bytes)"
         )
+    return text
 
 
 def require_size_limit(name: str, value: Any) -> None:

@@ -361,6 +361,8 @@ class Worker(Generic[TaskT]):
             try:
                 with self._session_factory() as session:
                     repo = self._repository(session)
+                    if not outcomes:  # only claims: a lost one is just claimed again
+                        session.execute(statements.relaxed_commit_statement())
                     written = self._write_outcomes(repo, outcomes)
                     if free > 0:
                         claimed = repo.dequeue_many(

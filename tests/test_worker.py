@@ -859,3 +859,35 @@ def test_a_task_handed_back_for_waiting_too_long_is_released_once(
     # released: the waiting task once, and the blocked one at the end of the grace period
     assert (worker.stats.released, worker.stats.lost_leases) == (2, 0)
     assert [fetch(session_factory, clean_table, i).retry_count for i in ids] == [0, 0]
+
+
+def test_only_claim_only_transactions_commit_asynchronously(
+    database_url: str, clean_table: type[Any]
+) -> None:
+    from sqlalchemy import create_engine, event
+
+    engine = create_engine(database_url)
+    transactions: list[list[str]] = [[]]
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        transactions[-1].append(statement)
+
+    @event.listens_for(engine, "commit")
+    def committed(conn: Any) -> None:
+        transactions.append([])
+
+    factory = sessionmaker(engine)
+    for n in range(3):
+        enqueue(factory, clean_table, "job", {"n": n})
+    worker = make_worker(factory, clean_table, {"job": lambda task, ctx: "ok"}, concurrency=1)
+    worker.run(until_empty=True)
+    engine.dispose()
+    relaxed = [t for t in transactions if any("set_config" in s for s in t)]
+    claims = [t for t in transactions if any("FOR UPDATE SKIP LOCKED" in s for s in t)]
+    completing = [t for t in transactions if any("completed_at=now()" in s for s in t)]
+    assert relaxed, "the first claim (nothing to acknowledge yet) commits asynchronously"
+    assert all(t in claims for t in relaxed)
+    # every transaction that writes outcomes commits synchronously
+    assert completing and not any(t in relaxed for t in completing)
+    assert {fetch(factory, clean_table, n).status for n in (1, 2, 3)} == {TaskStatus.COMPLETED}
