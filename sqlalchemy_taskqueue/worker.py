@@ -78,6 +78,10 @@ logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 _WRITE_ATTEMPTS = 5
 #: Consecutive failed turns after which ``run(until_empty=True)`` gives up and raises.
 _UNTIL_EMPTY_ATTEMPTS = 5
+#: Automatic prefetch holds about this much work (seconds) beyond the free slots ...
+_PREFETCH_HORIZON = 0.05
+#: ... and at most this many tasks per slot.
+_PREFETCH_PER_SLOT = 16
 
 EventHook = Callable[[str, Any, float], None]
 
@@ -105,8 +109,11 @@ class Worker(Generic[TaskT]):
     :param listen: wake on ``LISTEN/NOTIFY`` (PostgreSQL); ``False`` polls only.
     :param backoff: retry delay policy for failed attempts.
     :param prefetch: tasks claimed beyond the free slots, waiting in the worker for a
-        slot (their leases are renewed too).  Raises throughput for many short tasks;
-        keep 0 for long ones, so a waiting task is not held back from idle workers.
+        slot (their leases are renewed too), so that each claim transaction carries a
+        bigger batch.  ``None`` (the default) sizes it from the tasks' recent pace: as
+        many as the slots will start within about 50 ms, so none for slow tasks, at
+        most 16 per slot, and none until ``concurrency`` attempts have finished.  A
+        number fixes it; 0 turns it off.
     :param on_event: ``callback(event, task, seconds)`` called for ``"completed"``,
         ``"failed"``, ``"retried"`` and ``"released"`` (used for metrics).
 
@@ -133,14 +140,17 @@ class Worker(Generic[TaskT]):
         backoff: BackoffPolicy = DEFAULT_BACKOFF,
         owner: str | None = None,
         on_event: EventHook | None = None,
-        prefetch: int = 0,
+        prefetch: int | None = None,
     ) -> None:
         if not callable(session_factory):
             raise TypeError(f"session_factory must be a sessionmaker, got {session_factory!r}")
         self._table = task_table(model)
         require_int("concurrency", concurrency, minimum=1)
-        require_int("prefetch", prefetch, minimum=0)
+        if prefetch is not None:
+            require_int("prefetch", prefetch, minimum=0)
         self._prefetch = prefetch
+        self._pace: float | None = None  # moving average of attempt durations (seconds)
+        self._paced = 0
         self._specs: dict[str, HandlerSpec] = normalize_handlers(handlers, timeouts)
         if task_types is None:
             types = sorted(self._specs)
@@ -314,7 +324,7 @@ class Worker(Generic[TaskT]):
                 if time.monotonic() >= next_rescue:
                     self._rescue()
                     next_rescue = time.monotonic() + self._rescue_every
-                free = self._concurrency + self._prefetch - self._busy
+                free = self._concurrency + self._prefetch_now() - self._busy
                 claimed = self._settle_and_claim(free)
                 if until_empty and not claimed and self._drained() and self._rescue() == 0:
                     return
@@ -483,6 +493,8 @@ class Worker(Generic[TaskT]):
                 with self._lock:
                     self._busy -= 1
                     attempt.running = False
+                    if attempt.started != attempt.claimed:  # the handler ran: note its pace
+                        self._note_pace(time.monotonic() - attempt.started)
                     if outcome is not None and not attempt.finished:
                         attempt.outcome_queued = True
                         self._outcomes.append(outcome)
@@ -491,6 +503,23 @@ class Worker(Generic[TaskT]):
                 if outcome is not None and attempt.finished:
                     self._discard(outcome)
                 self._wake.set()
+
+    def _note_pace(self, seconds: float) -> None:
+        """Fold one attempt's duration into the moving average (call with the lock held)."""
+        self._paced += 1
+        self._pace = seconds if self._pace is None else self._pace + 0.2 * (seconds - self._pace)
+
+    def _prefetch_now(self) -> int:
+        """The prefetch to claim with: the fixed one, or what the slots will start within
+        the prefetch horizon at the recent pace."""
+        if self._prefetch is not None:
+            return self._prefetch
+        with self._lock:
+            pace, paced = self._pace, self._paced
+        if pace is None or paced < self._concurrency:
+            return 0
+        ahead = int(self._concurrency * _PREFETCH_HORIZON / max(pace, 1e-4))
+        return min(ahead, self._concurrency * _PREFETCH_PER_SLOT)
 
     def _execute(self, attempt: Attempt) -> Outcome | None:
         """Run the handler and say how the attempt ended (written later, in a batch)."""

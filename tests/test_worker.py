@@ -891,3 +891,45 @@ def test_only_claim_only_transactions_commit_asynchronously(
     # every transaction that writes outcomes commits synchronously
     assert completing and not any(t in relaxed for t in completing)
     assert {fetch(factory, clean_table, n).status for n in (1, 2, 3)} == {TaskStatus.COMPLETED}
+
+
+def held_counts(
+    session_factory: Factory, model: type[Any], seconds: float, tasks: int, **kw: Any
+) -> list[int]:
+    """Run ``tasks`` tasks that each take ``seconds``; each handler notes how many tasks
+    the worker then held (in progress in the database)."""
+    with session_factory() as session:
+        TaskRepository(session, model).enqueue_many("job", [{} for _ in range(tasks)])
+        session.commit()
+    seen: list[int] = []
+
+    def job(task: Any, ctx: TaskContext) -> None:
+        with session_factory() as session:
+            held = session.scalar(
+                text(f"SELECT count(*) FROM {model.__tablename__} WHERE status = 'in_progress'")
+            )
+        seen.append(int(held or 0))
+        time.sleep(seconds)  # simulated work
+
+    make_worker(session_factory, model, {"job": job}, concurrency=1, **kw).run(until_empty=True)
+    return seen
+
+
+def test_automatic_prefetch_claims_ahead_for_quick_tasks(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    seen = held_counts(session_factory, clean_table, 0, 60)
+    assert seen[0] == 1  # nothing is known of the pace at first
+    assert max(seen) > 1  # then quick tasks are claimed ahead of the free slot
+    assert max(seen) <= 1 + 16  # at most 16 per slot
+
+
+def test_automatic_prefetch_holds_nothing_back_for_slow_tasks(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    # 100 ms per task with one slot: more than the 50 ms horizon, so no prefetch
+    assert set(held_counts(session_factory, clean_table, 0.1, 6)) == {1}
+
+
+def test_prefetch_zero_turns_it_off(session_factory: Factory, clean_table: type[Any]) -> None:
+    assert set(held_counts(session_factory, clean_table, 0, 30, prefetch=0)) == {1}

@@ -45,9 +45,9 @@ __all__ = ["worker"]
 @click.option(
     "--prefetch",
     type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Tasks claimed beyond the free slots (more throughput for many short tasks).",
+    default=None,
+    help="Tasks claimed beyond the free slots: more throughput for many short tasks "
+    "(default: sized from the tasks' pace; 0 turns it off).",
 )
 @click.option(
     "--types", help="Comma-separated task types to claim (default: every type with a handler)."
@@ -102,7 +102,7 @@ def worker(
     database_url: str | None,
     model_reference: str | None,
     concurrency: int,
-    prefetch: int,
+    prefetch: int | None,
     types: str | None,
     lease: timedelta,
     poll_interval: timedelta,
