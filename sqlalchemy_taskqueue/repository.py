@@ -435,15 +435,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         orm_stmt = _orm_claim(
             model, statements.claim_statement(self._table, type_filter=type_filter)
         )
-        # load through a short-lived session on the caller's connection (inside its
-        # transaction): closing it detaches every row at once, and the caller's identity
-        # map is left alone
-        if self._session.autoflush:
-            self._session.flush()  # as the caller's own queries would
-        connection = self._session.connection(bind_arguments={"mapper": self._model})
-        with Session(bind=connection) as loader:
-            claimed = list(loader.execute(orm_stmt, params).scalars().all())
+        claimed = list(self._session.execute(orm_stmt, params).scalars().all())
         claimed.sort(key=lambda task: (task.priority, task.run_at, task.id))
+        for task in claimed:
+            self._session.expunge(task)
         return claimed
 
     # ------------------------------------------------------------------ progress and outcome

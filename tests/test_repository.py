@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Text, func, inspect, select, text
+from sqlalchemy import Engine, Text, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from sqlalchemy_taskqueue import (
@@ -827,15 +827,3 @@ def test_task_factory_builds_rows_for_tests(repo: Repo, session: Session) -> Non
     assert [task.type for task in made] == ["email"] * 3
     assert repo.get_task(failed.id).status is TaskStatus.FAILED  # type: ignore[union-attr]
     assert claim(repo, "email").id == made[0].id
-
-
-def test_dequeue_sees_tasks_added_to_the_session_and_leaves_its_objects_alone(
-    repo: Repo, session: Session
-) -> None:
-    model = repo.model
-    added = model(type="a", payload={"via": "session.add"})
-    session.add(added)  # not flushed yet: the claim flushes it first, like any query
-    claimed = repo.dequeue("a")
-    assert claimed is not None and claimed.payload == {"via": "session.add"}
-    assert claimed is not added and added in session  # the caller's object stays put
-    assert inspect(claimed).detached
