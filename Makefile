@@ -39,6 +39,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py
 
 faults: $(STAMP)

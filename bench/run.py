@@ -1,8 +1,10 @@
 """Benchmark: sqlalchemy-taskqueue against a hand-written psycopg2 queue, same run.
 
 Every figure of ours is printed next to a baseline measured in the same run on the same
-database (see ``baseline.py``), and as a ratio to it; the targets are those of the
-project's performance issue.  Output: a table, then one JSON line per figure.
+database (see ``baseline.py``), and as a ratio to it; when pgqueuer is installed (the
+``bench`` extra) it is measured too, with its own API (``rivals.py``).  The targets are
+those of the project's performance issue.  Output: a table, then one JSON line per
+figure.
 
 Run: ``make bench`` (server from ``TASKQUEUE_BENCH_DATABASE_URL`` /
 ``TASKQUEUE_DATABASE_URL``, else local, else embedded), or for example
@@ -16,12 +18,14 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import baseline
 import ours
+import rivals
 from sqlalchemy import Engine, create_engine, text
 
 from sqlalchemy_taskqueue.embedded import (
@@ -34,7 +38,7 @@ from sqlalchemy_taskqueue.testing import throwaway_database
 
 @dataclass
 class Figure:
-    """One measured figure, ours against the baseline of the same run."""
+    """One measured figure: ours, the hand-written baseline and pgqueuer (when measured)."""
 
     scenario: str
     unit: str
@@ -42,20 +46,41 @@ class Figure:
     ours: float
     higher_is_better: bool = True
     target: str = ""
+    pgqueuer: float | None = None
+
+    def ratio_to(self, other: float | None) -> float | None:
+        """How many times better ours is than ``other`` (above 1: ours is better)."""
+        if not other or not self.ours:
+            return None
+        return self.ours / other if self.higher_is_better else other / self.ours
 
     @property
     def ratio(self) -> float | None:
-        if not self.baseline or not self.ours:
-            return None
-        return self.ours / self.baseline if self.higher_is_better else self.baseline / self.ours
+        return self.ratio_to(self.baseline)
 
     def row(self) -> str:
-        base = "-" if self.baseline is None else f"{self.baseline:,.1f}"
-        ratio = "-" if self.ratio is None else f"{self.ratio:.2f}x"
-        return (
-            f"| {self.scenario} | {self.unit} | {base} | {self.ours:,.1f} | {ratio} "
-            f"| {self.target} |"
-        )
+        def number(value: float | None) -> str:
+            return "-" if value is None else f"{value:,.1f}"
+
+        def times(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}x"
+
+        cells = [
+            self.scenario,
+            self.unit,
+            number(self.baseline),
+            number(self.pgqueuer),
+            number(self.ours),
+            times(self.ratio),
+            times(self.ratio_to(self.pgqueuer)),
+            self.target,
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+
+def percentile(ordered: list[float], quantile: float) -> float:
+    """The ``quantile`` of an ascending list (nearest rank)."""
+    return ordered[min(int(quantile * len(ordered)), len(ordered) - 1)]
 
 
 def describe(engine: Engine) -> str:
@@ -80,6 +105,20 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
         figures.append(figure)
         print(f"  {figure.scenario}: {figure.ours:,.1f} {figure.unit}", file=sys.stderr)
 
+    with_pgqueuer = rivals.available() and not args.no_rivals
+    if with_pgqueuer:
+        rivals.install(url)
+
+    def pgqueuer(measure: Callable[[], float]) -> float | None:
+        if not with_pgqueuer:
+            return None
+        rivals.reset(url)
+        return measure()
+
+    def pgqueuer_drain(processes: int, batch_size: int) -> float:
+        rivals.enqueue_bulk(url, tasks, 1000)
+        return rivals.drain(url, tasks, processes=processes, batch_size=batch_size)
+
     one_by_one = tasks // 10
     ours.reset(engine)
     hand = baseline.enqueue_one_by_one(url, one_by_one)
@@ -90,7 +129,8 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
             "tasks/s",
             hand,
             ours.enqueue_one_by_one(engine, one_by_one),
-            target=">= 0.9x",
+            target=">= 0.9x hand-written",
+            pgqueuer=pgqueuer(lambda: rivals.enqueue_one_by_one(url, one_by_one)),
         )
     )
     ours.reset(engine)
@@ -102,7 +142,8 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
             "tasks/s",
             hand,
             ours.enqueue_bulk(engine, tasks, 1000),
-            target=">= 0.8x",
+            target=">= 0.8x hand-written, ahead of pgqueuer",
+            pgqueuer=pgqueuer(lambda: rivals.enqueue_bulk(url, tasks, 1000)),
         )
     )
 
@@ -115,7 +156,8 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
             "tasks/s",
             hand_one,
             ours.drain(url, tasks, processes=1),
-            target="2x pgqueuer default (~7.8k/s)",
+            target=">= 2x pgqueuer (its defaults: batch 10)",
+            pgqueuer=pgqueuer(lambda: pgqueuer_drain(1, 10)),
         )
     )
     ours.fill(engine, tasks)
@@ -129,20 +171,29 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
             "tasks/s",
             hand_batch,
             ours.drain(url, tasks, processes=args.processes, **best),
-            target=">= 0.4x, and 1.2x pgqueuer best (~16.4k/s)",
+            target=">= 0.4x hand-written, >= 1.2x pgqueuer (batch 100)",
+            pgqueuer=pgqueuer(lambda: pgqueuer_drain(args.processes, 100)),
         )
     )
 
     latencies = sorted(ours.wake_latencies(engine, args.samples, 0.02))
+    their_latencies = (
+        sorted(rivals.wake_latencies(url, args.samples, 0.02)) if with_pgqueuer else []
+    )
     for label, quantile, target in (
-        ("p50", 0.50, "<= 2 ms"),
+        ("p50", 0.50, "<= 2 ms, ahead of pgqueuer"),
         ("p95", 0.95, ""),
-        ("p99", 0.99, "<= 5 ms"),
+        ("p99", 0.99, "<= 5 ms, ahead of pgqueuer"),
     ):
-        value = latencies[min(int(quantile * len(latencies)), len(latencies) - 1)] * 1000
         add(
             Figure(
-                f"enqueue-to-start latency, idle worker, {label}", "ms", None, value, False, target
+                f"enqueue-to-start latency, idle worker, {label}",
+                "ms",
+                None,
+                percentile(latencies, quantile) * 1000,
+                False,
+                target,
+                pgqueuer=percentile(their_latencies, quantile) * 1000 if their_latencies else None,
             )
         )
 
@@ -194,6 +245,9 @@ def main() -> None:
     parser.add_argument(
         "--finished-rows", type=int, default=1_000_000, help="history for the claim test"
     )
+    parser.add_argument(
+        "--no-rivals", action="store_true", help="skip pgqueuer even when it is installed"
+    )
     args = parser.parse_args()
     for name in ("tasks", "processes", "concurrency", "samples", "finished_rows"):
         if getattr(args, name) < 1:
@@ -212,8 +266,11 @@ def main() -> None:
         finally:
             engine.dispose()
     print()
-    print("| scenario | unit | hand-written psycopg2 | sqlalchemy-taskqueue | ratio | target |")
-    print("|---|---|---:|---:|---:|---|")
+    print(
+        "| scenario | unit | hand-written psycopg2 | pgqueuer | sqlalchemy-taskqueue "
+        "| vs hand-written | vs pgqueuer | target |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for figure in figures:
         print(figure.row())
     print(
@@ -221,7 +278,15 @@ def main() -> None:
         "ours / baseline; latency: baseline / ours)\n"
     )
     for figure in figures:
-        print(json.dumps({**asdict(figure), "ratio": figure.ratio}))
+        print(
+            json.dumps(
+                {
+                    **asdict(figure),
+                    "ratio": figure.ratio,
+                    "ratio_to_pgqueuer": figure.ratio_to(figure.pgqueuer),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":
