@@ -22,7 +22,11 @@ from sqlalchemy.orm import (
 
 from alembic import command
 from sqlalchemy_taskqueue import TaskDataclassMixin, TaskMixin, merge_table_args
-from sqlalchemy_taskqueue.migrations import create_task_table_v1, drop_task_table_v1
+from sqlalchemy_taskqueue.migrations import (
+    create_task_table_v1,
+    drop_task_table_v1,
+    tune_task_table_v1,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,9 +84,21 @@ def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
     assert checks == {"ck_tasks_status", "ck_tasks_progress", "ck_tasks_retries"}
 
     assert schema_diff(empty_engine, DefaultBase.metadata) == []
+    assert "fillfactor=80" in storage_options(empty_engine)
+    assert "autovacuum_vacuum_scale_factor=0.01" in storage_options(empty_engine)
 
+    command.downgrade(config, "0001_create_tasks_table")
+    assert storage_options(empty_engine) == []  # back to the server's defaults
     command.downgrade(config, "base")
     assert "tasks" not in sa.inspect(empty_engine).get_table_names()
+
+
+def storage_options(engine: sa.Engine) -> list[str]:
+    with engine.connect() as connection:
+        options = connection.scalar(
+            sa.text("SELECT reloptions FROM pg_class WHERE oid = 'tasks'::regclass")
+        )
+    return list(options or [])
 
 
 def test_upgrade_runs_on_a_connection_handed_in(empty_engine: sa.Engine) -> None:
@@ -180,3 +196,5 @@ def test_helpers_reject_bad_table_names() -> None:
         create_task_table_v1("")
     with pytest.raises(ValueError, match="table_name"):
         drop_task_table_v1(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="table_name"):
+        tune_task_table_v1("")
