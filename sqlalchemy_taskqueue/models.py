@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+import weakref
 from datetime import datetime
 from typing import Any
 
@@ -118,8 +119,14 @@ def task_table(model: Any) -> Table:
     table = getattr(model, "__table__", None)
     if not isinstance(table, Table):
         raise TypeError(f"model {model.__name__} is not mapped to a table (abstract mixin?)")
-    require_queue_schema(model.__name__, table)
+    if table not in _VERIFIED_TABLES:
+        require_queue_schema(model.__name__, table)
+        _VERIFIED_TABLES.add(table)
     return table
+
+
+#: Tables found complete by :func:`task_table` (checked once, not on every repository).
+_VERIFIED_TABLES: weakref.WeakSet[Table] = weakref.WeakSet()
 
 
 def missing_queue_schema(table: Table) -> list[str]:

@@ -173,9 +173,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         self._lease = positive_duration("lease_duration", lease_duration)
         require_size_limit("max_payload_bytes", max_payload_bytes)
         self._max_payload = max_payload_bytes
-        self._owner = owner if owner is not None else default_owner()
-        if not isinstance(self._owner, str) or not self._owner:
+        if owner is not None and (not isinstance(owner, str) or not owner):
             raise ValueError(f"owner must be a non-empty string, got {owner!r}")
+        self._owner = owner  # the default is made when first needed (claims only)
         self._channel = statements.notify_channel(self._table) if notify else None
         try:
             bind = session.get_bind(mapper=model)
@@ -211,6 +211,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             TaskRepository(session, Task, owner="importer-1").owner  # 'importer-1'
         """
+        if self._owner is None:
+            self._owner = default_owner()
         return self._owner
 
     @property
@@ -422,7 +424,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         params: dict[str, Any] = {
             "limit": limit,
             "lease": lease,
-            "owner": self._owner,
+            "owner": self.owner,
             "token": uuid.uuid4(),
         }
         if task_types is None:
