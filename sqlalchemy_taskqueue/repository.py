@@ -407,13 +407,21 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         *,
         limit: int,
         lease_duration: Duration | None = None,
+        relaxed_commit: bool = False,
     ) -> list[TaskT]:
         """Claim up to ``limit`` due tasks in one statement, in claim order.
+
+        With ``relaxed_commit`` the surrounding transaction commits without waiting for
+        its WAL flush (``synchronous_commit = off`` for this transaction only).  Use it
+        only for a transaction that does nothing but claim: if the server crashes, a
+        claim from its last moments may be forgotten and the task claimed again.
 
         Example::
 
             batch = repo.dequeue_many(["export", "import"], limit=10)
         """
+        if not isinstance(relaxed_commit, bool):
+            raise TypeError(f"relaxed_commit must be a bool, got {relaxed_commit!r}")
         task_types = task_types_argument(task_type)
         require_int("limit", limit, minimum=1)
         lease = (
@@ -435,7 +443,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             type_filter, params["task_types"] = "many", task_types
         model: Any = self._model  # a mapped class, hashable
         orm_stmt = _orm_claim(
-            model, statements.claim_statement(self._table, type_filter=type_filter)
+            model,
+            statements.claim_statement(
+                self._table, type_filter=type_filter, relaxed_commit=relaxed_commit
+            ),
         )
         claimed = list(self._session.execute(orm_stmt, params).scalars().all())
         claimed.sort(key=lambda task: (task.priority, task.run_at, task.id))

@@ -372,11 +372,15 @@ TypeFilter = Literal["any", "one", "many"]
 
 
 @functools.cache
-def claim_statement(table: Table, *, type_filter: TypeFilter) -> Update:
+def claim_statement(
+    table: Table, *, type_filter: TypeFilter, relaxed_commit: bool = False
+) -> Update:
     """Claim up to ``limit`` due tasks in one statement and return the claimed rows.
 
     Parameters: ``limit``, ``lease`` (interval), ``owner``, ``token`` and the type
-    parameter of ``type_filter``.
+    parameter of ``type_filter``.  With ``relaxed_commit`` the statement also does what
+    :func:`relaxed_commit_statement` does (evaluated once, before the scan), saving a
+    round trip for transactions that only claim.
 
     1. ``claimable`` picks the due pending rows, lowest ``priority`` first, then oldest
        ``run_at``, then ``id``; it walks the partial claimable index in that order.
@@ -398,13 +402,17 @@ def claim_statement(table: Table, *, type_filter: TypeFilter) -> Update:
         claimed = session.execute(stmt, params).all()
     """
     c = table.c
+    conditions = [
+        c.status == TaskStatus.PENDING,
+        c.run_at <= _now(),
+        _type_filter(table, type_filter),
+    ]
+    if relaxed_commit:
+        relaxed = relaxed_commit_statement().cte("relaxed")
+        conditions.append(select(relaxed.c[0]).scalar_subquery().is_not(None))
     claimable = (
         select(c.id)
-        .where(
-            c.status == TaskStatus.PENDING,
-            c.run_at <= _now(),
-            _type_filter(table, type_filter),
-        )
+        .where(*conditions)
         .order_by(c.priority, c.run_at, c.id)
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)

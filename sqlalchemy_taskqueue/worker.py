@@ -371,12 +371,14 @@ class Worker(Generic[TaskT]):
             try:
                 with self._session_factory() as session:
                     repo = self._repository(session)
-                    if not outcomes:  # only claims: a lost one is just claimed again
-                        session.execute(statements.relaxed_commit_statement())
                     written = self._write_outcomes(repo, outcomes)
                     if free > 0:
                         claimed = repo.dequeue_many(
-                            self._types, limit=free, lease_duration=self._lease
+                            self._types,
+                            limit=free,
+                            lease_duration=self._lease,
+                            # only claims: a claim lost in a crash is just claimed again
+                            relaxed_commit=not outcomes,
                         )
                     session.commit()
             except Exception as exc:

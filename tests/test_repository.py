@@ -827,3 +827,19 @@ def test_task_factory_builds_rows_for_tests(repo: Repo, session: Session) -> Non
     assert [task.type for task in made] == ["email"] * 3
     assert repo.get_task(failed.id).status is TaskStatus.FAILED  # type: ignore[union-attr]
     assert claim(repo, "email").id == made[0].id
+
+
+def test_a_relaxed_claim_skips_the_flush_wait_for_its_transaction_only(
+    repo: Repo, session: Session
+) -> None:
+    repo.enqueue_many("a", [{}, {}])
+    session.commit()
+    assert len(repo.dequeue_many("a", limit=1)) == 1
+    assert session.scalar(text("SHOW synchronous_commit")) == "on"
+    session.commit()
+    assert len(repo.dequeue_many("a", limit=1, relaxed_commit=True)) == 1
+    assert session.scalar(text("SHOW synchronous_commit")) == "off"
+    session.commit()
+    assert session.scalar(text("SHOW synchronous_commit")) == "on"  # the next transaction
+    with pytest.raises(TypeError, match="relaxed_commit"):
+        repo.dequeue_many("a", limit=1, relaxed_commit="yes")  # type: ignore[arg-type]
