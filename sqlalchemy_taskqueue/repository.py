@@ -311,7 +311,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         stmt = statements.insert_many_statement(
             self._table, _columns(shared), delayed="run_delay" in shared
         )
-        result = self._session.execute(stmt, {**shared, "payloads": texts})
+        batch = "[" + ",".join(texts) + "]"  # one JSON array: one parameter, parsed by the server
+        result = self._session.execute(stmt, {**shared, "payloads": batch})
         ids = sorted(int(task_id) for task_id in result.scalars())  # ascend in input order
         if self._channel is not None:
             self._session.execute(statements.notify_statement(self._channel))

@@ -238,8 +238,9 @@ def _row_binds(table: Table, columns: tuple[str, ...], delayed: bool) -> dict[st
 def insert_many_statement(
     table: Table, columns: tuple[str, ...], *, delayed: bool = False
 ) -> Insert:
-    """Insert one task per element of ``:payloads`` (an array of JSON texts), in one
-    statement whose size does not grow with the batch; returns the new ids.
+    """Insert one task per element of ``:payloads`` (the text of a JSON array of the
+    payloads), in one statement whose size does not grow with the batch; returns the new
+    ids.  The server parses the array: one parameter however many tasks.
 
     Every other column named in ``columns`` takes the same bound value in each row (the
     batch shares its type and options); with ``delayed``, ``run_at`` is the database
@@ -249,16 +250,16 @@ def insert_many_statement(
     Example::
 
         stmt = insert_many_statement(Task.__table__, ("type",))
-        params = {"type": "email", "payloads": ['{"to": "a@x"}', '{"to": "b@x"}']}
+        params = {"type": "email", "payloads": '[{"to": "a@x"}, {"to": "b@x"}]'}
         ids = sorted(session.execute(stmt, params).scalars())
     """
     batch = (
-        func.unnest(cast(bindparam("payloads", type_=ARRAY(Text)), ARRAY(postgresql.JSONB)))
-        .table_valued("payload", with_ordinality="position")
+        func.jsonb_array_elements(cast(bindparam("payloads", type_=Text), postgresql.JSONB))
+        .table_valued("value", with_ordinality="position")
         .render_derived(name="batch")
     )
     shared = _row_binds(table, columns, delayed)
-    source = select(*[bind.label(name) for name, bind in shared.items()], batch.c.payload)
+    source = select(*[bind.label(name) for name, bind in shared.items()], batch.c.value)
     return (
         insert(table)
         .from_select([*shared, "payload"], source.order_by(batch.c.position))

@@ -843,3 +843,18 @@ def test_a_relaxed_claim_skips_the_flush_wait_for_its_transaction_only(
     assert session.scalar(text("SHOW synchronous_commit")) == "on"  # the next transaction
     with pytest.raises(TypeError, match="relaxed_commit"):
         repo.dequeue_many("a", limit=1, relaxed_commit="yes")  # type: ignore[arg-type]
+
+
+def test_enqueue_many_round_trips_every_kind_of_json_value(repo: Repo, session: Session) -> None:
+    payloads: list[Any] = [
+        {"text": "a, b], [c", "emoji": "😀", "quote": '"'},
+        [1, [2, [3]]],
+        "just a string",
+        0,
+        -1.5,
+        True,
+        {"nested": {"null": None, "list": []}},
+    ]
+    ids = repo.enqueue_many("a", payloads)
+    session.commit()
+    assert [repo.get_task(task_id).payload for task_id in ids] == payloads  # type: ignore[union-attr]
