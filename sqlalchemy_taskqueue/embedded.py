@@ -66,9 +66,14 @@ def mask_password(url: str | URL) -> str:
 
     >>> mask_password("postgresql://app:secret@db/app")
     'postgresql://app:***@db/app'
+    >>> mask_password("postgresql://app@db/app?password=secret")
+    'postgresql://app@db/app?password=%2A%2A%2A'
     """
     try:
-        return make_url(str(url)).render_as_string(hide_password=True)
+        parsed = make_url(str(url))
+        if "password" in parsed.query:  # libpq also takes it as a query parameter
+            parsed = parsed.update_query_dict({"password": "***"})
+        return parsed.render_as_string(hide_password=True)
     except Exception:  # an unparsable URL is printed as nothing rather than leaked
         return "<unparsable database URL>"
 

@@ -25,7 +25,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -302,18 +302,24 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             columns=columns,
         )
         del shared["payload"]
+        payload_list = list(payloads)
         texts = [
             json_text(f"payload #{position}", payload, max_bytes=self._max_payload)
-            for position, payload in enumerate(payloads)
+            for position, payload in enumerate(payload_list)
         ]
         if not texts:
             return []
-        stmt = statements.insert_many_statement(
-            self._table, _columns(shared), delayed="run_delay" in shared
-        )
-        batch = "[" + ",".join(texts) + "]"  # one JSON array: one parameter, parsed by the server
-        result = self._session.execute(stmt, {**shared, "payloads": batch})
-        ids = sorted(int(task_id) for task_id in result.scalars())  # ascend in input order
+        delayed = "run_delay" in shared
+        if _has_per_row_defaults(self._table, shared):
+            rows = [{**shared, "payload": payload} for payload in payload_list]
+            stmt = statements.insert_rows_statement(self._table, delayed=delayed)
+            ids = [int(task_id) for task_id in self._session.execute(stmt, rows).scalars()]
+        else:
+            stmt = statements.insert_many_statement(self._table, _columns(shared), delayed=delayed)
+            ids = []
+            for chunk in _json_arrays(texts):  # one parameter per chunk, parsed by the server
+                result = self._session.execute(stmt, {**shared, "payloads": chunk})
+                ids.extend(sorted(int(task_id) for task_id in result.scalars()))
         if self._channel is not None:
             self._session.execute(statements.notify_statement(self._channel))
         return ids
@@ -770,7 +776,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         timeout_seconds: int | None,
         columns: Mapping[str, Any],
     ) -> dict[str, Any]:
-        require_task_type(task_type)
+        require_task_type(task_type, new=True)
         require_json("payload", payload, allow_none=False, max_bytes=self._max_payload)
         require_max_retries(max_retries)
         require_int("priority", priority, minimum=INT4_MIN, maximum=INT4_MAX)
@@ -841,6 +847,35 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 def _columns(values: Mapping[str, Any]) -> tuple[str, ...]:
     """The table columns a row of insert parameters sets (``run_delay`` is not one)."""
     return tuple(sorted(name for name in values if name != "run_delay"))
+
+
+#: Characters of payload JSON sent in one ``enqueue_many`` statement (PostgreSQL caps a
+#: single ``jsonb`` value at 256 MiB; four bytes per character at most).
+_MAX_BATCH_CHARACTERS = 32 * 1024 * 1024
+
+
+def _json_arrays(texts: Sequence[str]) -> Iterator[str]:
+    """The JSON texts as JSON array texts of at most :data:`_MAX_BATCH_CHARACTERS` each
+    (a single larger text stands alone)."""
+    chunk: list[str] = []
+    size = 0
+    for text in texts:
+        if chunk and size + len(text) > _MAX_BATCH_CHARACTERS:
+            yield "[" + ",".join(chunk) + "]"
+            chunk, size = [], 0
+        chunk.append(text)
+        size += len(text) + 1
+    yield "[" + ",".join(chunk) + "]"
+
+
+def _has_per_row_defaults(table: Table, values: Mapping[str, Any]) -> bool:
+    """Whether a column the insert leaves to its default has a Python callable default
+    (which an ``INSERT ... SELECT`` would call once for all rows)."""
+    return any(
+        column.default is not None and column.default.is_callable
+        for column in table.c
+        if column.name not in values and column.name != "payload"
+    )
 
 
 def _lease_arrays(pairs: Sequence[tuple[int, uuid.UUID]]) -> dict[str, list[Any]]:

@@ -87,6 +87,7 @@ __all__ = [
     "fail_statement",
     "insert_if_absent_statement",
     "insert_many_statement",
+    "insert_rows_statement",
     "insert_statement",
     "listen_statement",
     "notify_channel",
@@ -265,6 +266,25 @@ def insert_many_statement(
         .from_select([*shared, "payload"], source.order_by(batch.c.position))
         .returning(table.c.id)
     )
+
+
+@functools.cache
+def insert_rows_statement(table: Table, *, delayed: bool = False) -> Insert:
+    """Insert many tasks given as a list of row dicts, returning ids in input order.
+
+    The fallback of :func:`insert_many_statement` for tables with Python-side callable
+    column defaults (evaluated once per row here, but only once per statement there).
+    When ``delayed``, each row carries ``run_delay``.
+
+    Example::
+
+        rows = [{"type": "email", "payload": {"to": to}} for to in addresses]
+        ids = session.execute(insert_rows_statement(Task.__table__), rows).scalars().all()
+    """
+    stmt = insert(table)
+    if delayed:
+        stmt = stmt.values(run_at=_now() + bindparam("run_delay", type_=Interval))
+    return stmt.returning(table.c.id, sort_by_parameter_order=True)
 
 
 @functools.cache

@@ -67,12 +67,12 @@ def require_task_id(task_id: Any) -> None:
     require_int("task_id", task_id, minimum=1, maximum=INT8_MAX)
 
 
-def require_task_type(task_type: Any) -> None:
-    """A non-empty string (a ``StrEnum`` member is one) of at most
-    :data:`MAX_TASK_TYPE_LENGTH` characters that PostgreSQL can store.
+def require_task_type(task_type: Any, *, new: bool = False) -> None:
+    """A non-empty string (a ``StrEnum`` member is one) that PostgreSQL can store; a
+    ``new`` one (being enqueued) is also at most :data:`MAX_TASK_TYPE_LENGTH` characters.
 
     >>> require_task_type("email")
-    >>> require_task_type("x" * 300)
+    >>> require_task_type("x" * 300, new=True)
     Traceback (most recent call last):
         ...
     ValueError: task_type must be at most 255 characters, got 300
@@ -81,7 +81,7 @@ def require_task_type(task_type: Any) -> None:
         raise TypeError(f"task_type must be a string, got {task_type!r}")
     if not task_type.strip():
         raise ValueError("task_type must not be empty")
-    if len(task_type) > MAX_TASK_TYPE_LENGTH:
+    if new and len(task_type) > MAX_TASK_TYPE_LENGTH:
         raise ValueError(
             f"task_type must be at most {MAX_TASK_TYPE_LENGTH} characters, got {len(task_type)}"
         )

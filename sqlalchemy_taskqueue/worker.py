@@ -110,10 +110,11 @@ class Worker(Generic[TaskT]):
     :param backoff: retry delay policy for failed attempts.
     :param prefetch: tasks claimed beyond the free slots, waiting in the worker for a
         slot (their leases are renewed too), so that each claim transaction carries a
-        bigger batch.  ``None`` (the default) sizes it from the tasks' recent pace: as
-        many as the slots will start within about 50 ms, so none for slow tasks, at
-        most 16 per slot, and none until ``concurrency`` attempts have finished.  A
-        number fixes it; 0 turns it off.
+        bigger batch.  ``None`` (the default) sizes it from the tasks' recent pace (the
+        moving average of attempt durations, or the age of the oldest running attempt
+        if that is longer): as many as the slots will start within about 50 ms, so none
+        for slow tasks, at most 16 per slot, and none until ``concurrency`` attempts
+        have finished.  A number fixes it; 0 turns it off.
     :param on_event: ``callback(event, task, seconds)`` called for ``"completed"``,
         ``"failed"``, ``"retried"`` and ``"released"`` (used for metrics).
 
@@ -516,11 +517,15 @@ class Worker(Generic[TaskT]):
         the prefetch horizon at the recent pace."""
         if self._prefetch is not None:
             return self._prefetch
+        now = time.monotonic()
         with self._lock:
             pace, paced = self._pace, self._paced
+            # a long-running attempt counts at once, before it finishes: after a run of
+            # quick tasks, slow ones must not be claimed ahead of idle workers
+            oldest = max((now - a.started for a in self._held.values() if a.running), default=0.0)
         if pace is None or paced < self._concurrency:
             return 0
-        ahead = int(self._concurrency * _PREFETCH_HORIZON / max(pace, 1e-4))
+        ahead = int(self._concurrency * _PREFETCH_HORIZON / max(pace, oldest, 1e-4))
         return min(ahead, self._concurrency * _PREFETCH_PER_SLOT)
 
     def _execute(self, attempt: Attempt) -> Outcome | None:

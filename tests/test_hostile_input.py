@@ -272,6 +272,8 @@ def taskqueue(*args: str) -> subprocess.CompletedProcess[str]:
         f"postgresql://app:{SECRET}@127.0.0.1:notaport/app",  # unparsable
         f"mysql://app:{SECRET}@127.0.0.1/app",  # not PostgreSQL
         f"postgresql+nodriver://app:{SECRET}@127.0.0.1/app",  # no such driver
+        f"postgresql+pg8000://app:{SECRET}@127.0.0.1/app",  # a driver that is not installed
+        f"postgresql://app@127.0.0.1:1/app?password={SECRET}",  # the password as a parameter
     ],
 )
 @pytest.mark.parametrize(
@@ -310,3 +312,12 @@ def test_a_working_password_url_never_reaches_the_logs(database_url: str, engine
         assert SECRET not in result.stdout + result.stderr + stats.stdout + stats.stderr
     finally:
         Base.metadata.drop_all(engine)
+
+
+def test_the_type_length_limit_applies_to_new_tasks_only(repo: Repo, session: Session) -> None:
+    long_type = "t" * 300
+    with pytest.raises(ValueError, match="at most 255 characters"):
+        repo.enqueue(long_type, {})
+    # reads and claims by name still work (for rows written before the limit, say)
+    assert repo.dequeue_many(long_type, limit=1) == []
+    assert repo.get_task_progress(long_type) is None

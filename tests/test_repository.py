@@ -858,3 +858,41 @@ def test_enqueue_many_round_trips_every_kind_of_json_value(repo: Repo, session: 
     ids = repo.enqueue_many("a", payloads)
     session.commit()
     assert [repo.get_task(task_id).payload for task_id in ids] == payloads  # type: ignore[union-attr]
+
+
+def test_enqueue_many_calls_python_column_defaults_once_per_row(
+    session: Session, engine: Engine
+) -> None:
+    import uuid as uuid_module
+
+    from conftest import declare_task_model
+    from sqlalchemy.orm import mapped_column
+
+    model = declare_task_model(
+        "tasks_row_defaults",
+        ref=mapped_column(Text, default=lambda: uuid_module.uuid4().hex, unique=True),
+    )
+    model.metadata.create_all(engine)
+    try:
+        ids = TaskRepository(session, model).enqueue_many("a", [{"n": n} for n in range(3)])
+        session.commit()
+        rows = session.execute(select(model.id, model.payload, model.ref).order_by(model.id)).all()
+        assert [row.id for row in rows] == ids
+        assert [row.payload for row in rows] == [{"n": 0}, {"n": 1}, {"n": 2}]
+        assert len({row.ref for row in rows}) == 3
+    finally:
+        session.rollback()
+        model.metadata.drop_all(engine)
+
+
+def test_enqueue_many_splits_huge_batches(
+    repo: Repo, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy_taskqueue import repository
+
+    monkeypatch.setattr(repository, "_MAX_BATCH_CHARACTERS", 40)  # a few payloads each
+    payloads = [{"n": n, "pad": "x" * 10} for n in range(10)]
+    ids = repo.enqueue_many("a", payloads)
+    session.commit()
+    assert ids == sorted(ids) and len(set(ids)) == 10
+    assert [repo.get_task(task_id).payload for task_id in ids] == payloads  # type: ignore[union-attr]

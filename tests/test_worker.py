@@ -933,3 +933,32 @@ def test_automatic_prefetch_holds_nothing_back_for_slow_tasks(
 
 def test_prefetch_zero_turns_it_off(session_factory: Factory, clean_table: type[Any]) -> None:
     assert set(held_counts(session_factory, clean_table, 0, 30, prefetch=0)) == {1}
+
+
+def test_automatic_prefetch_stops_while_a_long_attempt_runs(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    gate = Gate()
+    at_start: list[int] = []
+
+    def slow(task: Any, ctx: TaskContext) -> Any:
+        at_start.append(worker._prefetch_now())
+        return gate(task, ctx)
+
+    worker = make_worker(
+        session_factory,
+        clean_table,
+        {"quick": lambda task, ctx: None, "slow": slow},
+        concurrency=1,
+    )
+    with session_factory() as session:
+        repo = TaskRepository(session, clean_table)
+        repo.enqueue_many("quick", [{} for _ in range(20)])
+        repo.enqueue("slow", {}, priority=1)  # after every quick one
+        session.commit()
+    with running(worker):
+        assert gate.started.wait(10)
+        assert at_start[0] > 0  # the quick tasks set a fast pace
+        # the slow attempt's age overrides it as it runs, before it finishes
+        wait_for(lambda: worker._prefetch_now() == 0, timeout=5)
+        gate.proceed.set()

@@ -106,6 +106,7 @@ def database_url_or_fail(database_url: str | None) -> str:
         )
     try:
         dialect = parsed.get_dialect()
+        dialect.import_dbapi()  # the driver itself, not only SQLAlchemy's dialect for it
     except (NoSuchModuleError, ImportError) as exc:
         raise click.BadParameter(
             f"{masked!r} names a driver that is not installed ({exc})",
