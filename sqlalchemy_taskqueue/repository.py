@@ -427,6 +427,23 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             batch = repo.dequeue_many(["export", "import"], limit=10)
         """
+        claimed = self._claim(
+            task_type, limit=limit, lease_duration=lease_duration, relaxed_commit=relaxed_commit
+        )
+        for task in claimed:
+            self._session.expunge(task)
+        return claimed
+
+    def _claim(
+        self,
+        task_type: str | Sequence[str] | None,
+        *,
+        limit: int,
+        lease_duration: Duration | None,
+        relaxed_commit: bool,
+    ) -> list[TaskT]:
+        """:meth:`dequeue_many` without detaching the rows: they stay in the session
+        (a worker's own session detaches them all at once)."""
         if not isinstance(relaxed_commit, bool):
             raise TypeError(f"relaxed_commit must be a bool, got {relaxed_commit!r}")
         task_types = task_types_argument(task_type)
@@ -457,8 +474,6 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         )
         claimed = list(self._session.execute(orm_stmt, params).scalars().all())
         claimed.sort(key=lambda task: (task.priority, task.run_at, task.id))
-        for task in claimed:
-            self._session.expunge(task)
         return claimed
 
     # ------------------------------------------------------------------ progress and outcome

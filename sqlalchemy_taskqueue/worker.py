@@ -374,13 +374,14 @@ class Worker(Generic[TaskT]):
                     repo = self._repository(session)
                     written = self._write_outcomes(repo, outcomes)
                     if free > 0:
-                        claimed = repo.dequeue_many(
+                        claimed = repo._claim(
                             self._types,
                             limit=free,
                             lease_duration=self._lease,
                             # only claims: a claim lost in a crash is just claimed again
                             relaxed_commit=not outcomes,
                         )
+                        session.expunge_all()  # this session holds nothing else
                     session.commit()
             except Exception as exc:
                 written, claimed = [], []  # the transaction rolled back: nothing was written
