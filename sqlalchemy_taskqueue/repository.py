@@ -292,16 +292,14 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         if isinstance(payloads, (str, bytes, Mapping)):
             raise TypeError("payloads must be an iterable of payloads, not a single value")
-        shared = self._row_values(
+        shared = self._shared_values(
             task_type,
-            {},
             max_retries=max_retries,
             priority=priority,
             run_at=run_at,
             timeout_seconds=timeout_seconds,
             columns=columns,
         )
-        del shared["payload"]
         payload_list = list(payloads)
         texts = [
             json_text(f"payload #{position}", payload, max_bytes=self._max_payload)
@@ -310,7 +308,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if not texts:
             return []
         delayed = "run_delay" in shared
-        if _has_per_row_defaults(self._table, shared):
+        if _has_per_row_defaults(self._table, _columns(shared)):
             rows = [{**shared, "payload": payload} for payload in payload_list]
             stmt = statements.insert_rows_statement(self._table, delayed=delayed)
             ids = [int(task_id) for task_id in self._session.execute(stmt, rows).scalars()]
@@ -791,13 +789,35 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         timeout_seconds: int | None,
         columns: Mapping[str, Any],
     ) -> dict[str, Any]:
-        require_task_type(task_type, new=True)
+        """The parameters of one new task's row, every argument checked."""
+        values = self._shared_values(
+            task_type,
+            max_retries=max_retries,
+            priority=priority,
+            run_at=run_at,
+            timeout_seconds=timeout_seconds,
+            columns=columns,
+        )
         require_json("payload", payload, allow_none=False, max_bytes=self._max_payload)
+        values["payload"] = payload
+        return values
+
+    def _shared_values(
+        self,
+        task_type: str,
+        *,
+        max_retries: int,
+        priority: int,
+        run_at: datetime | timedelta | None,
+        timeout_seconds: int | None,
+        columns: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """The parameters new tasks share (all but the payload), every argument checked."""
+        require_task_type(task_type, new=True)
         require_max_retries(max_retries)
         require_int("priority", priority, minimum=INT4_MIN, maximum=INT4_MAX)
         values: dict[str, Any] = {
             "type": str(task_type),
-            "payload": payload,
             "max_retries": max_retries,
             "priority": priority,
         }
@@ -883,13 +903,15 @@ def _json_arrays(texts: Sequence[str]) -> Iterator[str]:
     yield "[" + ",".join(chunk) + "]"
 
 
-def _has_per_row_defaults(table: Table, values: Mapping[str, Any]) -> bool:
-    """Whether a column the insert leaves to its default has a Python callable default
-    (which an ``INSERT ... SELECT`` would call once for all rows)."""
+@functools.cache
+def _has_per_row_defaults(table: Table, columns: tuple[str, ...]) -> bool:
+    """Whether a column an insert setting ``columns`` (and the payload) leaves to its
+    default has a Python callable default, which an ``INSERT ... SELECT`` would call
+    once for all rows."""
     return any(
         column.default is not None and column.default.is_callable
         for column in table.c
-        if column.name not in values and column.name != "payload"
+        if column.name not in columns and column.name != "payload"
     )
 
 

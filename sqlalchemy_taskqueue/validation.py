@@ -177,11 +177,9 @@ def require_json(name: str, value: Any, *, allow_none: bool, max_bytes: int | No
         ...
     ValueError: payload is 2004 bytes as JSON, over the limit of 1024 (max_payload_bytes)
     """
-    if value is None:
-        if allow_none:
-            return
-        raise TypeError(f"{name} must be a JSON value, not None (use {{}} for no arguments)")
-    json_text(name, value, max_bytes=max_bytes)
+    if value is None and allow_none:
+        return
+    json_text(name, value, max_bytes=max_bytes)  # refuses None with a clear message
 
 
 def json_text(name: str, value: Any, *, max_bytes: int | None = None) -> str:

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from processes import wait_for
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,14 +70,6 @@ def running(worker: Worker[Any], **kw: Any) -> Iterator[threading.Thread]:
         thread.join(timeout=30)
         assert not thread.is_alive()
         assert errors == []
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a database state, re-reading it until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def first_blocks(
