@@ -40,19 +40,16 @@ How it works:
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import signal
 import threading
 import time
-import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from types import FrameType
-from typing import Any, Generic
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -60,33 +57,18 @@ from sqlalchemy.orm import Session
 
 from . import statements
 from .attempts import Attempt, Outcome, WorkerStats
-from .backoff import DEFAULT_BACKOFF, BackoffPolicy
-from .context import TaskContext
-from .durations import Duration, to_seconds
-from .exceptions import LeaseLostError, TaskInterrupted, TaskQueueError
-from .handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
-from .models import task_table
-from .repository import TaskRepository, TaskT, default_owner
-from .status import TaskStatus
-from .validation import require_int, require_json, storable_text
+from .exceptions import LeaseLostError, TaskQueueError
+from .handlers import HandlerSpec
+from .repository import TaskT
 from .wakeup import NotificationListener
+from .worker_base import WRITE_ATTEMPTS, WorkerBase, Written, is_coroutine_handler, logger
 
 __all__ = ["Worker", "WorkerStats"]
 
-logger = logging.getLogger("sqlalchemy_taskqueue.worker")
-
-_WRITE_ATTEMPTS = 5
-#: Consecutive failed turns after which ``run(until_empty=True)`` gives up and raises.
-_UNTIL_EMPTY_ATTEMPTS = 5
-#: Automatic prefetch holds about this much work (seconds) beyond the free slots ...
-_PREFETCH_HORIZON = 0.05
-#: ... and at most this many tasks per slot.
-_PREFETCH_PER_SLOT = 16
-
-EventHook = Callable[[str, Any, float], None]
+_R = TypeVar("_R")
 
 
-class Worker(Generic[TaskT]):
+class Worker(WorkerBase[TaskT]):
     """Runs handlers for claimed tasks on ``concurrency`` slots.
 
     :param session_factory: a ``sessionmaker`` bound to the queue's database; the worker
@@ -118,142 +100,34 @@ class Worker(Generic[TaskT]):
     :param on_event: ``callback(event, task, seconds)`` called for ``"completed"``,
         ``"failed"``, ``"retried"`` and ``"released"`` (used for metrics).
 
-    Durations accept a ``timedelta`` or a number of seconds.
+    Durations accept a ``timedelta`` or a number of seconds.  Handlers are plain
+    functions; ``async def`` handlers need :class:`~sqlalchemy_taskqueue.AsyncWorker`.
     """
 
-    def __init__(
-        self,
-        session_factory: Callable[[], Session],
-        model: type[TaskT],
-        handlers: Mapping[str, Handler] | HandlerRegistry,
-        *,
-        concurrency: int = 4,
-        task_types: Sequence[str] | None = None,
-        lease_duration: Duration = timedelta(seconds=60),
-        poll_interval: Duration = timedelta(seconds=1),
-        heartbeat_interval: Duration | None = None,
-        rescue_interval: Duration | None = None,
-        timeouts: Mapping[str, Duration] | None = None,
-        default_timeout: Duration | None = None,
-        shutdown_grace: Duration = timedelta(seconds=30),
-        progress_interval: Duration = timedelta(milliseconds=500),
-        listen: bool = True,
-        backoff: BackoffPolicy = DEFAULT_BACKOFF,
-        owner: str | None = None,
-        on_event: EventHook | None = None,
-        prefetch: int | None = None,
-    ) -> None:
-        if not callable(session_factory):
-            raise TypeError(f"session_factory must be a sessionmaker, got {session_factory!r}")
-        self._table = task_table(model)
-        require_int("concurrency", concurrency, minimum=1)
-        if prefetch is not None:
-            require_int("prefetch", prefetch, minimum=0)
-        self._prefetch = prefetch
-        self._pace: float | None = None  # moving average of attempt durations (seconds)
-        self._paced = 0
-        self._specs: dict[str, HandlerSpec] = normalize_handlers(handlers, timeouts)
-        if task_types is None:
-            types = sorted(self._specs)
-        elif isinstance(task_types, str):
-            types = [task_types]
-        else:
-            types = list(task_types)
-        if not types or not all(isinstance(t, str) and t.strip() for t in types):
-            raise ValueError(
-                f"task_types must name at least one task type (got {task_types!r}); "
-                "register a handler or pass task_types"
+    def _prepare(self) -> None:
+        made = getattr(self._session_factory, "class_", None)
+        if isinstance(made, type) and not issubclass(made, Session):
+            raise TypeError(
+                f"Worker needs a sessionmaker of Sessions, got one of {made.__name__}; "
+                "an async_sessionmaker goes with AsyncWorker"
             )
-        for missing in sorted(set(types) - set(self._specs)):
-            logger.warning("worker.no_handler type=%s (such tasks will fail)", missing)
-        self._types = types
-        lease = to_seconds("lease_duration", lease_duration)
-        self._lease = timedelta(seconds=lease)
-        self._poll = to_seconds("poll_interval", poll_interval)
-        self._heartbeat = (
-            lease / 4
-            if heartbeat_interval is None
-            else to_seconds("heartbeat_interval", heartbeat_interval)
-        )
-        if self._heartbeat >= lease:
-            raise ValueError(
-                f"heartbeat_interval ({self._heartbeat}s) must be shorter than "
-                f"lease_duration ({lease}s)"
-            )
-        self._rescue_every = (
-            min(lease / 4, 15.0)
-            if rescue_interval is None
-            else to_seconds("rescue_interval", rescue_interval)
-        )
-        self._default_timeout = (
-            None if default_timeout is None else to_seconds("default_timeout", default_timeout)
-        )
-        self._grace = to_seconds("shutdown_grace", shutdown_grace, allow_zero=True)
-        self._progress_interval = to_seconds(
-            "progress_interval", progress_interval, allow_zero=True
-        )
-        if not isinstance(listen, bool):
-            raise TypeError(f"listen must be a bool, got {listen!r}")
-        if not isinstance(backoff, BackoffPolicy):
-            raise TypeError(f"backoff must be a BackoffPolicy, got {backoff!r}")
-        if on_event is not None and not callable(on_event):
-            raise TypeError(f"on_event must be callable, got {on_event!r}")
-        self._session_factory = session_factory
-        self._model = model
-        self._concurrency = concurrency
-        self._listen = listen
-        self._backoff = backoff
-        self._on_event = on_event
-        if owner is not None and (not isinstance(owner, str) or not owner.strip()):
-            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
-        registry_model = handlers.model if isinstance(handlers, HandlerRegistry) else None
-        if registry_model is not None and registry_model is not model:
-            raise ValueError(
-                f"the handlers were registered for {registry_model.__name__}, "
-                f"not for {model.__name__}"
-            )
-        self.owner: str = owner or default_owner()
-        self.stats = WorkerStats()
-
-        self._stopping = threading.Event()
         self._wake = threading.Event()
         self._supervisor_stop = threading.Event()
         self._supervisor_wake = threading.Event()
-        self._lock = threading.Lock()
         # held while a transaction writes outcomes or renews leases: the two touch the
         # same rows in no fixed order, and a heartbeat must see outcomes already written
         self._write_lock = threading.Lock()
-        self._busy = 0  # claimed tasks whose handler has not returned yet
-        self._held: dict[int, Attempt] = {}  # claimed tasks whose outcome is not written
-        self._outcomes: list[Outcome] = []
         self._slots: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
-        self._signals_seen = 0
-        self._is_running = False
-        self.listening = threading.Event()  #: set while LISTEN is active
-        self.idle = threading.Event()  #: set while the claim loop waits for work
+
+    def _check_handlers(self, specs: dict[str, HandlerSpec]) -> None:
+        for task_type, spec in specs.items():
+            if is_coroutine_handler(spec.function):
+                raise TypeError(
+                    f"the handler for {task_type!r} is an async function: run it with "
+                    "AsyncWorker (Worker runs plain functions on threads)"
+                )
 
     # ------------------------------------------------------------------ public
-
-    @property
-    def task_types(self) -> list[str]:
-        """The task types this worker claims.
-
-        Example::
-
-            worker = Worker(sessionmaker(engine), Task, tasks, task_types=["export"])
-            worker.task_types  # ['export']
-        """
-        return list(self._types)
-
-    @property
-    def concurrency(self) -> int:
-        """Number of slots.
-
-        Example::
-
-            Worker(sessionmaker(engine), Task, tasks, concurrency=8).concurrency  # 8
-        """
-        return self._concurrency
 
     def stop(self) -> None:
         """Ask a running worker to shut down gracefully (safe from any thread or signal).
@@ -278,10 +152,7 @@ class Worker(Generic[TaskT]):
 
             worker.run(until_empty=True)   # drain the queue, then return
         """
-        with self._lock:
-            if self._is_running:
-                raise RuntimeError("this worker is already running")
-            self._is_running = True
+        self._begin_run()
         slots = [
             threading.Thread(target=self._slot_loop, name=f"taskqueue-slot-{n}", daemon=True)
             for n in range(self._concurrency)
@@ -291,14 +162,7 @@ class Worker(Generic[TaskT]):
         )
         self._supervisor_stop.clear()
         listener = self._start_listener()
-        logger.info(
-            "worker.started owner=%s types=%s concurrency=%d lease=%.1fs listen=%s",
-            self.owner,
-            ",".join(self._types),
-            self._concurrency,
-            self._lease.total_seconds(),
-            listener is not None,
-        )
+        self._log_started(listener is not None)
         try:
             with self._signal_handlers():
                 for thread in [*slots, supervisor]:
@@ -308,10 +172,28 @@ class Worker(Generic[TaskT]):
                 finally:
                     self._shut_down(listener, slots, supervisor)
         finally:
-            with self._lock:
-                self._is_running = False
-                self._signals_seen = 0
-            self._stopping.clear()  # a stop request ends one run; the worker may run again
+            self._end_run()
+
+    # ------------------------------------------------------------------ database
+
+    def _transaction(self, body: Callable[[Session], _R]) -> _R:
+        """Run ``body`` in a session of its own and commit."""
+        with self._session_factory() as session:
+            result = body(session)
+            session.commit()
+            return result
+
+    def _write(self, body: Callable[[Session], _R]) -> _R:
+        """Run one write in its own transaction, retrying transient database errors."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                return self._transaction(body)
+            except (SQLAlchemyError, TaskQueueError) as exc:
+                delay = self._write_retry(attempt, exc)
+                if delay is None:
+                    raise
+                time.sleep(delay)  # backing off from a failing database, not synchronising
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ claim loop
 
@@ -325,18 +207,16 @@ class Worker(Generic[TaskT]):
                 if time.monotonic() >= next_rescue:
                     self._rescue()
                     next_rescue = time.monotonic() + self._rescue_every
-                free = self._concurrency + self._prefetch_now() - self._busy
+                free = self._free_slots()
                 claimed = self._settle_and_claim(free)
                 if until_empty and not claimed and self._drained() and self._rescue() == 0:
                     return
                 errors = 0
             except Exception:  # the database, the network, or a bug: keep the worker alive
                 errors += 1
-                if until_empty and errors >= _UNTIL_EMPTY_ATTEMPTS:
-                    logger.error("worker.giving_up errors=%d (run until empty)", errors)
-                    raise  # a batch run reports failure instead of waiting forever
-                delay = min(self._poll * 2**errors, 30.0)
-                logger.exception("worker.claim_failed retry_in=%.1fs", delay)
+                delay = self._claim_failed(errors, until_empty)
+                if delay is None:
+                    raise
                 self._stopping.wait(delay)
                 continue
             if free > 0 and len(claimed) == free:
@@ -346,140 +226,51 @@ class Worker(Generic[TaskT]):
             self._wake.wait(self._poll)
             self.idle.clear()
 
-    def _drained(self) -> bool:
-        with self._lock:
-            return self._busy == 0 and not self._outcomes
-
     def _settle_and_claim(self, free: int) -> list[Any]:
         """One transaction: write the outcomes that are ready, then claim ``free`` tasks.
 
-        Acknowledging finished tasks and fetching the next ones together costs one
-        commit per turn instead of one per task.  If the transaction fails, the outcomes
-        stay queued for the next turn.
+        If the transaction fails, the outcomes stay queued for the next turn.
         """
-        with self._lock:
-            outcomes = [o for o in self._outcomes if not o.attempt.lost]
-            for outcome in self._outcomes:
-                if outcome.attempt.lost:  # already reported when the lease was found lost
-                    self._forget(outcome.attempt)
-            self._outcomes = []
+        outcomes = self._take_outcomes()
         if not outcomes and free <= 0:
             return []
-        written: list[tuple[Outcome, str]] = []
+        written: Written = []
         claimed: list[Any] = []
         failure: Exception | None = None
         with self._write_lock:
             try:
-                with self._session_factory() as session:
-                    repo = self._repository(session)
-                    written = self._write_outcomes(repo, outcomes)
-                    if free > 0:
-                        claimed = repo._claim(
-                            self._types,
-                            limit=free,
-                            lease_duration=self._lease,
-                            # only claims: a claim lost in a crash is just claimed again
-                            relaxed_commit=not outcomes,
-                        )
-                        session.expunge_all()  # this session holds nothing else
-                    session.commit()
+                written, claimed = self._transaction(self._settle_body(outcomes, free))
             except Exception as exc:
                 written, claimed = [], []  # the transaction rolled back: nothing was written
-                if isinstance(exc, (SQLAlchemyError, TaskQueueError)) and _is_transient(exc):
-                    self._requeue(outcomes)  # the next turn writes them
-                else:  # isolate the outcome the database (or a bug) refuses
+                if self._settle_failed(exc, outcomes):
                     written = self._write_separately(outcomes)
                 failure = exc
             except BaseException:
                 self._requeue(outcomes)
                 raise
-            with self._lock:
-                for outcome, _ in written:
-                    self._forget(outcome.attempt)
-        if claimed:
-            self._dispatch(claimed)  # held (and heartbeated) before any callback runs
+            self._settled(written)
+        if claimed:  # held (and heartbeated) before any callback runs
+            for attempt in self._hold(claimed, self._write_progress):
+                self._slots.put(attempt)
         # events and user callbacks run outside the write lock: heartbeats never wait on them
         self._report(written)
         if failure is not None:
             raise failure
         return claimed
 
-    def _requeue(self, outcomes: list[Outcome]) -> None:
-        with self._lock:
-            self._outcomes[:0] = outcomes
-
-    def _write_separately(self, outcomes: list[Outcome]) -> list[tuple[Outcome, str]]:
+    def _write_separately(self, outcomes: list[Outcome]) -> Written:
         """Write each outcome in its own transaction; one that fails is dropped (its lease
         then expires and the task is rescued) instead of blocking the rest."""
-        written: list[tuple[Outcome, str]] = []
+        written: Written = []
         for outcome in outcomes:
             try:
-                written.extend(self._write_alone([outcome]))
+                written.extend(self._write(self._outcomes_body([outcome])))
             except Exception:
-                logger.exception(
-                    "task.outcome_write_failed id=%d (its lease will expire and it is rescued)",
-                    outcome.attempt.task.id,
-                )
-                with self._lock:
-                    self._forget(outcome.attempt)
+                self._outcome_write_failed(outcome)
         return written
-
-    def _write_alone(self, outcomes: list[Outcome]) -> list[tuple[Outcome, str]]:
-        """Write outcomes in a transaction of their own (retrying transient errors)."""
-        written: list[tuple[Outcome, str]] = self._write(
-            lambda repo: self._write_outcomes(repo, outcomes)
-        )
-        return written
-
-    def _forget(self, attempt: Attempt) -> None:
-        """Stop holding ``attempt`` (call with the lock held)."""
-        if self._held.get(attempt.task.id) is attempt:
-            del self._held[attempt.task.id]
-
-    def _dispatch(self, claimed: list[Any]) -> None:
-        attempts = [self._attempt(task) for task in claimed]  # claimed now
-        with self._lock:
-            self._busy += len(attempts)
-            for attempt in attempts:
-                self._held[attempt.task.id] = attempt
-        self.stats.add(claimed=len(attempts))
-        for attempt in attempts:
-            self._slots.put(attempt)
-
-    def _attempt(self, task: Any) -> Attempt:
-        spec = self._specs.get(task.type)
-        if task.timeout_seconds:
-            timeout: float | None = float(task.timeout_seconds)
-        elif spec is not None and spec.timeout_seconds:
-            timeout = spec.timeout_seconds
-        else:
-            timeout = self._default_timeout
-        context = TaskContext(
-            task,
-            progress_writer=self._write_progress,
-            progress_interval=self._progress_interval,
-            worker_stopping=self._stopping,
-        )
-        return Attempt(task, context, timeout)
 
     def _rescue(self) -> int:
-        with self._session_factory() as session:
-            rescued = self._repository(session).rescue_expired_leases()
-            session.commit()
-        for task_id, status in rescued.items():
-            logger.warning("task.rescued id=%d status=%s (its lease expired)", task_id, status)
-        self.stats.add(rescued=len(rescued))
-        return len(rescued)
-
-    def _repository(self, session: Session) -> TaskRepository[TaskT]:
-        return TaskRepository(
-            session,
-            self._model,
-            backoff=self._backoff,
-            lease_duration=self._lease,
-            owner=self.owner,
-            notify=False,
-        )
+        return self._rescued(self._transaction(self._rescue_body))
 
     # ------------------------------------------------------------------ slots
 
@@ -494,210 +285,27 @@ class Worker(Generic[TaskT]):
             except BaseException:  # a bug here must not kill the slot or strand the task
                 logger.exception("worker.slot_error id=%s", attempt.task.id)
             finally:
-                with self._lock:
-                    self._busy -= 1
-                    attempt.running = False
-                    if attempt.started != attempt.claimed:  # the handler ran: note its pace
-                        self._note_pace(time.monotonic() - attempt.started)
-                    if outcome is not None and not attempt.finished:
-                        attempt.outcome_queued = True
-                        self._outcomes.append(outcome)
-                    elif not attempt.outcome_queued:
-                        self._forget(attempt)
-                if outcome is not None and attempt.finished:
-                    self._discard(outcome)
+                self._slot_done(attempt, outcome)
                 self._wake.set()
-
-    def _note_pace(self, seconds: float) -> None:
-        """Fold one attempt's duration into the moving average (call with the lock held)."""
-        self._paced += 1
-        self._pace = seconds if self._pace is None else self._pace + 0.2 * (seconds - self._pace)
-
-    def _prefetch_now(self) -> int:
-        """The prefetch to claim with: the fixed one, or what the slots will start within
-        the prefetch horizon at the recent pace."""
-        if self._prefetch is not None:
-            return self._prefetch
-        now = time.monotonic()
-        with self._lock:
-            pace, paced = self._pace, self._paced
-            # a long-running attempt counts at once, before it finishes: after a run of
-            # quick tasks, slow ones must not be claimed ahead of idle workers
-            oldest = max((now - a.started for a in self._held.values() if a.running), default=0.0)
-        if pace is None or paced < self._concurrency:
-            return 0
-        ahead = int(self._concurrency * _PREFETCH_HORIZON / max(pace, oldest, 1e-4))
-        return min(ahead, self._concurrency * _PREFETCH_PER_SLOT)
 
     def _execute(self, attempt: Attempt) -> Outcome | None:
         """Run the handler and say how the attempt ended (written later, in a batch)."""
-        task = attempt.task
-        spec = self._specs.get(task.type)
-        with self._lock:
-            if attempt.finished:
-                return None  # lost or handed back while it waited for this slot
-            if self._stopping.is_set():
-                return Outcome(attempt, "release")  # claimed, but shutdown came first
-            attempt.start()
+        start = self._start(attempt)
+        if not isinstance(start, HandlerSpec):
+            return start
         self._supervisor_wake.set()  # re-plan around the new deadline
-        logger.info(
-            "task.started id=%d type=%s attempt=%d", task.id, task.type, attempt.context.attempt
-        )
-        if spec is None:
-            message = f"no handler is registered for task type {task.type!r}"
-            return self._outcome(attempt, "fail", message=message, retry=False)
         try:
-            result = spec.function(task, attempt.context)
-        except TaskInterrupted as exc:
-            if self._stopping.is_set():
-                return self._outcome(attempt, "release")
-            return self._outcome(attempt, "fail", message=f"TaskInterrupted: {exc}")
+            result = start.function(attempt.task, attempt.context)
         except BaseException as exc:  # SystemExit from a handler fails the attempt too
-            message = f"{type(exc).__name__}: {exc}"
-            logger.error(
-                "task.error id=%d type=%s error=%s\n%s",
-                task.id,
-                task.type,
-                message,
-                traceback.format_exc().rstrip(),
-            )
-            return self._outcome(attempt, "fail", message=message)
-        try:
-            require_json("result", result, allow_none=True)
-        except (TypeError, ValueError) as exc:
-            message = f"TypeError: the handler's result is not JSON: {exc}"
-            return self._outcome(attempt, "fail", message=message, retry=False)
-        return self._outcome(attempt, "complete", result=result)
-
-    def _outcome(self, attempt: Attempt, kind: Any, **fields: Any) -> Outcome:
-        seconds = time.monotonic() - attempt.started
-        if "message" in fields:
-            fields["message"] = storable_text(fields["message"])
-        return Outcome(attempt, kind, seconds=seconds, **fields)
-
-    def _discard(self, outcome: Outcome) -> None:
-        logger.warning(
-            "task.outcome_discarded id=%d outcome=%s reason=%s",
-            outcome.attempt.task.id,
-            outcome.kind,
-            outcome.attempt.context.stop_reason,
-        )
-
-    # ------------------------------------------------------------------ writing outcomes
-
-    def _write_outcomes(
-        self, repo: TaskRepository[TaskT], outcomes: list[Outcome]
-    ) -> list[tuple[Outcome, str]]:
-        """Write outcomes in the caller's transaction; returns ``(outcome, event)`` pairs.
-
-        Completions go in one statement; failures one by one (each decides retry or
-        failure atomically); hand-backs in one statement.  An outcome whose lease is no
-        longer current is reported as ``lease_lost`` and changes nothing.
-        """
-        written: list[tuple[Outcome, str]] = []
-        completions = [o for o in outcomes if o.kind == "complete"]
-        if completions:
-            done = repo.complete_tasks(
-                [(o.attempt.task.id, o.attempt.task.lease_token, o.result) for o in completions]
-            )
-            for outcome in completions:
-                event = "completed" if outcome.attempt.task.id in done else "lease_lost"
-                written.append((outcome, event))
-        for outcome in outcomes:
-            if outcome.kind != "fail":
-                continue
-            task = outcome.attempt.task
-            try:
-                status = repo.fail_task(
-                    task.id, outcome.message, lease_token=task.lease_token, retry=outcome.retry
-                )
-            except LeaseLostError:
-                written.append((outcome, "lease_lost"))
-                continue
-            written.append((outcome, "retried" if status is TaskStatus.PENDING else "failed"))
-        releases = [o for o in outcomes if o.kind == "release"]
-        if releases:
-            released = repo.release_tasks([o.attempt.lease for o in releases])
-            for outcome in releases:
-                event = "released" if outcome.attempt.task.id in released else "lease_lost"
-                written.append((outcome, event))
-        return written
-
-    def _report(self, written: list[tuple[Outcome, str]]) -> None:
-        """After the commit: log, count and emit events (outside every lock)."""
-        for outcome, event in written:
-            if event == "lease_lost":
-                self._lease_lost(outcome.attempt)
-            else:
-                self._report_event(outcome, event)
-
-    def _report_event(self, outcome: Outcome, event: str) -> None:
-        attempt, task = outcome.attempt, outcome.attempt.task
-        if event == "completed":
-            logger.info(
-                "task.completed id=%d type=%s duration=%.3fs", task.id, task.type, outcome.seconds
-            )
-        elif event == "released":
-            attempt.context.interrupt("handed back at shutdown")
-            logger.info("task.released id=%d type=%s", task.id, task.type)
-        else:
-            logger.warning(
-                "task.%s id=%d type=%s attempt=%d duration=%.3fs error=%s",
-                event,
-                task.id,
-                task.type,
-                attempt.context.attempt,
-                outcome.seconds,
-                outcome.message,
-            )
-        self.stats.add(**{event: 1})
-        self._emit(event, task, outcome.seconds)
-
-    def _lease_lost(self, attempt: Attempt) -> None:
-        with self._lock:
-            attempt.lost = True
-        attempt.context.interrupt("the lease on this task was lost")
-        self.stats.add(lost_leases=1)
-        logger.warning(
-            "task.lease_lost id=%d type=%s (rescued or changed by an operator; "
-            "this worker's outcome was not written)",
-            attempt.task.id,
-            attempt.task.type,
-        )
-
-    def _write(self, action: Callable[[TaskRepository[TaskT]], Any]) -> Any:
-        """Run one write in its own transaction, retrying transient database errors."""
-        delay = 0.1
-        for attempt in range(_WRITE_ATTEMPTS):
-            try:
-                with self._session_factory() as session:
-                    outcome = action(self._repository(session))
-                    session.commit()
-                    return outcome
-            except (SQLAlchemyError, TaskQueueError) as exc:
-                if not _is_transient(exc) or attempt == _WRITE_ATTEMPTS - 1:
-                    raise
-                logger.warning("worker.write_retry in=%.1fs error=%s", delay, exc)
-                time.sleep(delay)  # backing off from a failing database, not synchronising
-                delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+            return self._raised(attempt, exc)
+        return self._returned(attempt, result)
 
     def _write_progress(self, task_id: int, progress: int, lease_token: uuid.UUID) -> bool:
         try:
-            self._write(
-                lambda repo: repo.update_progress(task_id, progress, lease_token=lease_token)
-            )
+            self._write(self._progress_body(task_id, progress, lease_token))
         except LeaseLostError:
             return False
         return True
-
-    def _emit(self, event: str, task: Any, seconds: float) -> None:
-        if self._on_event is None:
-            return
-        try:
-            self._on_event(event, task, seconds)
-        except Exception:
-            logger.exception("worker.on_event_failed event=%s", event)
 
     # ------------------------------------------------------------------ supervisor
 
@@ -711,94 +319,38 @@ class Worker(Generic[TaskT]):
                 now = time.monotonic()
                 if now >= next_heartbeat:
                     self._renew_leases()
-                    self._release_stale_waiting(now)
+                    if self._release_stale_waiting(now):
+                        self._wake.set()
                     next_heartbeat = now + self._heartbeat
-                self._enforce_timeouts(now)
-                with self._lock:
-                    running = [a for a in self._held.values() if a.running]
+                for attempt in self._expired(now):
+                    self._time_out(attempt)
+                running = self._running()
                 for attempt in running:
                     attempt.context.flush_progress(force=False)
-                deadlines = [a.deadline for a in running if a.deadline and not a.finished]
-                wait = min([next_heartbeat, *deadlines]) - time.monotonic()
-                if running and self._progress_interval:
-                    wait = min(wait, self._progress_interval)
+                wait = self._next_wake(next_heartbeat, running)
             except Exception:  # keep heartbeating whatever happens
                 logger.exception("worker.supervisor_error")
-            self._supervisor_wake.wait(max(wait, 0.01))
+            self._supervisor_wake.wait(wait)
             self._supervisor_wake.clear()
-
-    def _release_stale_waiting(self, now: float) -> None:
-        """Hand back claimed tasks that waited a whole lease for a slot (every slot is
-        busy, perhaps with handlers that timed out but never return), so other workers
-        can run them."""
-        limit = self._lease.total_seconds()
-        with self._lock:
-            stale = [
-                a
-                for a in self._held.values()
-                if not a.running
-                and not a.outcome_queued
-                and not a.finished
-                and a.started == a.claimed
-                and now - a.claimed > limit
-            ]
-            for attempt in stale:
-                attempt.settled = True
-                attempt.outcome_queued = True
-                self._outcomes.append(Outcome(attempt, "release"))
-        if stale:
-            logger.warning(
-                "worker.release_waiting count=%d (no slot freed within a lease)", len(stale)
-            )
-            self._wake.set()
 
     def _renew_leases(self) -> None:
         with self._write_lock:
-            with self._lock:
-                attempts = [a for a in self._held.values() if not a.finished]
+            attempts = self._to_renew()
             if not attempts:
                 return
             try:
-                renewed = self._write(
-                    lambda repo: repo.renew_leases(
-                        [a.lease for a in attempts], lease_duration=self._lease
-                    )
-                )
+                renewed = self._write(self._renewal_body(attempts))
             except (SQLAlchemyError, TaskQueueError):
                 logger.exception("worker.heartbeat_failed (will retry)")
                 return
-            with self._lock:
-                lost = [
-                    a
-                    for a in attempts
-                    if a.task.id not in renewed
-                    and self._held.get(a.task.id) is a
-                    and not a.finished
-                ]
-        for attempt in lost:
-            self._lease_lost(attempt)
-
-    def _enforce_timeouts(self, now: float) -> None:
-        with self._lock:
-            expired = [
-                a
-                for a in self._held.values()
-                if a.running and a.deadline is not None and a.deadline <= now and not a.finished
-            ]
-            for attempt in expired:
-                attempt.settled = True
-        for attempt in expired:
-            self._time_out(attempt)
+            self._renewed(attempts, renewed)
 
     def _time_out(self, attempt: Attempt) -> None:
         """Fail an attempt that passed its deadline; its handler is asked to stop."""
-        message = f"TimeoutError: the attempt exceeded its timeout of {attempt.timeout_seconds:g}s"
-        attempt.context.interrupt(message)
-        self.stats.add(timed_out=1)
-        outcome = self._outcome(attempt, "fail", message=message)
+        outcome = self._timed_out(attempt)
         try:
             with self._write_lock:
-                written = self._write_alone([outcome])
+                written = self._write(self._outcomes_body([outcome]))
         except (SQLAlchemyError, TaskQueueError):
             logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
             return
@@ -815,14 +367,9 @@ class Worker(Generic[TaskT]):
         if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
             return None
         channel = statements.notify_channel(self._table)
-        listener = NotificationListener(
-            bind, channel, self._on_notification, listening=self.listening
-        )
+        listener = NotificationListener(bind, channel, self._wake.set, listening=self.listening)
         listener.start()
         return listener
-
-    def _on_notification(self) -> None:
-        self._wake.set()
 
     def _shut_down(
         self,
@@ -844,23 +391,9 @@ class Worker(Generic[TaskT]):
                     break
                 self._wake.wait(min(max(deadline - time.monotonic(), 0.01), 0.5))
                 self._wake.clear()
-            with self._lock:
-                leftover = [
-                    a for a in self._held.values() if not a.finished and not a.outcome_queued
-                ]
-                for attempt in leftover:
-                    attempt.settled = True  # whatever the handler returns later is discarded
-                self._outcomes.extend(self._outcome(a, "release") for a in leftover)
-            for attempt in leftover:
-                attempt.context.interrupt("handed back at shutdown")
+            self._hand_back_leftovers()
             if not self._flush_outcomes():
-                with self._lock:
-                    unwritten, self._outcomes = self._outcomes, []
-                logger.error(
-                    "worker.unwritten_outcomes count=%d (their leases expire and the tasks "
-                    "are rescued)",
-                    len(unwritten),
-                )
+                self._unwritten()
         finally:
             self._supervisor_stop.set()
             self._supervisor_wake.set()
@@ -869,18 +402,7 @@ class Worker(Generic[TaskT]):
                 self._slots.put(None)
             for thread in slots:
                 thread.join(timeout=0.1)
-            logger.info(
-                "worker.stopped completed=%d failed=%d retried=%d released=%d",
-                self.stats.completed,
-                self.stats.failed,
-                self.stats.retried,
-                self.stats.released,
-            )
-
-    def _still_running(self) -> bool:
-        """Handlers whose outcome is still open (a timed-out one is already settled)."""
-        with self._lock:
-            return any(a.running and not a.finished for a in self._held.values())
+            self._log_stopped()
 
     def _release_queued(self) -> None:
         """Claimed tasks still waiting for a slot go straight back."""
@@ -889,14 +411,8 @@ class Worker(Generic[TaskT]):
                 attempt = self._slots.get_nowait()
             except queue.Empty:
                 return
-            if attempt is None:
-                continue
-            with self._lock:
-                self._busy -= 1
-                if attempt.finished or attempt.outcome_queued:
-                    continue  # already handed back (it waited too long) or lost
-                attempt.outcome_queued = True
-                self._outcomes.append(Outcome(attempt, "release"))
+            if attempt is not None:
+                self._release_waiting(attempt)
 
     def _flush_outcomes(self) -> bool:
         """Write the queued outcomes; ``False`` when the database could not be reached."""
@@ -922,20 +438,6 @@ class Worker(Generic[TaskT]):
                 signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals_seen += 1
-        name = signal.Signals(signum).name
-        if self._signals_seen > 1:
-            logger.warning("worker.exit_now signal=%s (leases will expire and be rescued)", name)
+        if self._signal_count(signal.Signals(signum).name):
             os._exit(128 + signum)
-        logger.info("worker.shutdown_requested signal=%s grace=%.1fs", name, self._grace)
         self.stop()
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Connection-level errors worth retrying (not lease or state errors)."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
-    cause = exc.__cause__ if isinstance(exc, TaskQueueError) else exc
-    if isinstance(cause, OperationalError):
-        return True
-    return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)

@@ -1,0 +1,706 @@
+"""What :class:`~sqlalchemy_taskqueue.Worker` and :class:`~sqlalchemy_taskqueue.AsyncWorker`
+share: options, bookkeeping, every decision, and every transaction body.
+
+The two workers differ only in how they wait and how they reach the database: the
+threaded worker runs each transaction body on a ``Session`` directly, the async one runs
+the same body through ``AsyncSession.run_sync``.  Claiming, writing outcomes, renewing
+leases, deciding retries, timeouts, prefetch and hand-backs are written once, here, so
+the twins cannot drift apart.  Applications do not use this module directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from .attempts import Attempt, Outcome, WorkerStats
+from .backoff import DEFAULT_BACKOFF, BackoffPolicy
+from .context import ProgressWriter, TaskContext
+from .durations import Duration, to_seconds
+from .exceptions import LeaseLostError, TaskInterrupted, TaskQueueError
+from .handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
+from .models import task_table
+from .repository import TaskRepository, TaskT, default_owner
+from .status import TaskStatus
+from .validation import require_int, require_json, storable_text
+
+__all__ = ["EventHook", "WorkerBase", "is_transient"]
+
+logger = logging.getLogger("sqlalchemy_taskqueue.worker")
+
+WRITE_ATTEMPTS = 5
+#: Consecutive failed turns after which ``run(until_empty=True)`` gives up and raises.
+UNTIL_EMPTY_ATTEMPTS = 5
+#: Automatic prefetch holds about this much work (seconds) beyond the free slots ...
+_PREFETCH_HORIZON = 0.05
+#: ... and at most this many tasks per slot.
+_PREFETCH_PER_SLOT = 16
+
+EventHook = Callable[[str, Any, float], None]
+_R = TypeVar("_R")
+
+#: The outcome of a finished transaction that wrote outcomes: ``(outcome, event)`` pairs.
+Written = list[tuple[Outcome, str]]
+
+
+class WorkerBase(Generic[TaskT]):
+    """Options, bookkeeping and transaction bodies shared by the two workers.
+
+    The parameters are documented on :class:`~sqlalchemy_taskqueue.Worker`.
+    """
+
+    def __init__(
+        self,
+        session_factory: Callable[[], Any],
+        model: type[TaskT],
+        handlers: Mapping[str, Handler] | HandlerRegistry,
+        *,
+        concurrency: int = 4,
+        task_types: Sequence[str] | None = None,
+        lease_duration: Duration = timedelta(seconds=60),
+        poll_interval: Duration = timedelta(seconds=1),
+        heartbeat_interval: Duration | None = None,
+        rescue_interval: Duration | None = None,
+        timeouts: Mapping[str, Duration] | None = None,
+        default_timeout: Duration | None = None,
+        shutdown_grace: Duration = timedelta(seconds=30),
+        progress_interval: Duration = timedelta(milliseconds=500),
+        listen: bool = True,
+        backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        owner: str | None = None,
+        on_event: EventHook | None = None,
+        prefetch: int | None = None,
+    ) -> None:
+        if not callable(session_factory):
+            raise TypeError(f"session_factory must be a sessionmaker, got {session_factory!r}")
+        self._table = task_table(model)
+        require_int("concurrency", concurrency, minimum=1)
+        if prefetch is not None:
+            require_int("prefetch", prefetch, minimum=0)
+        self._prefetch = prefetch
+        self._pace: float | None = None  # moving average of attempt durations (seconds)
+        self._paced = 0
+        self._specs: dict[str, HandlerSpec] = normalize_handlers(handlers, timeouts)
+        self._check_handlers(self._specs)
+        if task_types is None:
+            types = sorted(self._specs)
+        elif isinstance(task_types, str):
+            types = [task_types]
+        else:
+            types = list(task_types)
+        if not types or not all(isinstance(t, str) and t.strip() for t in types):
+            raise ValueError(
+                f"task_types must name at least one task type (got {task_types!r}); "
+                "register a handler or pass task_types"
+            )
+        for missing in sorted(set(types) - set(self._specs)):
+            logger.warning("worker.no_handler type=%s (such tasks will fail)", missing)
+        self._types = types
+        lease = to_seconds("lease_duration", lease_duration)
+        self._lease = timedelta(seconds=lease)
+        self._poll = to_seconds("poll_interval", poll_interval)
+        self._heartbeat = (
+            lease / 4
+            if heartbeat_interval is None
+            else to_seconds("heartbeat_interval", heartbeat_interval)
+        )
+        if self._heartbeat >= lease:
+            raise ValueError(
+                f"heartbeat_interval ({self._heartbeat}s) must be shorter than "
+                f"lease_duration ({lease}s)"
+            )
+        self._rescue_every = (
+            min(lease / 4, 15.0)
+            if rescue_interval is None
+            else to_seconds("rescue_interval", rescue_interval)
+        )
+        self._default_timeout = (
+            None if default_timeout is None else to_seconds("default_timeout", default_timeout)
+        )
+        self._grace = to_seconds("shutdown_grace", shutdown_grace, allow_zero=True)
+        self._progress_interval = to_seconds(
+            "progress_interval", progress_interval, allow_zero=True
+        )
+        if not isinstance(listen, bool):
+            raise TypeError(f"listen must be a bool, got {listen!r}")
+        if not isinstance(backoff, BackoffPolicy):
+            raise TypeError(f"backoff must be a BackoffPolicy, got {backoff!r}")
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event must be callable, got {on_event!r}")
+        self._session_factory = session_factory
+        self._model = model
+        self._concurrency = concurrency
+        self._listen = listen
+        self._backoff = backoff
+        self._on_event = on_event
+        if owner is not None and (not isinstance(owner, str) or not owner.strip()):
+            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
+        registry_model = handlers.model if isinstance(handlers, HandlerRegistry) else None
+        if registry_model is not None and registry_model is not model:
+            raise ValueError(
+                f"the handlers were registered for {registry_model.__name__}, "
+                f"not for {model.__name__}"
+            )
+        self.owner: str = owner or default_owner()
+        self.stats = WorkerStats()
+
+        #: set by a stop request; handlers see it through ``ctx.should_stop()``
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._busy = 0  # claimed tasks whose handler has not returned yet
+        self._held: dict[int, Attempt] = {}  # claimed tasks whose outcome is not written
+        self._outcomes: list[Outcome] = []
+        self._signals_seen = 0
+        self._is_running = False
+        self.listening = threading.Event()  #: set while LISTEN is active
+        self.idle = threading.Event()  #: set while the claim loop waits for work
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Set up the state of this kind of worker (overridden per worker)."""
+
+    def _check_handlers(self, specs: dict[str, HandlerSpec]) -> None:
+        """Refuse handlers this kind of worker cannot run (overridden per worker)."""
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def task_types(self) -> list[str]:
+        """The task types this worker claims.
+
+        Example::
+
+            worker = Worker(sessionmaker(engine), Task, tasks, task_types=["export"])
+            worker.task_types  # ['export']
+        """
+        return list(self._types)
+
+    @property
+    def concurrency(self) -> int:
+        """Number of slots.
+
+        Example::
+
+            Worker(sessionmaker(engine), Task, tasks, concurrency=8).concurrency  # 8
+        """
+        return self._concurrency
+
+    # ------------------------------------------------------------------ run bookkeeping
+
+    def _begin_run(self) -> None:
+        with self._lock:
+            if self._is_running:
+                raise RuntimeError("this worker is already running")
+            self._is_running = True
+
+    def _end_run(self) -> None:
+        with self._lock:
+            self._is_running = False
+            self._signals_seen = 0
+        self._stopping.clear()  # a stop request ends one run; the worker may run again
+
+    def _log_started(self, listening: bool) -> None:
+        logger.info(
+            "worker.started owner=%s types=%s concurrency=%d lease=%.1fs listen=%s",
+            self.owner,
+            ",".join(self._types),
+            self._concurrency,
+            self._lease.total_seconds(),
+            listening,
+        )
+
+    def _log_stopped(self) -> None:
+        logger.info(
+            "worker.stopped completed=%d failed=%d retried=%d released=%d",
+            self.stats.completed,
+            self.stats.failed,
+            self.stats.retried,
+            self.stats.released,
+        )
+
+    def _free_slots(self) -> int:
+        """Tasks the next claim may take: free slots plus the prefetch."""
+        return self._concurrency + self._prefetch_now() - self._busy
+
+    def _claim_failed(self, errors: int, until_empty: bool) -> float | None:
+        """Log a failed claim turn: the delay before the next, or ``None`` when a batch
+        run gives up (it reports failure instead of waiting forever)."""
+        if until_empty and errors >= UNTIL_EMPTY_ATTEMPTS:
+            logger.error("worker.giving_up errors=%d (run until empty)", errors)
+            return None
+        delay: float = min(self._poll * 2.0**errors, 30.0)
+        logger.exception("worker.claim_failed retry_in=%.1fs", delay)
+        return delay
+
+    def _drained(self) -> bool:
+        with self._lock:
+            return self._busy == 0 and not self._outcomes
+
+    # ------------------------------------------------------------------ transactions
+
+    def _repository(self, session: Session) -> TaskRepository[TaskT]:
+        return TaskRepository(
+            session,
+            self._model,
+            backoff=self._backoff,
+            lease_duration=self._lease,
+            owner=self.owner,
+            notify=False,
+        )
+
+    def _take_outcomes(self) -> list[Outcome]:
+        """The outcomes ready to be written (the queue is emptied)."""
+        with self._lock:
+            outcomes = [o for o in self._outcomes if not o.attempt.lost]
+            for outcome in self._outcomes:
+                if outcome.attempt.lost:  # already reported when the lease was found lost
+                    self._forget(outcome.attempt)
+            self._outcomes = []
+        return outcomes
+
+    def _settle_body(
+        self, outcomes: list[Outcome], free: int
+    ) -> Callable[[Session], tuple[Written, list[Any]]]:
+        """The body of one claim turn: write ``outcomes``, then claim ``free`` tasks.
+
+        Acknowledging finished tasks and fetching the next ones together costs one
+        commit per turn instead of one per task.
+        """
+
+        def body(session: Session) -> tuple[Written, list[Any]]:
+            repo = self._repository(session)
+            written = self._write_outcomes(repo, outcomes)
+            claimed: list[Any] = []
+            if free > 0:
+                claimed = repo._claim(
+                    self._types,
+                    limit=free,
+                    lease_duration=self._lease,
+                    # only claims: a claim lost in a crash is just claimed again
+                    relaxed_commit=not outcomes,
+                )
+                session.expunge_all()  # this session holds nothing else
+            return written, claimed
+
+        return body
+
+    def _settle_failed(self, exc: Exception, outcomes: list[Outcome]) -> bool:
+        """After a failed claim turn: requeue the outcomes when the failure is transient
+        (``False``), or say they must be written one by one (``True``)."""
+        if isinstance(exc, (SQLAlchemyError, TaskQueueError)) and is_transient(exc):
+            self._requeue(outcomes)  # the next turn writes them
+            return False
+        return True  # isolate the outcome the database (or a bug) refuses
+
+    def _settled(self, written: Written) -> None:
+        with self._lock:
+            for outcome, _ in written:
+                self._forget(outcome.attempt)
+
+    def _requeue(self, outcomes: list[Outcome]) -> None:
+        with self._lock:
+            self._outcomes[:0] = outcomes
+
+    def _outcome_write_failed(self, outcome: Outcome) -> None:
+        logger.exception(
+            "task.outcome_write_failed id=%d (its lease will expire and it is rescued)",
+            outcome.attempt.task.id,
+        )
+        with self._lock:
+            self._forget(outcome.attempt)
+
+    def _outcomes_body(self, outcomes: list[Outcome]) -> Callable[[Session], Written]:
+        return lambda session: self._write_outcomes(self._repository(session), outcomes)
+
+    def _rescue_body(self, session: Session) -> dict[int, TaskStatus]:
+        return self._repository(session).rescue_expired_leases()
+
+    def _rescued(self, rescued: dict[int, TaskStatus]) -> int:
+        for task_id, status in rescued.items():
+            logger.warning("task.rescued id=%d status=%s (its lease expired)", task_id, status)
+        self.stats.add(rescued=len(rescued))
+        return len(rescued)
+
+    def _progress_body(
+        self, task_id: int, progress: int, lease_token: Any
+    ) -> Callable[[Session], None]:
+        def body(session: Session) -> None:
+            self._repository(session).update_progress(task_id, progress, lease_token=lease_token)
+
+        return body
+
+    def _renewal_body(self, attempts: list[Attempt]) -> Callable[[Session], set[int]]:
+        def body(session: Session) -> set[int]:
+            return set(
+                self._repository(session).renew_leases(
+                    [a.lease for a in attempts], lease_duration=self._lease
+                )
+            )
+
+        return body
+
+    def _write_retry(self, attempt: int, exc: SQLAlchemyError | TaskQueueError) -> float | None:
+        """The delay before retrying a failed write, or ``None`` to give up (re-raise)."""
+        if not is_transient(exc) or attempt == WRITE_ATTEMPTS - 1:
+            return None
+        delay: float = 0.1 * 2.0**attempt
+        logger.warning("worker.write_retry in=%.1fs error=%s", delay, exc)
+        return delay
+
+    # ------------------------------------------------------------------ attempts
+
+    def _forget(self, attempt: Attempt) -> None:
+        """Stop holding ``attempt`` (call with the lock held)."""
+        if self._held.get(attempt.task.id) is attempt:
+            del self._held[attempt.task.id]
+
+    def _hold(self, claimed: list[Any], progress_writer: ProgressWriter) -> list[Attempt]:
+        """Hold freshly claimed tasks (their leases are renewed from now on)."""
+        attempts = [self._attempt(task, progress_writer) for task in claimed]
+        with self._lock:
+            self._busy += len(attempts)
+            for attempt in attempts:
+                self._held[attempt.task.id] = attempt
+        self.stats.add(claimed=len(attempts))
+        return attempts
+
+    def _attempt(self, task: Any, progress_writer: ProgressWriter) -> Attempt:
+        spec = self._specs.get(task.type)
+        if task.timeout_seconds:
+            timeout: float | None = float(task.timeout_seconds)
+        elif spec is not None and spec.timeout_seconds:
+            timeout = spec.timeout_seconds
+        else:
+            timeout = self._default_timeout
+        context = TaskContext(
+            task,
+            progress_writer=progress_writer,
+            progress_interval=self._progress_interval,
+            worker_stopping=self._stopping,
+        )
+        return Attempt(task, context, timeout)
+
+    def _start(self, attempt: Attempt) -> Outcome | HandlerSpec | None:
+        """Start an attempt on its slot: the handler to call, or the outcome without a
+        call (``None``: nothing to do, it was lost or handed back while it waited)."""
+        task = attempt.task
+        with self._lock:
+            if attempt.finished:
+                return None
+            if self._stopping.is_set():
+                return Outcome(attempt, "release")  # claimed, but shutdown came first
+            attempt.start()
+        logger.info(
+            "task.started id=%d type=%s attempt=%d", task.id, task.type, attempt.context.attempt
+        )
+        spec = self._specs.get(task.type)
+        if spec is None:
+            message = f"no handler is registered for task type {task.type!r}"
+            return self._outcome(attempt, "fail", message=message, retry=False)
+        return spec
+
+    def _raised(self, attempt: Attempt, exc: BaseException) -> Outcome:
+        """The outcome of a handler that raised ``exc``."""
+        if isinstance(exc, TaskInterrupted):
+            if self._stopping.is_set():
+                return self._outcome(attempt, "release")
+            return self._outcome(attempt, "fail", message=f"TaskInterrupted: {exc}")
+        message = f"{type(exc).__name__}: {exc}"
+        logger.error(
+            "task.error id=%d type=%s error=%s\n%s",
+            attempt.task.id,
+            attempt.task.type,
+            message,
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(),
+        )
+        return self._outcome(attempt, "fail", message=message)
+
+    def _returned(self, attempt: Attempt, result: Any) -> Outcome:
+        """The outcome of a handler that returned ``result``."""
+        try:
+            require_json("result", result, allow_none=True)
+        except (TypeError, ValueError) as exc:
+            message = f"TypeError: the handler's result is not JSON: {exc}"
+            return self._outcome(attempt, "fail", message=message, retry=False)
+        return self._outcome(attempt, "complete", result=result)
+
+    def _slot_done(self, attempt: Attempt, outcome: Outcome | None) -> None:
+        """Bookkeeping after a slot is done with ``attempt`` (its outcome is queued)."""
+        with self._lock:
+            self._busy -= 1
+            attempt.running = False
+            if attempt.started != attempt.claimed:  # the handler ran: note its pace
+                self._note_pace(time.monotonic() - attempt.started)
+            if outcome is not None and not attempt.finished:
+                attempt.outcome_queued = True
+                self._outcomes.append(outcome)
+            elif not attempt.outcome_queued:
+                self._forget(attempt)
+        if outcome is not None and attempt.finished:
+            logger.warning(
+                "task.outcome_discarded id=%d outcome=%s reason=%s",
+                attempt.task.id,
+                outcome.kind,
+                attempt.context.stop_reason,
+            )
+
+    def _note_pace(self, seconds: float) -> None:
+        """Fold one attempt's duration into the moving average (call with the lock held)."""
+        self._paced += 1
+        self._pace = seconds if self._pace is None else self._pace + 0.2 * (seconds - self._pace)
+
+    def _prefetch_now(self) -> int:
+        """The prefetch to claim with: the fixed one, or what the slots will start within
+        the prefetch horizon at the recent pace."""
+        if self._prefetch is not None:
+            return self._prefetch
+        now = time.monotonic()
+        with self._lock:
+            pace, paced = self._pace, self._paced
+            # a long-running attempt counts at once, before it finishes: after a run of
+            # quick tasks, slow ones must not be claimed ahead of idle workers
+            oldest = max((now - a.started for a in self._held.values() if a.running), default=0.0)
+        if pace is None or paced < self._concurrency:
+            return 0
+        ahead = int(self._concurrency * _PREFETCH_HORIZON / max(pace, oldest, 1e-4))
+        return min(ahead, self._concurrency * _PREFETCH_PER_SLOT)
+
+    def _outcome(self, attempt: Attempt, kind: Any, **fields: Any) -> Outcome:
+        seconds = time.monotonic() - attempt.started
+        if "message" in fields:
+            fields["message"] = storable_text(fields["message"])
+        return Outcome(attempt, kind, seconds=seconds, **fields)
+
+    # ------------------------------------------------------------------ writing outcomes
+
+    def _write_outcomes(self, repo: TaskRepository[TaskT], outcomes: list[Outcome]) -> Written:
+        """Write outcomes in the caller's transaction; returns ``(outcome, event)`` pairs.
+
+        Completions go in one statement; failures one by one (each decides retry or
+        failure atomically); hand-backs in one statement.  An outcome whose lease is no
+        longer current is reported as ``lease_lost`` and changes nothing.
+        """
+        written: Written = []
+        completions = [o for o in outcomes if o.kind == "complete"]
+        if completions:
+            done = repo.complete_tasks(
+                [(o.attempt.task.id, o.attempt.task.lease_token, o.result) for o in completions]
+            )
+            for outcome in completions:
+                event = "completed" if outcome.attempt.task.id in done else "lease_lost"
+                written.append((outcome, event))
+        for outcome in outcomes:
+            if outcome.kind != "fail":
+                continue
+            task = outcome.attempt.task
+            try:
+                status = repo.fail_task(
+                    task.id, outcome.message, lease_token=task.lease_token, retry=outcome.retry
+                )
+            except LeaseLostError:
+                written.append((outcome, "lease_lost"))
+                continue
+            written.append((outcome, "retried" if status is TaskStatus.PENDING else "failed"))
+        releases = [o for o in outcomes if o.kind == "release"]
+        if releases:
+            released = repo.release_tasks([o.attempt.lease for o in releases])
+            for outcome in releases:
+                event = "released" if outcome.attempt.task.id in released else "lease_lost"
+                written.append((outcome, event))
+        return written
+
+    def _report(self, written: Written) -> None:
+        """After the commit: log, count and emit events (outside every lock)."""
+        for outcome, event in written:
+            if event == "lease_lost":
+                self._lease_lost(outcome.attempt)
+            else:
+                self._report_event(outcome, event)
+
+    def _report_event(self, outcome: Outcome, event: str) -> None:
+        attempt, task = outcome.attempt, outcome.attempt.task
+        if event == "completed":
+            logger.info(
+                "task.completed id=%d type=%s duration=%.3fs", task.id, task.type, outcome.seconds
+            )
+        elif event == "released":
+            attempt.context.interrupt("handed back at shutdown")
+            logger.info("task.released id=%d type=%s", task.id, task.type)
+        else:
+            logger.warning(
+                "task.%s id=%d type=%s attempt=%d duration=%.3fs error=%s",
+                event,
+                task.id,
+                task.type,
+                attempt.context.attempt,
+                outcome.seconds,
+                outcome.message,
+            )
+        self.stats.add(**{event: 1})
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event, task, outcome.seconds)
+        except Exception:
+            logger.exception("worker.on_event_failed event=%s", event)
+
+    def _lease_lost(self, attempt: Attempt) -> None:
+        with self._lock:
+            attempt.lost = True
+        attempt.context.interrupt("the lease on this task was lost")
+        self.stats.add(lost_leases=1)
+        logger.warning(
+            "task.lease_lost id=%d type=%s (rescued or changed by an operator; "
+            "this worker's outcome was not written)",
+            attempt.task.id,
+            attempt.task.type,
+        )
+
+    # ------------------------------------------------------------------ supervision
+
+    def _to_renew(self) -> list[Attempt]:
+        with self._lock:
+            return [a for a in self._held.values() if not a.finished]
+
+    def _renewed(self, attempts: list[Attempt], renewed: set[int]) -> None:
+        """Report the attempts whose lease a renewal did not extend as lost."""
+        with self._lock:
+            lost = [
+                a
+                for a in attempts
+                if a.task.id not in renewed and self._held.get(a.task.id) is a and not a.finished
+            ]
+        for attempt in lost:
+            self._lease_lost(attempt)
+
+    def _release_stale_waiting(self, now: float) -> bool:
+        """Hand back claimed tasks that waited a whole lease for a slot (every slot is
+        busy, perhaps with handlers that timed out but never return), so other workers
+        can run them.  ``True`` when some were queued for hand-back."""
+        limit = self._lease.total_seconds()
+        with self._lock:
+            stale = [
+                a
+                for a in self._held.values()
+                if not a.running
+                and not a.outcome_queued
+                and not a.finished
+                and a.started == a.claimed
+                and now - a.claimed > limit
+            ]
+            for attempt in stale:
+                attempt.settled = True
+                attempt.outcome_queued = True
+                self._outcomes.append(Outcome(attempt, "release"))
+        if stale:
+            logger.warning(
+                "worker.release_waiting count=%d (no slot freed within a lease)", len(stale)
+            )
+        return bool(stale)
+
+    def _running(self) -> list[Attempt]:
+        with self._lock:
+            return [a for a in self._held.values() if a.running]
+
+    def _next_wake(self, next_heartbeat: float, running: list[Attempt]) -> float:
+        """Seconds until the supervisor has something to do."""
+        deadlines = [a.deadline for a in running if a.deadline and not a.finished]
+        wait = min([next_heartbeat, *deadlines]) - time.monotonic()
+        if running and self._progress_interval:
+            wait = min(wait, self._progress_interval)
+        return max(wait, 0.01)
+
+    def _expired(self, now: float) -> list[Attempt]:
+        """Running attempts past their deadline, now settled (their outcome is a timeout)."""
+        with self._lock:
+            expired = [
+                a
+                for a in self._held.values()
+                if a.running and a.deadline is not None and a.deadline <= now and not a.finished
+            ]
+            for attempt in expired:
+                attempt.settled = True
+        return expired
+
+    def _timed_out(self, attempt: Attempt) -> Outcome:
+        """Ask a handler past its deadline to stop; the failed outcome to write."""
+        message = f"TimeoutError: the attempt exceeded its timeout of {attempt.timeout_seconds:g}s"
+        attempt.context.interrupt(message)
+        self.stats.add(timed_out=1)
+        return self._outcome(attempt, "fail", message=message)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _still_running(self) -> bool:
+        """Handlers whose outcome is still open (a timed-out one is already settled)."""
+        with self._lock:
+            return any(a.running and not a.finished for a in self._held.values())
+
+    def _release_waiting(self, attempt: Attempt) -> None:
+        """A claimed task that never reached a slot before shutdown goes straight back."""
+        with self._lock:
+            self._busy -= 1
+            if attempt.finished or attempt.outcome_queued:
+                return  # already handed back (it waited too long) or lost
+            attempt.outcome_queued = True
+            self._outcomes.append(Outcome(attempt, "release"))
+
+    def _hand_back_leftovers(self) -> list[Attempt]:
+        """Queue hand-backs for attempts still open when the grace period ended."""
+        with self._lock:
+            leftover = [a for a in self._held.values() if not a.finished and not a.outcome_queued]
+            for attempt in leftover:
+                attempt.settled = True  # whatever the handler returns later is discarded
+            self._outcomes.extend(self._outcome(a, "release") for a in leftover)
+        for attempt in leftover:
+            attempt.context.interrupt("handed back at shutdown")
+        return leftover
+
+    def _unwritten(self) -> None:
+        with self._lock:
+            unwritten, self._outcomes = self._outcomes, []
+        logger.error(
+            "worker.unwritten_outcomes count=%d (their leases expire and the tasks are rescued)",
+            len(unwritten),
+        )
+
+    def _signal_count(self, name: str) -> bool:
+        """Count a SIGINT/SIGTERM; ``True`` when it is the second (exit at once)."""
+        self._signals_seen += 1
+        if self._signals_seen > 1:
+            logger.warning("worker.exit_now signal=%s (leases will expire and be rescued)", name)
+            return True
+        logger.info("worker.shutdown_requested signal=%s grace=%.1fs", name, self._grace)
+        return False
+
+
+def is_coroutine_handler(function: Handler) -> bool:
+    """Whether calling ``function`` returns a coroutine (an ``async def`` handler).
+
+    >>> async def send(task, ctx): ...
+    >>> is_coroutine_handler(send), is_coroutine_handler(print)
+    (True, False)
+    """
+    call = getattr(function, "__call__", None)  # noqa: B004 - callable objects too
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection-level errors worth retrying (not lease or state errors).
+
+    >>> is_transient(ValueError("no"))
+    False
+    """
+    cause = exc.__cause__ if isinstance(exc, TaskQueueError) else exc
+    if isinstance(cause, OperationalError):
+        return True
+    return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
