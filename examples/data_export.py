@@ -38,10 +38,17 @@ def request_export(
 
     ``pace`` (seconds per phase) slows the export down for the demo's progress bars.
     """
+    return TaskRepository(session, Task).enqueue(
+        DATA_EXPORT, export_payload(project_id, user_email, pace=pace)
+    )
+
+
+def export_payload(project_id: int, user_email: str | None, *, pace: float = 0) -> dict[str, Any]:
+    """The export task's payload (shared by the sync and async web examples)."""
     payload: dict[str, Any] = {"project_id": project_id, "user_email": user_email}
     if pace:
         payload["pace"] = pace
-    return TaskRepository(session, Task).enqueue(DATA_EXPORT, payload)
+    return payload
 
 
 def pace(ctx: TaskContext) -> None:

@@ -41,6 +41,7 @@ from .worker import Worker, WorkerStats
 
 __all__ = [
     "AsyncTaskRepository",
+    "AsyncWorker",
     "BackoffPolicy",
     "HandlerRegistry",
     "InvalidTransitionError",
@@ -63,14 +64,19 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .async_repository import AsyncTaskRepository
+    from .async_worker import AsyncWorker
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # the async twin needs greenlet (the "async" extra), so it is imported on first use
+    # the async twins need greenlet (the "async" extra), so they are imported on first use
     if name == "AsyncTaskRepository":
         from .async_repository import AsyncTaskRepository
 
         return AsyncTaskRepository
+    if name == "AsyncWorker":
+        from .async_worker import AsyncWorker
+
+        return AsyncWorker
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,13 +16,13 @@ its twin it never commits::
             repo = AsyncTaskRepository(session, Task)
             return await repo.enqueue("data_export", {"project_id": project_id})
 
-Workers stay synchronous (:class:`~sqlalchemy_taskqueue.Worker`); an async web app
-enqueues and polls with this class.  Install an async driver (``asyncpg``; the ``async``
+Its worker twin is :class:`~sqlalchemy_taskqueue.AsyncWorker`.  Install an async driver (``asyncpg``; the ``async``
 extra).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
@@ -43,13 +43,13 @@ def _awaitable(
 ) -> Callable[Concatenate[AsyncTaskRepository[Any], _P], Coroutine[Any, Any, _R]]:
     """The coroutine twin of a ``TaskRepository`` method."""
 
+    @functools.wraps(method)  # the same name and signature (``inspect.signature``)
     async def twin(self: AsyncTaskRepository[Any], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         def call(session: Session) -> _R:
-            return method(self.sync_repository(session), *args, **kwargs)
+            return method(self._sync, *args, **kwargs)
 
         return await self.session.run_sync(call)
 
-    twin.__name__ = twin.__qualname__ = method.__name__
     twin.__doc__ = f"Awaitable :meth:`TaskRepository.{method.__name__}`.\n\n{method.__doc__ or ''}"
     return twin
 
@@ -71,10 +71,51 @@ class AsyncTaskRepository(Generic[TaskT]):
         if not isinstance(session, AsyncSession):
             raise TypeError(f"session must be an AsyncSession, got {session!r}")
         task_table(model)
-        TaskRepository(session.sync_session, model, **options)  # validates the options now
-        self.session = session
-        self.model = model
+        # the twin every call runs on (``run_sync`` passes this same sync session)
+        self._sync = TaskRepository(session.sync_session, model, **options)
+        self._session = session
+        self._model = model
         self._options = options
+
+    @property
+    def session(self) -> AsyncSession:
+        """The caller's ``AsyncSession`` this repository runs in.
+
+        Example::
+
+            await repo.session.commit()
+        """
+        return self._session
+
+    @property
+    def model(self) -> type[TaskT]:
+        """The task model.
+
+        Example::
+
+            AsyncTaskRepository(session, Task).model  # <class 'Task'>
+        """
+        return self._model
+
+    @property
+    def owner(self) -> str:
+        """The identity written to ``lease_owner`` by claims made through this repository.
+
+        Example::
+
+            AsyncTaskRepository(session, Task, owner="importer-1").owner  # 'importer-1'
+        """
+        return self._sync.owner
+
+    @property
+    def notify_channel(self) -> str:
+        """The LISTEN/NOTIFY channel on which this queue announces new tasks.
+
+        Example::
+
+            AsyncTaskRepository(session, Task).notify_channel  # 'taskqueue_tasks'
+        """
+        return self._sync.notify_channel
 
     def sync_repository(self, session: Session) -> TaskRepository[TaskT]:
         """The synchronous twin bound to ``session`` (used inside ``run_sync``).
@@ -83,6 +124,8 @@ class AsyncTaskRepository(Generic[TaskT]):
 
             stats = await repo.session.run_sync(lambda s: repo.sync_repository(s).queue_stats())
         """
+        if session is self._sync.session:
+            return self._sync
         return TaskRepository(session, self.model, **self._options)
 
     enqueue = _awaitable(TaskRepository.enqueue)

@@ -6,6 +6,9 @@ connection in ``LISTEN`` and calls back on each notification, so an idle worker 
 new task within milliseconds instead of at its next poll.  If the connection drops, the
 listener reconnects with backoff and the worker keeps polling meanwhile.
 
+:class:`AsyncNotificationListener` does the same on an asyncio loop through asyncpg
+(the :class:`~sqlalchemy_taskqueue.AsyncWorker`'s wake-up).
+
 Behind PgBouncer in transaction mode ``LISTEN`` does not work; run workers with
 ``listen=False`` there (polling only).
 
@@ -20,18 +23,23 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import select
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from .statements import listen_statement
 
-__all__ = ["NotificationListener"]
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["AsyncNotificationListener", "NotificationListener"]
 
 logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 
@@ -127,3 +135,96 @@ class NotificationListener:
             self.listening.clear()
             # never return a LISTENing connection to the pool
             proxy.invalidate()
+
+
+class AsyncNotificationListener:
+    """The asyncio twin of :class:`NotificationListener`: a task on the running loop that
+    keeps one asyncpg connection in ``LISTEN`` and calls ``on_notify()`` (on the loop) for
+    each notification, reconnecting with backoff when the connection drops.
+
+    Example::
+
+        listener = AsyncNotificationListener(async_engine, "taskqueue_tasks", wake.set)
+        listener.start()
+        ...
+        await listener.stop()
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        channel: str,
+        on_notify: Callable[[], None],
+        *,
+        listening: threading.Event | None = None,
+    ) -> None:
+        self._engine = engine
+        self._channel = channel
+        self._on_notify = on_notify
+        self.listening = listening if listening is not None else threading.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start listening in a task on the running event loop.
+
+        Example::
+
+            listener.start()
+        """
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"taskqueue-listen-{self._channel}"
+        )
+
+    async def stop(self) -> None:
+        """Stop listening and close the connection.
+
+        Example::
+
+            await listener.stop()
+        """
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._listen()
+                delay = 0.5
+            except Exception:
+                self.listening.clear()
+                logger.warning(
+                    "listen.connection_lost channel=%s retry_in=%.1fs",
+                    self._channel,
+                    delay,
+                    exc_info=True,
+                )
+                self._on_notify()  # poll at once: something may have been missed
+                await asyncio.sleep(delay)  # backing off from a failing server
+                delay = min(delay * 2, _MAX_RECONNECT_DELAY)
+
+    async def _listen(self) -> None:
+        connection = await self._engine.connect()
+        try:
+            raw = await connection.get_raw_connection()
+            driver: Any = raw.driver_connection
+            lost = asyncio.Event()
+            driver.add_termination_listener(lambda _connection: lost.set())
+            await driver.add_listener(self._channel, lambda *_args: self._on_notify())
+            self.listening.set()
+            while not lost.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(lost.wait(), _IDLE_CHECK_SECONDS)
+                if driver.is_closed():
+                    break
+            raise ConnectionError("the LISTEN connection was closed")
+        finally:
+            self.listening.clear()
+            # never return a LISTENing connection to the pool
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+            with contextlib.suppress(Exception):
+                await connection.close()

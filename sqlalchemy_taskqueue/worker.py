@@ -140,11 +140,12 @@ class Worker(WorkerBase[TaskT]):
         self._stopping.set()
         self._wake.set()
 
-    def run(self, *, until_empty: bool = False) -> None:
+    def run(self, *, until_empty: bool = False, install_signal_handlers: bool = True) -> None:
         """Process tasks until stopped; with ``until_empty``, until nothing is claimable.
 
         Installs SIGINT/SIGTERM handlers when called on the main thread (restored on
-        return); from other threads, use :meth:`stop`.  A running worker rides out
+        return) unless ``install_signal_handlers`` is false (the host application
+        handles signals and calls :meth:`stop`); from other threads, use :meth:`stop`.  A running worker rides out
         database outages (it retries with backoff); with ``until_empty`` it gives up after
         five failed turns in a row and raises the last error.
 
@@ -164,7 +165,7 @@ class Worker(WorkerBase[TaskT]):
         listener = self._start_listener()
         self._log_started(listener is not None)
         try:
-            with self._signal_handlers():
+            with self._signal_handlers(install_signal_handlers):
                 for thread in [*slots, supervisor]:
                     thread.start()
                 try:
@@ -424,8 +425,8 @@ class Worker(WorkerBase[TaskT]):
         return True
 
     @contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
+    def _signal_handlers(self, install: bool) -> Iterator[None]:
+        if not install or threading.current_thread() is not threading.main_thread():
             yield
             return
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

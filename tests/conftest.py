@@ -7,7 +7,8 @@ database is created for the run and dropped at the end, so nothing is left behin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +25,29 @@ from sqlalchemy_taskqueue.testing import throwaway_database
 
 # a sitecustomize for worker processes with a skewed clock: never import it here
 collect_ignore = ["faults/skewed_clock"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, None, None]:
+    """Run the test body in SQLAlchemy's greenlet bridge when a fixture gave it an async
+    session (``twins.async_session_for``), so sync test code does async I/O."""
+    loop = getattr(pyfuncitem, "async_twin_loop", None)
+    if loop is None:
+        yield
+        return
+    from sqlalchemy.util import greenlet_spawn
+
+    test = pyfuncitem.obj
+
+    @functools.wraps(test)
+    def in_greenlet(**kwargs: Any) -> Any:
+        return loop.run_until_complete(greenlet_spawn(test, **kwargs))
+
+    pyfuncitem.obj = in_greenlet
+    try:
+        yield
+    finally:
+        pyfuncitem.obj = test
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +118,13 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
 @pytest.fixture
 def repo(session: Session, clean_table: type[Any]) -> TaskRepository[Any]:
     return TaskRepository(session, clean_table)
+
+
+@pytest.fixture(params=["sync", "async"])
+def new_worker(request: pytest.FixtureRequest) -> Any:
+    """``new_worker(session_factory, model, handlers, **options)``: a ``Worker``, or an
+    ``AsyncWorker`` over asyncpg driven like one (``twins.AsyncWorkerRunner``); a test
+    taking this fixture runs against both twins."""
+    from twins import worker_maker
+
+    return worker_maker(request.param)

@@ -33,11 +33,20 @@ def public_methods(cls: type) -> set[str]:
     }
 
 
-def test_the_twins_have_the_same_method_names() -> None:
-    sync = public_methods(TaskRepository)
-    assert sync - public_methods(AsyncTaskRepository) == set()
-    for name in sync:
-        assert inspect.iscoroutinefunction(getattr(AsyncTaskRepository, name)), name
+def public_names(cls: type) -> set[str]:
+    return {name for name in dir(cls) if not name.startswith("_")}
+
+
+def test_the_twins_have_the_same_surface() -> None:
+    """Same public names (methods and properties), each method with the same signature
+    (parameters, defaults, return annotation), every repository method awaitable."""
+    extra = {"sync_repository"}  # the async side's bridge to its sync twin
+    assert public_names(TaskRepository) == public_names(AsyncTaskRepository) - extra
+    for name in public_methods(TaskRepository):
+        ours, theirs = getattr(TaskRepository, name), getattr(AsyncTaskRepository, name)
+        assert inspect.signature(ours) == inspect.signature(theirs), name
+        assert inspect.iscoroutinefunction(theirs), name
+        assert (theirs.__doc__ or "").endswith(ours.__doc__ or ""), name
 
 
 @pytest.fixture

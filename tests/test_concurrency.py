@@ -6,10 +6,14 @@ import threading
 from collections import Counter
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from twins import TWINS, in_session, make_repository
 
 from sqlalchemy_taskqueue import TaskRepository, TaskStatus
+
+pytestmark = pytest.mark.parametrize("twin", TWINS)
 
 
 def run_threads(count: int, target: Any) -> list[BaseException]:
@@ -34,7 +38,7 @@ def run_threads(count: int, target: Any) -> list[BaseException]:
 
 
 def test_eight_threads_drain_2000_tasks_each_claimed_exactly_once(
-    session_factory: sessionmaker[Session], clean_table: type[Any]
+    twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
 ) -> None:
     with session_factory() as session:
         TaskRepository(session, clean_table).enqueue_many("work", [{"n": n} for n in range(2000)])
@@ -42,20 +46,22 @@ def test_eight_threads_drain_2000_tasks_each_claimed_exactly_once(
 
     claimed: list[list[int]] = [[] for _ in range(8)]
 
-    def drain(index: int) -> None:
-        with session_factory() as session:
-            repo = TaskRepository(session, clean_table, owner=f"thread-{index}")
-            while True:
-                batch = repo.dequeue_many("work", limit=1 + index % 3)
-                session.commit()
-                if not batch:
-                    return
-                for task in batch:
-                    claimed[index].append(task.id)
-                    repo.complete_task(task.id, lease_token=task.lease_token)
-                session.commit()
+    def drain(index: int, session: Session) -> None:
+        repo = make_repository(session, clean_table, owner=f"thread-{index}")
+        while True:
+            batch = repo.dequeue_many("work", limit=1 + index % 3)
+            session.commit()
+            if not batch:
+                return
+            for task in batch:
+                claimed[index].append(task.id)
+                repo.complete_task(task.id, lease_token=task.lease_token)
+            session.commit()
 
-    assert run_threads(8, drain) == []
+    def drain_in_session(index: int) -> None:
+        in_session(twin, session_factory, lambda session: drain(index, session))
+
+    assert run_threads(8, drain_in_session) == []
     counts = Counter(task_id for ids in claimed for task_id in ids)
     assert len(counts) == 2000
     assert set(counts.values()) == {1}
@@ -70,17 +76,20 @@ def test_eight_threads_drain_2000_tasks_each_claimed_exactly_once(
 
 
 def test_sixteen_threads_racing_enqueue_if_not_exists_create_one_task(
-    session_factory: sessionmaker[Session], clean_table: type[Any]
+    twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
 ) -> None:
     results: list[tuple[int, bool]] = []
     lock = threading.Lock()
 
+    def enqueue_once(session: Session) -> tuple[int, bool]:
+        outcome: tuple[int, bool] = make_repository(session, clean_table).enqueue_if_not_exists(
+            "bulk_import", {"project_id": 1, "file": "items.csv"}
+        )
+        session.commit()
+        return outcome
+
     def race(index: int) -> None:
-        with session_factory() as session:
-            outcome = TaskRepository(session, clean_table).enqueue_if_not_exists(
-                "bulk_import", {"project_id": 1, "file": "items.csv"}
-            )
-            session.commit()
+        outcome = in_session(twin, session_factory, enqueue_once)
         with lock:
             results.append(outcome)
 

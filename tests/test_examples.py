@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,20 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from processes import wait_for
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.serving import make_server
 
-from examples import bulk_import, custom_columns, data_export, demo, web_polling
+from examples import (
+    bulk_import,
+    custom_columns,
+    data_export,
+    demo,
+    web_polling,
+    web_polling_async,
+)
 from examples.shop import Item, Notification, Project, Task, migrate, seed_project
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus, Worker
 
@@ -224,6 +233,63 @@ def test_web_polling_over_http(app_engine: Engine, served: HttpClient, tmp_path:
     assert served.call("GET", f"/projects/{project_id}/exports/progress")[2]["active"] is False
     # the e-mail is optional
     assert served.call("POST", f"/projects/{project_id}/exports")[0] == 202
+
+
+@contextmanager
+def served_async(app_engine: Engine, handlers: Any = None) -> Iterator[HttpClient]:
+    """The FastAPI example served by uvicorn on a local port, on a thread of its own."""
+    import uvicorn
+
+    url = web_polling_async.asyncpg_url(app_engine.url.render_as_string(hide_password=False))
+    app = web_polling_async.create_app(url, handlers)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), timeout=30)
+        assert server.started, "uvicorn did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield HttpClient(f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+def test_async_web_polling_over_http(app_engine: Engine, tmp_path: Path) -> None:
+    with Session(app_engine) as session, session.begin():
+        project_id = seed_project(session, "web-async", items=50).id
+    with served_async(app_engine) as client:
+        assert client.call("POST", f"/projects/{project_id}/exports", {"email": "nope"})[0] == 400
+        assert client.call("POST", "/projects/999/exports", {"email": "a@b.c"})[0] == 404
+        assert client.call("GET", "/tasks/999")[0] == 404
+        status, headers, body = client.call(
+            "POST", f"/projects/{project_id}/exports", {"email": "ada@example.com"}
+        )
+        assert status == 202
+        task_id = body["task_id"]
+        assert headers["location"] == f"/tasks/{task_id}"
+        assert client.call("GET", f"/tasks/{task_id}")[2]["status"] == "pending"
+        assert client.call("GET", f"/projects/{project_id}/exports/progress")[2] == {
+            "project_id": project_id,
+            "active": True,
+            "progress": 0,
+        }
+        # a refused request writes nothing: still one task
+        with Session(app_engine) as session:
+            assert session.scalar(select(func.count()).select_from(Task)) == 1
+
+    # the app with its AsyncWorker: the pending export is done while the client polls
+    handlers = {data_export.DATA_EXPORT: data_export.make_export_handler(app_engine, tmp_path)}
+    with served_async(app_engine, handlers) as client:
+        deadline = time.monotonic() + 30
+        while (body := client.call("GET", f"/tasks/{task_id}")[2])["status"] != "completed":
+            assert time.monotonic() < deadline, body
+            time.sleep(0.05)  # the client's polling interval
+        assert body["progress"] == 100 and body["result"]["rows"] == 50 and body["error"] is None
+        progress = client.call("GET", f"/projects/{project_id}/exports/progress")[2]
+        assert progress["active"] is False
+        assert client.call("POST", f"/projects/{project_id}/exports")[0] == 202  # no e-mail
 
 
 def test_web_polling_rolls_the_task_back_with_the_request(app_engine: Engine) -> None:

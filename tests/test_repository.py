@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, Text, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from twins import TWINS, async_session_for, make_repository, release
 
 from sqlalchemy_taskqueue import (
+    AsyncTaskRepository,
     BackoffPolicy,
     InvalidTransitionError,
     LeaseLostError,
@@ -25,6 +27,25 @@ from sqlalchemy_taskqueue import (
 from sqlalchemy_taskqueue.testing import task_factory
 
 Repo = TaskRepository[Any]
+
+
+@pytest.fixture(params=TWINS)
+def session(
+    request: pytest.FixtureRequest, session_factory: sessionmaker[Session], database_url: str
+) -> Iterator[Session]:
+    """A session, or (``async``) the sync face of an ``AsyncSession`` over asyncpg, with
+    the test body run in the greenlet bridge: every test runs against both twins."""
+    if request.param == "sync":
+        with session_factory() as session:
+            yield session
+        return
+    with async_session_for(request.node, database_url) as async_session:
+        yield async_session.sync_session
+
+
+@pytest.fixture
+def repo(session: Session, clean_table: type[Any]) -> Any:
+    return make_repository(session, clean_table)
 
 
 class ProjectBase(DeclarativeBase):
@@ -43,10 +64,9 @@ class ProjectTask(TaskMixin, ProjectBase):
 def project_repo(session: Session, engine: Engine) -> Iterator[Repo]:
     ProjectBase.metadata.create_all(engine)
     try:
-        yield TaskRepository(session, ProjectTask)
+        yield make_repository(session, ProjectTask)
     finally:
-        session.rollback()
-        session.close()
+        release(session)
         ProjectBase.metadata.drop_all(engine)
 
 
@@ -488,7 +508,7 @@ def test_fail_task_without_retry_fails_permanently(repo: Repo, session: Session)
 
 
 def test_backoff_policy_is_configurable(session: Session, clean_table: type[Any]) -> None:
-    repo = TaskRepository(
+    repo = make_repository(
         session, clean_table, backoff=BackoffPolicy(base_seconds=10, cap_seconds=15, jitter=0)
     )
     repo.enqueue("a", {})
@@ -798,18 +818,18 @@ def test_cleanup_deletes_only_old_finished_tasks(repo: Repo, session: Session) -
 
 def test_repository_rejects_a_model_that_is_not_a_task_table(session: Session) -> None:
     with pytest.raises(TypeError, match="TaskMixin"):
-        TaskRepository(session, dict)  # type: ignore[type-var]
+        make_repository(session, dict)  # type: ignore[type-var]
     with pytest.raises(TypeError, match="Session"):
         TaskRepository("session", object)  # type: ignore[arg-type,type-var]
 
 
 def test_repository_rejects_bad_configuration(session: Session, clean_table: type[Any]) -> None:
     with pytest.raises(ValueError, match="lease_duration"):
-        TaskRepository(session, clean_table, lease_duration=timedelta(0))
+        make_repository(session, clean_table, lease_duration=timedelta(0))
     with pytest.raises(ValueError, match="at most"):
-        TaskRepository(session, clean_table, lease_duration=timedelta(days=10**6))
+        make_repository(session, clean_table, lease_duration=timedelta(days=10**6))
     with pytest.raises(TypeError, match="backoff"):
-        TaskRepository(session, clean_table, backoff=2)  # type: ignore[arg-type]
+        make_repository(session, clean_table, backoff=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="jitter"):
         BackoffPolicy(jitter=2)
     with pytest.raises(ValueError, match="cap_seconds"):
@@ -817,7 +837,7 @@ def test_repository_rejects_bad_configuration(session: Session, clean_table: typ
     with pytest.raises(TypeError, match="base_seconds"):
         BackoffPolicy(base_seconds="1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="owner"):
-        TaskRepository(session, clean_table, owner="")
+        make_repository(session, clean_table, owner="")
 
 
 def test_task_factory_builds_rows_for_tests(repo: Repo, session: Session) -> None:
@@ -874,7 +894,7 @@ def test_enqueue_many_calls_python_column_defaults_once_per_row(
     )
     model.metadata.create_all(engine)
     try:
-        ids = TaskRepository(session, model).enqueue_many("a", [{"n": n} for n in range(3)])
+        ids = make_repository(session, model).enqueue_many("a", [{"n": n} for n in range(3)])
         session.commit()
         rows = session.execute(select(model.id, model.payload, model.ref).order_by(model.id)).all()
         assert [row.id for row in rows] == ids
@@ -896,3 +916,14 @@ def test_enqueue_many_splits_huge_batches(
     session.commit()
     assert ids == sorted(ids) and len(set(ids)) == 10
     assert [repo.get_task(task_id).payload for task_id in ids] == payloads  # type: ignore[union-attr]
+
+
+def test_each_twin_runs_on_its_own_driver(repo: Any, session: Session) -> None:
+    twin = getattr(repo, "twin", repo)
+    expected = (
+        ("asyncpg", AsyncTaskRepository) if twin is not repo else ("psycopg2", TaskRepository)
+    )
+    assert (session.get_bind().dialect.driver, type(twin)) == expected
+    task_id = repo.enqueue("a", {"n": 1})
+    session.commit()
+    assert repo.get_task(task_id).payload == {"n": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -44,10 +45,20 @@ def fetch(factory: Factory, model: type[Any], task_id: int) -> Any:
     return task
 
 
-def make_worker(factory: Factory, model: type[Any], handlers: Any, **kw: Any) -> Worker[Any]:
-    kw.setdefault("poll_interval", 0.05)
-    kw.setdefault("lease_duration", 5)
-    return Worker(factory, model, handlers, **kw)
+MakeWorker = Callable[..., Any]
+
+
+@pytest.fixture
+def make_worker(new_worker: MakeWorker) -> MakeWorker:
+    """``new_worker`` with quick polls and short leases: every test here runs against
+    both twins."""
+
+    def configured(factory: Any, model: type[Any], handlers: Any, **kw: Any) -> Any:
+        kw.setdefault("poll_interval", 0.05)
+        kw.setdefault("lease_duration", 5)
+        return new_worker(factory, model, handlers, **kw)
+
+    return configured
 
 
 @contextmanager
@@ -107,7 +118,7 @@ class Gate:
 
 
 def test_handlers_run_and_results_are_stored(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     seen: list[tuple[int, Any, int]] = []
 
@@ -132,7 +143,7 @@ def test_handlers_run_and_results_are_stored(
 
 
 def test_a_handler_exception_fails_the_attempt_with_backoff(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     def broken(task: Any, ctx: TaskContext) -> None:
         raise ValueError("row 7 is not a number")
@@ -157,7 +168,7 @@ def test_a_handler_exception_fails_the_attempt_with_backoff(
 
 
 def test_a_task_without_handler_fails_clearly(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     ghost = enqueue(session_factory, clean_table, "ghost")
     worker = make_worker(
@@ -170,7 +181,7 @@ def test_a_task_without_handler_fails_clearly(
 
 
 def test_a_result_that_is_not_json_fails_the_task(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     task_id = enqueue(session_factory, clean_table, "odd")
     make_worker(session_factory, clean_table, {"odd": lambda task, ctx: object()}).run(
@@ -180,7 +191,9 @@ def test_a_result_that_is_not_json_fails_the_task(
     assert task.status is TaskStatus.FAILED and "not JSON" in (task.error_message or "")
 
 
-def test_the_worker_only_claims_its_types(session_factory: Factory, clean_table: type[Any]) -> None:
+def test_the_worker_only_claims_its_types(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
     mine = enqueue(session_factory, clean_table, "mine")
     other = enqueue(session_factory, clean_table, "other")
     make_worker(session_factory, clean_table, {"mine": lambda task, ctx: 1}).run(until_empty=True)
@@ -198,7 +211,7 @@ def wait_until_stopped(task: Any, ctx: TaskContext) -> str:
 
 
 def test_a_per_type_timeout_fails_the_attempt(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     registry = HandlerRegistry(clean_table)
     registry.add("slow", wait_until_stopped, timeout=0.3)
@@ -213,7 +226,7 @@ def test_a_per_type_timeout_fails_the_attempt(
 
 
 def test_a_per_task_timeout_overrides_the_type(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     task_id = enqueue(session_factory, clean_table, "slow", max_retries=1, timeout_seconds=1)
     worker = make_worker(
@@ -229,7 +242,7 @@ def test_a_per_task_timeout_overrides_the_type(
 
 
 def test_progress_is_visible_from_another_session_while_the_handler_runs(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     reported = threading.Event()
     proceed = threading.Event()
@@ -253,7 +266,7 @@ def test_progress_is_visible_from_another_session_while_the_handler_runs(
 
 
 def test_progress_writes_are_throttled_and_the_last_value_lands(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     reported = threading.Event()
     proceed = threading.Event()
@@ -273,7 +286,9 @@ def test_progress_writes_are_throttled_and_the_last_value_lands(
         proceed.set()
 
 
-def test_progress_rejects_bad_values(session_factory: Factory, clean_table: type[Any]) -> None:
+def test_progress_rejects_bad_values(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
     errors: list[str] = []
 
     def export(task: Any, ctx: TaskContext) -> None:
@@ -292,7 +307,7 @@ def test_progress_rejects_bad_values(session_factory: Factory, clean_table: type
 
 
 def test_a_stale_worker_cannot_complete_a_rescued_task(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     slow = Gate("stale result")
     task_id = enqueue(session_factory, clean_table, "slow")
@@ -326,7 +341,7 @@ def test_a_stale_worker_cannot_complete_a_rescued_task(
 
 
 def test_heartbeats_keep_a_long_task_leased(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     slow = Gate()
     task_id = enqueue(session_factory, clean_table, "slow")
@@ -345,7 +360,7 @@ def test_heartbeats_keep_a_long_task_leased(
 
 
 def test_until_empty_rescues_expired_leases(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     task_id = enqueue(session_factory, clean_table, "job")
     with session_factory() as session:
@@ -368,7 +383,7 @@ def test_until_empty_rescues_expired_leases(
 
 
 def test_notify_wakes_an_idle_worker_long_before_its_poll(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     done: dict[int, float] = {}
     finished = threading.Event()
@@ -389,7 +404,7 @@ def test_notify_wakes_an_idle_worker_long_before_its_poll(
 
 
 def test_polling_only_mode_still_finds_work(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     finished = threading.Event()
     worker = make_worker(
@@ -410,7 +425,7 @@ def test_polling_only_mode_still_finds_work(
 
 
 def test_stop_lets_a_running_task_finish_within_the_grace_period(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     slow = Gate("finished")
     task_id = enqueue(session_factory, clean_table, "slow")
@@ -425,7 +440,7 @@ def test_stop_lets_a_running_task_finish_within_the_grace_period(
 
 
 def test_unfinished_tasks_are_handed_back_without_using_a_retry(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     stubborn = Gate("too late")
     task_id = enqueue(session_factory, clean_table, "stubborn")
@@ -443,7 +458,7 @@ def test_unfinished_tasks_are_handed_back_without_using_a_retry(
 
 
 def test_a_cooperative_handler_is_handed_back_when_it_stops(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     started = threading.Event()
 
@@ -464,24 +479,41 @@ def test_a_cooperative_handler_is_handed_back_when_it_stops(
     assert worker.stats.released == 1
 
 
-def test_run_on_the_main_thread_installs_and_restores_signal_handlers(
-    session_factory: Factory, clean_table: type[Any]
+def test_signal_handlers_are_left_alone_when_the_host_handles_signals(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     previous = signal.getsignal(signal.SIGTERM)
     during: list[Any] = []
-
-    def job(task: Any, ctx: TaskContext) -> None:
-        during.append(signal.getsignal(signal.SIGTERM))
-
     enqueue(session_factory, clean_table, "job")
-    worker = make_worker(session_factory, clean_table, {"job": job})
-    worker.run(until_empty=True)
-    assert during and during[0] == worker._on_signal
+    worker = make_worker(
+        session_factory,
+        clean_table,
+        {"job": lambda task, ctx: during.append(signal.getsignal(signal.SIGTERM))},
+    )
+    worker.run(until_empty=True, install_signal_handlers=False)
+    assert during == [previous]
+
+
+def test_sigterm_on_the_main_thread_stops_gracefully_and_restores_the_handler(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def job(task: Any, ctx: TaskContext) -> str:
+        os.kill(os.getpid(), signal.SIGTERM)  # what `kill <pid>` does to a worker
+        wait_for(ctx.should_stop, timeout=10)  # the worker heard it ...
+        return "finished"  # ... and lets the running task finish
+
+    task_id = enqueue(session_factory, clean_table, "job")
+    worker = make_worker(session_factory, clean_table, {"job": job}, shutdown_grace=10)
+    worker.run()  # returns once the signal's graceful shutdown is done
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, "finished")
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
 def test_interrupted_without_shutdown_counts_as_a_failed_attempt(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     def gives_up(task: Any, ctx: TaskContext) -> None:
         raise TaskInterrupted("upstream asked to stop")
@@ -518,6 +550,7 @@ def test_interrupted_without_shutdown_counts_as_a_failed_attempt(
     ],
 )
 def test_bad_configuration_is_rejected(
+    make_worker: MakeWorker,
     session_factory: Factory,
     clean_table: type[Any],
     kwargs: dict[str, Any],
@@ -525,22 +558,22 @@ def test_bad_configuration_is_rejected(
     message: str,
 ) -> None:
     with pytest.raises(error, match=message):
-        Worker(session_factory, clean_table, {"job": lambda task, ctx: None}, **kwargs)
+        make_worker(session_factory, clean_table, {"job": lambda task, ctx: None}, **kwargs)
 
 
 def test_bad_handlers_and_models_are_rejected(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     with pytest.raises(TypeError, match="'job' is not callable"):
-        Worker(session_factory, clean_table, {"job": "not a function"})
+        make_worker(session_factory, clean_table, {"job": "not a function"})
     with pytest.raises(TypeError, match="mapping"):
-        Worker(session_factory, clean_table, [lambda task, ctx: None])  # type: ignore[arg-type]
+        make_worker(session_factory, clean_table, [lambda task, ctx: None])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="TaskMixin"):
-        Worker(session_factory, dict, {"job": lambda task, ctx: None})  # type: ignore[type-var]
+        make_worker(session_factory, dict, {"job": lambda task, ctx: None})  # type: ignore[type-var]
     with pytest.raises(TypeError, match="session_factory"):
-        Worker(None, clean_table, {"job": lambda task, ctx: None})  # type: ignore[arg-type]
+        make_worker(None, clean_table, {"job": lambda task, ctx: None})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="task_types"):
-        Worker(session_factory, clean_table, {})
+        make_worker(session_factory, clean_table, {})
 
 
 def test_handler_registry(clean_table: type[Any]) -> None:
@@ -564,7 +597,7 @@ def test_handler_registry(clean_table: type[Any]) -> None:
 
 
 def test_an_outcome_the_database_refuses_does_not_block_the_others(
-    session_factory: Factory, clean_table: type[Any], engine: Any
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any], engine: Any
 ) -> None:
     table = clean_table.__tablename__
     refused = enqueue(session_factory, clean_table, "job", {"refuse": True})
@@ -605,7 +638,7 @@ def test_an_outcome_the_database_refuses_does_not_block_the_others(
 
 
 def test_a_late_timed_out_attempt_does_not_drop_the_retry_it_overlaps(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     """Attempt 1 times out but keeps running; the same worker runs attempt 2 meanwhile.
     When attempt 1 finally returns, attempt 2 must keep its lease (heartbeats)."""
@@ -648,7 +681,7 @@ def test_a_late_timed_out_attempt_does_not_drop_the_retry_it_overlaps(
 
 
 def test_an_exception_message_postgresql_cannot_store_is_escaped(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     def odd(task: Any, ctx: TaskContext) -> None:
         raise ValueError("lone " + chr(0xD800) + " surrogate and a nul " + chr(0))
@@ -664,7 +697,7 @@ def test_an_exception_message_postgresql_cannot_store_is_escaped(
 
 
 def test_heartbeats_racing_completions_report_no_lost_leases(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     with session_factory() as session:
         TaskRepository(session, clean_table).enqueue_many("fast", [{}] * 600)
@@ -677,7 +710,7 @@ def test_heartbeats_racing_completions_report_no_lost_leases(
 
 
 def test_a_worker_can_run_again_after_stop(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     worker = make_worker(session_factory, clean_table, {"job": lambda task, ctx: "ok"})
     with running(worker):
@@ -688,7 +721,7 @@ def test_a_worker_can_run_again_after_stop(
 
 
 def test_a_retried_task_starts_again_from_zero_progress(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     def flaky(task: Any, ctx: TaskContext) -> None:
         ctx.update_progress(70)
@@ -701,22 +734,22 @@ def test_a_retried_task_starts_again_from_zero_progress(
 
 
 def test_owner_and_registry_model_are_validated(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     with pytest.raises(ValueError, match="owner"):
-        Worker(session_factory, clean_table, {"job": lambda task, ctx: None}, owner="")
+        make_worker(session_factory, clean_table, {"job": lambda task, ctx: None}, owner="")
     with pytest.raises(ValueError, match="owner"):
-        Worker(session_factory, clean_table, {"job": lambda task, ctx: None}, owner=123)  # type: ignore[arg-type]
+        make_worker(session_factory, clean_table, {"job": lambda task, ctx: None}, owner=123)  # type: ignore[arg-type]
     from conftest import declare_task_model
 
     other = HandlerRegistry(declare_task_model("tasks_other_registry"))
     other.add("job", lambda task, ctx: None)
     with pytest.raises(ValueError, match="registered for"):
-        Worker(session_factory, clean_table, other)
+        make_worker(session_factory, clean_table, other)
 
 
 def test_prefetched_tasks_keep_their_leases_and_go_back_at_shutdown(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     first = Gate("first")
     ids = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(3)]
@@ -755,7 +788,7 @@ def test_prefetched_tasks_keep_their_leases_and_go_back_at_shutdown(
 
 
 def test_a_handler_calling_sys_exit_fails_its_attempt(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     import sys
 
@@ -770,7 +803,7 @@ def test_a_handler_calling_sys_exit_fails_its_attempt(
 
 
 def test_tasks_waiting_behind_a_hung_handler_go_back_after_a_lease(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     hung = Gate("never mind")
     first = enqueue(session_factory, clean_table, "hang", timeout_seconds=1, max_retries=0)
@@ -799,7 +832,7 @@ def test_tasks_waiting_behind_a_hung_handler_go_back_after_a_lease(
 
 
 def test_a_prefetched_task_whose_lease_is_lost_is_not_run(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     blocker = Gate("first")
     ids = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(2)]
@@ -825,7 +858,7 @@ def test_a_prefetched_task_whose_lease_is_lost_is_not_run(
 
 
 def test_a_task_handed_back_for_waiting_too_long_is_released_once(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     blocker = Gate("first")
     ids = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(2)]
@@ -855,26 +888,31 @@ def test_a_task_handed_back_for_waiting_too_long_is_released_once(
 
 
 def test_only_claim_only_transactions_commit_asynchronously(
-    database_url: str, clean_table: type[Any]
+    make_worker: MakeWorker, database_url: str, clean_table: type[Any]
 ) -> None:
-    from sqlalchemy import create_engine, event
+    from sqlalchemy import Engine, create_engine, event
 
     engine = create_engine(database_url)
-    transactions: list[list[str]] = [[]]
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        transactions[-1].append(statement)
-
-    @event.listens_for(engine, "commit")
-    def committed(conn: Any) -> None:
-        transactions.append([])
-
     factory = sessionmaker(engine)
     for n in range(3):
         enqueue(factory, clean_table, "job", {"n": n})
-    worker = make_worker(factory, clean_table, {"job": lambda task, ctx: "ok"}, concurrency=1)
-    worker.run(until_empty=True)
+    transactions: list[list[str]] = [[]]
+
+    # on every engine: the async twin's engine is made inside its run
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        transactions[-1].append(statement)
+
+    def committed(conn: Any) -> None:
+        transactions.append([])
+
+    event.listen(Engine, "before_cursor_execute", record)
+    event.listen(Engine, "commit", committed)
+    try:
+        worker = make_worker(factory, clean_table, {"job": lambda task, ctx: "ok"}, concurrency=1)
+        worker.run(until_empty=True)
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+        event.remove(Engine, "commit", committed)
     engine.dispose()
     relaxed = [t for t in transactions if any("set_config" in s for s in t)]
     claims = [t for t in transactions if any("FOR UPDATE SKIP LOCKED" in s for s in t)]
@@ -887,7 +925,12 @@ def test_only_claim_only_transactions_commit_asynchronously(
 
 
 def held_counts(
-    session_factory: Factory, model: type[Any], seconds: float, tasks: int, **kw: Any
+    make_worker: MakeWorker,
+    session_factory: Factory,
+    model: type[Any],
+    seconds: float,
+    tasks: int,
+    **kw: Any,
 ) -> list[int]:
     """Run ``tasks`` tasks that each take ``seconds``; each handler notes how many tasks
     the worker then held (in progress in the database)."""
@@ -909,27 +952,29 @@ def held_counts(
 
 
 def test_automatic_prefetch_claims_ahead_for_quick_tasks(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
-    seen = held_counts(session_factory, clean_table, 0, 60)
+    seen = held_counts(make_worker, session_factory, clean_table, 0, 60)
     assert seen[0] == 1  # nothing is known of the pace at first
     assert max(seen) > 1  # then quick tasks are claimed ahead of the free slot
     assert max(seen) <= 1 + 16  # at most 16 per slot
 
 
 def test_automatic_prefetch_holds_nothing_back_for_slow_tasks(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     # 100 ms per task with one slot: more than the 50 ms horizon, so no prefetch
-    assert set(held_counts(session_factory, clean_table, 0.1, 6)) == {1}
+    assert set(held_counts(make_worker, session_factory, clean_table, 0.1, 6)) == {1}
 
 
-def test_prefetch_zero_turns_it_off(session_factory: Factory, clean_table: type[Any]) -> None:
-    assert set(held_counts(session_factory, clean_table, 0, 30, prefetch=0)) == {1}
+def test_prefetch_zero_turns_it_off(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    assert set(held_counts(make_worker, session_factory, clean_table, 0, 30, prefetch=0)) == {1}
 
 
 def test_automatic_prefetch_stops_while_a_long_attempt_runs(
-    session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
     gate = Gate()
     at_start: list[int] = []

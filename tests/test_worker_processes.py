@@ -31,14 +31,18 @@ def app_tables(engine: Engine) -> Iterator[None]:
     Base.metadata.drop_all(engine)
 
 
-@pytest.fixture
+@pytest.fixture(params=["sync", "async"])
 def spawn(
-    database_url: str, tmp_path: Path, app_tables: None
+    request: pytest.FixtureRequest, database_url: str, tmp_path: Path, app_tables: None
 ) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``taskqueue worker`` processes: threaded workers, or (``async``) AsyncWorkers
+    over asyncpg (``--async``), so each test runs against both twins."""
     started: list[WorkerProcess] = []
+    twin = ["--async"] if request.param == "async" else []
 
     def start(*options: str) -> WorkerProcess:
-        worker = WorkerProcess(database_url, tmp_path / f"worker-{len(started)}.log", *options)
+        log = tmp_path / f"worker-{len(started)}.log"
+        worker = WorkerProcess(database_url, log, *options, *twin)
         started.append(worker)
         return worker
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus, Worker
+from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
 
 sys.path.insert(0, str(Path(__file__).parent))
 from processes import wait_for
@@ -39,9 +39,8 @@ def kill_connections(admin: Engine, application: str, query_like: str = "%") -> 
 @pytest.fixture
 def worker_engine(database_url: str) -> Any:
     """An engine whose connections are tagged, so the test can kill exactly those."""
-    engine = create_engine(
-        database_url, connect_args={"application_name": "tq-chaos"}, pool_size=10
-    )
+    tagged = make_url(database_url).update_query_dict({"application_name": "tq-chaos"})
+    engine = create_engine(tagged, pool_size=10)
     admin = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     yield engine, admin
     engine.dispose()
@@ -61,7 +60,10 @@ def listeners(admin: Engine) -> list[int]:
 
 
 def test_killed_connections_lose_no_task(
-    worker_engine: Any, session_factory: sessionmaker[Session], clean_table: type[Any]
+    new_worker: Any,
+    worker_engine: Any,
+    session_factory: sessionmaker[Session],
+    clean_table: type[Any],
 ) -> None:
     engine, admin = worker_engine
     with session_factory() as session:
@@ -76,7 +78,7 @@ def test_killed_connections_lose_no_task(
         time.sleep(0.005)  # simulated work
         return int(task.payload["n"])
 
-    worker = Worker(
+    worker = new_worker(
         sessionmaker(engine), clean_table, {"work": work}, lease_duration=2, poll_interval=0.1
     )
     thread = threading.Thread(target=worker.run)
@@ -114,11 +116,14 @@ def test_killed_connections_lose_no_task(
 
 
 def test_the_listener_reconnects_after_its_connection_is_killed(
-    worker_engine: Any, session_factory: sessionmaker[Session], clean_table: type[Any]
+    new_worker: Any,
+    worker_engine: Any,
+    session_factory: sessionmaker[Session],
+    clean_table: type[Any],
 ) -> None:
     engine, admin = worker_engine
     finished = threading.Event()
-    worker = Worker(
+    worker = new_worker(
         sessionmaker(engine),
         clean_table,
         {"job": lambda task, ctx: finished.set()},

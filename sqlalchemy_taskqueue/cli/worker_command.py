@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
+from typing import Any
 
 import click
 from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
 from sqlalchemy_taskqueue.embedded import mask_password
 from sqlalchemy_taskqueue.worker import Worker
+from sqlalchemy_taskqueue.worker_base import is_coroutine_handler
 
 from .group import (
     DURATION,
@@ -86,6 +90,14 @@ __all__ = ["worker"]
 )
 @click.option("--until-empty", is_flag=True, help="Exit once nothing is claimable.")
 @click.option(
+    "--async",
+    "use_async",
+    is_flag=True,
+    help="Run an AsyncWorker on one event loop through asyncpg (the 'async' extra): async "
+    "handlers run on the loop, plain functions on threads.  Chosen automatically when a "
+    "handler is an async function.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
     default=None,
@@ -110,6 +122,7 @@ def worker(
     timeout: timedelta | None,
     no_listen: bool,
     until_empty: bool,
+    use_async: bool,
     metrics_port: int | None,
     log_level: str,
 ) -> None:
@@ -135,29 +148,36 @@ def worker(
         from sqlalchemy_taskqueue.metrics import serve_worker_metrics
 
         metrics_server = serve_worker_metrics(metrics_port, sessionmaker(engine), model)
-    try:
-        runner = Worker(
-            sessionmaker(engine),
-            model,
-            handlers,
-            concurrency=concurrency,
-            prefetch=prefetch,
-            task_types=task_types,
-            lease_duration=lease,
-            poll_interval=poll_interval,
-            shutdown_grace=grace,
-            default_timeout=timeout,
-            listen=not no_listen,
-            on_event=metrics_server.metrics.on_event if metrics_server else None,
-        )
-    except (TypeError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
+    options: dict[str, Any] = {
+        "concurrency": concurrency,
+        "prefetch": prefetch,
+        "task_types": task_types,
+        "lease_duration": lease,
+        "poll_interval": poll_interval,
+        "shutdown_grace": grace,
+        "default_timeout": timeout,
+        "listen": not no_listen,
+        "on_event": metrics_server.metrics.on_event if metrics_server else None,
+    }
+    use_async = use_async or any(is_coroutine_handler(h) for h in handlers.values())
     logging.getLogger("sqlalchemy_taskqueue.worker").info(
-        "worker.database url=%s table=%s", mask_password(url), model.__tablename__
+        "worker.database url=%s table=%s async=%s",
+        mask_password(url),
+        model.__tablename__,
+        use_async,
     )
     try:
-        runner.run(until_empty=until_empty)
+        if use_async:
+            _run_async(url, model, handlers, options, until_empty)
+        else:
+            try:
+                runner = Worker(sessionmaker(engine), model, handlers, **options)
+            except (TypeError, ValueError) as exc:
+                raise click.UsageError(str(exc)) from None
+            runner.run(until_empty=until_empty)
     except Exception as exc:  # only run(until_empty=True) gives up; it logged why
+        if isinstance(exc, click.ClickException):
+            raise
         raise click.ClickException(
             f"the worker stopped: {type(exc).__name__}: {str(exc).splitlines()[0]}"
         ) from None
@@ -165,3 +185,36 @@ def worker(
         if metrics_server is not None:
             metrics_server.stop()
         engine.dispose()
+
+
+def _run_async(
+    url: str, model: type[Any], handlers: Any, options: dict[str, Any], until_empty: bool
+) -> None:
+    """Run an AsyncWorker for ``handlers`` on a new event loop, through asyncpg."""
+    try:
+        from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+        from sqlalchemy_taskqueue.async_worker import AsyncWorker
+
+        async_url = make_url(url).set(drivername="postgresql+asyncpg")
+        async_url.get_dialect().import_dbapi()
+    except ImportError as exc:
+        raise click.UsageError(
+            f"--async needs asyncpg and greenlet (pip install 'sqlalchemy-taskqueue[async]'): {exc}"
+        ) from None
+    concurrency = options["concurrency"]
+    engine = create_async_engine(
+        async_url, pool_size=concurrency + 2, max_overflow=concurrency, pool_pre_ping=True
+    )
+    try:
+        runner = AsyncWorker(async_sessionmaker(engine), model, handlers, **options)
+    except (TypeError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+    async def work() -> None:
+        try:
+            await runner.run(until_empty=until_empty)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(work())

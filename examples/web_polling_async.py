@@ -1,0 +1,135 @@
+"""The web polling example on the async twin: FastAPI, ``AsyncSession`` over asyncpg,
+``AsyncTaskRepository`` in the request handlers and an ``AsyncWorker`` in the app's own
+event loop (install the ``web-async`` extra).
+
+The endpoints are those of :mod:`examples.web_polling`:
+
+* ``POST /projects/{id}/exports`` — enqueue in the request's transaction, answer ``202``
+  with the task id and a ``Location`` to poll; optional JSON body ``{"email": ...}``.
+* ``GET /tasks/{id}`` — status, progress (0-100), result or error.
+* ``GET /projects/{id}/exports/progress`` — progress of the project's active export.
+
+The export handler is the sync example's plain function: the ``AsyncWorker`` runs it
+in its thread pool, so its blocking database and file work never stalls the requests
+served on the loop.
+
+Run it: ``python -m examples.web_polling_async`` (serves on http://127.0.0.1:8000), then::
+
+    curl -X POST localhost:8000/projects/1/exports -H 'content-type: application/json' \\
+         -d '{"email": "ada@example.com"}'
+    curl localhost:8000/tasks/1
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
+
+from sqlalchemy_taskqueue import AsyncTaskRepository, AsyncWorker
+
+from .data_export import DATA_EXPORT, export_payload, make_export_handler
+from .shop import Project, Task, connect, migrate, seed_project
+
+
+def asyncpg_url(url: str) -> str:
+    """The same database through asyncpg.
+
+    >>> asyncpg_url("postgresql://app@db/shop")
+    'postgresql+asyncpg://app@db/shop'
+    """
+    return make_url(url).set(drivername="postgresql+asyncpg").render_as_string(False)
+
+
+def create_app(database_url: str, handlers: Mapping[str, Any] | None = None) -> FastAPI:
+    """The FastAPI application on ``database_url`` (an asyncpg URL).
+
+    With ``handlers``, an :class:`~sqlalchemy_taskqueue.AsyncWorker` runs them in the
+    app's event loop for the app's lifetime (the server handles signals; the app's
+    shutdown stops the worker gracefully).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_async_engine(database_url, pool_size=10)
+        app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        worker = AsyncWorker(app.state.sessions, Task, handlers) if handlers else None
+        running = (
+            asyncio.ensure_future(worker.run(install_signal_handlers=False)) if worker else None
+        )
+        try:
+            yield
+        finally:
+            if worker is not None and running is not None:
+                worker.stop()
+                await running
+            await engine.dispose()
+
+    app = FastAPI(title="exports", lifespan=lifespan)
+
+    @app.post("/projects/{project_id}/exports")
+    async def start_export(project_id: int, request: Request) -> JSONResponse:
+        body = await request.json() if await request.body() else {}
+        email = body.get("email") if isinstance(body, dict) else None
+        if email is not None and (not isinstance(email, str) or "@" not in email):
+            return JSONResponse({"error": "'email' must be an e-mail address"}, 400)
+        # the request's unit of work: the task commits with it or not at all
+        async with request.app.state.sessions.begin() as session:
+            if await session.get(Project, project_id) is None:
+                return JSONResponse({"error": f"project {project_id} does not exist"}, 404)
+            repo = AsyncTaskRepository(session, Task)
+            task_id = await repo.enqueue(DATA_EXPORT, export_payload(project_id, email))
+        body = {"task_id": task_id, "status": "pending", "progress": 0}
+        return JSONResponse(body, 202, headers={"Location": f"/tasks/{task_id}"})
+
+    @app.get("/tasks/{task_id}")
+    async def task_status(task_id: int, request: Request) -> JSONResponse:
+        async with request.app.state.sessions() as session:
+            task = await AsyncTaskRepository(session, Task).get_task(task_id)
+        if task is None:
+            return JSONResponse({"error": f"task {task_id} does not exist"}, 404)
+        return JSONResponse(
+            {
+                "task_id": task.id,
+                "type": task.type,
+                "status": str(task.status),
+                "progress": task.progress,
+                "result": task.result,
+                "error": task.error_message,
+            }
+        )
+
+    @app.get("/projects/{project_id}/exports/progress")
+    async def export_progress(project_id: int, request: Request) -> dict[str, Any]:
+        async with request.app.state.sessions() as session:
+            progress = await AsyncTaskRepository(session, Task).get_task_progress(
+                DATA_EXPORT, project_id=project_id
+            )
+        return {"project_id": project_id, "active": progress is not None, "progress": progress}
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    engine = connect()
+    migrate(engine)
+    with Session(engine) as session, session.begin():
+        project = session.query(Project).filter_by(name="web-demo").one_or_none()
+        project = project or seed_project(session, "web-demo", items=1000)
+        print(f"project {project.id} is ready: POST /projects/{project.id}/exports")
+    url = asyncpg_url(engine.url.render_as_string(hide_password=False))
+    app = create_app(url, {DATA_EXPORT: make_export_handler(engine)})
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,576 @@
+"""The asyncio twin of :class:`~sqlalchemy_taskqueue.Worker`: :class:`AsyncWorker`.
+
+It takes an ``async_sessionmaker`` and runs on one event loop: ``async def`` handlers
+run concurrently on the loop, plain functions in a thread pool of ``concurrency``
+threads, so neither blocks the other.  Options, leases, batched outcomes, rescue,
+timeouts, progress, prefetch and graceful shutdown are those of
+:class:`~sqlalchemy_taskqueue.Worker`; both are built on one shared core
+(:mod:`sqlalchemy_taskqueue.worker_base`), which runs each transaction body through
+``AsyncSession.run_sync`` here.  Idle workers wake on ``LISTEN/NOTIFY`` through asyncpg
+(the ``async`` extra).
+
+Example::
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from sqlalchemy_taskqueue import AsyncWorker
+
+    async def export(task, ctx):
+        rows = await fetch_rows(ctx.payload["project_id"])
+        ctx.update_progress(50)          # never blocks the loop
+        return {"rows": len(rows)}
+
+    engine = create_async_engine("postgresql+asyncpg://app@db/app")
+    worker = AsyncWorker(async_sessionmaker(engine), Task, {"data_export": export})
+    await worker.run()                   # SIGINT/SIGTERM or worker.stop() end it
+
+Differences from the threaded worker, all in the async worker's favour:
+
+* An ``async def`` handler that passes its timeout is cancelled (``CancelledError`` at
+  its next ``await``) after its failure is recorded, so its slot frees at once; a plain
+  function in the thread pool is only asked to stop, as with threads.
+* At the end of the shutdown grace period, ``async def`` handlers still running are
+  cancelled after their tasks are handed back.
+* Cancelling the task that awaits :meth:`AsyncWorker.run` is a stop request: the
+  graceful shutdown runs before the cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import statements
+from .attempts import Attempt, Outcome
+from .exceptions import LeaseLostError, TaskQueueError
+from .handlers import HandlerSpec
+from .repository import TaskT
+from .wakeup import AsyncNotificationListener
+from .worker_base import WRITE_ATTEMPTS, WorkerBase, Written, is_coroutine_handler, logger
+
+__all__ = ["AsyncWorker"]
+
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
+
+
+class DaemonThreadPool(Executor):
+    """``size`` daemon threads running submitted calls, for plain-function handlers.
+
+    Like the threaded worker's slots, its threads never hold up interpreter exit: a
+    handler that ignores a stop request must not keep a stopped worker's process alive
+    (``ThreadPoolExecutor`` joins its threads at exit).
+
+    Example::
+
+        pool = DaemonThreadPool(4, "taskqueue-slot")
+        result = await loop.run_in_executor(pool, handler, task, ctx)
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_R]:
+        """Run ``fn(*args, **kwargs)`` on a free thread.
+
+        Example::
+
+            pool.submit(print, "hello").result()
+        """
+        future: Future[_R] = Future()
+        self._calls.put((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Let the threads end once their current call returns.
+
+        Example::
+
+            pool.shutdown(wait=False)
+        """
+        for _ in self._threads:
+            self._calls.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, function = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = function()
+            except BaseException as exc:  # the handler's error, reported through the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
+class AsyncWorker(WorkerBase[TaskT]):
+    """Runs handlers for claimed tasks on ``concurrency`` slots of one event loop.
+
+    Takes exactly the options of :class:`~sqlalchemy_taskqueue.Worker`, with an
+    ``async_sessionmaker`` as ``session_factory``.  ``concurrency`` is both the number of
+    handlers running at once and the size of the thread pool for plain-function handlers.
+
+    Example::
+
+        worker = AsyncWorker(async_sessionmaker(engine), Task, tasks, concurrency=16)
+        await worker.run(until_empty=True)
+    """
+
+    def _prepare(self) -> None:
+        if isinstance(self._session_factory, sessionmaker):
+            raise TypeError(
+                "AsyncWorker needs an async_sessionmaker (AsyncSession); "
+                "use Worker with a sessionmaker"
+            )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._supervisor_stop = False
+        self._handler_tasks: dict[int, asyncio.Future[Any]] = {}
+        self._progress_writes: dict[int, asyncio.Task[bool]] = {}
+
+    # ------------------------------------------------------------------ public
+
+    def stop(self) -> None:
+        """Ask a running worker to shut down gracefully (safe from any thread or signal).
+
+        Example::
+
+            asyncio.get_running_loop().call_later(60, worker.stop)
+            await worker.run()
+        """
+        self._stopping.set()
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._wake.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self, *, until_empty: bool = False, install_signal_handlers: bool = True) -> None:
+        """Process tasks until stopped; with ``until_empty``, until nothing is claimable.
+
+        Installs SIGINT/SIGTERM handlers on the loop when it runs on the main thread
+        (restored on return) unless ``install_signal_handlers`` is false, as inside a
+        web server that handles signals itself; otherwise use :meth:`stop`.  Rides out database outages
+        like :meth:`Worker.run <sqlalchemy_taskqueue.Worker.run>`.
+
+        Example::
+
+            await worker.run(until_empty=True)   # drain the queue, then return
+        """
+        self._begin_run()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wake = asyncio.Event()
+        self._supervisor_wake = asyncio.Event()
+        # held while a transaction writes outcomes or renews leases (see Worker)
+        self._write_lock = asyncio.Lock()
+        self._slots: asyncio.Queue[Attempt | None] = asyncio.Queue()
+        self._supervisor_stop = False
+        self._pool = DaemonThreadPool(self._concurrency, "taskqueue-slot")
+        try:
+            listener = await self._start_listener()
+            self._log_started(listener is not None)
+            slots = [asyncio.ensure_future(self._slot_loop()) for _ in range(self._concurrency)]
+            supervisor = asyncio.ensure_future(self._supervise())
+            with self._signal_handlers(install_signal_handlers):
+                try:
+                    await self._claim_loop(until_empty)
+                except asyncio.CancelledError:
+                    self._stopping.set()  # cancelling run() asks for a graceful stop
+                    raise
+                finally:
+                    await self._shut_down(listener, slots, supervisor)
+        finally:
+            self._pool.shutdown(wait=False)
+            self._loop = self._loop_thread = None
+            self._end_run()
+
+    # ------------------------------------------------------------------ database
+
+    async def _transaction(self, body: Callable[[Session], _R]) -> _R:
+        """Run ``body`` on the sync face of an ``AsyncSession`` of its own and commit."""
+        async with self._session_factory() as session:
+            if not isinstance(session, AsyncSession):
+                raise TypeError(f"session_factory must make AsyncSessions, got {session!r}")
+            result = await session.run_sync(body)
+            await session.commit()
+            return result
+
+    async def _write(self, body: Callable[[Session], _R]) -> _R:
+        """Run one write in its own transaction, retrying transient database errors."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                return await self._transaction(body)
+            except (SQLAlchemyError, TaskQueueError) as exc:
+                delay = self._write_retry(attempt, exc)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)  # backing off from a failing database
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ claim loop
+
+    async def _wait_for_wake(self, seconds: float) -> None:
+        """Wait until woken (a free slot, a notification, a stop) or ``seconds`` pass."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(seconds, 0.0))
+
+    async def _claim_loop(self, until_empty: bool) -> None:
+        """Write finished outcomes and claim new tasks, one transaction per turn."""
+        next_rescue = 0.0
+        errors = 0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                if time.monotonic() >= next_rescue:
+                    await self._rescue()
+                    next_rescue = time.monotonic() + self._rescue_every
+                free = self._free_slots()
+                claimed = await self._settle_and_claim(free)
+                if until_empty and not claimed and self._drained() and await self._rescue() == 0:
+                    return
+                errors = 0
+            except Exception:  # the database, the network, or a bug: keep the worker alive
+                errors += 1
+                delay = self._claim_failed(errors, until_empty)
+                if delay is None:
+                    raise
+                resume = time.monotonic() + delay
+                while not self._stopping.is_set() and time.monotonic() < resume:
+                    self._wake.clear()
+                    await self._wait_for_wake(resume - time.monotonic())
+                continue
+            if free > 0 and len(claimed) == free:
+                continue  # maybe more work: claim again once a slot frees
+            if not claimed and self._drained():
+                self.idle.set()
+            await self._wait_for_wake(self._poll)
+            self.idle.clear()
+
+    async def _settle_and_claim(self, free: int) -> list[Any]:
+        """One transaction: write the outcomes that are ready, then claim ``free`` tasks."""
+        outcomes = self._take_outcomes()
+        if not outcomes and free <= 0:
+            return []
+        written: Written = []
+        claimed: list[Any] = []
+        failure: Exception | None = None
+        async with self._write_lock:
+            try:
+                written, claimed = await self._transaction(self._settle_body(outcomes, free))
+            except Exception as exc:
+                written, claimed = [], []  # the transaction rolled back: nothing was written
+                if self._settle_failed(exc, outcomes):
+                    written = await self._write_separately(outcomes)
+                failure = exc
+            except BaseException:
+                self._requeue(outcomes)
+                raise
+            self._settled(written)
+        if claimed:  # held (and heartbeated) before any callback runs
+            for attempt in self._hold(claimed, self._write_progress):
+                self._slots.put_nowait(attempt)
+        self._report(written)
+        if failure is not None:
+            raise failure
+        return claimed
+
+    async def _write_separately(self, outcomes: list[Outcome]) -> Written:
+        """Write each outcome in its own transaction (see ``Worker``)."""
+        written: Written = []
+        for outcome in outcomes:
+            try:
+                written.extend(await self._write(self._outcomes_body([outcome])))
+            except Exception:
+                self._outcome_write_failed(outcome)
+        return written
+
+    async def _rescue(self) -> int:
+        return self._rescued(await self._transaction(self._rescue_body))
+
+    # ------------------------------------------------------------------ slots
+
+    async def _slot_loop(self) -> None:
+        while True:
+            attempt = await self._slots.get()
+            if attempt is None:
+                return
+            outcome: Outcome | None = None
+            try:
+                outcome = await self._execute(attempt)
+            except BaseException:  # a bug here must not kill the slot or strand the task
+                logger.exception("worker.slot_error id=%s", attempt.task.id)
+            finally:
+                self._slot_done(attempt, outcome)
+                self._wake.set()
+
+    async def _execute(self, attempt: Attempt) -> Outcome | None:
+        """Run the handler and say how the attempt ended (written later, in a batch)."""
+        start = self._start(attempt)
+        if not isinstance(start, HandlerSpec):
+            return start
+        self._supervisor_wake.set()  # re-plan around the new deadline
+        task, context = attempt.task, attempt.context
+        call: asyncio.Future[Any]
+        if is_coroutine_handler(start.function):
+            call = asyncio.ensure_future(start.function(task, context))
+        else:
+            loop = asyncio.get_running_loop()
+            call = loop.run_in_executor(self._pool, start.function, task, context)
+        self._handler_tasks[task.id] = call
+        try:
+            result = await call
+            if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                result = await result
+        except BaseException as exc:  # SystemExit or a cancellation fails the attempt too
+            return self._raised(attempt, exc)
+        finally:
+            if self._handler_tasks.get(task.id) is call:
+                del self._handler_tasks[task.id]
+        return self._returned(attempt, result)
+
+    def _cancel_handler(self, attempt: Attempt) -> None:
+        """Cancel the ``async def`` handler of a settled attempt (threads run on)."""
+        call = self._handler_tasks.get(attempt.task.id)
+        if isinstance(call, asyncio.Task):
+            call.cancel()
+
+    # ------------------------------------------------------------------ progress
+
+    def _write_progress(self, task_id: int, progress: int, lease_token: uuid.UUID) -> bool:
+        """The progress writer of every context: from a pool thread it waits for the
+        write; on the loop it queues the write behind the task's previous one and returns
+        at once (a lost lease then interrupts the attempt)."""
+        loop = self._loop
+        if loop is None:
+            return False  # the worker stopped: the attempt is over
+        if threading.get_ident() != self._loop_thread:
+            write = asyncio.run_coroutine_threadsafe(
+                self._queued_progress(task_id, progress, lease_token), loop
+            )
+            return write.result()
+        self._queue_progress(task_id, progress, lease_token)
+        return True
+
+    async def _queued_progress(self, task_id: int, progress: int, lease_token: uuid.UUID) -> bool:
+        return await self._queue_progress(task_id, progress, lease_token)
+
+    def _queue_progress(
+        self, task_id: int, progress: int, lease_token: uuid.UUID
+    ) -> asyncio.Task[bool]:
+        """Write progress after the task's previous progress write (so the last value
+        reported is the last value written)."""
+        previous = self._progress_writes.get(task_id)
+        write = asyncio.ensure_future(
+            self._progress_after(previous, task_id, progress, lease_token)
+        )
+        self._progress_writes[task_id] = write
+
+        def forget(done: asyncio.Task[bool]) -> None:
+            if self._progress_writes.get(task_id) is done:
+                del self._progress_writes[task_id]
+
+        write.add_done_callback(forget)
+        return write
+
+    async def _progress_after(
+        self,
+        previous: asyncio.Task[bool] | None,
+        task_id: int,
+        progress: int,
+        lease_token: uuid.UUID,
+    ) -> bool:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        try:
+            await self._write(self._progress_body(task_id, progress, lease_token))
+        except LeaseLostError:
+            held = self._held.get(task_id)
+            if held is not None and held.task.lease_token == lease_token:
+                held.context.interrupt("the lease on this task was lost")
+            return False
+        except Exception:
+            logger.warning(
+                "progress.write_failed id=%s progress=%s", task_id, progress, exc_info=True
+            )
+            return True
+        return True
+
+    # ------------------------------------------------------------------ supervisor
+
+    async def _supervise(self) -> None:
+        """Heartbeats, timeouts, throttled progress and stale prefetched tasks."""
+        next_heartbeat = time.monotonic() + self._heartbeat
+        while not self._supervisor_stop:
+            wait = self._poll
+            try:
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    await self._renew_leases()
+                    if self._release_stale_waiting(now):
+                        self._wake.set()
+                    next_heartbeat = now + self._heartbeat
+                for attempt in self._expired(now):
+                    await self._time_out(attempt)
+                running = self._running()
+                for attempt in running:
+                    attempt.context.flush_progress(force=False)
+                wait = self._next_wake(next_heartbeat, running)
+            except Exception:  # keep heartbeating whatever happens
+                logger.exception("worker.supervisor_error")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._supervisor_wake.wait(), wait)
+            self._supervisor_wake.clear()
+
+    async def _renew_leases(self) -> None:
+        async with self._write_lock:
+            attempts = self._to_renew()
+            if not attempts:
+                return
+            try:
+                renewed = await self._write(self._renewal_body(attempts))
+            except (SQLAlchemyError, TaskQueueError):
+                logger.exception("worker.heartbeat_failed (will retry)")
+                return
+            self._renewed(attempts, renewed)
+
+    async def _time_out(self, attempt: Attempt) -> None:
+        """Fail an attempt that passed its deadline; cancel its handler if it is async."""
+        outcome = self._timed_out(attempt)
+        try:
+            async with self._write_lock:
+                written = await self._write(self._outcomes_body([outcome]))
+        except (SQLAlchemyError, TaskQueueError):
+            logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
+            return
+        self._cancel_handler(attempt)
+        self._report(written)
+
+    # ------------------------------------------------------------------ start and stop
+
+    async def _start_listener(self) -> AsyncNotificationListener | None:
+        if not self._listen:
+            return None
+        async with self._session_factory() as session:
+            bind = session.get_bind(mapper=self._model)
+        if bind.dialect.name != "postgresql":
+            return None
+        if bind.dialect.driver != "asyncpg":
+            logger.warning(
+                "worker.polling driver=%s (LISTEN/NOTIFY wake-up needs asyncpg)",
+                bind.dialect.driver,
+            )
+            return None
+        engine = bind if isinstance(bind, AsyncEngine) else AsyncEngine(bind.engine)
+        channel = statements.notify_channel(self._table)
+        listener = AsyncNotificationListener(
+            engine, channel, self._wake.set, listening=self.listening
+        )
+        listener.start()
+        return listener
+
+    async def _shut_down(
+        self,
+        listener: AsyncNotificationListener | None,
+        slots: list[asyncio.Task[None]],
+        supervisor: asyncio.Task[None],
+    ) -> None:
+        """Give running tasks the grace period, write their outcomes, hand back the rest."""
+        try:
+            if listener is not None:
+                await listener.stop()
+            self._release_queued()
+            if self._busy:
+                logger.info("worker.stopping running=%d grace=%.1fs", self._busy, self._grace)
+            deadline = time.monotonic() + self._grace
+            while True:
+                flushed = await self._flush_outcomes()
+                if (flushed and not self._still_running()) or time.monotonic() >= deadline:
+                    break
+                self._wake.clear()
+                await self._wait_for_wake(min(deadline - time.monotonic(), 0.5))
+            for attempt in self._hand_back_leftovers():
+                self._cancel_handler(attempt)
+            if not await self._flush_outcomes():
+                self._unwritten()
+        finally:
+            self._supervisor_stop = True
+            self._supervisor_wake.set()
+            await asyncio.wait([supervisor], timeout=5)
+            for _ in slots:
+                self._slots.put_nowait(None)
+            _, stuck = await asyncio.wait(slots, timeout=0.1)
+            for slot in [*stuck, supervisor]:
+                slot.cancel()  # a thread that never returns: the pool is left behind
+            await asyncio.gather(
+                *stuck, supervisor, *self._progress_writes.values(), return_exceptions=True
+            )
+            self._log_stopped()
+
+    def _release_queued(self) -> None:
+        """Claimed tasks still waiting for a slot go straight back."""
+        while True:
+            try:
+                attempt = self._slots.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if attempt is not None:
+                self._release_waiting(attempt)
+
+    async def _flush_outcomes(self) -> bool:
+        """Write the queued outcomes; ``False`` when the database could not be reached."""
+        try:
+            await self._settle_and_claim(0)
+        except Exception:
+            logger.exception("worker.flush_failed (retrying until the grace period ends)")
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def _signal_handlers(self, install: bool) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        if not install or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int) -> None:
+        if self._signal_count(signal.Signals(signum).name):
+            os._exit(128 + signum)
+        self.stop()

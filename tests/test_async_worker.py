@@ -1,0 +1,292 @@
+"""AsyncWorker's own behaviour; the shared behaviour runs against both twins in
+test_worker.py, test_worker_resilience.py and test_worker_processes.py."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
+from twins import async_url
+
+from sqlalchemy_taskqueue import AsyncWorker, TaskContext, TaskRepository, TaskStatus, Worker
+from sqlalchemy_taskqueue.async_worker import DaemonThreadPool
+
+Factory = sessionmaker[Session]
+T = TypeVar("T")
+
+
+def enqueue_many(factory: Factory, model: type[Any], task_type: str, count: int) -> list[int]:
+    with factory() as session:
+        ids = TaskRepository(session, model).enqueue_many(
+            task_type, [{"n": n} for n in range(count)]
+        )
+        session.commit()
+    return ids
+
+
+def statuses(factory: Factory, model: type[Any], ids: list[int]) -> list[Any]:
+    with factory() as session:
+        repo = TaskRepository(session, model)
+        return [repo.get_task(task_id).status for task_id in ids]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def run_async(database_url: str) -> Callable[[Callable[[Any], Awaitable[T]]], T]:
+    """``run_async(body)``: ``await body(async_sessionmaker)`` on a new event loop."""
+
+    def run(body: Callable[[Any], Awaitable[T]]) -> T:
+        async def main() -> T:
+            engine = create_async_engine(async_url(database_url), pool_size=10)
+            try:
+                return await body(async_sessionmaker(engine))
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(main())
+
+    return run
+
+
+@asynccontextmanager
+async def running(worker: AsyncWorker[Any]) -> AsyncIterator[asyncio.Task[None]]:
+    run = asyncio.ensure_future(worker.run())
+    try:
+        yield run
+    finally:
+        worker.stop()
+        await asyncio.wait_for(run, 30)
+
+
+def test_the_twins_take_the_same_options_and_offer_the_same_surface() -> None:
+    assert inspect.signature(Worker) == inspect.signature(AsyncWorker)
+    names = {n for n in dir(Worker) if not n.startswith("_")}
+    assert names == {n for n in dir(AsyncWorker) if not n.startswith("_")}
+    assert inspect.signature(Worker.run) == inspect.signature(AsyncWorker.run)
+    assert inspect.iscoroutinefunction(AsyncWorker.run)
+    assert not inspect.iscoroutinefunction(AsyncWorker.stop)
+
+
+def test_async_handlers_run_concurrently_on_one_loop(
+    run_async: Any, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    ids = enqueue_many(session_factory, clean_table, "fan", 12)
+    threads: set[int] = set()
+
+    async def body(factory: Any) -> None:
+        all_in = asyncio.Event()
+        inside = 0
+
+        async def fan(task: Any, ctx: TaskContext) -> int:
+            nonlocal inside
+            threads.add(threading.get_ident())
+            inside += 1
+            if inside == len(ids):
+                all_in.set()
+            await asyncio.wait_for(all_in.wait(), 10)  # every handler is in at once
+            return int(ctx.payload["n"])
+
+        worker = AsyncWorker(factory, clean_table, {"fan": fan}, concurrency=12, prefetch=0)
+        await worker.run(until_empty=True)
+        assert worker.stats.completed == len(ids)
+
+    run_async(body)
+    assert threads == {threading.get_ident()}  # all on the loop's thread
+    assert set(statuses(session_factory, clean_table, ids)) == {TaskStatus.COMPLETED}
+
+
+def test_plain_functions_run_on_threads_without_blocking_async_handlers(
+    run_async: Any, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    [blocking_id] = enqueue_many(session_factory, clean_table, "blocking", 1)
+    quick_ids = enqueue_many(session_factory, clean_table, "quick", 5)
+    release = threading.Event()
+    loop_threads: set[int] = set()
+    blocking_threads: set[int] = set()
+
+    def blocking(task: Any, ctx: TaskContext) -> str:
+        blocking_threads.add(threading.get_ident())
+        assert release.wait(10)  # blocks its thread, not the loop
+        return "released"
+
+    async def quick(task: Any, ctx: TaskContext) -> None:
+        loop_threads.add(threading.get_ident())
+        if ctx.payload["n"] == 4:
+            release.set()  # reached while the blocking handler still holds its thread
+
+    async def body(factory: Any) -> None:
+        worker = AsyncWorker(
+            factory, clean_table, {"blocking": blocking, "quick": quick}, concurrency=2
+        )
+        await worker.run(until_empty=True)
+
+    run_async(body)
+    assert blocking_threads and loop_threads and not blocking_threads & loop_threads
+    assert set(statuses(session_factory, clean_table, [blocking_id, *quick_ids])) == {
+        TaskStatus.COMPLETED
+    }
+
+
+def test_an_async_handler_past_its_timeout_is_cancelled_and_its_slot_freed(
+    run_async: Any, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    [hung] = enqueue_many(session_factory, clean_table, "hangs", 1)
+    cancelled = threading.Event()
+
+    async def hangs(task: Any, ctx: TaskContext) -> None:
+        try:
+            await asyncio.Event().wait()  # never set
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def body(factory: Any) -> None:
+        ran_after = asyncio.Event()
+
+        async def after(task: Any, ctx: TaskContext) -> str:
+            ran_after.set()
+            return "ran"
+
+        worker = AsyncWorker(
+            factory,
+            clean_table,
+            {"hangs": hangs, "after": after},
+            concurrency=1,
+            timeouts={"hangs": 0.3},
+            poll_interval=0.05,
+        )
+        async with running(worker):
+            assert await asyncio.to_thread(cancelled.wait, 10)
+            # the one slot is free again: a new task runs at once
+            await asyncio.to_thread(enqueue_many, session_factory, clean_table, "after", 1)
+            await asyncio.wait_for(ran_after.wait(), 10)
+        assert (worker.stats.timed_out, worker.stats.completed) == (1, 1)
+
+    run_async(body)
+    with session_factory() as session:
+        task = TaskRepository(session, clean_table).get_task(hung)
+        assert task is not None
+        assert (task.status, task.retry_count) == (TaskStatus.PENDING, 1)
+        assert "exceeded its timeout" in (task.error_message or "")
+
+
+def test_progress_from_an_async_handler_is_written_without_blocking(
+    run_async: Any, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    [task_id] = enqueue_many(session_factory, clean_table, "report", 1)
+    seen: list[int] = []
+
+    async def report(task: Any, ctx: TaskContext) -> None:
+        for percent in (10, 20, 30, 40, 50, 60, 70, 80, 90, 95):
+            ctx.update_progress(percent)  # queued; returns at once
+        while True:  # the last value lands (progress_interval=0: every value is written)
+            progress = await asyncio.to_thread(current_progress)
+            seen.append(progress)
+            if progress == 95:
+                return
+
+    def current_progress() -> int:
+        with session_factory() as session:
+            task = TaskRepository(session, clean_table).get_task(task_id)
+            return int(task.progress)  # type: ignore[union-attr]
+
+    async def body(factory: Any) -> None:
+        worker = AsyncWorker(factory, clean_table, {"report": report}, progress_interval=0)
+        await asyncio.wait_for(worker.run(until_empty=True), 30)
+
+    run_async(body)
+    assert seen[-1] == 95 and seen == sorted(seen)  # written in order
+
+
+def test_cancelling_run_shuts_down_gracefully(
+    run_async: Any, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    [task_id] = enqueue_many(session_factory, clean_table, "slow", 1)
+    started = threading.Event()
+
+    async def slow(task: Any, ctx: TaskContext) -> str:
+        started.set()
+        while not ctx.should_stop():
+            await asyncio.sleep(0.01)  # simulated work, checking for a stop request
+        return "stopped cleanly"
+
+    async def body(factory: Any) -> None:
+        worker = AsyncWorker(factory, clean_table, {"slow": slow}, shutdown_grace=10)
+        run = asyncio.ensure_future(worker.run())
+        assert await asyncio.to_thread(started.wait, 10)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    run_async(body)
+    with session_factory() as session:
+        task = TaskRepository(session, clean_table).get_task(task_id)
+        assert task is not None
+        assert (task.status, task.result) == (TaskStatus.COMPLETED, "stopped cleanly")
+
+
+def test_async_handlers_still_running_after_the_grace_period_are_cancelled(
+    run_async: Any, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    [task_id] = enqueue_many(session_factory, clean_table, "stubborn", 1)
+    events: list[str] = []
+    started = threading.Event()
+
+    async def stubborn(task: Any, ctx: TaskContext) -> None:
+        events.append("started")
+        started.set()
+        try:
+            await asyncio.sleep(3600)  # ignores stop requests
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    async def body(factory: Any) -> None:
+        worker = AsyncWorker(factory, clean_table, {"stubborn": stubborn}, shutdown_grace=0.2)
+        async with running(worker):
+            assert await asyncio.to_thread(started.wait, 10)
+        assert worker.stats.released == 1
+
+    began = time.monotonic()
+    run_async(body)
+    assert time.monotonic() - began < 10
+    assert events == ["started", "cancelled"]
+    with session_factory() as session:
+        task = TaskRepository(session, clean_table).get_task(task_id)
+        assert task is not None
+        assert (task.status, task.retry_count) == (TaskStatus.PENDING, 0)
+
+
+def test_the_wrong_kind_of_session_factory_or_handler_is_refused(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    async def handler(task: Any, ctx: TaskContext) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="async_sessionmaker"):
+        AsyncWorker(session_factory, clean_table, {"job": handler})
+    with pytest.raises(TypeError, match="AsyncWorker"):
+        Worker(async_sessionmaker(), clean_table, {"job": lambda task, ctx: None})
+    with pytest.raises(TypeError, match="async function"):
+        Worker(session_factory, clean_table, {"job": handler})
+
+
+def test_the_daemon_thread_pool_reports_results_and_errors() -> None:
+    pool = DaemonThreadPool(2, "test-pool")
+    try:
+        assert pool.submit(sum, [1, 2, 3]).result(5) == 6
+        with pytest.raises(ZeroDivisionError):
+            pool.submit(lambda: 1 / 0).result(5)
+        assert all(
+            thread.daemon for thread in threading.enumerate() if thread.name.startswith("test-pool")
+        )
+    finally:
+        pool.shutdown()
+    assert not any(thread.name.startswith("test-pool") for thread in threading.enumerate())

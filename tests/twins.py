@@ -1,0 +1,164 @@
+"""Running the same tests against the sync classes and their async twins.
+
+A test written in plain synchronous code runs unchanged against the async twins:
+
+* :func:`async_session_for` gives an ``AsyncSession`` over asyncpg; the test gets its
+  synchronous face (``AsyncSession.sync_session``) and the whole test body runs inside
+  SQLAlchemy's greenlet bridge (``conftest.pytest_pyfunc_call``), so that face does its
+  I/O through asyncpg.
+* :class:`AwaitingRepository` calls every method of an ``AsyncTaskRepository`` and
+  awaits it (``await_only``) from that synchronous code.
+* :class:`AsyncWorkerRunner` drives an ``AsyncWorker`` from a thread: ``run()`` runs it
+  on a new event loop with a fresh asyncpg engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.util import await_only, greenlet_spawn
+
+from sqlalchemy_taskqueue import AsyncTaskRepository, AsyncWorker, TaskRepository, Worker
+
+TWINS = ["sync", "async"]
+T = TypeVar("T")
+
+
+def async_url(url: str | Any) -> Any:
+    """The asyncpg form of a PostgreSQL URL."""
+    return make_url(str(url) if not isinstance(url, str) else url).set(
+        drivername="postgresql+asyncpg"
+    )
+
+
+@contextmanager
+def async_session_for(node: pytest.Item, url: Any) -> Iterator[AsyncSession]:
+    """An ``AsyncSession`` on a loop of its own; the test ``node`` runs in the greenlet."""
+    loop = asyncio.new_event_loop()
+    engine = create_async_engine(async_url(url))
+    session = AsyncSession(engine)
+    session.info.update(async_session=session, loop=loop)
+    node.async_twin_loop = loop  # type: ignore[attr-defined]
+    try:
+        yield session
+    finally:
+        loop.run_until_complete(session.close())
+        loop.run_until_complete(engine.dispose())
+        loop.close()
+
+
+def release(session: Session) -> None:
+    """Roll back and close ``session`` from fixture code (outside the greenlet)."""
+    async_session = session.info.get("async_session")
+    if async_session is None:
+        session.close()
+    else:
+        session.info["loop"].run_until_complete(async_session.close())
+
+
+class AwaitingRepository:
+    """An ``AsyncTaskRepository`` with each coroutine method awaited in place, for test
+    code running in the greenlet bridge; ``session`` is the sync face of its session."""
+
+    def __init__(self, repository: AsyncTaskRepository[Any]) -> None:
+        self.twin = repository
+        self.session: Session = repository.session.sync_session
+
+    def __getattr__(self, name: str) -> Any:
+        member = getattr(self.twin, name)
+        if not inspect.iscoroutinefunction(member):
+            return member
+
+        def awaited(*args: Any, **kwargs: Any) -> Any:
+            return await_only(member(*args, **kwargs))
+
+        return awaited
+
+
+def make_repository(session: Session, model: type[Any], **options: Any) -> Any:
+    """A ``TaskRepository``, or the awaited twin when ``session`` is an async session's
+    sync face."""
+    async_session = session.info.get("async_session")
+    if async_session is None:
+        return TaskRepository(session, model, **options)
+    return AwaitingRepository(AsyncTaskRepository(async_session, model, **options))
+
+
+class AsyncWorkerRunner:
+    """An ``AsyncWorker`` driven like a ``Worker``: ``run()`` blocks the calling thread
+    while the worker runs on a new event loop (with an asyncpg engine of that loop)."""
+
+    def __init__(self, worker: AsyncWorker[Any], like: Engine) -> None:
+        self.worker = worker
+        # the sync engine's database; its application_name (a URL parameter there) is a
+        # server setting for asyncpg
+        name = like.url.query.get("application_name")
+        self._url = async_url(
+            like.url.render_as_string(hide_password=False)
+        ).difference_update_query(["application_name"])
+        self._connect_args = {"server_settings": {"application_name": name}} if name else {}
+
+    def run(self, **options: Any) -> None:
+        async def main() -> None:
+            engine = create_async_engine(
+                self._url, pool_size=20, max_overflow=20, connect_args=self._connect_args
+            )
+            self.worker._session_factory.configure(bind=engine)
+            try:
+                await self.worker.run(**options)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(main())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.worker, name)
+
+
+def worker_maker(twin: str) -> Callable[..., Any]:
+    """``make(session_factory, model, handlers, **options)`` for the ``twin`` worker."""
+
+    def make(factory: Any, model: type[Any], handlers: Any, **options: Any) -> Any:
+        if twin == "sync":
+            return Worker(factory, model, handlers, **options)
+        if not isinstance(factory, sessionmaker):  # a bad value, passed on to be refused
+            return AsyncWorker(factory, model, handlers, **options)
+        engine = factory.kw["bind"]
+        assert isinstance(engine, Engine)
+        return AsyncWorkerRunner(
+            AsyncWorker(async_sessionmaker(), model, handlers, **options), engine
+        )
+
+    return make
+
+
+def in_session(twin: str, factory: sessionmaker[Session], body: Callable[[Session], T]) -> T:
+    """``body(session)`` in a session of the ``twin``'s kind: from ``factory``, or the
+    sync face of an ``AsyncSession`` over asyncpg on a new loop, with ``body`` run in the
+    greenlet bridge (callable from any thread)."""
+    if twin == "sync":
+        with factory() as session:
+            return body(session)
+    engine = factory.kw["bind"]
+
+    async def main() -> T:
+        async_engine = create_async_engine(
+            async_url(engine.url.render_as_string(hide_password=False))
+        )
+        try:
+            async with AsyncSession(async_engine) as async_session:
+                async_session.info.update(async_session=async_session)
+                return await greenlet_spawn(body, async_session.sync_session)
+        finally:
+            await async_engine.dispose()
+
+    return asyncio.run(main())
