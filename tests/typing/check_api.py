@@ -9,12 +9,13 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from typing_extensions import assert_type
 
 from sqlalchemy_taskqueue import (
     AsyncTaskRepository,
+    AsyncWorker,
     HandlerRegistry,
     TaskContext,
     TaskMixin,
@@ -75,3 +76,18 @@ def worker_types(factory: sessionmaker[Session]) -> None:
     worker = Worker(factory, Task, registry, concurrency=2, lease_duration=30)
     assert_type(worker.task_types, list[str])
     worker.run(until_empty=True)
+
+
+async def async_worker_types(factory: async_sessionmaker[AsyncSession]) -> None:
+    registry = HandlerRegistry(Task)
+
+    @registry.handler("export")
+    async def export(task: Any, ctx: TaskContext) -> dict[str, int]:
+        ctx.update_progress(50)
+        return {"rows": 1}
+
+    worker = AsyncWorker(factory, Task, registry, concurrency=2, lease_duration=30)
+    assert_type(worker.task_types, list[str])
+    assert_type(worker.owner, str)
+    assert_type(await worker.run(until_empty=True, install_signal_handlers=False), None)
+    worker.stop()
