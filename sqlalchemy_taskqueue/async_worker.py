@@ -7,7 +7,7 @@ timeouts, progress, prefetch and graceful shutdown are those of
 :class:`~sqlalchemy_taskqueue.Worker`; both are built on one shared core
 (:mod:`sqlalchemy_taskqueue.worker_base`), which runs each transaction body through
 ``AsyncSession.run_sync`` here.  Idle workers wake on ``LISTEN/NOTIFY`` through asyncpg
-(the ``async`` extra).
+(the ``async`` extra) or psycopg 3.
 
 Example::
 
@@ -58,7 +58,7 @@ from .attempts import Attempt, Outcome
 from .exceptions import LeaseLostError, TaskQueueError
 from .handlers import HandlerSpec
 from .repository import TaskT
-from .wakeup import AsyncNotificationListener
+from .wakeup import ASYNC_LISTEN_DRIVERS, AsyncNotificationListener
 from .worker_base import WRITE_ATTEMPTS, WorkerBase, Written, is_coroutine_handler, logger
 
 __all__ = ["AsyncWorker"]
@@ -483,9 +483,9 @@ class AsyncWorker(WorkerBase[TaskT]):
             bind = session.get_bind(mapper=self._model)
         if bind.dialect.name != "postgresql":
             return None
-        if bind.dialect.driver != "asyncpg":
+        if bind.dialect.driver not in ASYNC_LISTEN_DRIVERS:
             logger.warning(
-                "worker.polling driver=%s (LISTEN/NOTIFY wake-up needs asyncpg)",
+                "worker.polling driver=%s (LISTEN/NOTIFY wake-up needs asyncpg or psycopg)",
                 bind.dialect.driver,
             )
             return None

@@ -52,12 +52,27 @@ def normalize_url(url: str | URL) -> str:
     >>> normalize_url("postgres://u:p@db/app")
     'postgresql+psycopg2://u:p@db/app'
     """
-    text = str(url) if isinstance(url, URL) else url
+    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
     if text.startswith("postgres://"):
         text = "postgresql://" + text[len("postgres://") :]
     parsed = make_url(text)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
+def async_driver_url(url: str | URL) -> str:
+    """The same database through an async driver: psycopg 3 keeps its driver (it has an
+    async face), any other PostgreSQL URL gets asyncpg.
+
+    >>> async_driver_url("postgresql+psycopg2://u:p@db/app")
+    'postgresql+asyncpg://u:p@db/app'
+    >>> async_driver_url("postgresql+psycopg://u@db/app")
+    'postgresql+psycopg://u@db/app'
+    """
+    parsed = make_url(normalize_url(url))
+    if parsed.drivername != "postgresql+psycopg":
+        parsed = parsed.set(drivername="postgresql+asyncpg")
     return parsed.render_as_string(hide_password=False)
 
 

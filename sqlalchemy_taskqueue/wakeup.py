@@ -6,8 +6,8 @@ connection in ``LISTEN`` and calls back on each notification, so an idle worker 
 new task within milliseconds instead of at its next poll.  If the connection drops, the
 listener reconnects with backoff and the worker keeps polling meanwhile.
 
-:class:`AsyncNotificationListener` does the same on an asyncio loop through asyncpg
-(the :class:`~sqlalchemy_taskqueue.AsyncWorker`'s wake-up).
+:class:`AsyncNotificationListener` does the same on an asyncio loop through asyncpg or
+psycopg 3 (the :class:`~sqlalchemy_taskqueue.AsyncWorker`'s wake-up).
 
 Behind PgBouncer in transaction mode ``LISTEN`` does not work; run workers with
 ``listen=False`` there (polling only).
@@ -39,7 +39,12 @@ from .statements import listen_statement
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["AsyncNotificationListener", "NotificationListener"]
+__all__ = [
+    "ASYNC_LISTEN_DRIVERS",
+    "LISTEN_DRIVERS",
+    "AsyncNotificationListener",
+    "NotificationListener",
+]
 
 logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 
@@ -125,11 +130,7 @@ class NotificationListener:
                 readable, _, _ = select.select(
                     [connection, self._stop_reader], [], [], _IDLE_CHECK_SECONDS
                 )
-                if connection not in readable:
-                    continue
-                connection.poll()
-                if connection.notifies:
-                    connection.notifies.clear()
+                if connection in readable and _received(connection):
                     self._on_notify()
         finally:
             self.listening.clear()
@@ -137,9 +138,25 @@ class NotificationListener:
             proxy.invalidate()
 
 
+#: The drivers whose connections :class:`NotificationListener` can listen on ...
+LISTEN_DRIVERS = ("psycopg2", "psycopg")
+#: ... and those of :class:`AsyncNotificationListener`.
+ASYNC_LISTEN_DRIVERS = ("asyncpg", "psycopg")
+
+
+def _received(connection: Any) -> bool:
+    """Read what the server sent; whether it held notifications (psycopg2 or psycopg 3)."""
+    if hasattr(connection, "poll"):  # psycopg2
+        connection.poll()
+        received = bool(connection.notifies)
+        connection.notifies.clear()
+        return received
+    return bool(list(connection.notifies(timeout=0)))  # psycopg 3: drain without waiting
+
+
 class AsyncNotificationListener:
     """The asyncio twin of :class:`NotificationListener`: a task on the running loop that
-    keeps one asyncpg connection in ``LISTEN`` and calls ``on_notify()`` (on the loop) for
+    keeps one asyncpg or psycopg 3 connection in ``LISTEN`` and calls ``on_notify()`` (on the loop) for
     each notification, reconnecting with backoff when the connection drops.
 
     Example::
@@ -211,16 +228,10 @@ class AsyncNotificationListener:
         try:
             raw = await connection.get_raw_connection()
             driver: Any = raw.driver_connection
-            lost = asyncio.Event()
-            driver.add_termination_listener(lambda _connection: lost.set())
-            await driver.add_listener(self._channel, lambda *_args: self._on_notify())
-            self.listening.set()
-            while not lost.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(lost.wait(), _IDLE_CHECK_SECONDS)
-                if driver.is_closed():
-                    break
-            raise ConnectionError("the LISTEN connection was closed")
+            if self._engine.dialect.driver == "asyncpg":
+                await self._listen_asyncpg(driver)
+            else:
+                await self._listen_psycopg(driver)
         finally:
             self.listening.clear()
             # never return a LISTENing connection to the pool
@@ -228,3 +239,22 @@ class AsyncNotificationListener:
                 await connection.invalidate()
             with contextlib.suppress(Exception):
                 await connection.close()
+
+    async def _listen_asyncpg(self, driver: Any) -> None:
+        lost = asyncio.Event()
+        driver.add_termination_listener(lambda _connection: lost.set())
+        await driver.add_listener(self._channel, lambda *_args: self._on_notify())
+        self.listening.set()
+        while not lost.is_set() and not driver.is_closed():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(lost.wait(), _IDLE_CHECK_SECONDS)
+        raise ConnectionError("the LISTEN connection was closed")
+
+    async def _listen_psycopg(self, driver: Any) -> None:
+        await driver.set_autocommit(True)
+        await driver.execute(listen_statement(self._channel))
+        self.listening.set()
+        while not driver.closed:
+            async for _notification in driver.notifies(timeout=_IDLE_CHECK_SECONDS):
+                self._on_notify()
+        raise ConnectionError("the LISTEN connection was closed")

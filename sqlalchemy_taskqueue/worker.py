@@ -60,7 +60,7 @@ from .attempts import Attempt, Outcome, WorkerStats
 from .exceptions import LeaseLostError, TaskQueueError
 from .handlers import HandlerSpec
 from .repository import TaskT
-from .wakeup import NotificationListener
+from .wakeup import LISTEN_DRIVERS, NotificationListener
 from .worker_base import WRITE_ATTEMPTS, WorkerBase, Written, is_coroutine_handler, logger
 
 __all__ = ["Worker", "WorkerStats"]
@@ -366,6 +366,12 @@ class Worker(WorkerBase[TaskT]):
         with self._session_factory() as session:
             bind = session.get_bind(mapper=self._model)
         if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
+            return None
+        if bind.dialect.driver not in LISTEN_DRIVERS:
+            logger.warning(
+                "worker.polling driver=%s (LISTEN/NOTIFY wake-up needs psycopg2 or psycopg)",
+                bind.dialect.driver,
+            )
             return None
         channel = statements.notify_channel(self._table)
         listener = NotificationListener(bind, channel, self._wake.set, listening=self.listening)

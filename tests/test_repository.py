@@ -918,11 +918,16 @@ def test_enqueue_many_splits_huge_batches(
     assert [repo.get_task(task_id).payload for task_id in ids] == payloads  # type: ignore[union-attr]
 
 
-def test_each_twin_runs_on_its_own_driver(repo: Any, session: Session) -> None:
+def test_each_twin_runs_on_its_own_driver(repo: Any, session: Session, database_url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from twins import async_url
+
     twin = getattr(repo, "twin", repo)
-    expected = (
-        ("asyncpg", AsyncTaskRepository) if twin is not repo else ("psycopg2", TaskRepository)
-    )
+    if twin is repo:  # the sync twin on the run's driver (psycopg2 unless the URL says so)
+        expected = (make_url(database_url).get_dialect().driver, TaskRepository)
+    else:  # the async twin through an async driver
+        expected = (async_url(database_url).get_dialect().driver, AsyncTaskRepository)
+    assert expected[0] in {"psycopg2", "psycopg", "asyncpg"}
     assert (session.get_bind().dialect.driver, type(twin)) == expected
     task_id = repo.enqueue("a", {"n": 1})
     session.commit()

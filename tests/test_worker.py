@@ -382,9 +382,17 @@ def test_until_empty_rescues_expired_leases(
 # ---------------------------------------------------------------- wake-up
 
 
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
 def test_notify_wakes_an_idle_worker_long_before_its_poll(
-    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+    make_worker: MakeWorker, database_url: str, clean_table: type[Any], driver: str
 ) -> None:
+    """On each driver that can LISTEN: psycopg2 and psycopg 3 for the threaded worker,
+    asyncpg and psycopg 3 for the async one."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    engine = create_engine(make_url(database_url).set(drivername=f"postgresql+{driver}"))
+    session_factory = sessionmaker(engine)
     done: dict[int, float] = {}
     finished = threading.Event()
 
@@ -393,12 +401,15 @@ def test_notify_wakes_an_idle_worker_long_before_its_poll(
         finished.set()
 
     worker = make_worker(session_factory, clean_table, {"job": job}, poll_interval=60)
-    with running(worker):
-        assert worker.listening.wait(10)
-        wait_for(worker.idle.is_set)
-        enqueued_at = time.monotonic()
-        task_id = enqueue(session_factory, clean_table, "job")
-        assert finished.wait(10)
+    try:
+        with running(worker):
+            assert worker.listening.wait(10)
+            wait_for(worker.idle.is_set)
+            enqueued_at = time.monotonic()
+            task_id = enqueue(session_factory, clean_table, "job")
+            assert finished.wait(10)
+    finally:
+        engine.dispose()
     # picked up on the notification: nowhere near the 60 s poll interval
     assert done[task_id] - enqueued_at < 5
 
@@ -913,7 +924,6 @@ def test_only_claim_only_transactions_commit_asynchronously(
     finally:
         event.remove(Engine, "before_cursor_execute", record)
         event.remove(Engine, "commit", committed)
-    engine.dispose()
     relaxed = [t for t in transactions if any("set_config" in s for s in t)]
     claims = [t for t in transactions if any("FOR UPDATE SKIP LOCKED" in s for s in t)]
     completing = [t for t in transactions if any("completed_at=now()" in s for s in t)]
@@ -922,6 +932,7 @@ def test_only_claim_only_transactions_commit_asynchronously(
     # every transaction that writes outcomes commits synchronously
     assert completing and not any(t in relaxed for t in completing)
     assert {fetch(factory, clean_table, n).status for n in (1, 2, 3)} == {TaskStatus.COMPLETED}
+    engine.dispose()
 
 
 def held_counts(

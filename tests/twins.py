@@ -28,16 +28,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from sqlalchemy_taskqueue import AsyncTaskRepository, AsyncWorker, TaskRepository, Worker
+from sqlalchemy_taskqueue.embedded import async_driver_url
 
 TWINS = ["sync", "async"]
 T = TypeVar("T")
 
 
 def async_url(url: str | Any) -> Any:
-    """The asyncpg form of a PostgreSQL URL."""
-    return make_url(str(url) if not isinstance(url, str) else url).set(
-        drivername="postgresql+asyncpg"
-    )
+    """The async form of a PostgreSQL URL (psycopg 3 stays, anything else is asyncpg)."""
+    return make_url(async_driver_url(url))
 
 
 @contextmanager
@@ -99,13 +98,14 @@ class AsyncWorkerRunner:
 
     def __init__(self, worker: AsyncWorker[Any], like: Engine) -> None:
         self.worker = worker
-        # the sync engine's database; its application_name (a URL parameter there) is a
-        # server setting for asyncpg
-        name = like.url.query.get("application_name")
-        self._url = async_url(
-            like.url.render_as_string(hide_password=False)
-        ).difference_update_query(["application_name"])
-        self._connect_args = {"server_settings": {"application_name": name}} if name else {}
+        # the sync engine's database; asyncpg takes its application_name (a URL
+        # parameter for psycopg) as a server setting
+        self._url = async_url(like.url.render_as_string(hide_password=False))
+        self._connect_args: dict[str, Any] = {}
+        name = self._url.query.get("application_name")
+        if name and self._url.get_dialect().driver == "asyncpg":
+            self._url = self._url.difference_update_query(["application_name"])
+            self._connect_args = {"server_settings": {"application_name": name}}
 
     def run(self, **options: Any) -> None:
         async def main() -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
-from sqlalchemy_taskqueue.embedded import mask_password
+from sqlalchemy_taskqueue.embedded import async_driver_url, mask_password
 from sqlalchemy_taskqueue.worker import Worker
 from sqlalchemy_taskqueue.worker_base import is_coroutine_handler
 
@@ -93,7 +93,8 @@ __all__ = ["worker"]
     "--async",
     "use_async",
     is_flag=True,
-    help="Run an AsyncWorker on one event loop through asyncpg (the 'async' extra): async "
+    help="Run an AsyncWorker on one event loop through asyncpg (the 'async' extra; psycopg 3 "
+    "URLs keep psycopg): async "
     "handlers run on the loop, plain functions on threads.  Chosen automatically when a "
     "handler is an async function.",
 )
@@ -196,7 +197,7 @@ def _run_async(
 
         from sqlalchemy_taskqueue.async_worker import AsyncWorker
 
-        async_url = make_url(url).set(drivername="postgresql+asyncpg")
+        async_url = make_url(async_driver_url(url))
         async_url.get_dialect().import_dbapi()
     except ImportError as exc:
         raise click.UsageError(
