@@ -31,7 +31,8 @@ Differences from the threaded worker, all in the async worker's favour:
 * At the end of the shutdown grace period, ``async def`` handlers still running are
   cancelled after their tasks are handed back.
 * Cancelling the task that awaits :meth:`AsyncWorker.run` is a stop request: the
-  graceful shutdown runs before the cancellation propagates.
+  graceful shutdown runs before the cancellation propagates, and a claim or outcome
+  write in flight is finished first, so nothing it did is lost.
 """
 
 from __future__ import annotations
@@ -45,26 +46,49 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import statements
 from .attempts import Attempt, Outcome
-from .exceptions import LeaseLostError, TaskQueueError
+from .exceptions import LeaseLostError
 from .handlers import HandlerSpec
 from .repository import TaskT
 from .wakeup import ASYNC_LISTEN_DRIVERS, AsyncNotificationListener
-from .worker_base import WRITE_ATTEMPTS, WorkerBase, Written, is_coroutine_handler, logger
+from .worker_base import (
+    DATABASE_ERRORS,
+    WRITE_ATTEMPTS,
+    WorkerBase,
+    Written,
+    is_coroutine_handler,
+    logger,
+)
 
 __all__ = ["AsyncWorker"]
 
 _R = TypeVar("_R")
 _P = ParamSpec("_P")
+
+
+class _Escaped(NamedTuple):
+    """``SystemExit`` or ``KeyboardInterrupt`` raised by an ``async def`` handler."""
+
+    error: BaseException
+
+
+async def _contained(coroutine: Awaitable[Any]) -> Any:
+    """Await a handler's coroutine in a task of its own.  asyncio lets ``SystemExit`` and
+    ``KeyboardInterrupt`` raised in a task stop the whole event loop; from a handler they
+    only fail its attempt (as with the threaded worker), so they are handed back as a
+    value."""
+    try:
+        return await coroutine
+    except (SystemExit, KeyboardInterrupt) as exc:
+        return _Escaped(exc)
 
 
 class DaemonThreadPool(Executor):
@@ -150,8 +174,11 @@ class AsyncWorker(WorkerBase[TaskT]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._supervisor_stop = False
-        self._handler_tasks: dict[int, asyncio.Future[Any]] = {}
-        self._progress_writes: dict[int, asyncio.Task[bool]] = {}
+        self._slots_cancelled = False
+        self._handler_calls: dict[int, asyncio.Future[Any]] = {}
+        self._cancelled_calls: set[int] = set()  # task ids whose handler the worker cancelled
+        self._progress_values: dict[int, tuple[int, uuid.UUID]] = {}
+        self._progress_writers: dict[int, asyncio.Task[bool]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -165,43 +192,46 @@ class AsyncWorker(WorkerBase[TaskT]):
         """
         self._stopping.set()
         loop = self._loop
-        if loop is None:
-            return
-        if threading.get_ident() == self._loop_thread:
-            self._wake.set()
-        else:
+        if loop is not None:
+            # also from a signal handler on the loop's own thread: this wakes its select()
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self, *, until_empty: bool = False, install_signal_handlers: bool = True) -> None:
         """Process tasks until stopped; with ``until_empty``, until nothing is claimable.
 
-        Installs SIGINT/SIGTERM handlers on the loop when it runs on the main thread
-        (restored on return) unless ``install_signal_handlers`` is false, as inside a
-        web server that handles signals itself; otherwise use :meth:`stop`.  Rides out database outages
-        like :meth:`Worker.run <sqlalchemy_taskqueue.Worker.run>`.
+        Installs SIGINT/SIGTERM handlers when it runs on the main thread (restored on
+        return) unless ``install_signal_handlers`` is false, as inside a web server that
+        handles signals itself; otherwise use :meth:`stop`.  Rides out database outages
+        like :meth:`Worker.run <sqlalchemy_taskqueue.Worker.run>`.  Cancelling the task
+        that awaits it is a graceful stop.
 
         Example::
 
             await worker.run(until_empty=True)   # drain the queue, then return
         """
         self._begin_run()
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         self._supervisor_wake = asyncio.Event()
         # held while a transaction writes outcomes or renews leases (see Worker)
         self._write_lock = asyncio.Lock()
         self._slots: asyncio.Queue[Attempt | None] = asyncio.Queue()
-        self._supervisor_stop = False
+        self._supervisor_stop = self._slots_cancelled = False
         self._pool = DaemonThreadPool(self._concurrency, "taskqueue-slot")
+        self._loop_thread = threading.get_ident()
+        self._loop = asyncio.get_running_loop()  # published last: stop() may use it now
+        listener: AsyncNotificationListener | None = None
+        slots: list[asyncio.Task[None]] = []
+        supervisor: asyncio.Task[None] | None = None
         try:
-            listener = await self._start_listener()
-            self._log_started(listener is not None)
-            slots = [asyncio.ensure_future(self._slot_loop()) for _ in range(self._concurrency)]
-            supervisor = asyncio.ensure_future(self._supervise())
             with self._signal_handlers(install_signal_handlers):
                 try:
+                    listener = await self._start_listener()
+                    self._log_started(listener is not None)
+                    slots = [
+                        asyncio.ensure_future(self._slot_loop()) for _ in range(self._concurrency)
+                    ]
+                    supervisor = asyncio.ensure_future(self._supervise())
                     await self._claim_loop(until_empty)
                 except asyncio.CancelledError:
                     self._stopping.set()  # cancelling run() asks for a graceful stop
@@ -216,7 +246,11 @@ class AsyncWorker(WorkerBase[TaskT]):
     # ------------------------------------------------------------------ database
 
     async def _transaction(self, body: Callable[[Session], _R]) -> _R:
-        """Run ``body`` on the sync face of an ``AsyncSession`` of its own and commit."""
+        """Run ``body`` on the sync face of an ``AsyncSession`` of its own and commit; a
+        cancellation waits for the transaction to end (and its connection to return)."""
+        return await self._finish(self._transact(body))
+
+    async def _transact(self, body: Callable[[Session], _R]) -> _R:
         async with self._session_factory() as session:
             if not isinstance(session, AsyncSession):
                 raise TypeError(f"session_factory must make AsyncSessions, got {session!r}")
@@ -229,12 +263,24 @@ class AsyncWorker(WorkerBase[TaskT]):
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 return await self._transaction(body)
-            except (SQLAlchemyError, TaskQueueError) as exc:
+            except DATABASE_ERRORS as exc:
                 delay = self._write_retry(attempt, exc)
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)  # backing off from a failing database
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _finish(work: Awaitable[_R]) -> _R:
+        """Await ``work`` to its end even if the caller is cancelled meanwhile (a claim or
+        outcome write must not be cut off after the server committed it); a cancellation
+        is re-raised once the work is done."""
+        job = asyncio.ensure_future(work)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            await asyncio.wait([job])
+            raise
 
     # ------------------------------------------------------------------ claim loop
 
@@ -254,8 +300,10 @@ class AsyncWorker(WorkerBase[TaskT]):
                     await self._rescue()
                     next_rescue = time.monotonic() + self._rescue_every
                 free = self._free_slots()
-                claimed = await self._settle_and_claim(free)
-                if until_empty and not claimed and self._drained() and await self._rescue() == 0:
+                claimed = await self._finish(self._settle_and_claim(free))
+                # empty only if a claim was tried: handlers may have finished meanwhile
+                empty = free > 0 and not claimed and self._drained()
+                if until_empty and empty and await self._rescue() == 0:
                     return
                 errors = 0
             except Exception:  # the database, the network, or a bug: keep the worker alive
@@ -277,13 +325,13 @@ class AsyncWorker(WorkerBase[TaskT]):
 
     async def _settle_and_claim(self, free: int) -> list[Any]:
         """One transaction: write the outcomes that are ready, then claim ``free`` tasks."""
-        outcomes = self._take_outcomes()
-        if not outcomes and free <= 0:
-            return []
         written: Written = []
         claimed: list[Any] = []
         failure: Exception | None = None
         async with self._write_lock:
+            outcomes = self._take_outcomes()
+            if not outcomes and free <= 0:
+                return []
             try:
                 written, claimed = await self._transaction(self._settle_body(outcomes, free))
             except Exception as exc:
@@ -324,13 +372,19 @@ class AsyncWorker(WorkerBase[TaskT]):
             if attempt is None:
                 return
             outcome: Outcome | None = None
+            cancelled = False
             try:
                 outcome = await self._execute(attempt)
+            except asyncio.CancelledError:  # this slot is cancelled: hand the task back
+                cancelled = True
+                outcome = Outcome(attempt, "release")
             except BaseException:  # a bug here must not kill the slot or strand the task
                 logger.exception("worker.slot_error id=%s", attempt.task.id)
             finally:
                 self._slot_done(attempt, outcome)
                 self._wake.set()
+            if cancelled:
+                raise asyncio.CancelledError
 
     async def _execute(self, attempt: Attempt) -> Outcome | None:
         """Run the handler and say how the attempt ended (written later, in a batch)."""
@@ -340,45 +394,64 @@ class AsyncWorker(WorkerBase[TaskT]):
         self._supervisor_wake.set()  # re-plan around the new deadline
         task, context = attempt.task, attempt.context
         call: asyncio.Future[Any]
-        if is_coroutine_handler(start.function):
-            call = asyncio.ensure_future(start.function(task, context))
-        else:
-            loop = asyncio.get_running_loop()
-            call = loop.run_in_executor(self._pool, start.function, task, context)
-        self._handler_tasks[task.id] = call
         try:
+            if is_coroutine_handler(start.function):
+                call = asyncio.ensure_future(_contained(start.function(task, context)))
+            else:
+                loop = asyncio.get_running_loop()
+                call = loop.run_in_executor(self._pool, start.function, task, context)
+            self._handler_calls[task.id] = call
             result = await call
+            if isinstance(result, _Escaped):
+                raise result.error
             if inspect.isawaitable(result):  # a plain function that returned a coroutine
                 result = await result
-        except BaseException as exc:  # SystemExit or a cancellation fails the attempt too
+        except asyncio.CancelledError as exc:
+            if task.id in self._cancelled_calls:
+                return None  # the worker cancelled it (timeout, shutdown): already settled
+            if self._slot_cancelled():
+                raise
+            return self._raised(attempt, exc)  # the handler raised it on its own
+        except BaseException as exc:  # SystemExit from a handler fails the attempt too
             return self._raised(attempt, exc)
         finally:
-            if self._handler_tasks.get(task.id) is call:
-                del self._handler_tasks[task.id]
+            self._handler_calls.pop(task.id, None)
+            self._cancelled_calls.discard(task.id)
         return self._returned(attempt, result)
+
+    def _slot_cancelled(self) -> bool:
+        """Whether the running slot itself is being cancelled (not just its handler)."""
+        if self._slots_cancelled:
+            return True
+        current = asyncio.current_task()
+        cancelling = getattr(current, "cancelling", None)  # Python 3.11+
+        if cancelling is not None:
+            return bool(cancelling())
+        return self._stopping.is_set()  # 3.10: during a stop, assume the slot is cancelled
 
     def _cancel_handler(self, attempt: Attempt) -> None:
         """Cancel the ``async def`` handler of a settled attempt (threads run on)."""
-        call = self._handler_tasks.get(attempt.task.id)
-        if isinstance(call, asyncio.Task):
+        call = self._handler_calls.get(attempt.task.id)
+        if isinstance(call, asyncio.Task) and not call.done():
+            self._cancelled_calls.add(attempt.task.id)
             call.cancel()
 
     # ------------------------------------------------------------------ progress
 
     def _write_progress(self, task_id: int, progress: int, lease_token: uuid.UUID) -> bool:
-        """The progress writer of every context: from a pool thread it waits for the
-        write; on the loop it queues the write behind the task's previous one and returns
-        at once (a lost lease then interrupts the attempt)."""
+        """The progress writer of every context.  On the loop it queues the write and
+        returns at once (a lost lease then interrupts the attempt); from a pool thread it
+        waits for the write."""
         loop = self._loop
         if loop is None:
             return False  # the worker stopped: the attempt is over
-        if threading.get_ident() != self._loop_thread:
-            write = asyncio.run_coroutine_threadsafe(
-                self._queued_progress(task_id, progress, lease_token), loop
-            )
-            return write.result()
-        self._queue_progress(task_id, progress, lease_token)
-        return True
+        if threading.get_ident() == self._loop_thread:
+            self._queue_progress(task_id, progress, lease_token)
+            return True
+        write = asyncio.run_coroutine_threadsafe(
+            self._queued_progress(task_id, progress, lease_token), loop
+        )
+        return write.result(timeout=self._lease.total_seconds())
 
     async def _queued_progress(self, task_id: int, progress: int, lease_token: uuid.UUID) -> bool:
         return await self._queue_progress(task_id, progress, lease_token)
@@ -386,34 +459,32 @@ class AsyncWorker(WorkerBase[TaskT]):
     def _queue_progress(
         self, task_id: int, progress: int, lease_token: uuid.UUID
     ) -> asyncio.Task[bool]:
-        """Write progress after the task's previous progress write (so the last value
-        reported is the last value written)."""
-        previous = self._progress_writes.get(task_id)
-        write = asyncio.ensure_future(
-            self._progress_after(previous, task_id, progress, lease_token)
-        )
-        self._progress_writes[task_id] = write
+        """Write progress through the task's one writer: values reported while a write is
+        in flight are coalesced into the next, so writes stay in order and never pile up."""
+        self._progress_values[task_id] = (progress, lease_token)
+        writer = self._progress_writers.get(task_id)
+        if writer is None or writer.done():
+            writer = asyncio.ensure_future(self._progress_writer(task_id))
+            self._progress_writers[task_id] = writer
+        return writer
 
-        def forget(done: asyncio.Task[bool]) -> None:
-            if self._progress_writes.get(task_id) is done:
-                del self._progress_writes[task_id]
+    async def _progress_writer(self, task_id: int) -> bool:
+        written = True
+        try:
+            while (value := self._progress_values.pop(task_id, None)) is not None:
+                written = await self._write_one_progress(task_id, *value)
+        finally:
+            if self._progress_writers.get(task_id) is asyncio.current_task():
+                del self._progress_writers[task_id]
+        return written
 
-        write.add_done_callback(forget)
-        return write
-
-    async def _progress_after(
-        self,
-        previous: asyncio.Task[bool] | None,
-        task_id: int,
-        progress: int,
-        lease_token: uuid.UUID,
+    async def _write_one_progress(
+        self, task_id: int, progress: int, lease_token: uuid.UUID
     ) -> bool:
-        if previous is not None:
-            await asyncio.gather(previous, return_exceptions=True)
+        held = self._held.get(task_id)
         try:
             await self._write(self._progress_body(task_id, progress, lease_token))
         except LeaseLostError:
-            held = self._held.get(task_id)
             if held is not None and held.task.lease_token == lease_token:
                 held.context.interrupt("the lease on this task was lost")
             return False
@@ -421,7 +492,8 @@ class AsyncWorker(WorkerBase[TaskT]):
             logger.warning(
                 "progress.write_failed id=%s progress=%s", task_id, progress, exc_info=True
             )
-            return True
+            if held is not None:
+                held.context.progress_unwritten(progress)
         return True
 
     # ------------------------------------------------------------------ supervisor
@@ -457,7 +529,7 @@ class AsyncWorker(WorkerBase[TaskT]):
                 return
             try:
                 renewed = await self._write(self._renewal_body(attempts))
-            except (SQLAlchemyError, TaskQueueError):
+            except DATABASE_ERRORS:
                 logger.exception("worker.heartbeat_failed (will retry)")
                 return
             self._renewed(attempts, renewed)
@@ -465,13 +537,13 @@ class AsyncWorker(WorkerBase[TaskT]):
     async def _time_out(self, attempt: Attempt) -> None:
         """Fail an attempt that passed its deadline; cancel its handler if it is async."""
         outcome = self._timed_out(attempt)
+        self._cancel_handler(attempt)  # settled already: whatever it does now is discarded
         try:
             async with self._write_lock:
                 written = await self._write(self._outcomes_body([outcome]))
-        except (SQLAlchemyError, TaskQueueError):
+        except DATABASE_ERRORS:
             logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
             return
-        self._cancel_handler(attempt)
         self._report(written)
 
     # ------------------------------------------------------------------ start and stop
@@ -501,7 +573,7 @@ class AsyncWorker(WorkerBase[TaskT]):
         self,
         listener: AsyncNotificationListener | None,
         slots: list[asyncio.Task[None]],
-        supervisor: asyncio.Task[None],
+        supervisor: asyncio.Task[None] | None,
     ) -> None:
         """Give running tasks the grace period, write their outcomes, hand back the rest."""
         try:
@@ -522,18 +594,34 @@ class AsyncWorker(WorkerBase[TaskT]):
             if not await self._flush_outcomes():
                 self._unwritten()
         finally:
-            self._supervisor_stop = True
-            self._supervisor_wake.set()
-            await asyncio.wait([supervisor], timeout=5)
-            for _ in slots:
-                self._slots.put_nowait(None)
-            _, stuck = await asyncio.wait(slots, timeout=0.1)
-            for slot in [*stuck, supervisor]:
-                slot.cancel()  # a thread that never returns: the pool is left behind
-            await asyncio.gather(
-                *stuck, supervisor, *self._progress_writes.values(), return_exceptions=True
-            )
+            await self._stop_tasks(slots, supervisor)
             self._log_stopped()
+
+    async def _stop_tasks(
+        self, slots: list[asyncio.Task[None]], supervisor: asyncio.Task[None] | None
+    ) -> None:
+        """End the slots, the supervisor and the progress writers; a handler that ignores
+        its cancellation (or a thread that never returns) is left behind, not awaited."""
+        self._supervisor_stop = True
+        self._supervisor_wake.set()
+        for _ in slots:
+            self._slots.put_nowait(None)
+        tasks: list[asyncio.Task[Any]] = [*slots, *self._progress_writers.values()]
+        if supervisor is not None:
+            tasks.append(supervisor)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=1.0)
+        if pending:
+            self._slots_cancelled = True
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            logger.warning(
+                "worker.abandoned tasks=%d (handlers that ignore cancellation keep running)",
+                len(pending),
+            )
 
     def _release_queued(self) -> None:
         """Claimed tasks still waiting for a slot go straight back."""
@@ -548,7 +636,7 @@ class AsyncWorker(WorkerBase[TaskT]):
     async def _flush_outcomes(self) -> bool:
         """Write the queued outcomes; ``False`` when the database could not be reached."""
         try:
-            await self._settle_and_claim(0)
+            await self._finish(self._settle_and_claim(0))
         except Exception:
             logger.exception("worker.flush_failed (retrying until the grace period ends)")
             return False
@@ -556,17 +644,27 @@ class AsyncWorker(WorkerBase[TaskT]):
 
     @contextlib.contextmanager
     def _signal_handlers(self, install: bool) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
+        """SIGINT/SIGTERM ask for a stop while the worker runs (through the loop, so they
+        wake it at once); the Python handlers that were there are restored afterwards.
+        A signal the host already handles on this loop is left to the host."""
         if not install or threading.current_thread() is not threading.main_thread():
             yield
             return
+        loop = asyncio.get_running_loop()
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in previous:
+        # asyncio marks a signal handled by loop.add_signal_handler with a no-op Python
+        # handler of its own: such a handler could not be put back, so it is not replaced
+        ours = {
+            sig: handler
+            for sig, handler in previous.items()
+            if getattr(handler, "__module__", None) != "asyncio.unix_events"
+        }
+        for sig in ours:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             yield
         finally:
-            for sig, handler in previous.items():
+            for sig, handler in ours.items():
                 loop.remove_signal_handler(sig)
                 signal.signal(sig, handler)
 

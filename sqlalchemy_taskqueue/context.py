@@ -157,7 +157,17 @@ class TaskContext:
             logger.warning(
                 "progress.write_failed id=%s progress=%s", self.task_id, value, exc_info=True
             )
-            with self._lock:  # try again at the next flush unless a newer value came
-                self._written = None
-                if self._pending is None:
-                    self._pending = value
+            self.progress_unwritten(value)
+
+    def progress_unwritten(self, value: int) -> None:
+        """A write of ``value`` failed: write it again at the next flush, unless a newer
+        value was reported meanwhile.
+
+        Example::
+
+            ctx.progress_unwritten(40)  # the database refused the write of 40 %
+        """
+        with self._lock:
+            self._written = None
+            if self._pending is None:
+                self._pending = value

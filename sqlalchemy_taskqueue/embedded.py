@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import warnings
@@ -74,6 +75,49 @@ def async_driver_url(url: str | URL) -> str:
     if parsed.drivername != "postgresql+psycopg":
         parsed = parsed.set(drivername="postgresql+asyncpg")
     return parsed.render_as_string(hide_password=False)
+
+
+#: libpq URL parameters and what asyncpg calls them (``connect_args``)
+_ASYNCPG_PARAMETERS = {"sslmode": "ssl", "connect_timeout": "timeout"}
+#: URL parameters SQLAlchemy's asyncpg dialect takes itself
+_ASYNCPG_DIALECT_PARAMETERS = {"prepared_statement_cache_size", "prepared_statement_name_func"}
+
+
+def async_engine_arguments(url: str | URL) -> tuple[str, dict[str, Any]]:
+    """``(url, connect_args)`` for ``create_async_engine`` on the same database.
+
+    asyncpg does not read libpq's URL parameters, so they move to ``connect_args``
+    under asyncpg's names (``sslmode`` -> ``ssl``, ``connect_timeout`` -> ``timeout``,
+    ``application_name`` -> ``server_settings``); a parameter asyncpg does not know is a
+    ``ValueError`` instead of a worker that can never connect.
+
+    >>> async_engine_arguments("postgresql://app@db/app?sslmode=require&application_name=w1")
+    ('postgresql+asyncpg://app@db/app', {'server_settings': {'application_name': 'w1'}, 'ssl': 'require'})
+    """
+    parsed = make_url(async_driver_url(url))
+    if parsed.get_dialect().driver != "asyncpg":
+        return parsed.render_as_string(hide_password=False), {}
+    import asyncpg  # the async extra
+
+    accepted = set(inspect.signature(asyncpg.connect).parameters) | _ASYNCPG_DIALECT_PARAMETERS
+    connect_args: dict[str, Any] = {}
+    for name, value in parsed.query.items():
+        if isinstance(value, tuple):
+            raise ValueError(f"the database URL repeats the parameter {name!r}")
+        if name == "application_name":
+            connect_args.setdefault("server_settings", {})["application_name"] = value
+        elif name in _ASYNCPG_PARAMETERS:
+            target = _ASYNCPG_PARAMETERS[name]
+            connect_args[target] = float(value) if target == "timeout" else value
+        elif name not in accepted:
+            raise ValueError(
+                f"the database URL parameter {name!r} has no asyncpg equivalent; "
+                "drop it or use a postgresql+psycopg:// URL"
+            )
+    moved = [name for name in parsed.query if name not in accepted]
+    return parsed.difference_update_query(moved).render_as_string(hide_password=False), (
+        connect_args
+    )
 
 
 def mask_password(url: str | URL) -> str:

@@ -52,16 +52,22 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import statements
 from .attempts import Attempt, Outcome, WorkerStats
-from .exceptions import LeaseLostError, TaskQueueError
+from .exceptions import LeaseLostError
 from .handlers import HandlerSpec
 from .repository import TaskT
 from .wakeup import LISTEN_DRIVERS, NotificationListener
-from .worker_base import WRITE_ATTEMPTS, WorkerBase, Written, is_coroutine_handler, logger
+from .worker_base import (
+    DATABASE_ERRORS,
+    WRITE_ATTEMPTS,
+    WorkerBase,
+    Written,
+    is_coroutine_handler,
+    logger,
+)
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -189,7 +195,7 @@ class Worker(WorkerBase[TaskT]):
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 return self._transaction(body)
-            except (SQLAlchemyError, TaskQueueError) as exc:
+            except DATABASE_ERRORS as exc:
                 delay = self._write_retry(attempt, exc)
                 if delay is None:
                     raise
@@ -210,7 +216,9 @@ class Worker(WorkerBase[TaskT]):
                     next_rescue = time.monotonic() + self._rescue_every
                 free = self._free_slots()
                 claimed = self._settle_and_claim(free)
-                if until_empty and not claimed and self._drained() and self._rescue() == 0:
+                # empty only if a claim was tried: handlers may have finished meanwhile
+                empty = free > 0 and not claimed and self._drained()
+                if until_empty and empty and self._rescue() == 0:
                     return
                 errors = 0
             except Exception:  # the database, the network, or a bug: keep the worker alive
@@ -341,7 +349,7 @@ class Worker(WorkerBase[TaskT]):
                 return
             try:
                 renewed = self._write(self._renewal_body(attempts))
-            except (SQLAlchemyError, TaskQueueError):
+            except DATABASE_ERRORS:
                 logger.exception("worker.heartbeat_failed (will retry)")
                 return
             self._renewed(attempts, renewed)
@@ -352,7 +360,7 @@ class Worker(WorkerBase[TaskT]):
         try:
             with self._write_lock:
                 written = self._write(self._outcomes_body([outcome]))
-        except (SQLAlchemyError, TaskQueueError):
+        except DATABASE_ERRORS:
             logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
             return
         # held until the handler returns: its slot stays busy till then

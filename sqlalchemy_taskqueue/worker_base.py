@@ -33,7 +33,7 @@ from .repository import TaskRepository, TaskT, default_owner
 from .status import TaskStatus
 from .validation import require_int, require_json, storable_text
 
-__all__ = ["EventHook", "WorkerBase", "is_transient"]
+__all__ = ["DATABASE_ERRORS", "EventHook", "WorkerBase", "is_transient"]
 
 logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 
@@ -46,6 +46,9 @@ _PREFETCH_HORIZON = 0.05
 _PREFETCH_PER_SLOT = 16
 
 EventHook = Callable[[str, Any, float], None]
+#: What a database write can raise: SQLAlchemy's errors, the library's, and the socket
+#: errors an async driver raises as they are (asyncpg: a refused connection).
+DATABASE_ERRORS = (SQLAlchemyError, TaskQueueError, OSError)
 _R = TypeVar("_R")
 
 #: The outcome of a finished transaction that wrote outcomes: ``(outcome, event)`` pairs.
@@ -296,7 +299,7 @@ class WorkerBase(Generic[TaskT]):
     def _settle_failed(self, exc: Exception, outcomes: list[Outcome]) -> bool:
         """After a failed claim turn: requeue the outcomes when the failure is transient
         (``False``), or say they must be written one by one (``True``)."""
-        if isinstance(exc, (SQLAlchemyError, TaskQueueError)) and is_transient(exc):
+        if isinstance(exc, DATABASE_ERRORS) and is_transient(exc):
             self._requeue(outcomes)  # the next turn writes them
             return False
         return True  # isolate the outcome the database (or a bug) refuses
@@ -348,7 +351,7 @@ class WorkerBase(Generic[TaskT]):
 
         return body
 
-    def _write_retry(self, attempt: int, exc: SQLAlchemyError | TaskQueueError) -> float | None:
+    def _write_retry(self, attempt: int, exc: Exception) -> float | None:
         """The delay before retrying a failed write, or ``None`` to give up (re-raise)."""
         if not is_transient(exc) or attempt == WRITE_ATTEMPTS - 1:
             return None
@@ -697,10 +700,10 @@ def is_coroutine_handler(function: Handler) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """Connection-level errors worth retrying (not lease or state errors).
 
-    >>> is_transient(ValueError("no"))
-    False
+    >>> is_transient(ValueError("no")), is_transient(ConnectionRefusedError())
+    (False, True)
     """
     cause = exc.__cause__ if isinstance(exc, TaskQueueError) else exc
-    if isinstance(cause, OperationalError):
+    if isinstance(cause, (OperationalError, OSError)):  # OSError: an async driver's socket
         return True
     return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)

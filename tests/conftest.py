@@ -120,11 +120,12 @@ def repo(session: Session, clean_table: type[Any]) -> TaskRepository[Any]:
     return TaskRepository(session, clean_table)
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "async", "async-def"])
 def new_worker(request: pytest.FixtureRequest) -> Any:
     """``new_worker(session_factory, model, handlers, **options)``: a ``Worker``, or an
-    ``AsyncWorker`` over asyncpg driven like one (``twins.AsyncWorkerRunner``); a test
-    taking this fixture runs against both twins."""
+    ``AsyncWorker`` over asyncpg driven like one (``twins.AsyncWorkerRunner``), running
+    the test's handlers on its threads (``async``) or as coroutines (``async-def``); a
+    test taking this fixture runs against every one."""
     from twins import worker_maker
 
     return worker_maker(request.param)

@@ -4,7 +4,10 @@ test_worker.py, test_worker_resilience.py and test_worker_processes.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,8 +15,10 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 from twins import async_url
 
 from sqlalchemy_taskqueue import AsyncWorker, TaskContext, TaskRepository, TaskStatus, Worker
@@ -290,3 +295,196 @@ def test_the_daemon_thread_pool_reports_results_and_errors() -> None:
     finally:
         pool.shutdown()
     assert not any(thread.name.startswith("test-pool") for thread in threading.enumerate())
+
+
+def task_row(factory: Factory, model: type[Any], task_id: int) -> Any:
+    with factory() as session:
+        task = TaskRepository(session, model).get_task(task_id)
+        assert task is not None
+        session.expunge(task)
+    return task
+
+
+def test_an_async_handler_raising_before_its_first_await_fails_its_attempt(
+    run_async: Any, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    [task_id] = enqueue_many(session_factory, clean_table, "odd", 1)
+
+    async def takes_one_argument(task: Any) -> None:  # called with (task, ctx)
+        return None
+
+    async def body(factory: Any) -> None:
+        worker = AsyncWorker(factory, clean_table, {"odd": takes_one_argument})
+        await worker.run(until_empty=True)
+        assert worker.stats.retried == 1
+
+    run_async(body)
+    task = task_row(session_factory, clean_table, task_id)
+    assert (task.status, task.retry_count) == (TaskStatus.PENDING, 1)
+    assert (task.error_message or "").startswith("TypeError:")
+
+
+def test_a_handler_ignoring_its_cancellation_does_not_hang_shutdown(
+    run_async: Any, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    [task_id] = enqueue_many(session_factory, clean_table, "stubborn", 1)
+    started, let_go = threading.Event(), asyncio.Event()
+
+    async def stubborn(task: Any, ctx: TaskContext) -> None:
+        started.set()
+        while not let_go.is_set():  # swallows every cancellation until the test is done
+            with contextlib.suppress(asyncio.CancelledError):
+                await let_go.wait()
+
+    async def body(factory: Any) -> None:
+        worker = AsyncWorker(factory, clean_table, {"stubborn": stubborn}, shutdown_grace=0.2)
+        run = asyncio.ensure_future(worker.run())
+        assert await asyncio.to_thread(started.wait, 10)
+        worker.stop()
+        try:
+            await asyncio.wait_for(run, 15)  # returns: the handler is abandoned, not awaited
+        finally:
+            let_go.set()  # so that the test's own event loop can close
+        assert worker.stats.released == 1
+
+    run_async(body)
+    task = task_row(session_factory, clean_table, task_id)
+    assert (task.status, task.retry_count) == (TaskStatus.PENDING, 0)
+
+
+def test_run_cancelled_while_an_outcome_waits_for_the_write_lock_loses_nothing(
+    run_async: Any, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    """White box: a lease renewal holds the write lock when ``run()`` is cancelled with
+    a finished task's outcome in hand; it is written during the graceful stop."""
+    [task_id] = enqueue_many(session_factory, clean_table, "job", 1)
+    holder: dict[str, Any] = {}
+
+    async def job(task: Any, ctx: TaskContext) -> str:
+        worker, run = holder["worker"], holder["run"]
+        await worker._write_lock.acquire()  # stands for a lease renewal in flight
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, run.cancel)  # e.g. Ctrl-C under asyncio.run
+        loop.call_later(0.6, worker._write_lock.release)  # the renewal finishes
+        return "done"
+
+    async def body(factory: Any) -> None:
+        worker = holder["worker"] = AsyncWorker(
+            factory, clean_table, {"job": job}, poll_interval=0.05, lease_duration=30
+        )
+        run = holder["run"] = asyncio.ensure_future(worker.run())
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    run_async(body)
+    task = task_row(session_factory, clean_table, task_id)
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, "done")
+
+
+def test_the_app_failing_around_a_running_worker_hands_its_tasks_back(
+    database_url: str, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    """``asyncio.run`` cancels every task at once when the app's main coroutine fails:
+    the running task goes back to ``pending`` with no retry used."""
+    [task_id] = enqueue_many(session_factory, clean_table, "job", 1)
+    started = threading.Event()
+    running: list[asyncio.Task[None]] = []
+
+    async def job(task: Any, ctx: TaskContext) -> str:
+        started.set()
+        await asyncio.sleep(3600)  # still running when the app fails
+        return "unreachable"
+
+    async def main() -> None:
+        # no pool: each connection closes as the worker's graceful stop returns it
+        engine = create_async_engine(async_url(database_url), poolclass=NullPool)
+        worker = AsyncWorker(async_sessionmaker(engine), clean_table, {"job": job})
+        running.append(asyncio.ensure_future(worker.run(install_signal_handlers=False)))
+        assert await asyncio.to_thread(started.wait, 10)
+        raise RuntimeError("the app fails")  # asyncio.run now cancels every task
+
+    with pytest.raises(RuntimeError, match="the app fails"):
+        asyncio.run(main())
+    task = task_row(session_factory, clean_table, task_id)
+    assert (task.status, task.retry_count, task.error_message) == (TaskStatus.PENDING, 0, None)
+
+
+def test_stop_from_a_signal_handler_on_the_loop_thread_wakes_the_worker_at_once(
+    run_async: Any, clean_table: type[Any]
+) -> None:
+    async def body(factory: Any) -> None:
+        worker = AsyncWorker(
+            factory, clean_table, {"job": lambda task, ctx: None}, poll_interval=60
+        )
+        previous = signal.signal(signal.SIGUSR1, lambda signum, frame: worker.stop())
+        try:
+            run = asyncio.ensure_future(worker.run(install_signal_handlers=False))
+            await asyncio.to_thread(worker.idle.wait, 10)
+            os.kill(os.getpid(), signal.SIGUSR1)  # a host's own handler calls stop()
+            await asyncio.wait_for(run, 5)  # not at the next 60 s poll
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+
+    run_async(body)
+
+
+def test_a_host_loop_signal_handler_is_left_in_place(
+    run_async: Any, clean_table: type[Any]
+) -> None:
+    async def body(factory: Any) -> None:
+        loop = asyncio.get_running_loop()
+        heard = asyncio.Event()
+        loop.add_signal_handler(signal.SIGUSR2, heard.set)  # the host's, e.g. aiohttp's
+        try:
+            worker = AsyncWorker(factory, clean_table, {"job": lambda task, ctx: None})
+            await worker.run(until_empty=True)  # installs its own where it may
+            os.kill(os.getpid(), signal.SIGUSR2)
+            await asyncio.wait_for(heard.wait(), 5)  # the host still hears its signal
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR2)
+
+    run_async(body)
+
+
+def test_progress_writes_never_block_the_loop(
+    run_async: Any, database_url: str, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    """The task's row is locked by another transaction, so every progress write waits:
+    ``update_progress`` still returns at once and the loop keeps running."""
+    [task_id] = enqueue_many(session_factory, clean_table, "report", 1)
+    row_locked, release_row, returned_in = threading.Event(), threading.Event(), []
+
+    def lock_the_row() -> None:
+        with session_factory() as session:
+            session.execute(
+                text(f"SELECT 1 FROM {clean_table.__tablename__} WHERE id = :id FOR UPDATE"),
+                {"id": task_id},
+            )
+            row_locked.set()
+            assert release_row.wait(20)
+            session.rollback()
+
+    async def report(task: Any, ctx: TaskContext) -> str:
+        locker = threading.Thread(target=lock_the_row)
+        locker.start()
+        assert await asyncio.to_thread(row_locked.wait, 10)
+        ticks = 0
+        began = time.perf_counter()
+        for percent in range(1, 101):
+            ctx.update_progress(percent)
+        returned_in.append(time.perf_counter() - began)
+        while ticks < 20:  # the loop runs on while the writes wait for the row lock
+            await asyncio.sleep(0.005)
+            ticks += 1
+        release_row.set()
+        await asyncio.to_thread(locker.join, 20)
+        return "reported"
+
+    async def body(factory: Any) -> None:
+        worker = AsyncWorker(factory, clean_table, {"report": report}, progress_interval=0)
+        await asyncio.wait_for(worker.run(until_empty=True), 30)
+
+    run_async(body)
+    assert returned_in and returned_in[0] < 0.5  # 100 reports, none waited for the database
+    task = task_row(session_factory, clean_table, task_id)
+    assert (task.status, task.progress) == (TaskStatus.COMPLETED, 100)

@@ -44,6 +44,7 @@ def test_help_documents_every_option() -> None:
         "--no-listen",
         "--until-empty",
         "--model",
+        "--async",
         "TASKQUEUE_DATABASE_URL",
     ):
         assert option in output
@@ -62,6 +63,47 @@ def test_the_worker_command_processes_tasks(
     with session_factory() as session:
         repo = TaskRepository(session, Task)
         assert [repo.get_task(task_id).status for task_id in ids] == [TaskStatus.COMPLETED] * 2  # type: ignore[union-attr]
+
+
+def test_the_async_worker_runs_with_libpq_url_parameters(
+    app_tables: None,
+    database_url: str,
+    session_factory: sessionmaker[Session],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``--async`` through asyncpg on a URL carrying libpq parameters (moved to the
+    names asyncpg takes), the way managed PostgreSQL URLs come."""
+    with session_factory() as session:
+        ids = TaskRepository(session, Task).enqueue_many("count", [{"n": 1}, {"n": 2}])
+        session.commit()
+    url = make_url(database_url).update_query_dict(
+        {"sslmode": "disable", "application_name": "tq-cli", "connect_timeout": "5"}
+    )
+    with caplog.at_level(logging.INFO, logger="sqlalchemy_taskqueue.worker"):
+        code, output = invoke(
+            "worker",
+            "queue_app:tasks",
+            "--until-empty",
+            "--async",
+            "--types",
+            "count",
+            url=url.render_as_string(hide_password=False),
+        )
+    assert code == 0, output
+    assert "async=True" in caplog.text
+    with session_factory() as session:
+        repo = TaskRepository(session, Task)
+        assert [repo.get_task(task_id).status for task_id in ids] == [TaskStatus.COMPLETED] * 2  # type: ignore[union-attr]
+
+
+def test_a_url_parameter_asyncpg_cannot_take_is_a_usage_error() -> None:
+    code, output = invoke(
+        "worker",
+        "queue_app:tasks",
+        "--async",
+        url="postgresql://nobody@127.0.0.1:1/none?krbsrvname=x&keepalives=1",
+    )
+    assert code == 2 and "'keepalives' has no asyncpg equivalent" in output
 
 
 def test_the_password_is_masked_in_the_log(

@@ -149,3 +149,49 @@ def test_the_listener_reconnects_after_its_connection_is_killed(
     finally:
         worker.stop()
         thread.join(30)
+
+
+def test_an_outcome_finished_while_the_server_refuses_connections_is_not_lost(
+    new_worker: Any, database_url: str, session_factory: sessionmaker[Session], clean_table: Any
+) -> None:
+    """The server restarts (connections dropped, new ones refused) while a handler runs:
+    its outcome waits and is written once the server is back; the task runs once."""
+    from faults.harness import pausable_proxy
+
+    with session_factory() as session:
+        task_id = TaskRepository(session, clean_table).enqueue("job", {})
+        session.commit()
+    started, finish, calls = threading.Event(), threading.Event(), []
+
+    def job(task: Any, ctx: TaskContext) -> str:
+        calls.append(task.id)
+        started.set()
+        assert finish.wait(30)
+        return "done"
+
+    with pausable_proxy(database_url) as proxy:
+        engine = create_engine(proxy.url, pool_pre_ping=True)
+        worker = new_worker(
+            sessionmaker(engine), clean_table, {"job": job}, lease_duration=30, poll_interval=0.1
+        )
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            assert started.wait(10)
+            proxy.refuse()  # the server goes away ...
+            finish.set()  # ... while the handler finishes
+            time.sleep(2)  # the outage's length: the worker's turns fail meanwhile
+            proxy.readmit()
+
+            def written() -> bool:
+                with session_factory() as session:
+                    task = TaskRepository(session, clean_table).get_task(task_id)
+                    return task is not None and task.status is TaskStatus.COMPLETED
+
+            wait_for(written, timeout=30)
+        finally:
+            worker.stop()
+            thread.join(30)
+            engine.dispose()
+    assert calls == [task_id]  # not rescued and run again
+    assert worker.stats.completed == 1

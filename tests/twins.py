@@ -15,6 +15,7 @@ A test written in plain synchronous code runs unchanged against the async twins:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,8 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from sqlalchemy_taskqueue import AsyncTaskRepository, AsyncWorker, TaskRepository, Worker
-from sqlalchemy_taskqueue.embedded import async_driver_url
+from sqlalchemy_taskqueue import (
+    AsyncTaskRepository,
+    AsyncWorker,
+    HandlerRegistry,
+    TaskRepository,
+    Worker,
+)
+from sqlalchemy_taskqueue.async_worker import DaemonThreadPool
+from sqlalchemy_taskqueue.embedded import async_driver_url, async_engine_arguments
 
 TWINS = ["sync", "async"]
 T = TypeVar("T")
@@ -98,14 +106,10 @@ class AsyncWorkerRunner:
 
     def __init__(self, worker: AsyncWorker[Any], like: Engine) -> None:
         self.worker = worker
-        # the sync engine's database; asyncpg takes its application_name (a URL
-        # parameter for psycopg) as a server setting
-        self._url = async_url(like.url.render_as_string(hide_password=False))
-        self._connect_args: dict[str, Any] = {}
-        name = self._url.query.get("application_name")
-        if name and self._url.get_dialect().driver == "asyncpg":
-            self._url = self._url.difference_update_query(["application_name"])
-            self._connect_args = {"server_settings": {"application_name": name}}
+        # the sync engine's database, its URL parameters moved where the driver takes them
+        self._url, self._connect_args = async_engine_arguments(
+            like.url.render_as_string(hide_password=False)
+        )
 
     def run(self, **options: Any) -> None:
         async def main() -> None:
@@ -124,12 +128,49 @@ class AsyncWorkerRunner:
         return getattr(self.worker, name)
 
 
+#: daemon threads (like the workers'), so a test handler that never returns cannot keep
+#: the test's event loop from closing
+_WRAPPER_THREADS = DaemonThreadPool(16, "test-coroutine-handler")
+
+
+def as_coroutines(handlers: Any) -> Any:
+    """``handlers`` with each plain function wrapped in an ``async def`` that awaits it on
+    a thread: the worker runs them as coroutines (created, awaited, cancelled on the loop)
+    while test handlers that block keep working."""
+
+    def wrap(function: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        if not callable(function) or inspect.iscoroutinefunction(function):
+            return function  # a bad value is passed on to be refused
+
+        @functools.wraps(function)
+        async def coroutine(task: Any, ctx: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(_WRAPPER_THREADS, function, task, ctx)
+
+        return coroutine
+
+    if isinstance(handlers, HandlerRegistry):
+        wrapped = HandlerRegistry(handlers.model)
+        for task_type in handlers:
+            spec = handlers.spec(task_type)
+            assert spec is not None
+            wrapped.add(task_type, wrap(spec.function), timeout=spec.timeout_seconds)
+        return wrapped
+    if isinstance(handlers, dict):
+        return {task_type: wrap(function) for task_type, function in handlers.items()}
+    return handlers
+
+
 def worker_maker(twin: str) -> Callable[..., Any]:
-    """``make(session_factory, model, handlers, **options)`` for the ``twin`` worker."""
+    """``make(session_factory, model, handlers, **options)`` for the ``twin`` worker:
+    ``sync`` (``Worker``), ``async`` (``AsyncWorker``, plain handlers on its threads) or
+    ``async-def`` (``AsyncWorker``, every handler a coroutine)."""
 
     def make(factory: Any, model: type[Any], handlers: Any, **options: Any) -> Any:
         if twin == "sync":
             return Worker(factory, model, handlers, **options)
+        if twin == "async-def":
+            handlers = as_coroutines(handlers)
         if not isinstance(factory, sessionmaker):  # a bad value, passed on to be refused
             return AsyncWorker(factory, model, handlers, **options)
         engine = factory.kw["bind"]
@@ -138,6 +179,7 @@ def worker_maker(twin: str) -> Callable[..., Any]:
             AsyncWorker(async_sessionmaker(), model, handlers, **options), engine
         )
 
+    make.twin = twin  # type: ignore[attr-defined]
     return make
 
 

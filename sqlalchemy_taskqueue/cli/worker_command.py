@@ -12,7 +12,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
-from sqlalchemy_taskqueue.embedded import async_driver_url, mask_password
+from sqlalchemy_taskqueue.embedded import async_engine_arguments, mask_password
 from sqlalchemy_taskqueue.worker import Worker
 from sqlalchemy_taskqueue.worker_base import is_coroutine_handler
 
@@ -197,15 +197,21 @@ def _run_async(
 
         from sqlalchemy_taskqueue.async_worker import AsyncWorker
 
-        async_url = make_url(async_driver_url(url))
-        async_url.get_dialect().import_dbapi()
+        async_url, connect_args = async_engine_arguments(url)
+        make_url(async_url).get_dialect().import_dbapi()
     except ImportError as exc:
         raise click.UsageError(
             f"--async needs asyncpg and greenlet (pip install 'sqlalchemy-taskqueue[async]'): {exc}"
         ) from None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     concurrency = options["concurrency"]
     engine = create_async_engine(
-        async_url, pool_size=concurrency + 2, max_overflow=concurrency, pool_pre_ping=True
+        async_url,
+        pool_size=concurrency + 2,
+        max_overflow=concurrency,
+        pool_pre_ping=True,
+        connect_args=connect_args,
     )
     try:
         runner = AsyncWorker(async_sessionmaker(engine), model, handlers, **options)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -101,9 +103,10 @@ TABLE_HEADER = (
 class FaultQueue:
     """The test app's queue in a database of its own, with the audit and its workers."""
 
-    def __init__(self, url: str, log_dir: Path) -> None:
+    def __init__(self, url: str, log_dir: Path, worker_options: tuple[str, ...] = ()) -> None:
         self.url = url
         self.log_dir = log_dir
+        self.worker_options = worker_options  # for every worker (``--async``: the twin)
         self.engine: Engine = create_engine(url, pool_pre_ping=True, pool_size=4)
         self.workers: list[WorkerProcess] = []
         self.total = 0
@@ -136,7 +139,9 @@ class FaultQueue:
                 "PYTHONPATH": os.pathsep.join([str(SKEWED_CLOCK), str(Path(__file__).parents[1])]),
                 "TASKQUEUE_TEST_CLOCK_SKEW": str(clock_skew),
             }
-        worker = WorkerProcess(url or self.url, log, *WORKER_OPTIONS, *options, env=env)
+        worker = WorkerProcess(
+            url or self.url, log, *WORKER_OPTIONS, *self.worker_options, *options, env=env
+        )
         self.workers.append(worker)
         return worker
 
@@ -230,10 +235,12 @@ class FaultQueue:
 
 
 @contextmanager
-def fault_queue(server_url: str, log_dir: Path) -> Iterator[FaultQueue]:
-    """A :class:`FaultQueue` in a database created for it and dropped afterwards."""
+def fault_queue(server_url: str, log_dir: Path, twin: str = "sync") -> Iterator[FaultQueue]:
+    """A :class:`FaultQueue` in a database created for it and dropped afterwards, whose
+    workers are threaded ``Worker``s or (``twin="async"``) ``AsyncWorker``s."""
+    options = {"sync": (), "async": ("--async",)}[twin]
     with throwaway_database(server_url, "taskqueue_faults") as url:
-        queue = FaultQueue(url, log_dir)
+        queue = FaultQueue(url, log_dir, options)
         try:
             yield queue
         finally:
@@ -291,12 +298,23 @@ class RestartableServer:
 
 
 @contextmanager
-def restartable_server(data_dir: Path) -> Iterator[RestartableServer]:
-    server = RestartableServer(data_dir)
+def restartable_server() -> Iterator[RestartableServer]:
+    """A :class:`RestartableServer` in a directory of its own.
+
+    Run as root, pgserver runs PostgreSQL as an unprivileged user, which must reach the
+    data directory: pytest's own temporary directories are private to root, so the
+    server lives in a world-traversable directory, removed afterwards.
+    """
+    home = Path(tempfile.mkdtemp(prefix="taskqueue-faults-pg-"))
+    home.chmod(0o755)
     try:
-        yield server
+        server = RestartableServer(home / "pgdata")
+        try:
+            yield server
+        finally:
+            server.close()
     finally:
-        server.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------ the network
@@ -307,7 +325,8 @@ class PausableProxy:
 
     :meth:`cut` stops forwarding in both directions without closing anything, as a
     network partition does: nobody is told, bytes just stop arriving.  :meth:`heal`
-    forwards what was held back and carries on.
+    forwards what was held back and carries on.  :meth:`refuse` drops every connection
+    and refuses new ones, as a restarting server does, until :meth:`readmit`.
     """
 
     def __init__(self, url: str) -> None:
@@ -318,12 +337,29 @@ class PausableProxy:
         self._sockets: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
         self.url = (
             make_url(url)
             .set(host="127.0.0.1", port=self.port, query={})
             .render_as_string(hide_password=False)
         )
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._accepting.start()
+
+    def refuse(self) -> None:
+        with suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+        self._accepting.join(5)
+        for sock in self._sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._sockets = []
+
+    def readmit(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
 
     def cut(self) -> None:
         self._open.clear()

@@ -35,7 +35,13 @@ FLEET_OPTIONS = ("--concurrency", "4", "--prefetch", "2")
 
 
 def worker_sigkill(
-    server_url: str, work_dir: Path, *, tasks: int = 400, kills: int = 6, seed: int = 1
+    server_url: str,
+    work_dir: Path,
+    *,
+    tasks: int = 400,
+    kills: int = 6,
+    seed: int = 1,
+    twin: str = "sync",
 ) -> FaultReport:
     """Three workers; one at a time is SIGKILLed at a random moment (claiming, running
     handlers, writing outcomes) and replaced, ``kills`` times.
@@ -44,7 +50,7 @@ def worker_sigkill(
     started again elsewhere (the lease, plus the rescue interval).
     """
     rng = random.Random(seed)
-    with fault_queue(server_url, work_dir) as queue:
+    with fault_queue(server_url, work_dir, twin) as queue:
         queue.enqueue(tasks, ms=(10, 60), seed=seed)
         fleet = [queue.spawn(*FLEET_OPTIONS) for _ in range(3)]
         orphaned: list[tuple[datetime, list[int]]] = []
@@ -71,7 +77,13 @@ def worker_sigkill(
 
 
 def terminated_connections(
-    server_url: str, work_dir: Path, *, tasks: int = 400, kills: int = 8, seed: int = 2
+    server_url: str,
+    work_dir: Path,
+    *,
+    tasks: int = 400,
+    kills: int = 8,
+    seed: int = 2,
+    twin: str = "sync",
 ) -> FaultReport:
     """Two workers whose every database connection is ``pg_terminate_backend``-ed at
     random moments; the workers must reconnect and carry on.
@@ -81,7 +93,7 @@ def terminated_connections(
     """
     rng = random.Random(seed)
     application = f"tq-fault-{uuid.uuid4().hex[:8]}"
-    with fault_queue(server_url, work_dir) as queue:
+    with fault_queue(server_url, work_dir, twin) as queue:
         queue.enqueue(tasks, ms=(5, 30), seed=seed)
         fleet = [queue.spawn(*FLEET_OPTIONS, url=tagged(queue.url, application)) for _ in range(2)]
         wait_for(lambda: queue.completed() > 0)
@@ -121,7 +133,12 @@ def terminate_backends(queue: FaultQueue, application: str) -> int:
 
 
 def server_restart(
-    work_dir: Path, *, tasks: int = 400, restarts: int = 1, outage: float = 2.0
+    work_dir: Path,
+    *,
+    tasks: int = 400,
+    restarts: int = 1,
+    outage: float = 2.0,
+    twin: str = "sync",
 ) -> FaultReport:
     """A PostgreSQL of the scenario's own is stopped (fast shutdown) and started again
     while two workers run; the workers must survive the outage and finish.
@@ -130,8 +147,8 @@ def server_restart(
     queue completed a task again.
     """
     with (
-        restartable_server(work_dir / "pgdata") as server,
-        fault_queue(server.url, work_dir) as queue,
+        restartable_server() as server,
+        fault_queue(server.url, work_dir, twin) as queue,
     ):
         queue.enqueue(tasks, ms=(5, 30))
         fleet = [queue.spawn(*FLEET_OPTIONS) for _ in range(2)]
@@ -214,7 +231,12 @@ def dead_rows_left_by_vacuum(queue: FaultQueue) -> int:
 
 
 def stranded_worker(
-    server_url: str, work_dir: Path, *, how: str = "network cut", tasks: int = 3
+    server_url: str,
+    work_dir: Path,
+    *,
+    how: str = "network cut",
+    tasks: int = 3,
+    twin: str = "sync",
 ) -> FaultReport:
     """A worker loses contact mid-task: its network is cut (a proxy stops forwarding)
     or it is frozen (``SIGSTOP``, as a long GC pause or an overloaded host does).  Its
@@ -223,7 +245,7 @@ def stranded_worker(
 
     Recovery: the longest time from the fault until a rescued task started again.
     """
-    with fault_queue(server_url, work_dir) as queue, pausable_proxy(queue.url) as proxy:
+    with fault_queue(server_url, work_dir, twin) as queue, pausable_proxy(queue.url) as proxy:
         faults: dict[str, tuple[Callable[[WorkerProcess], None], Callable[[WorkerProcess], None]]]
         faults = {
             "network cut": (lambda _: proxy.cut(), lambda _: proxy.heal()),

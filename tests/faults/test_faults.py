@@ -19,6 +19,8 @@ from scenarios import (
 )
 
 pytestmark = pytest.mark.slow
+#: the worker processes: threaded ``Worker``s, or ``AsyncWorker``s (``taskqueue worker --async``)
+twins = pytest.mark.parametrize("twin", ["sync", "async"])
 
 
 def assert_nothing_lost(report: FaultReport) -> None:
@@ -26,8 +28,11 @@ def assert_nothing_lost(report: FaultReport) -> None:
     assert (report.lost, report.completed_twice) == (0, 0), report
 
 
-def test_workers_killed_at_random_moments_lose_nothing(server_url: str, tmp_path: Path) -> None:
-    report = worker_sigkill(server_url, tmp_path, tasks=300, kills=4)
+@twins
+def test_workers_killed_at_random_moments_lose_nothing(
+    server_url: str, tmp_path: Path, twin: str
+) -> None:
+    report = worker_sigkill(server_url, tmp_path, tasks=300, kills=4, twin=twin)
     assert_nothing_lost(report)
     assert report.recovery_seconds is not None
     # every interrupted task started again within a lease (2 s) plus the rescue
@@ -36,17 +41,19 @@ def test_workers_killed_at_random_moments_lose_nothing(server_url: str, tmp_path
     assert set(report.details["exits"]) == {0}, report
 
 
+@twins
 def test_terminated_connections_are_replaced_and_nothing_is_lost(
-    server_url: str, tmp_path: Path
+    server_url: str, tmp_path: Path, twin: str
 ) -> None:
-    report = terminated_connections(server_url, tmp_path, tasks=300, kills=5)
+    report = terminated_connections(server_url, tmp_path, tasks=300, kills=5, twin=twin)
     assert_nothing_lost(report)
     assert report.details["survived"] and set(report.details["exits"]) == {0}, report
 
 
-def test_workers_ride_out_a_server_restart(tmp_path: Path) -> None:
+@twins
+def test_workers_ride_out_a_server_restart(tmp_path: Path, twin: str) -> None:
     pytest.importorskip("pgserver")
-    report = server_restart(tmp_path, tasks=300, outage=1.0)
+    report = server_restart(tmp_path, tasks=300, outage=1.0, twin=twin)
     assert_nothing_lost(report)
     assert report.details["survived"] and set(report.details["exits"]) == {0}, report
 
@@ -62,11 +69,12 @@ def test_an_idle_transaction_slows_vacuum_but_stalls_nothing(
     assert report.details["unremovable_after"] == 0, report
 
 
+@twins
 @pytest.mark.parametrize("how", ["network cut", "SIGSTOP"])
 def test_a_stranded_worker_is_rescued_and_its_late_outcome_refused(
-    server_url: str, tmp_path: Path, how: str
+    server_url: str, tmp_path: Path, how: str, twin: str
 ) -> None:
-    report = stranded_worker(server_url, tmp_path, how=how)
+    report = stranded_worker(server_url, tmp_path, how=how, twin=twin)
     assert_nothing_lost(report)
     assert report.reexecutions == 3, report  # each task ran on both workers
     assert report.details["rescuer_outcomes"] == 3, report
