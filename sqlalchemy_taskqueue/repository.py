@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
-from sqlalchemy import Table, select
+from sqlalchemy import Insert, Table, select
 from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Session
 
@@ -170,7 +170,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         self._session = session
         self._model = model
         self._backoff = backoff
-        self._lease = positive_duration("lease_duration", lease_duration)
+        if lease_duration is DEFAULT_LEASE_DURATION:
+            self._lease = DEFAULT_LEASE_DURATION  # checked once, at import
+        else:
+            self._lease = positive_duration("lease_duration", lease_duration)
         require_size_limit("max_payload_bytes", max_payload_bytes)
         self._max_payload = max_payload_bytes
         if owner is not None and (not isinstance(owner, str) or not owner):
@@ -264,9 +267,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             timeout_seconds=timeout_seconds,
             columns=columns,
         )
-        stmt = statements.insert_statement(
-            self._table, _columns(values), channel=self._channel, delayed="run_delay" in values
-        )
+        stmt = _insert_statement(self._table, tuple(values), self._channel)
         return int(self._session.execute(stmt, values).scalar_one())
 
     @wrap_database_errors
@@ -364,7 +365,11 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             require_dedupe_key(dedupe_key)
         values["dedupe_key"] = dedupe_key
         insert = statements.insert_if_absent_statement(
-            self._table, _columns(values), channel=self._channel, delayed="run_delay" in values
+            self._table,
+            _columns(values),
+            channel=self._channel,
+            delayed="run_delay" in values,
+            payload_text=True,
         )
         lookup = statements.active_dedupe_lookup_statement(self._table, values["type"], dedupe_key)
         # Between a conflict and the lookup the holder may finish; then insert again.
@@ -789,7 +794,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         timeout_seconds: int | None,
         columns: Mapping[str, Any],
     ) -> dict[str, Any]:
-        """The parameters of one new task's row, every argument checked."""
+        """The parameters of one new task's row, every argument checked, for the
+        ``payload_text`` insert statements: the payload as the JSON text its check
+        produced, and no integer equal to its column's constant default (which the
+        statement writes itself, see :func:`statements.constant_defaults`)."""
         values = self._shared_values(
             task_type,
             max_retries=max_retries,
@@ -798,8 +806,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             timeout_seconds=timeout_seconds,
             columns=columns,
         )
-        require_json("payload", payload, allow_none=False, max_bytes=self._max_payload)
-        values["payload"] = payload
+        values["payload"] = json_text("payload", payload, max_bytes=self._max_payload)
+        for name, default in _integer_constant_defaults(self._table):
+            if values.get(name) == default and type(values[name]) is int:
+                del values[name]  # the statement writes the default as a constant
         return values
 
     def _shared_values(
@@ -879,7 +889,25 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             raise TaskNotFoundError(task_id)
 
 
-def _columns(values: Mapping[str, Any]) -> tuple[str, ...]:
+@functools.cache
+def _insert_statement(table: Table, names: tuple[str, ...], channel: str | None) -> Insert:
+    """The ``enqueue`` statement for a row of parameters ``names`` (in any order)."""
+    return statements.insert_statement(
+        table, _columns(names), channel=channel, delayed="run_delay" in names, payload_text=True
+    )
+
+
+@functools.cache
+def _integer_constant_defaults(table: Table) -> tuple[tuple[str, int], ...]:
+    """The integer :func:`statements.constant_defaults` of ``table``."""
+    return tuple(
+        (name, value)
+        for name, value in statements.constant_defaults(table).items()
+        if type(value) is int
+    )
+
+
+def _columns(values: Iterable[str]) -> tuple[str, ...]:
     """The table columns a row of insert parameters sets (``run_delay`` is not one)."""
     return tuple(sorted(name for name in values if name != "run_delay"))
 

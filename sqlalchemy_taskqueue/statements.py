@@ -28,6 +28,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -41,6 +42,7 @@ from sqlalchemy import (
     Integer,
     Interval,
     Select,
+    SmallInteger,
     Table,
     Text,
     Update,
@@ -54,6 +56,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -63,6 +66,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.schema import ColumnDefault
 from sqlalchemy.types import TypeEngine
 
 from .backoff import MAX_EXPONENT, BackoffPolicy
@@ -82,6 +86,7 @@ __all__ = [
     "claim_statement",
     "complete_many_statement",
     "complete_statement",
+    "constant_defaults",
     "diagnose_statement",
     "duplicate_holder_statement",
     "fail_statement",
@@ -207,14 +212,25 @@ def notify_channel(table: Table) -> str:
 
 @functools.cache
 def insert_statement(
-    table: Table, columns: tuple[str, ...], *, channel: str | None, delayed: bool = False
-) -> Insert | Select[Any]:
+    table: Table,
+    columns: tuple[str, ...],
+    *,
+    channel: str | None,
+    delayed: bool = False,
+    payload_text: bool = False,
+) -> Insert:
     """Insert one task and return its id; with ``channel``, also announce it.
 
     Parameters: one per name in ``columns``, plus ``run_delay`` (an interval added to the
-    database clock for ``run_at``) when ``delayed``.  The notification is sent from the
-    same statement (one round trip) and PostgreSQL delivers it only when the enqueuing
-    transaction commits.  Statements are cached per table and column set.
+    database clock for ``run_at``) when ``delayed``.  With ``payload_text`` the
+    ``payload`` parameter is the payload's JSON text (as
+    :func:`~sqlalchemy_taskqueue.validation.json_text` returns it), which the server
+    parses, so a payload already encoded to be checked is not encoded again.  The
+    notification is sent from the same statement (``pg_notify`` in ``RETURNING``: one
+    round trip) and PostgreSQL delivers it only when the enqueuing transaction commits.
+    The queue's own columns left to a constant default (``status``, ``progress``,
+    ``retry_count``; see :func:`constant_defaults`) are written as SQL constants rather
+    than parameters.  Statements are cached per table and column set.
 
     Example::
 
@@ -222,17 +238,85 @@ def insert_statement(
         row = {"type": "email", "payload": {"to": "a@example.com"}}
         task_id = session.execute(stmt, row).scalar_one()
     """
-    inserted = insert(table).values(**_row_binds(table, columns, delayed)).returning(table.c.id)
-    if channel is None:
-        return inserted
-    return _announce(inserted, channel)
+    values = _row_binds(table, columns, delayed, payload_text=payload_text)
+    values.update(_constant_columns(table, values))
+    return _returning_id(insert(table).values(**values), table, channel)
 
 
-def _row_binds(table: Table, columns: tuple[str, ...], delayed: bool) -> dict[str, Any]:
+def _row_binds(
+    table: Table, columns: tuple[str, ...], delayed: bool, *, payload_text: bool = False
+) -> dict[str, Any]:
     binds: dict[str, Any] = {name: bindparam(name, type_=table.c[name].type) for name in columns}
+    if payload_text and "payload" in binds:
+        binds["payload"] = cast(bindparam("payload", type_=Text), table.c.payload.type)
     if delayed:
         binds["run_at"] = _now() + bindparam("run_delay", type_=Interval)
     return binds
+
+
+#: Integer types whose values the driver sends as they are (no bind processing).
+_PLAIN_INTEGER_TYPES = (Integer, BigInteger, SmallInteger)
+
+
+@functools.cache
+def constant_defaults(table: Table) -> Mapping[str, Any]:
+    """The columns whose constant Python default the one-row insert statements write into
+    the SQL as a constant, with that default.
+
+    SQLAlchemy would otherwise send such a default as a parameter on every execution.
+    Covered: integers of a plain integer type and the status of the library's status
+    type (written as the text that type binds); any other default is left to
+    SQLAlchemy.  A value equal to its column's constant default may be left out of the
+    parameters: the row is the same.
+
+    Example::
+
+        constant_defaults(Task.__table__)["max_retries"]  # 3
+    """
+    from .models import TaskStatusType  # models imports this module
+
+    constants: dict[str, Any] = {}
+    for column in table.c:
+        default = column.default
+        if not isinstance(default, ColumnDefault) or not default.is_scalar:
+            continue
+        value = default.arg
+        integer = type(column.type) in _PLAIN_INTEGER_TYPES and type(value) is int
+        status = type(column.type) is TaskStatusType and isinstance(value, TaskStatus)
+        if integer or status:
+            constants[column.key] = value
+    return MappingProxyType(constants)
+
+
+def _constant_columns(table: Table, values: Mapping[str, Any]) -> dict[str, ColumnElement[Any]]:
+    """The :func:`constant_defaults` of the columns ``values`` does not set, as SQL."""
+    return {
+        key: literal_column(
+            f"'{value.value}'" if isinstance(value, TaskStatus) else str(value),
+            table.c[key].type,
+        )
+        for key, value in constant_defaults(table).items()
+        if key not in values
+    }
+
+
+def _returning_id(stmt: Insert, table: Table, channel: str | None) -> Insert:
+    """``stmt`` returning the new id and, with ``channel``, announcing each new row there
+    (``pg_notify`` is called once per returned row, so an insert that inserts nothing
+    announces nothing)."""
+    if channel is None:
+        return stmt.returning(table.c.id)
+    return stmt.returning(table.c.id, func.pg_notify(_text_constant(channel), literal_column("''")))
+
+
+def _text_constant(value: str) -> ColumnElement[Any]:
+    """``value`` as an SQL string constant written into the statement (no parameter to
+    send on every execution); a bound parameter if it holds a backslash, which a server
+    with ``standard_conforming_strings = off`` would read as an escape."""
+    if "\\" in value:
+        return literal(value, Text)
+    quoted = value.replace("'", "''")
+    return literal_column(f"'{quoted}'", Text)
 
 
 @functools.cache
@@ -289,13 +373,19 @@ def insert_rows_statement(table: Table, *, delayed: bool = False) -> Insert:
 
 @functools.cache
 def insert_if_absent_statement(
-    table: Table, columns: tuple[str, ...], *, channel: str | None, delayed: bool = False
-) -> Insert | Select[Any]:
+    table: Table,
+    columns: tuple[str, ...],
+    *,
+    channel: str | None,
+    delayed: bool = False,
+    payload_text: bool = False,
+) -> Insert:
     """Insert one task unless an active task with the same type and dedupe key exists.
 
     Parameters as :func:`insert_statement` (``columns`` includes ``dedupe_key``).
-    Returns the new id, or no row when the unique partial index reported a conflict.  The
-    index arbitrates concurrent callers, so two transactions can never both insert.
+    Returns the new id, or no row when the unique partial index reported a conflict (and
+    then announces nothing).  The index arbitrates concurrent callers, so two
+    transactions can never both insert.
 
     Example::
 
@@ -304,23 +394,17 @@ def insert_if_absent_statement(
         row = {"type": "import", "payload": {}, "dedupe_key": "a.csv"}
         created = session.execute(stmt, row).first()  # None: an active task holds the key
     """
+    values = _row_binds(table, columns, delayed, payload_text=payload_text)
+    values.update(_constant_columns(table, values))
     inserted = (
         postgresql.insert(table)
-        .values(**_row_binds(table, columns, delayed))
+        .values(**values)
         .on_conflict_do_nothing(
             index_elements=[table.c.type, table.c.dedupe_key],
             index_where=text(ACTIVE_DEDUPE_PREDICATE),
         )
-        .returning(table.c.id)
     )
-    if channel is None:
-        return inserted
-    return _announce(inserted, channel)
-
-
-def _announce(inserted: Insert, channel: str) -> Select[Any]:
-    rows = inserted.cte("inserted")
-    return select(rows.c.id, func.pg_notify(channel, "")).select_from(rows)
+    return _returning_id(inserted, table, channel)
 
 
 def listen_statement(channel: str) -> str:

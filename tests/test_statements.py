@@ -64,9 +64,9 @@ def test_hot_statements_are_built_once() -> None:
 
 def test_enqueue_announces_in_the_same_statement() -> None:
     sql = pg(statements.insert_statement(TABLE, ("payload", "type"), channel="taskqueue_tasks"))
-    assert sql.startswith("WITH inserted AS (INSERT INTO tasks (type, payload, ")
+    assert sql.startswith("INSERT INTO tasks (type, payload, ")
     assert "VALUES (%(type)s, %(payload)s::JSONB, " in sql
-    assert "pg_notify(" in sql
+    assert "RETURNING tasks.id, pg_notify(" in sql
     delayed = pg(
         statements.insert_statement(TABLE, ("payload", "type"), channel=None, delayed=True)
     )
