@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Text, func, select, text
+from sqlalchemy import Engine, Integer, Text, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from twins import TWINS, async_session_for, make_repository, release
 
@@ -58,6 +58,28 @@ class ProjectTask(TaskMixin, ProjectBase):
     __tablename__ = "tasks_with_project_column"
 
     project_id: Mapped[str | None] = mapped_column(Text)
+
+
+class BudgetBase(DeclarativeBase):
+    pass
+
+
+class BudgetTask(TaskMixin, BudgetBase):
+    """An app model with an integer column of its own that has a constant default."""
+
+    __tablename__ = "tasks_with_budget_column"
+
+    budget: Mapped[int] = mapped_column(Integer, default=7)
+
+
+@pytest.fixture
+def budget_repo(session: Session, engine: Engine) -> Iterator[Repo]:
+    BudgetBase.metadata.create_all(engine)
+    try:
+        yield make_repository(session, BudgetTask)
+    finally:
+        release(session)
+        BudgetBase.metadata.drop_all(engine)
 
 
 @pytest.fixture
@@ -205,6 +227,37 @@ def test_enqueue_rejects_bad_task_types(
     with pytest.raises(error, match="task_type"):
         repo.enqueue(task_type, {})
     assert row_count(session, repo.model) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, (3, 0, 7)),
+        ({"max_retries": 3, "priority": 0, "budget": 7}, (3, 0, 7)),
+        ({"max_retries": 4, "priority": 1, "budget": 8}, (4, 1, 8)),
+        ({"max_retries": 0, "priority": -1, "budget": 0}, (0, -1, 0)),
+    ],
+)
+def test_enqueue_writes_defaults_and_given_values_alike(
+    budget_repo: Repo, session: Session, options: dict[str, Any], expected: tuple[int, ...]
+) -> None:
+    task_id = budget_repo.enqueue("a", {}, **options)
+    session.commit()
+    task = budget_repo.get_task(task_id)
+    assert task is not None
+    assert (task.max_retries, task.priority, task.budget) == expected
+    assert (task.status, task.progress, task.retry_count) == (TaskStatus.PENDING, 0, 0)
+
+
+@pytest.mark.parametrize("payload", ["plain text", '{"a": 1}', "", 0, 1.5, True, [], ["é", "😀"]])
+def test_enqueue_stores_the_payload_value_itself(
+    repo: Repo, session: Session, payload: Any
+) -> None:
+    task_id = repo.enqueue("a", payload)
+    session.commit()
+    task = repo.get_task(task_id)
+    assert task is not None
+    assert task.payload == payload and type(task.payload) is type(payload)
 
 
 def test_enqueue_with_a_delay_uses_the_database_clock(repo: Repo, session: Session) -> None:

@@ -73,6 +73,26 @@ def test_enqueue_announces_in_the_same_statement() -> None:
     assert "(now() + %(run_delay)s)" in delayed and not delayed.startswith("WITH")
 
 
+def test_enqueue_writes_constant_defaults_and_channel_into_the_sql() -> None:
+    assert statements.constant_defaults(TABLE) == {
+        "status": "pending",
+        "progress": 0,
+        "priority": 0,
+        "retry_count": 0,
+        "max_retries": 3,
+    }
+    columns = ("payload", "priority", "type")
+    sql = pg(statements.insert_statement(TABLE, columns, channel="c", payload_text=True))
+    assert (
+        "VALUES (%(type)s, CAST(%(payload)s AS JSONB), 'pending', 0, %(priority)s, 0, 3) "
+        "RETURNING tasks.id, pg_notify('c', '')"
+    ) in sql
+    quoted = pg(statements.insert_statement(TABLE, columns, channel="it's%"))
+    assert "pg_notify('it''s%%', '')" in quoted
+    escaped = pg(statements.insert_statement(TABLE, columns, channel="back\\slash"))
+    assert "pg_notify(%(param_1)s, '')" in escaped
+
+
 def test_enqueue_if_not_exists_uses_the_partial_unique_index() -> None:
     sql = pg(
         statements.insert_if_absent_statement(
