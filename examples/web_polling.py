@@ -25,12 +25,13 @@ from typing import Any
 
 from flask import Flask, request
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from sqlalchemy_taskqueue import TaskRepository, Worker
 
 from .data_export import DATA_EXPORT, make_export_handler, request_export
-from .shop import Project, Task, connect, migrate, seed_project
+from .shop import Project, Task, connect, migrate
+from .web_api import demo_project, export_email, progress_body, task_body
 
 
 def create_app(engine: Engine) -> Flask:
@@ -40,10 +41,9 @@ def create_app(engine: Engine) -> Flask:
 
     @app.post("/projects/<int:project_id>/exports")
     def start_export(project_id: int) -> Any:
-        body = request.get_json(silent=True) or {}
-        email = body.get("email")  # optional: who is told when the export is ready
-        if email is not None and (not isinstance(email, str) or "@" not in email):
-            return {"error": "'email' must be an e-mail address"}, 400
+        email, error = export_email(request.get_json(silent=True) or {})
+        if error is not None:
+            return {"error": error}, 400
         # the request's unit of work: the task commits with it or not at all
         with factory.begin() as session:
             if session.get(Project, project_id) is None:
@@ -58,14 +58,7 @@ def create_app(engine: Engine) -> Flask:
             task = TaskRepository(session, Task).get_task(task_id)
             if task is None:
                 return {"error": f"task {task_id} does not exist"}, 404
-            return {
-                "task_id": task.id,
-                "type": task.type,
-                "status": str(task.status),
-                "progress": task.progress,
-                "result": task.result,
-                "error": task.error_message,
-            }
+            return task_body(task)
 
     @app.get("/projects/<int:project_id>/exports/progress")
     def export_progress(project_id: int) -> Any:
@@ -73,7 +66,7 @@ def create_app(engine: Engine) -> Flask:
             progress = TaskRepository(session, Task).get_task_progress(
                 DATA_EXPORT, project_id=project_id
             )
-        return {"project_id": project_id, "active": progress is not None, "progress": progress}
+        return progress_body(project_id, progress)
 
     return app
 
@@ -81,10 +74,7 @@ def create_app(engine: Engine) -> Flask:
 def main() -> None:
     engine = connect()
     migrate(engine)
-    with Session(engine) as session, session.begin():
-        project = session.query(Project).filter_by(name="web-demo").one_or_none()
-        project = project or seed_project(session, "web-demo", items=1000)
-        print(f"project {project.id} is ready: POST /projects/{project.id}/exports")
+    demo_project(engine)
     worker = Worker(sessionmaker(engine), Task, {DATA_EXPORT: make_export_handler(engine)})
     threading.Thread(target=worker.run, daemon=True).start()
     create_app(engine).run(host="127.0.0.1", port=8000)

@@ -31,12 +31,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import Session
 
 from sqlalchemy_taskqueue import AsyncTaskRepository, AsyncWorker
 
 from .data_export import DATA_EXPORT, export_payload, make_export_handler
-from .shop import Project, Task, connect, migrate, seed_project
+from .shop import Project, Task, connect, migrate
+from .web_api import demo_project, export_email, progress_body, task_body
 
 
 def asyncpg_url(url: str) -> str:
@@ -76,10 +76,9 @@ def create_app(database_url: str, handlers: Mapping[str, Any] | None = None) -> 
 
     @app.post("/projects/{project_id}/exports")
     async def start_export(project_id: int, request: Request) -> JSONResponse:
-        body = await request.json() if await request.body() else {}
-        email = body.get("email") if isinstance(body, dict) else None
-        if email is not None and (not isinstance(email, str) or "@" not in email):
-            return JSONResponse({"error": "'email' must be an e-mail address"}, 400)
+        email, error = export_email(await request.json() if await request.body() else {})
+        if error is not None:
+            return JSONResponse({"error": error}, 400)
         # the request's unit of work: the task commits with it or not at all
         async with request.app.state.sessions.begin() as session:
             if await session.get(Project, project_id) is None:
@@ -95,16 +94,7 @@ def create_app(database_url: str, handlers: Mapping[str, Any] | None = None) -> 
             task = await AsyncTaskRepository(session, Task).get_task(task_id)
         if task is None:
             return JSONResponse({"error": f"task {task_id} does not exist"}, 404)
-        return JSONResponse(
-            {
-                "task_id": task.id,
-                "type": task.type,
-                "status": str(task.status),
-                "progress": task.progress,
-                "result": task.result,
-                "error": task.error_message,
-            }
-        )
+        return JSONResponse(task_body(task))
 
     @app.get("/projects/{project_id}/exports/progress")
     async def export_progress(project_id: int, request: Request) -> dict[str, Any]:
@@ -112,7 +102,7 @@ def create_app(database_url: str, handlers: Mapping[str, Any] | None = None) -> 
             progress = await AsyncTaskRepository(session, Task).get_task_progress(
                 DATA_EXPORT, project_id=project_id
             )
-        return {"project_id": project_id, "active": progress is not None, "progress": progress}
+        return progress_body(project_id, progress)
 
     return app
 
@@ -122,10 +112,7 @@ def main() -> None:
 
     engine = connect()
     migrate(engine)
-    with Session(engine) as session, session.begin():
-        project = session.query(Project).filter_by(name="web-demo").one_or_none()
-        project = project or seed_project(session, "web-demo", items=1000)
-        print(f"project {project.id} is ready: POST /projects/{project.id}/exports")
+    demo_project(engine)
     url = asyncpg_url(engine.url.render_as_string(hide_password=False))
     app = create_app(url, {DATA_EXPORT: make_export_handler(engine)})
     uvicorn.run(app, host="127.0.0.1", port=8000)
