@@ -163,8 +163,17 @@ def _count_succeeded(url: str) -> int:
     return int(count)
 
 
-def _wait_for_listener(url: str, timeout: float) -> None:
-    """Wait until a session of this database is listening on ``CHANNEL``.
+def _server_time(url: str) -> Any:
+    connection = connect(url)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        [now] = cursor.fetchone()
+    connection.close()
+    return now
+
+
+def _wait_for_listener(url: str, since: Any, timeout: float) -> None:
+    """Wait until a session of this database opened after ``since`` listens on ``CHANNEL``.
 
     procrastinate offers no readiness signal, but its worker listens on a connection of its
     own whose last statement stays ``LISTEN`` (idle, autocommit) until the first
@@ -178,8 +187,8 @@ def _wait_for_listener(url: str, timeout: float) -> None:
             while True:
                 cursor.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND state = 'idle' AND query LIKE %s",
-                    (f'LISTEN "{CHANNEL}"%',),
+                    "AND backend_start >= %s AND state = 'idle' AND query LIKE %s",
+                    (since, f'LISTEN "{CHANNEL}"%'),
                 )
                 if cursor.fetchone()[0]:
                     return
@@ -216,8 +225,9 @@ def wake_latencies(url: str, samples: int, spacing: float) -> list[float]:
                 await worker
 
     thread = threading.Thread(target=loop.run_until_complete, args=(work(),), daemon=True)
+    since = _server_time(url)
     thread.start()
-    _wait_for_listener(url, 10)
+    _wait_for_listener(url, since, 10)
 
     async def produce() -> dict[int, float]:
         committed: dict[int, float] = {}
