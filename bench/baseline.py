@@ -43,6 +43,11 @@ def connect(url: str) -> Any:
     return psycopg2.connect(**arguments, **dict(parsed.query))
 
 
+def dsn(url: str) -> str:
+    """The libpq URI form of an SQLAlchemy ``url`` (for asyncpg and psycopg 3)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def enqueue_one_by_one(url: str, count: int) -> float:
     """Tasks per second, one ``INSERT ... RETURNING id`` and commit each."""
     connection = connect(url)

@@ -1,8 +1,9 @@
 """Benchmark: sqlalchemy-taskqueue against a hand-written psycopg2 queue, same run.
 
 Every figure of ours is printed next to a baseline measured in the same run on the same
-database (see ``baseline.py``), and as a ratio to it; when pgqueuer is installed (the
-``bench`` extra) it is measured too, with its own API (``rivals.py``).  The targets are
+database (see ``baseline.py``), and as a ratio to it; the rival queues that are installed
+(pgqueuer and procrastinate, the ``bench`` extra) are measured too, each with its own API
+(``pgqueuer_rival.py``, ``procrastinate_rival.py``).  The targets are
 those of the project's performance issue.  Output: a table, then one JSON line per
 figure.
 
@@ -19,13 +20,15 @@ import os
 import platform
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).parent))
 import baseline
 import ours
-import rivals
+import pgqueuer_rival
+import procrastinate_rival
 from sqlalchemy import Engine, create_engine, text
 
 from sqlalchemy_taskqueue.embedded import (
@@ -35,10 +38,18 @@ from sqlalchemy_taskqueue.embedded import (
 )
 from sqlalchemy_taskqueue.testing import throwaway_database
 
+# The rival queues, each measured through its own API when installed; a column each.
+# Every module offers available, install, reset, enqueue_one_by_one, enqueue_bulk, fill,
+# drain_defaults, drain_best, wake_latencies and SETTINGS.
+RIVALS: dict[str, ModuleType] = {
+    "pgqueuer": pgqueuer_rival,
+    "procrastinate": procrastinate_rival,
+}
+
 
 @dataclass
 class Figure:
-    """One measured figure: ours, the hand-written baseline and pgqueuer (when measured)."""
+    """One measured figure: ours, the hand-written baseline and the rivals measured."""
 
     scenario: str
     unit: str
@@ -46,7 +57,7 @@ class Figure:
     ours: float
     higher_is_better: bool = True
     target: str = ""
-    pgqueuer: float | None = None
+    rivals: dict[str, float | None] = field(default_factory=dict)
 
     def ratio_to(self, other: float | None) -> float | None:
         """How many times better ours is than ``other`` (above 1: ours is better)."""
@@ -65,17 +76,30 @@ class Figure:
         def times(value: float | None) -> str:
             return "-" if value is None else f"{value:.2f}x"
 
+        theirs = [self.rivals.get(name) for name in RIVALS]
         cells = [
             self.scenario,
             self.unit,
             number(self.baseline),
-            number(self.pgqueuer),
+            *(number(value) for value in theirs),
             number(self.ours),
             times(self.ratio),
-            times(self.ratio_to(self.pgqueuer)),
+            *(times(self.ratio_to(value)) for value in theirs),
             self.target,
         ]
         return "| " + " | ".join(cells) + " |"
+
+    def record(self) -> dict[str, object]:
+        """The JSON line: every field, one key per rival and the ratios."""
+        fields = asdict(self)
+        del fields["rivals"]
+        theirs = {name: self.rivals.get(name) for name in RIVALS}
+        return {
+            **fields,
+            **theirs,
+            "ratio": self.ratio,
+            **{f"ratio_to_{name}": self.ratio_to(value) for name, value in theirs.items()},
+        }
 
 
 def percentile(ordered: list[float], quantile: float) -> float:
@@ -105,19 +129,28 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
         figures.append(figure)
         print(f"  {figure.scenario}: {figure.ours:,.1f} {figure.unit}", file=sys.stderr)
 
-    with_pgqueuer = rivals.available() and not args.no_rivals
-    if with_pgqueuer:
-        rivals.install(url)
+    measured = {
+        name: module for name, module in RIVALS.items() if module.available() and not args.no_rivals
+    }
+    for module in measured.values():
+        module.install(url)
 
-    def pgqueuer(measure: Callable[[], float]) -> float | None:
-        if not with_pgqueuer:
-            return None
-        rivals.reset(url)
-        return measure()
+    def rivals(measure: Callable[[ModuleType], float]) -> dict[str, float | None]:
+        """``measure(module)`` for every rival measured, each on its emptied tables."""
+        values: dict[str, float | None] = {}
+        for name, module in measured.items():
+            module.reset(url)
+            values[name] = measure(module)
+        return values
 
-    def pgqueuer_drain(processes: int, batch_size: int) -> float:
-        rivals.enqueue_bulk(url, tasks, 1000)
-        return rivals.drain(url, tasks, processes=processes, batch_size=batch_size)
+    def drain(best: bool) -> Callable[[ModuleType], float]:
+        def measure(module: ModuleType) -> float:
+            module.fill(url, tasks)
+            if best:
+                return float(module.drain_best(url, tasks, args.processes))
+            return float(module.drain_defaults(url, tasks))
+
+        return measure
 
     one_by_one = tasks // 10
     ours.reset(engine)
@@ -130,7 +163,7 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
             hand,
             ours.enqueue_one_by_one(engine, one_by_one),
             target=">= 0.9x hand-written",
-            pgqueuer=pgqueuer(lambda: rivals.enqueue_one_by_one(url, one_by_one)),
+            rivals=rivals(lambda rival: rival.enqueue_one_by_one(url, one_by_one)),
         )
     )
     ours.reset(engine)
@@ -143,7 +176,7 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
             hand,
             ours.enqueue_bulk(engine, tasks, 1000),
             target=">= 0.8x hand-written, ahead of pgqueuer",
-            pgqueuer=pgqueuer(lambda: rivals.enqueue_bulk(url, tasks, 1000)),
+            rivals=rivals(lambda rival: rival.enqueue_bulk(url, tasks, 1000)),
         )
     )
 
@@ -157,7 +190,7 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
             hand_one,
             ours.drain(url, tasks, processes=1),
             target=">= 2x pgqueuer (its defaults: batch 10)",
-            pgqueuer=pgqueuer(lambda: pgqueuer_drain(1, 10)),
+            rivals=rivals(drain(best=False)),
         )
     )
     ours.fill(engine, tasks)
@@ -172,14 +205,15 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
             hand_batch,
             ours.drain(url, tasks, processes=args.processes, **best),
             target=">= 0.4x hand-written, >= 1.2x pgqueuer (batch 100)",
-            pgqueuer=pgqueuer(lambda: pgqueuer_drain(args.processes, 100)),
+            rivals=rivals(drain(best=True)),
         )
     )
 
     latencies = sorted(ours.wake_latencies(engine, args.samples, 0.02))
-    their_latencies = (
-        sorted(rivals.wake_latencies(url, args.samples, 0.02)) if with_pgqueuer else []
-    )
+    their_latencies = {
+        name: sorted(module.wake_latencies(url, args.samples, 0.02))
+        for name, module in measured.items()
+    }
     for label, quantile, target in (
         ("p50", 0.50, "<= 2 ms, ahead of pgqueuer"),
         ("p95", 0.95, ""),
@@ -193,7 +227,10 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
                 percentile(latencies, quantile) * 1000,
                 False,
                 target,
-                pgqueuer=percentile(their_latencies, quantile) * 1000 if their_latencies else None,
+                rivals={
+                    name: percentile(values, quantile) * 1000
+                    for name, values in their_latencies.items()
+                },
             )
         )
 
@@ -246,7 +283,9 @@ def main() -> None:
         "--finished-rows", type=int, default=1_000_000, help="history for the claim test"
     )
     parser.add_argument(
-        "--no-rivals", action="store_true", help="skip pgqueuer even when it is installed"
+        "--no-rivals",
+        action="store_true",
+        help="skip the rivals (" + ", ".join(RIVALS) + ") even when they are installed",
     )
     args = parser.parse_args()
     for name in ("tasks", "processes", "concurrency", "samples", "finished_rows"):
@@ -266,27 +305,34 @@ def main() -> None:
         finally:
             engine.dispose()
     print()
-    print(
-        "| scenario | unit | hand-written psycopg2 | pgqueuer | sqlalchemy-taskqueue "
-        "| vs hand-written | vs pgqueuer | target |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    header = [
+        "scenario",
+        "unit",
+        "hand-written psycopg2",
+        *RIVALS,
+        "sqlalchemy-taskqueue",
+        "vs hand-written",
+        *(f"vs {name}" for name in RIVALS),
+        "target",
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|---|---|" + "---:|" * (len(header) - 3) + "---|")
     for figure in figures:
         print(figure.row())
     print(
         "\nratio: ours relative to the baseline column, above 1 is better (throughput: "
-        "ours / baseline; latency: baseline / ours)\n"
+        "ours / baseline; latency: baseline / ours)"
     )
+    for name, module in RIVALS.items():
+        if not module.available():
+            print(f"{name}: not installed")
+        elif args.no_rivals:
+            print(f"{name}: not measured (--no-rivals)")
+        else:
+            print(f"{name}: {module.SETTINGS}; {args.processes} processes in the best drain")
+    print()
     for figure in figures:
-        print(
-            json.dumps(
-                {
-                    **asdict(figure),
-                    "ratio": figure.ratio,
-                    "ratio_to_pgqueuer": figure.ratio_to(figure.pgqueuer),
-                }
-            )
-        )
+        print(json.dumps(figure.record()))
 
 
 if __name__ == "__main__":

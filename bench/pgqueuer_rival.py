@@ -13,8 +13,7 @@ import threading
 import time
 from typing import Any
 
-from baseline import run_processes
-from sqlalchemy.engine import make_url
+from baseline import dsn, run_processes
 
 try:
     import asyncpg
@@ -24,15 +23,13 @@ except ImportError:  # pragma: no cover - depends on the installed extras
     asyncpg = None
 
 PAYLOAD = b'{"n": 0}'
+DEFAULT_BATCH = 10  # QueueManager.run's default batch_size
+BEST_BATCH = 100
+SETTINGS = f"defaults: batch_size={DEFAULT_BATCH}; best: batch_size={BEST_BATCH}"
 
 
 def available() -> bool:
     return asyncpg is not None
-
-
-def dsn(url: str) -> str:
-    """The asyncpg form of an SQLAlchemy URL."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def _queries(url: str) -> tuple[Any, Any]:
@@ -102,6 +99,22 @@ def _drain(url: str, batch_size: int) -> None:
 
 def drain(url: str, count: int, *, processes: int, batch_size: int) -> float:
     return count / run_processes(_drain, (url, batch_size), processes)
+
+
+def fill(url: str, count: int) -> None:
+    """``count`` queued no-op jobs in emptied tables."""
+    reset(url)
+    enqueue_bulk(url, count, 1000)
+
+
+def drain_defaults(url: str, count: int) -> float:
+    """Tasks per second, one process with pgqueuer's defaults (``fill`` first)."""
+    return drain(url, count, processes=1, batch_size=DEFAULT_BATCH)
+
+
+def drain_best(url: str, count: int, processes: int) -> float:
+    """Tasks per second, ``processes`` processes with its best tuning (``fill`` first)."""
+    return drain(url, count, processes=processes, batch_size=BEST_BATCH)
 
 
 def wake_latencies(url: str, samples: int, spacing: float) -> list[float]:
