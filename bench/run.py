@@ -143,9 +143,15 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
             values[name] = measure(module)
         return values
 
+    def fill(count: int) -> None:
+        """``count`` pending tasks in our table (the baseline's too), then a checkpoint."""
+        ours.fill(engine, count)
+        baseline.checkpoint(url)
+
     def drain(best: bool) -> Callable[[ModuleType], float]:
         def measure(module: ModuleType) -> float:
             module.fill(url, tasks)
+            baseline.checkpoint(url)
             if best:
                 return float(module.drain_best(url, tasks, args.processes))
             return float(module.drain_defaults(url, tasks))
@@ -180,9 +186,9 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
         )
     )
 
-    ours.fill(engine, tasks)
+    fill(tasks)
     hand_one = baseline.drain(url, tasks, per_statement=1, processes=1)
-    ours.fill(engine, tasks)
+    fill(tasks)
     add(
         Figure(
             "drain, one process, default settings",
@@ -193,10 +199,10 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
             rivals=rivals(drain(best=False)),
         )
     )
-    ours.fill(engine, tasks)
+    fill(tasks)
     hand_batch = baseline.drain(url, tasks, per_statement=100, processes=args.processes)
     best = {"concurrency": args.concurrency, "prefetch": args.prefetch}
-    ours.fill(engine, tasks)
+    fill(tasks)
     add(
         Figure(
             f"drain, best: {args.processes} processes x {args.concurrency} slots, "

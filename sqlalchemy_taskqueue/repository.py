@@ -50,6 +50,7 @@ from .validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     INT4_MAX,
     INT4_MIN,
+    json_array_text,
     json_text,
     lease_pairs,
     positive_duration,
@@ -302,12 +303,18 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             columns=columns,
         )
         payload_list = list(payloads)
-        texts = [
-            json_text(f"payload #{position}", payload, max_bytes=self._max_payload)
-            for position, payload in enumerate(payload_list)
-        ]
-        if not texts:
+        if not payload_list:
             return []
+        # the whole batch in one encoder pass; one by one only to name a payload at fault
+        array = json_array_text(payload_list, max_bytes=self._max_payload)
+        if array is not None and len(array) <= _MAX_BATCH_CHARACTERS:
+            chunks: Iterable[str] = [array]
+        else:
+            texts = [
+                json_text(f"payload #{position}", payload, max_bytes=self._max_payload)
+                for position, payload in enumerate(payload_list)
+            ]
+            chunks = _json_arrays(texts)
         delayed = "run_delay" in shared
         if _has_per_row_defaults(self._table, _columns(shared)):
             rows = [{**shared, "payload": payload} for payload in payload_list]
@@ -316,7 +323,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         else:
             stmt = statements.insert_many_statement(self._table, _columns(shared), delayed=delayed)
             ids = []
-            for chunk in _json_arrays(texts):  # one parameter per chunk, parsed by the server
+            for chunk in chunks:  # one parameter per chunk, parsed by the server
                 result = self._session.execute(stmt, {**shared, "payloads": chunk})
                 ids.extend(sorted(int(task_id) for task_id in result.scalars()))
         if self._channel is not None:

@@ -211,6 +211,34 @@ def json_text(name: str, value: Any, *, max_bytes: int | None = None) -> str:
     return text
 
 
+def json_array_text(values: list[Any], *, max_bytes: int | None = None) -> str | None:
+    """The JSON array text of ``values`` when every one of them passes the checks of
+    :func:`json_text`, found in one encoder pass for a whole batch; ``None`` when one of
+    them may not, or when the batch as a whole is over ``max_bytes``: then check each with
+    :func:`json_text`, whose error names the value at fault.
+
+    >>> json_array_text([{"n": 1}, [2]])
+    '[{"n": 1}, [2]]'
+    >>> json_array_text([{"n": float("nan")}]) is None
+    True
+    """
+    if any(value is None for value in values):
+        return None
+    try:
+        text = json.dumps(values, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return None
+    if _NUL_ESCAPE.search(text):
+        return None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
+    if max_bytes is not None and size > max_bytes:
+        return None
+    return text
+
+
 def require_size_limit(name: str, value: Any) -> None:
     """``None`` (no limit) or a positive ``int``.
 

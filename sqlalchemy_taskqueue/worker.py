@@ -101,7 +101,7 @@ class Worker(WorkerBase[TaskT]):
         bigger batch.  ``None`` (the default) sizes it from the tasks' recent pace (the
         moving average of attempt durations, or the age of the oldest running attempt
         if that is longer): as many as the slots will start within about 50 ms, so none
-        for slow tasks, at most 16 per slot, and none until ``concurrency`` attempts
+        for slow tasks, at most 32 per slot, and none until ``concurrency`` attempts
         have finished.  A number fixes it; 0 turns it off.
     :param on_event: ``callback(event, task, seconds)`` called for ``"completed"``,
         ``"failed"``, ``"retried"`` and ``"released"`` (used for metrics).

@@ -43,7 +43,7 @@ UNTIL_EMPTY_ATTEMPTS = 5
 #: Automatic prefetch holds about this much work (seconds) beyond the free slots ...
 _PREFETCH_HORIZON = 0.05
 #: ... and at most this many tasks per slot.
-_PREFETCH_PER_SLOT = 16
+_PREFETCH_PER_SLOT = 32
 
 EventHook = Callable[[str, Any, float], None]
 #: What a database write can raise: SQLAlchemy's errors, the library's, and the socket

@@ -53,10 +53,18 @@ def test_the_payload_limit_is_configurable(session: Session, clean_table: type[A
     small.enqueue("a", {"fits": "x" * 40})
     with pytest.raises(ValueError, match="over the limit of 64"):
         small.enqueue("a", {"too": "x" * 60})
+    # the limit is per payload: a batch larger than it as a whole is fine ...
+    ids = small.enqueue_many("a", [{"fits": "x" * 40} for _ in range(10)])
+    # ... and the payload over it is named, wherever it is in the batch
+    with pytest.raises(ValueError, match="payload #7 is .* over the limit of 64"):
+        small.enqueue_many("a", [{"n": n} for n in range(7)] + [{"too": "x" * 60}])
+    with pytest.raises(ValueError, match="payload #1 contains a NUL"):
+        small.enqueue_many("a", [{}, {"nul": "a\x00b"}])
     unlimited = TaskRepository(session, clean_table, max_payload_bytes=None)
     unlimited.enqueue("a", {"blob": "x" * (2 * 1024 * 1024)})
     session.commit()
-    assert row_count(session, clean_table) == 2
+    assert row_count(session, clean_table) == 2 + len(ids)
+    assert [small.get_task(task_id).payload for task_id in ids] == [{"fits": "x" * 40}] * 10  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
