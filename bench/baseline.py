@@ -7,6 +7,7 @@ per statement (claim 100 in one ``UPDATE``, complete them in one ``UPDATE ... = 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import threading
@@ -103,16 +104,18 @@ def drain(url: str, count: int, *, per_statement: int, processes: int) -> float:
     return count / run_processes(_drain, (url, per_statement), processes)
 
 
-def checkpoint(url: str) -> None:
-    """Flush the WAL and dirty pages written so far (``CHECKPOINT``; needs a superuser,
-    skipped otherwise), so that no measured drain pays for the writes of the one before."""
+def quiesce(url: str) -> None:
+    """Vacuum the whole database and flush the WAL and dirty pages written so far
+    (``VACUUM``, ``CHECKPOINT``; the checkpoint needs a superuser and is skipped
+    otherwise), so that no measurement pays for the writes of the one before, or shares
+    the machine with autovacuum cleaning up after it."""
     connection = connect(url)
     connection.autocommit = True
     try:
         with connection.cursor() as cursor:
-            cursor.execute("CHECKPOINT")
-    except psycopg2.Error:
-        pass
+            cursor.execute("VACUUM")
+            with contextlib.suppress(psycopg2.Error):
+                cursor.execute("CHECKPOINT")
     finally:
         connection.close()
 

@@ -4,12 +4,13 @@ Every figure of ours is printed next to a baseline measured in the same run on t
 database (see ``baseline.py``), and as a ratio to it; the rival queues that are installed
 (pgqueuer and procrastinate, the ``bench`` extra) are measured too, each with its own API
 (``pgqueuer_rival.py``, ``procrastinate_rival.py``).  The targets are
-those of the project's performance issue.  Output: a table, then one JSON line per
-figure.
+those of the project's performance issue.  Every scenario runs ``--repeat`` times (3 by
+default) and the table shows the median of each column.  Output: a table, then one JSON
+line per figure.
 
 Run: ``make bench`` (server from ``TASKQUEUE_BENCH_DATABASE_URL`` /
 ``TASKQUEUE_DATABASE_URL``, else local, else embedded), or for example
-``python bench/run.py --tasks 5000 --finished-rows 100000`` for a quicker run.
+``python bench/run.py --tasks 5000 --finished-rows 100000 --repeat 1`` for a quicker run.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -144,14 +146,14 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
         return values
 
     def fill(count: int) -> None:
-        """``count`` pending tasks in our table (the baseline's too), then a checkpoint."""
+        """``count`` pending tasks in our table (the baseline's too), then quiet."""
         ours.fill(engine, count)
-        baseline.checkpoint(url)
+        baseline.quiesce(url)
 
     def drain(best: bool) -> Callable[[ModuleType], float]:
         def measure(module: ModuleType) -> float:
             module.fill(url, tasks)
-            baseline.checkpoint(url)
+            baseline.quiesce(url)
             if best:
                 return float(module.drain_best(url, tasks, args.processes))
             return float(module.drain_defaults(url, tasks))
@@ -215,11 +217,13 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
         )
     )
 
-    latencies = sorted(ours.wake_latencies(engine, args.samples, 0.02))
-    their_latencies = {
-        name: sorted(module.wake_latencies(url, args.samples, 0.02))
-        for name, module in measured.items()
-    }
+    def wake_latencies(module: ModuleType, target: object) -> list[float]:
+        """Sorted wake-up latencies of ``module`` on ``target`` (our engine, or the URL)."""
+        baseline.quiesce(url)
+        return sorted(module.wake_latencies(target, args.samples, 0.02))
+
+    latencies = wake_latencies(ours, engine)
+    their_latencies = {name: wake_latencies(module, url) for name, module in measured.items()}
     for label, quantile, target in (
         ("p50", 0.50, "<= 2 ms, ahead of pgqueuer"),
         ("p95", 0.95, ""),
@@ -278,6 +282,23 @@ def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
     return figures
 
 
+def median_figure(runs: tuple[Figure, ...]) -> Figure:
+    """One scenario's figure from repeated runs: the median of every column."""
+
+    def middle(values: list[float | None]) -> float | None:
+        known = [value for value in values if value is not None]
+        return statistics.median(known) if known else None
+
+    first = runs[0]
+    rivals = {name: middle([run.rivals.get(name) for run in runs]) for name in first.rivals}
+    return replace(
+        first,
+        baseline=middle([run.baseline for run in runs]),
+        ours=statistics.median(run.ours for run in runs),
+        rivals=rivals,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=20_000, help="tasks per drain")
@@ -285,6 +306,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="slots, best drain")
     parser.add_argument("--prefetch", type=int, default=200, help="prefetch, best drain")
     parser.add_argument("--samples", type=int, default=200, help="latency samples")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of every scenario; the table shows medians"
+    )
     parser.add_argument(
         "--finished-rows", type=int, default=1_000_000, help="history for the claim test"
     )
@@ -294,7 +318,7 @@ def main() -> None:
         help="skip the rivals (" + ", ".join(RIVALS) + ") even when they are installed",
     )
     args = parser.parse_args()
-    for name in ("tasks", "processes", "concurrency", "samples", "finished_rows"):
+    for name in ("tasks", "processes", "concurrency", "samples", "finished_rows", "repeat"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.prefetch < 0:
@@ -307,7 +331,11 @@ def main() -> None:
             ours.Base.metadata.create_all(engine)
             print(f"server: {mask_password(server_url)}")
             print(f"machine: {describe(engine)}")
-            figures = measure(url, engine, args)
+            runs = []
+            for run in range(1, args.repeat + 1):
+                print(f"run {run} of {args.repeat}", file=sys.stderr)
+                runs.append(measure(url, engine, args))
+            figures = [median_figure(same) for same in zip(*runs, strict=True)]
         finally:
             engine.dispose()
     print()
