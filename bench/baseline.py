@@ -8,6 +8,7 @@ per statement (claim 100 in one ``UPDATE``, complete them in one ``UPDATE ... = 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import multiprocessing
 import threading
@@ -123,6 +124,9 @@ def quiesce(url: str) -> None:
 def run_processes(target: Callable[..., None], args: tuple[Any, ...], processes: int) -> float:
     """Seconds until ``processes`` forked processes running ``target(*args)`` all end."""
     context = multiprocessing.get_context("fork")
+    # the children inherit the parent's objects: keep their garbage collector off them
+    # (the standard advice for forked workers), whichever library they run
+    gc.freeze()
     children = [context.Process(target=target, args=args) for _ in range(processes)]
     started = time.perf_counter()
     for child in children:

@@ -123,19 +123,25 @@ def describe(engine: Engine) -> str:
     )
 
 
-def measure(url: str, engine: Engine, args: argparse.Namespace) -> list[Figure]:
+def measured_rivals(url: str, args: argparse.Namespace) -> dict[str, ModuleType]:
+    """The rivals to measure, installed into the benchmark's database."""
+    measured = {
+        name: module for name, module in RIVALS.items() if module.available() and not args.no_rivals
+    }
+    for module in measured.values():
+        module.install(url)
+    return measured
+
+
+def measure(
+    url: str, engine: Engine, args: argparse.Namespace, measured: dict[str, ModuleType]
+) -> list[Figure]:
     figures: list[Figure] = []
     tasks = args.tasks
 
     def add(figure: Figure) -> None:
         figures.append(figure)
         print(f"  {figure.scenario}: {figure.ours:,.1f} {figure.unit}", file=sys.stderr)
-
-    measured = {
-        name: module for name, module in RIVALS.items() if module.available() and not args.no_rivals
-    }
-    for module in measured.values():
-        module.install(url)
 
     def rivals(measure: Callable[[ModuleType], float]) -> dict[str, float | None]:
         """``measure(module)`` for every rival measured, each on its emptied tables."""
@@ -331,10 +337,11 @@ def main() -> None:
             ours.Base.metadata.create_all(engine)
             print(f"server: {mask_password(server_url)}")
             print(f"machine: {describe(engine)}")
+            measured = measured_rivals(url, args)
             runs = []
             for run in range(1, args.repeat + 1):
                 print(f"run {run} of {args.repeat}", file=sys.stderr)
-                runs.append(measure(url, engine, args))
+                runs.append(measure(url, engine, args, measured))
             figures = [median_figure(same) for same in zip(*runs, strict=True)]
         finally:
             engine.dispose()
