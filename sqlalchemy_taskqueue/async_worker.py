@@ -391,7 +391,8 @@ class AsyncWorker(WorkerBase[TaskT]):
         start = self._start(attempt)
         if not isinstance(start, HandlerSpec):
             return start
-        self._supervisor_wake.set()  # re-plan around the new deadline
+        if attempt.deadline is not None:
+            self._supervisor_wake.set()  # re-plan around the new deadline
         task, context = attempt.task, attempt.context
         call: asyncio.Future[Any]
         try:

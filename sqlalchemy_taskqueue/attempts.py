@@ -71,7 +71,17 @@ class Attempt:
 
             repo.renew_leases([attempt.lease for attempt in held])
         """
-        return (self.task.id, self.task.lease_token)
+        return (self.task_id, self.context.lease_token)
+
+    @property
+    def task_id(self) -> int:
+        """The task's id (read once, by the context, rather than from the mapped row).
+
+        Example::
+
+            held[attempt.task_id] = attempt
+        """
+        return self.context.task_id
 
     @property
     def finished(self) -> bool:

@@ -295,14 +295,18 @@ class Worker(WorkerBase[TaskT]):
                 logger.exception("worker.slot_error id=%s", attempt.task.id)
             finally:
                 self._slot_done(attempt, outcome)
-                self._wake.set()
+                # the claim loop clears the flag before it reads what slots did: a flag
+                # still set will be seen, so it need not be set again
+                if not self._wake.is_set():
+                    self._wake.set()
 
     def _execute(self, attempt: Attempt) -> Outcome | None:
         """Run the handler and say how the attempt ended (written later, in a batch)."""
         start = self._start(attempt)
         if not isinstance(start, HandlerSpec):
             return start
-        self._supervisor_wake.set()  # re-plan around the new deadline
+        if attempt.deadline is not None:
+            self._supervisor_wake.set()  # re-plan around the new deadline
         try:
             result = start.function(attempt.task, attempt.context)
         except BaseException as exc:  # SystemExit from a handler fails the attempt too

@@ -363,8 +363,8 @@ class WorkerBase(Generic[TaskT]):
 
     def _forget(self, attempt: Attempt) -> None:
         """Stop holding ``attempt`` (call with the lock held)."""
-        if self._held.get(attempt.task.id) is attempt:
-            del self._held[attempt.task.id]
+        if self._held.get(attempt.task_id) is attempt:
+            del self._held[attempt.task_id]
 
     def _hold(self, claimed: list[Any], progress_writer: ProgressWriter) -> list[Attempt]:
         """Hold freshly claimed tasks (their leases are renewed from now on)."""
@@ -372,7 +372,7 @@ class WorkerBase(Generic[TaskT]):
         with self._lock:
             self._busy += len(attempts)
             for attempt in attempts:
-                self._held[attempt.task.id] = attempt
+                self._held[attempt.task_id] = attempt
         self.stats.add(claimed=len(attempts))
         return attempts
 
@@ -402,9 +402,13 @@ class WorkerBase(Generic[TaskT]):
             if self._stopping.is_set():
                 return Outcome(attempt, "release")  # claimed, but shutdown came first
             attempt.start()
-        logger.info(
-            "task.started id=%d type=%s attempt=%d", task.id, task.type, attempt.context.attempt
-        )
+        if logger.isEnabledFor(logging.INFO):  # spare reading the row's attributes
+            logger.info(
+                "task.started id=%d type=%s attempt=%d",
+                task.id,
+                task.type,
+                attempt.context.attempt,
+            )
         spec = self._specs.get(task.type)
         if spec is None:
             message = f"no handler is registered for task type {task.type!r}"
@@ -495,11 +499,9 @@ class WorkerBase(Generic[TaskT]):
         written: Written = []
         completions = [o for o in outcomes if o.kind == "complete"]
         if completions:
-            done = repo.complete_tasks(
-                [(o.attempt.task.id, o.attempt.task.lease_token, o.result) for o in completions]
-            )
+            done = repo.complete_tasks([(*o.attempt.lease, o.result) for o in completions])
             for outcome in completions:
-                event = "completed" if outcome.attempt.task.id in done else "lease_lost"
+                event = "completed" if outcome.attempt.task_id in done else "lease_lost"
                 written.append((outcome, event))
         for outcome in outcomes:
             if outcome.kind != "fail":
@@ -532,9 +534,13 @@ class WorkerBase(Generic[TaskT]):
     def _report_event(self, outcome: Outcome, event: str) -> None:
         attempt, task = outcome.attempt, outcome.attempt.task
         if event == "completed":
-            logger.info(
-                "task.completed id=%d type=%s duration=%.3fs", task.id, task.type, outcome.seconds
-            )
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "task.completed id=%d type=%s duration=%.3fs",
+                    task.id,
+                    task.type,
+                    outcome.seconds,
+                )
         elif event == "released":
             attempt.context.interrupt("handed back at shutdown")
             logger.info("task.released id=%d type=%s", task.id, task.type)
