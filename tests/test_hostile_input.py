@@ -56,7 +56,7 @@ def test_the_payload_limit_is_configurable(session: Session, clean_table: type[A
     # the limit is per payload: a batch larger than it as a whole is fine ...
     ids = small.enqueue_many("a", [{"fits": "x" * 40} for _ in range(10)])
     # ... and the payload over it is named, wherever it is in the batch
-    with pytest.raises(ValueError, match="payload #7 is .* over the limit of 64"):
+    with pytest.raises(ValueError, match=r"payload #7 is .* over the limit of 64"):
         small.enqueue_many("a", [{"n": n} for n in range(7)] + [{"too": "x" * 60}])
     with pytest.raises(ValueError, match="payload #1 contains a NUL"):
         small.enqueue_many("a", [{}, {"nul": "a\x00b"}])
