@@ -61,13 +61,44 @@ def main() -> None:
     server_url = resolve_database_url(TEST_DATABASE_URL_ENV, DATABASE_URL_ENV)
     print(f"server: {mask_password(server_url)}, {describe_server(server_url)}")
     print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}")
+
+    def both_twins(
+        scenario: Callable[[Path, str], FaultReport],
+    ) -> list[Callable[[Path], FaultReport]]:
+        """The scenario with ``taskqueue worker``, then with ``taskqueue worker --async``."""
+
+        def async_twin(work: Path) -> FaultReport:
+            report = scenario(work, "async")
+            report.scenario += ", AsyncWorker"
+            return report
+
+        return [lambda work: scenario(work, "sync"), async_twin]
+
     scenarios: list[Callable[[Path], FaultReport]] = [
-        lambda work: worker_sigkill(server_url, work, tasks=size(2000), kills=15),
-        lambda work: terminated_connections(server_url, work, tasks=size(2000), kills=15),
-        lambda work: server_restart(work, tasks=size(2000), restarts=2, outage=2.0),
+        *both_twins(
+            lambda work, twin: worker_sigkill(
+                server_url, work, tasks=size(2000), kills=15, twin=twin
+            )
+        ),
+        *both_twins(
+            lambda work, twin: terminated_connections(
+                server_url, work, tasks=size(2000), kills=15, twin=twin
+            )
+        ),
+        *both_twins(
+            lambda work, twin: server_restart(
+                work, tasks=size(2000), restarts=2, outage=2.0, twin=twin
+            )
+        ),
         lambda work: idle_in_transaction(server_url, work, tasks=size(3000)),
-        lambda work: stranded_worker(server_url, work, how="network cut", tasks=4),
-        lambda work: stranded_worker(server_url, work, how="SIGSTOP", tasks=4),
+        *both_twins(
+            lambda work, twin: stranded_worker(
+                server_url, work, how="network cut", tasks=4, twin=twin
+            )
+        ),
+        *both_twins(
+            lambda work, twin: stranded_worker(server_url, work, how="SIGSTOP", tasks=4, twin=twin)
+        ),
         lambda work: skewed_clocks(server_url, work, tasks=size(1000)),
     ]
     reports = []
