@@ -428,7 +428,9 @@ class AsyncWorker(WorkerBase[TaskT]):
         cancelling = getattr(current, "cancelling", None)  # Python 3.11+
         if cancelling is not None:
             return bool(cancelling())
-        return self._stopping.is_set()  # 3.10: during a stop, assume the slot is cancelled
+        # 3.10 cannot say: during a stop, assume the slot is cancelled (otherwise, such as
+        # when a loop torn down cancels slots before run(), the attempt counts as failed)
+        return self._stopping.is_set()
 
     def _cancel_handler(self, attempt: Attempt) -> None:
         """Cancel the ``async def`` handler of a settled attempt (threads run on)."""
