@@ -126,8 +126,12 @@ def summary(rows: dict[int, Any]) -> Table:
     return table
 
 
-def main(server_url: str | None = None, database: str = DEMO_DATABASE) -> int:
-    """Run the demo; returns the exit status (0 when every task completed)."""
+def main(
+    server_url: str | None = None, database: str = DEMO_DATABASE, workdir: Path | None = None
+) -> int:
+    """Run the demo; returns the exit status (0 when every task completed).  Its files
+    (the CSVs imported and exported) go to ``workdir``, by default a new directory under
+    the system's temporary directory that is kept for you to look at."""
     logging.basicConfig(
         level=logging.WARNING,
         format="%(message)s",
@@ -139,7 +143,7 @@ def main(server_url: str | None = None, database: str = DEMO_DATABASE) -> int:
     engine = create_engine(database_on_server(server_url, database, fresh=True), pool_size=10)
     migrate(engine)
     console.print("migrated: alembic upgrade head (tasks) + the example app's tables")
-    workdir = Path(tempfile.mkdtemp(prefix="taskqueue-demo-"))
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="taskqueue-demo-"))
     ids = enqueue_work(engine, workdir)
     console.print(f"enqueued {len(ids)} tasks: {ids}")
 

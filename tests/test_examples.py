@@ -331,10 +331,12 @@ def test_custom_columns_migrate_and_join(app_engine: Engine) -> None:
 
 
 @pytest.mark.slow
-def test_the_demo_runs_to_completion(server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_demo_runs_to_completion(
+    server_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     database = f"taskqueue_demo_test_{uuid.uuid4().hex[:8]}"
     try:
-        assert demo.main(server_url, database) == 0
+        assert demo.main(server_url, database, workdir=tmp_path) == 0
     finally:
         admin = sa.create_engine(
             server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
