@@ -156,22 +156,22 @@ def drain_best(url: str, count: int, processes: int) -> float:
     return _drain(url, count, processes, BEST_CONCURRENCY, BEST_CONCURRENCY + 1)
 
 
-def _count_succeeded(url: str) -> int:
+def _scalar(url: str, query: str) -> Any:
+    """The one value ``query`` returns, on a connection of its own."""
     connection = connect(url)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'")
-        [count] = cursor.fetchone()
+        cursor.execute(query)
+        [value] = cursor.fetchone()
     connection.close()
-    return int(count)
+    return value
+
+
+def _count_succeeded(url: str) -> int:
+    return int(_scalar(url, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"))
 
 
 def _server_time(url: str) -> Any:
-    connection = connect(url)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT clock_timestamp()")
-        [now] = cursor.fetchone()
-    connection.close()
-    return now
+    return _scalar(url, "SELECT clock_timestamp()")
 
 
 def _wait_for_listener(url: str, since: Any, timeout: float) -> None:

@@ -324,7 +324,9 @@ class AsyncWorker(WorkerBase[TaskT]):
             self.idle.clear()
 
     async def _settle_and_claim(self, free: int) -> list[Any]:
-        """One transaction: write the outcomes that are ready, then claim ``free`` tasks."""
+        """One transaction: write the outcomes that are ready, then claim ``free`` tasks.
+        Call it through :meth:`_finish`: a claim committed must be held, whatever
+        cancellation comes."""
         written: Written = []
         claimed: list[Any] = []
         failure: Exception | None = None
@@ -333,7 +335,8 @@ class AsyncWorker(WorkerBase[TaskT]):
             if not outcomes and free <= 0:
                 return []
             try:
-                written, claimed = await self._transaction(self._settle_body(outcomes, free))
+                # (callers run this whole turn through _finish: not shielded twice)
+                written, claimed = await self._transact(self._settle_body(outcomes, free))
             except Exception as exc:
                 written, claimed = [], []  # the transaction rolled back: nothing was written
                 if self._settle_failed(exc, outcomes):
@@ -393,7 +396,7 @@ class AsyncWorker(WorkerBase[TaskT]):
             return start
         if attempt.deadline is not None:
             self._supervisor_wake.set()  # re-plan around the new deadline
-        task, context = attempt.task, attempt.context
+        task, context, task_id = attempt.task, attempt.context, attempt.task_id
         call: asyncio.Future[Any]
         try:
             if is_coroutine_handler(start.function):
@@ -401,14 +404,14 @@ class AsyncWorker(WorkerBase[TaskT]):
             else:
                 loop = asyncio.get_running_loop()
                 call = loop.run_in_executor(self._pool, start.function, task, context)
-            self._handler_calls[task.id] = call
+            self._handler_calls[task_id] = call
             result = await call
             if isinstance(result, _Escaped):
                 raise result.error
             if inspect.isawaitable(result):  # a plain function that returned a coroutine
                 result = await result
         except asyncio.CancelledError as exc:
-            if task.id in self._cancelled_calls:
+            if task_id in self._cancelled_calls:
                 return None  # the worker cancelled it (timeout, shutdown): already settled
             if self._slot_cancelled():
                 raise
@@ -416,8 +419,8 @@ class AsyncWorker(WorkerBase[TaskT]):
         except BaseException as exc:  # SystemExit from a handler fails the attempt too
             return self._raised(attempt, exc)
         finally:
-            self._handler_calls.pop(task.id, None)
-            self._cancelled_calls.discard(task.id)
+            self._handler_calls.pop(task_id, None)
+            self._cancelled_calls.discard(task_id)
         return self._returned(attempt, result)
 
     def _slot_cancelled(self) -> bool:
@@ -434,9 +437,9 @@ class AsyncWorker(WorkerBase[TaskT]):
 
     def _cancel_handler(self, attempt: Attempt) -> None:
         """Cancel the ``async def`` handler of a settled attempt (threads run on)."""
-        call = self._handler_calls.get(attempt.task.id)
+        call = self._handler_calls.get(attempt.task_id)
         if isinstance(call, asyncio.Task) and not call.done():
-            self._cancelled_calls.add(attempt.task.id)
+            self._cancelled_calls.add(attempt.task_id)
             call.cancel()
 
     # ------------------------------------------------------------------ progress

@@ -238,8 +238,7 @@ def insert_statement(
         row = {"type": "email", "payload": {"to": "a@example.com"}}
         task_id = session.execute(stmt, row).scalar_one()
     """
-    values = _row_binds(table, columns, delayed, payload_text=payload_text)
-    values.update(_constant_columns(table, values))
+    values = _one_row_values(table, columns, delayed, payload_text)
     return _returning_id(insert(table).values(**values), table, channel)
 
 
@@ -286,6 +285,16 @@ def constant_defaults(table: Table) -> Mapping[str, Any]:
         if integer or status:
             constants[column.key] = value
     return MappingProxyType(constants)
+
+
+def _one_row_values(
+    table: Table, columns: tuple[str, ...], delayed: bool, payload_text: bool
+) -> dict[str, Any]:
+    """The VALUES of a one-row insert: a parameter per name in ``columns`` (and
+    ``run_delay``), and the constant defaults of the queue's other columns as SQL."""
+    values = _row_binds(table, columns, delayed, payload_text=payload_text)
+    values.update(_constant_columns(table, values))
+    return values
 
 
 def _constant_columns(table: Table, values: Mapping[str, Any]) -> dict[str, ColumnElement[Any]]:
@@ -394,8 +403,7 @@ def insert_if_absent_statement(
         row = {"type": "import", "payload": {}, "dedupe_key": "a.csv"}
         created = session.execute(stmt, row).first()  # None: an active task holds the key
     """
-    values = _row_binds(table, columns, delayed, payload_text=payload_text)
-    values.update(_constant_columns(table, values))
+    values = _one_row_values(table, columns, delayed, payload_text)
     inserted = (
         postgresql.insert(table)
         .values(**values)

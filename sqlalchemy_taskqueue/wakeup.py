@@ -30,7 +30,7 @@ import os
 import select
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import Engine
 
@@ -47,12 +47,47 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sqlalchemy_taskqueue.worker")
+_EngineT = TypeVar("_EngineT")
 
 _IDLE_CHECK_SECONDS = 0.5
 _MAX_RECONNECT_DELAY = 30.0
 
 
-class NotificationListener:
+_FIRST_RECONNECT_DELAY = 0.5
+
+
+class _Listener(Generic[_EngineT]):
+    """What both listeners share: the channel, the callback, the ``listening`` flag and
+    what they do when their connection is lost."""
+
+    def __init__(
+        self,
+        engine: _EngineT,
+        channel: str,
+        on_notify: Callable[[], None],
+        *,
+        listening: threading.Event | None = None,
+    ) -> None:
+        self._engine = engine
+        self._channel = channel
+        self._on_notify = on_notify
+        self.listening = listening if listening is not None else threading.Event()
+
+    def _connection_lost(self, delay: float) -> float:
+        """Report a lost connection (call from an ``except`` block) and make the caller
+        poll at once; the delay after this one's retry."""
+        self.listening.clear()
+        logger.warning(
+            "listen.connection_lost channel=%s retry_in=%.1fs",
+            self._channel,
+            delay,
+            exc_info=True,
+        )
+        self._on_notify()  # poll at once: something may have been missed
+        return min(delay * 2, _MAX_RECONNECT_DELAY)
+
+
+class NotificationListener(_Listener[Engine]):
     """A thread that listens on ``channel`` and calls ``on_notify()`` for notifications.
 
     :ivar listening: set while the ``LISTEN`` connection is established.
@@ -66,12 +101,9 @@ class NotificationListener:
         *,
         listening: threading.Event | None = None,
     ) -> None:
-        self._engine = engine
-        self._channel = channel
-        self._on_notify = on_notify
+        super().__init__(engine, channel, on_notify, listening=listening)
         self._stopped = threading.Event()
         self._stop_reader, self._stop_writer = os.pipe()  # wakes select() on stop
-        self.listening = listening if listening is not None else threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"taskqueue-listen-{channel}", daemon=True
         )
@@ -101,22 +133,15 @@ class NotificationListener:
         os.close(self._stop_writer)
 
     def _run(self) -> None:
-        delay = 0.5
+        delay = _FIRST_RECONNECT_DELAY
         while not self._stopped.is_set():
             try:
                 self._listen()
-                delay = 0.5
+                delay = _FIRST_RECONNECT_DELAY
             except Exception:
-                self.listening.clear()
-                logger.warning(
-                    "listen.connection_lost channel=%s retry_in=%.1fs",
-                    self._channel,
-                    delay,
-                    exc_info=True,
-                )
-                self._on_notify()  # poll at once: something may have been missed
+                next_delay = self._connection_lost(delay)
                 self._stopped.wait(delay)
-                delay = min(delay * 2, _MAX_RECONNECT_DELAY)
+                delay = next_delay
 
     def _listen(self) -> None:
         proxy = self._engine.raw_connection()
@@ -154,10 +179,10 @@ def _received(connection: Any) -> bool:
     return bool(list(connection.notifies(timeout=0)))  # psycopg 3: drain without waiting
 
 
-class AsyncNotificationListener:
+class AsyncNotificationListener(_Listener[Any]):
     """The asyncio twin of :class:`NotificationListener`: a task on the running loop that
-    keeps one asyncpg or psycopg 3 connection in ``LISTEN`` and calls ``on_notify()`` (on the loop) for
-    each notification, reconnecting with backoff when the connection drops.
+    keeps one asyncpg or psycopg 3 connection in ``LISTEN`` and calls ``on_notify()`` (on
+    the loop) for each notification, reconnecting with backoff when the connection drops.
 
     Example::
 
@@ -167,19 +192,8 @@ class AsyncNotificationListener:
         await listener.stop()
     """
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        channel: str,
-        on_notify: Callable[[], None],
-        *,
-        listening: threading.Event | None = None,
-    ) -> None:
-        self._engine = engine
-        self._channel = channel
-        self._on_notify = on_notify
-        self.listening = listening if listening is not None else threading.Event()
-        self._task: asyncio.Task[None] | None = None
+    _engine: AsyncEngine  # (the async extra may be missing: imported for typing only)
+    _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Start listening in a task on the running event loop.
@@ -206,22 +220,15 @@ class AsyncNotificationListener:
             self._task = None
 
     async def _run(self) -> None:
-        delay = 0.5
+        delay = _FIRST_RECONNECT_DELAY
         while True:
             try:
                 await self._listen()
-                delay = 0.5
+                delay = _FIRST_RECONNECT_DELAY
             except Exception:
-                self.listening.clear()
-                logger.warning(
-                    "listen.connection_lost channel=%s retry_in=%.1fs",
-                    self._channel,
-                    delay,
-                    exc_info=True,
-                )
-                self._on_notify()  # poll at once: something may have been missed
+                next_delay = self._connection_lost(delay)
                 await asyncio.sleep(delay)  # backing off from a failing server
-                delay = min(delay * 2, _MAX_RECONNECT_DELAY)
+                delay = next_delay
 
     async def _listen(self) -> None:
         connection = await self._engine.connect()

@@ -586,7 +586,7 @@ class WorkerBase(Generic[TaskT]):
             lost = [
                 a
                 for a in attempts
-                if a.task.id not in renewed and self._held.get(a.task.id) is a and not a.finished
+                if a.task_id not in renewed and self._held.get(a.task_id) is a and not a.finished
             ]
         for attempt in lost:
             self._lease_lost(attempt)

@@ -104,8 +104,11 @@ class AsyncWorkerRunner:
     """An ``AsyncWorker`` driven like a ``Worker``: ``run()`` blocks the calling thread
     while the worker runs on a new event loop (with an asyncpg engine of that loop)."""
 
-    def __init__(self, worker: AsyncWorker[Any], like: Engine) -> None:
+    def __init__(
+        self, worker: AsyncWorker[Any], factory: async_sessionmaker[Any], like: Engine
+    ) -> None:
         self.worker = worker
+        self._factory = factory  # the worker's, bound to an engine of each run's loop
         # the sync engine's database, its URL parameters moved where the driver takes them
         self._url, self._connect_args = async_engine_arguments(
             like.url.render_as_string(hide_password=False)
@@ -116,7 +119,7 @@ class AsyncWorkerRunner:
             engine = create_async_engine(
                 self._url, pool_size=20, max_overflow=20, connect_args=self._connect_args
             )
-            self.worker._session_factory.configure(bind=engine)
+            self._factory.configure(bind=engine)
             try:
                 await self.worker.run(**options)
             finally:
@@ -175,9 +178,9 @@ def worker_maker(twin: str) -> Callable[..., Any]:
             return AsyncWorker(factory, model, handlers, **options)
         engine = factory.kw["bind"]
         assert isinstance(engine, Engine)
-        return AsyncWorkerRunner(
-            AsyncWorker(async_sessionmaker(), model, handlers, **options), engine
-        )
+        async_factory = async_sessionmaker()
+        worker = AsyncWorker(async_factory, model, handlers, **options)
+        return AsyncWorkerRunner(worker, async_factory, engine)
 
     make.twin = twin  # type: ignore[attr-defined]
     return make
