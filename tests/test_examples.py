@@ -197,42 +197,52 @@ def served(app_engine: Engine) -> Iterator[HttpClient]:
         thread.join(10)
 
 
-def test_web_polling_over_http(app_engine: Engine, served: HttpClient, tmp_path: Path) -> None:
-    with Session(app_engine) as session, session.begin():
-        project_id = seed_project(session, "web", items=50).id
-    assert served.call("POST", f"/projects/{project_id}/exports", {"email": "nope"})[0] == 400
-    assert served.call("POST", "/projects/999/exports", {"email": "a@b.c"})[0] == 404
-    assert served.call("GET", "/tasks/999")[0] == 404
-
-    status, headers, body = served.call(
+def request_export_over_http(client: HttpClient, project_id: int) -> int:
+    """Bad requests are refused; a good one answers 202 with a pending task to poll."""
+    assert client.call("POST", f"/projects/{project_id}/exports", {"email": "nope"})[0] == 400
+    assert client.call("POST", "/projects/999/exports", {"email": "a@b.c"})[0] == 404
+    assert client.call("GET", "/tasks/999")[0] == 404
+    status, headers, body = client.call(
         "POST", f"/projects/{project_id}/exports", {"email": "ada@example.com"}
     )
     assert status == 202
-    task_id = body["task_id"]
-    assert headers["Location"] == f"/tasks/{task_id}"
-    assert served.call("GET", f"/tasks/{task_id}")[2]["status"] == "pending"
-    assert served.call("GET", f"/projects/{project_id}/exports/progress")[2] == {
+    task_id = int(body["task_id"])
+    location = {name.lower(): value for name, value in headers.items()}["location"]
+    assert location == f"/tasks/{task_id}"
+    assert client.call("GET", f"/tasks/{task_id}")[2]["status"] == "pending"
+    assert client.call("GET", f"/projects/{project_id}/exports/progress")[2] == {
         "project_id": project_id,
         "active": True,
         "progress": 0,
     }
+    return task_id
+
+
+def poll_until_exported(client: HttpClient, project_id: int, task_id: int) -> None:
+    """Poll the task as a client would until it completed with the export's result."""
+    deadline = time.monotonic() + 30
+    while (body := client.call("GET", f"/tasks/{task_id}")[2])["status"] != "completed":
+        assert time.monotonic() < deadline, body
+        time.sleep(0.05)  # the client's polling interval
+    assert body["progress"] == 100 and body["result"]["rows"] == 50 and body["error"] is None
+    assert client.call("GET", f"/projects/{project_id}/exports/progress")[2]["active"] is False
+    assert client.call("POST", f"/projects/{project_id}/exports")[0] == 202  # no e-mail
+
+
+def test_web_polling_over_http(app_engine: Engine, served: HttpClient, tmp_path: Path) -> None:
+    with Session(app_engine) as session, session.begin():
+        project_id = seed_project(session, "web", items=50).id
+    task_id = request_export_over_http(served, project_id)
 
     handlers = {data_export.DATA_EXPORT: data_export.make_export_handler(app_engine, tmp_path)}
     worker = Worker(sessionmaker(app_engine), Task, handlers, poll_interval=0.05)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while (body := served.call("GET", f"/tasks/{task_id}")[2])["status"] != "completed":
-            assert time.monotonic() < deadline, body
-            time.sleep(0.05)  # the client's polling interval
+        poll_until_exported(served, project_id, task_id)
     finally:
         worker.stop()
         thread.join(10)
-    assert body["progress"] == 100 and body["result"]["rows"] == 50 and body["error"] is None
-    assert served.call("GET", f"/projects/{project_id}/exports/progress")[2]["active"] is False
-    # the e-mail is optional
-    assert served.call("POST", f"/projects/{project_id}/exports")[0] == 202
 
 
 @contextmanager
@@ -260,21 +270,7 @@ def test_async_web_polling_over_http(app_engine: Engine, tmp_path: Path) -> None
     with Session(app_engine) as session, session.begin():
         project_id = seed_project(session, "web-async", items=50).id
     with served_async(app_engine) as client:
-        assert client.call("POST", f"/projects/{project_id}/exports", {"email": "nope"})[0] == 400
-        assert client.call("POST", "/projects/999/exports", {"email": "a@b.c"})[0] == 404
-        assert client.call("GET", "/tasks/999")[0] == 404
-        status, headers, body = client.call(
-            "POST", f"/projects/{project_id}/exports", {"email": "ada@example.com"}
-        )
-        assert status == 202
-        task_id = body["task_id"]
-        assert headers["location"] == f"/tasks/{task_id}"
-        assert client.call("GET", f"/tasks/{task_id}")[2]["status"] == "pending"
-        assert client.call("GET", f"/projects/{project_id}/exports/progress")[2] == {
-            "project_id": project_id,
-            "active": True,
-            "progress": 0,
-        }
+        task_id = request_export_over_http(client, project_id)
         # a refused request writes nothing: still one task
         with Session(app_engine) as session:
             assert session.scalar(select(func.count()).select_from(Task)) == 1
@@ -282,14 +278,7 @@ def test_async_web_polling_over_http(app_engine: Engine, tmp_path: Path) -> None
     # the app with its AsyncWorker: the pending export is done while the client polls
     handlers = {data_export.DATA_EXPORT: data_export.make_export_handler(app_engine, tmp_path)}
     with served_async(app_engine, handlers) as client:
-        deadline = time.monotonic() + 30
-        while (body := client.call("GET", f"/tasks/{task_id}")[2])["status"] != "completed":
-            assert time.monotonic() < deadline, body
-            time.sleep(0.05)  # the client's polling interval
-        assert body["progress"] == 100 and body["result"]["rows"] == 50 and body["error"] is None
-        progress = client.call("GET", f"/projects/{project_id}/exports/progress")[2]
-        assert progress["active"] is False
-        assert client.call("POST", f"/projects/{project_id}/exports")[0] == 202  # no e-mail
+        poll_until_exported(client, project_id, task_id)
 
 
 def test_web_polling_rolls_the_task_back_with_the_request(app_engine: Engine) -> None:
