@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -55,6 +56,23 @@ def enqueue_one_by_one(engine: Engine, count: int) -> float:
     for n in range(count):
         with factory() as session:
             TaskRepository(session, Task).enqueue("noop", {"n": n})
+            session.commit()
+    return count / (time.perf_counter() - started)
+
+
+def enqueue_sqlalchemy_alone(engine: Engine, count: int) -> float:
+    """Tasks per second for the hand-written loop's ``INSERT`` sent as bare SQL through a
+    new ORM ``Session`` per transaction, a commit each: what SQLAlchemy itself costs, with
+    no queue code at all (the floor under :func:`enqueue_one_by_one`)."""
+    factory = sessionmaker(engine)
+    insert = text(
+        f"INSERT INTO {Task.__tablename__} (type, payload) "
+        "VALUES (:type, CAST(:payload AS JSONB)) RETURNING id"
+    )
+    started = time.perf_counter()
+    for n in range(count):
+        with factory() as session:
+            session.execute(insert, {"type": "noop", "payload": json.dumps({"n": n})}).scalar_one()
             session.commit()
     return count / (time.perf_counter() - started)
 

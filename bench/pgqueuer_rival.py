@@ -118,10 +118,15 @@ def drain_best(url: str, count: int, processes: int) -> float:
 
 
 def wake_latencies(url: str, samples: int, spacing: float) -> list[float]:
-    """Seconds from each enqueue (autocommit) to its entrypoint starting, idle worker."""
+    """Seconds from each enqueue (autocommit) to its entrypoint starting, idle worker.
+
+    pgqueuer offers no readiness signal, so one warm-up job goes first: once its
+    entrypoint has run, the worker is idle in ``LISTEN`` and the measured jobs follow.
+    """
     reset(url)
     started: dict[int, float] = {}
-    ready = threading.Event()
+    warmed_up = threading.Event()
+    all_started = threading.Event()
     loop = asyncio.new_event_loop()
     manager: Any = None
 
@@ -133,18 +138,21 @@ def wake_latencies(url: str, samples: int, spacing: float) -> list[float]:
         @manager.entrypoint("noop")
         async def noop(job: Any) -> None:
             started[int(job.id)] = time.perf_counter()
+            warmed_up.set()
+            if len(started) == samples + 1:
+                all_started.set()
 
-        ready.set()
         await manager.run()
         await connection.close()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(work(),), daemon=True)
     thread.start()
-    ready.wait(10)
-    time.sleep(0.5)  # let the worker reach its LISTEN (pgqueuer offers no readiness signal)
 
     async def produce() -> dict[int, float]:
         connection, queries = await _queries(url)
+        await queries.enqueue("noop", PAYLOAD)  # the warm-up job
+        if not await asyncio.to_thread(warmed_up.wait, 30):
+            raise RuntimeError("the pgqueuer worker did not start")
         committed: dict[int, float] = {}
         for _ in range(samples):
             [job_id] = await queries.enqueue("noop", PAYLOAD)
@@ -154,9 +162,9 @@ def wake_latencies(url: str, samples: int, spacing: float) -> list[float]:
         return committed
 
     committed = asyncio.run(produce())
-    deadline = time.monotonic() + 30
-    while len(started) < samples and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling an in-process dict filled by another event loop
+    finished = all_started.wait(30)
     loop.call_soon_threadsafe(manager.shutdown.set)
     thread.join(30)
-    return [started[job_id] - at for job_id, at in committed.items() if job_id in started]
+    if not finished:
+        raise RuntimeError(f"pgqueuer started {len(started) - 1} of {samples} jobs")
+    return [started[job_id] - at for job_id, at in committed.items()]

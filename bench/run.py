@@ -60,6 +60,8 @@ class Figure:
     higher_is_better: bool = True
     target: str = ""
     rivals: dict[str, float | None] = field(default_factory=dict)
+    # the same work through SQLAlchemy alone, no queue code (where measured)
+    floor: float | None = None
 
     def ratio_to(self, other: float | None) -> float | None:
         """How many times better ours is than ``other`` (above 1: ours is better)."""
@@ -101,6 +103,7 @@ class Figure:
             **theirs,
             "ratio": self.ratio,
             **{f"ratio_to_{name}": self.ratio_to(value) for name, value in theirs.items()},
+            "ratio_to_floor": self.ratio_to(self.floor),
         }
 
 
@@ -170,6 +173,8 @@ def measure(
     ours.reset(engine)
     hand = baseline.enqueue_one_by_one(url, one_by_one)
     ours.reset(engine)
+    floor = ours.enqueue_sqlalchemy_alone(engine, one_by_one)
+    ours.reset(engine)
     add(
         Figure(
             "enqueue, one per transaction",
@@ -178,6 +183,7 @@ def measure(
             ours.enqueue_one_by_one(engine, one_by_one),
             target=">= 0.9x hand-written",
             rivals=rivals(lambda rival: rival.enqueue_one_by_one(url, one_by_one)),
+            floor=floor,
         )
     )
     ours.reset(engine)
@@ -302,6 +308,7 @@ def median_figure(runs: tuple[Figure, ...]) -> Figure:
         baseline=middle([run.baseline for run in runs]),
         ours=statistics.median(run.ours for run in runs),
         rivals=rivals,
+        floor=middle([run.floor for run in runs]),
     )
 
 
@@ -360,6 +367,14 @@ def main() -> None:
     print("|---|---|" + "---:|" * (len(header) - 3) + "---|")
     for figure in figures:
         print(figure.row())
+    for figure in figures:
+        if figure.floor is not None and figure.ratio is not None:
+            print(
+                f"\n{figure.scenario}, SQLAlchemy alone: the hand-written INSERT as bare SQL "
+                f"through a new Session per transaction runs at {figure.floor:,.1f} "
+                f"{figure.unit}, {figure.floor / figure.baseline:.2f}x the hand-written loop; "
+                f"sqlalchemy-taskqueue runs at {figure.ratio_to(figure.floor):.2f}x that"
+            )
     print(
         "\nratio: ours relative to the baseline column, above 1 is better (throughput: "
         "ours / baseline; latency: baseline / ours)"
