@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from .durations import Duration, to_seconds
 from .models import task_table
+from .validation import task_type_name
 
 __all__ = ["Handler", "HandlerRegistry", "HandlerSpec", "normalize_handlers"]
 
@@ -86,10 +87,11 @@ class HandlerRegistry(Mapping[str, Handler]):
             raise ValueError(f"task_type must be a non-empty string, got {task_type!r}")
         if not callable(function):
             raise TypeError(f"the handler for {task_type!r} is not callable: {function!r}")
-        if task_type in self._specs:
-            raise ValueError(f"a handler for {task_type!r} is already registered")
-        seconds = None if timeout is None else to_seconds(f"timeout of {task_type!r}", timeout)
-        self._specs[str(task_type)] = HandlerSpec(function, seconds)
+        name = task_type_name(task_type)
+        if name in self._specs:
+            raise ValueError(f"a handler for {name!r} is already registered")
+        seconds = None if timeout is None else to_seconds(f"timeout of {name!r}", timeout)
+        self._specs[name] = HandlerSpec(function, seconds)
 
     def spec(self, task_type: str) -> HandlerSpec | None:
         """The handler and timeout registered for ``task_type``, if any.
@@ -98,7 +100,9 @@ class HandlerRegistry(Mapping[str, Handler]):
 
             tasks.spec("bulk_import").timeout_seconds  # 600.0
         """
-        return self._specs.get(task_type)
+        return self._specs.get(
+            task_type_name(task_type) if isinstance(task_type, str) else task_type
+        )
 
     def __getitem__(self, task_type: str) -> Handler:
         return self._specs[task_type].function
@@ -132,8 +136,9 @@ def normalize_handlers(
         if not callable(function):
             raise TypeError(f"the handler for {task_type!r} is not callable: {function!r}")
         registered = handlers.spec(task_type) if isinstance(handlers, HandlerRegistry) else None
-        specs[str(task_type)] = registered or HandlerSpec(function)
-    for task_type, timeout in (timeouts or {}).items():
+        specs[task_type_name(task_type)] = registered or HandlerSpec(function)
+    for key, timeout in (timeouts or {}).items():
+        task_type = task_type_name(key) if isinstance(key, str) else key
         if task_type not in specs:
             raise ValueError(f"a timeout is given for {task_type!r}, which has no handler")
         specs[task_type] = HandlerSpec(

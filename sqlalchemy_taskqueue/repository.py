@@ -65,6 +65,7 @@ from .validation import (
     require_task_type,
     require_timedelta,
     require_token,
+    task_type_name,
     task_types_argument,
 )
 
@@ -366,7 +367,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             columns=columns,
         )
         if dedupe_key is None:
-            digest = hashlib.sha256(canonical_json([str(task_type), payload]).encode())
+            digest = hashlib.sha256(canonical_json([task_type_name(task_type), payload]).encode())
             dedupe_key = digest.hexdigest()
         else:
             require_dedupe_key(dedupe_key)
@@ -642,6 +643,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         if task_type is not None:
             require_task_type(task_type)
+            task_type = task_type_name(task_type)
         stmt = statements.retry_statement(self._table, task_id=None, task_type=task_type)
         return len(self._session.execute(stmt).all())
 
@@ -738,7 +740,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if project_id is not None:
             match["project_id"] = project_id
         require_json("payload match", match, allow_none=False)
-        stmt = statements.progress_lookup_statement(self._table, str(task_type), match)
+        stmt = statements.progress_lookup_statement(self._table, task_type_name(task_type), match)
         progress = self._session.execute(stmt).scalar_one_or_none()
         return None if progress is None else int(progress)
 
@@ -834,7 +836,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         require_max_retries(max_retries)
         require_int("priority", priority, minimum=INT4_MIN, maximum=INT4_MAX)
         values: dict[str, Any] = {
-            "type": str(task_type),
+            "type": task_type_name(task_type),
             "max_retries": max_retries,
             "priority": priority,
         }

@@ -88,6 +88,19 @@ def require_task_type(task_type: Any, *, new: bool = False) -> None:
     require_storable_text("task_type", task_type)
 
 
+def task_type_name(task_type: str) -> str:
+    """The text stored for a task type: the string value itself, also for an enum
+    member whose ``str()`` is its name (a ``class TaskType(str, Enum)``).
+
+    >>> import enum
+    >>> class TaskType(str, enum.Enum):
+    ...     EXPORT = "export"
+    >>> task_type_name(TaskType.EXPORT)
+    'export'
+    """
+    return str.__str__(task_type)
+
+
 def require_dedupe_key(dedupe_key: Any) -> None:
     """A non-empty string of at most :data:`MAX_DEDUPE_KEY_BYTES` UTF-8 bytes.
 
@@ -139,13 +152,13 @@ def task_types_argument(task_type: str | Sequence[str] | None) -> list[str] | No
         return None
     if isinstance(task_type, str):
         require_task_type(task_type)
-        return [str(task_type)]
+        return [task_type_name(task_type)]
     types = list(task_type)
     if not types:
         raise ValueError("task_type must name at least one type (or be None for any)")
     for item in types:
         require_task_type(item)
-    return [str(item) for item in types]
+    return [task_type_name(item) for item in types]
 
 
 #: ``\u0000`` in JSON text preceded by an even number of backslashes: a real NUL.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -156,6 +157,24 @@ def test_enqueue_accepts_options_and_strenum_types(repo: Repo, session: Session)
     )
     assert task.run_at == when
     assert task.timeout_seconds == 9
+
+
+class LegacyTaskType(str, enum.Enum):
+    """A task type enum in the pre-``StrEnum`` style (``str()`` gives the member name)."""
+
+    EXPORT = "legacy_export"
+
+
+def test_str_enum_task_types_are_stored_as_their_value(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue(LegacyTaskType.EXPORT, {}, max_retries=0)
+    session.commit()
+    task = repo.get_task(task_id)
+    assert task is not None and task.type == "legacy_export" == LegacyTaskType.EXPORT
+    claimed = claim(repo, "legacy_export")
+    assert claimed.id == task_id
+    repo.fail_task(task_id, "boom", lease_token=claimed.lease_token)
+    session.commit()
+    assert repo.retry_failed_tasks(LegacyTaskType.EXPORT) == 1
 
 
 @pytest.mark.parametrize(
