@@ -795,12 +795,12 @@ def retry_statement(table: Table, *, task_id: int | None, task_type: str | None)
         condition = and_(condition, c.id == task_id)
     if task_type is not None:
         condition = and_(condition, c.type == task_type)
-    key = func.coalesce(c.dedupe_key, cast(c.id, Text))  # tasks without a key stand alone
+    alone = case((c.dedupe_key.is_(None), c.id))  # tasks without a key stand alone
     ranked = (
         select(
             c.id,
             func.row_number()
-            .over(partition_by=(c.type, key), order_by=c.id.desc())
+            .over(partition_by=(c.type, c.dedupe_key, alone), order_by=c.id.desc())
             .label("newest_first"),
         )
         .where(condition)

@@ -788,6 +788,20 @@ def test_retry_failed_tasks_retries_one_of_several_sharing_a_dedupe_key(
     assert statuses == [TaskStatus.FAILED, TaskStatus.PENDING]
 
 
+def test_retry_failed_tasks_never_confuses_a_task_id_with_a_dedupe_key(
+    repo: Repo, session: Session
+) -> None:
+    plain = repo.enqueue("import", {"n": 1}, max_retries=0)
+    keyed, _ = repo.enqueue_if_not_exists("import", {"n": 2}, dedupe_key=str(plain), max_retries=0)
+    session.commit()
+    for task in repo.dequeue_many("import", limit=2):
+        repo.fail_task(task.id, "boom")
+    session.commit()
+    assert repo.retry_failed_tasks() == 2
+    session.commit()
+    assert {repo.get_task(i).status for i in (plain, keyed)} == {TaskStatus.PENDING}  # type: ignore[union-attr]
+
+
 def test_a_backslash_before_u0000_is_not_a_nul(repo: Repo, session: Session) -> None:
     task_id = repo.enqueue("a", {"path": "C:\\u0000dir"})
     session.commit()
