@@ -809,7 +809,9 @@ def retry_statement(table: Table, *, task_id: int | None, task_type: str | None)
     newest = select(ranked.c.id).where(ranked.c.newest_first == 1)
     return (
         update(table)
-        .where(c.id.in_(newest.scalar_subquery()))
+        # the status again on the row itself: a row changed while this statement waited
+        # for its lock is rechecked against this condition (not against the subquery's)
+        .where(c.id.in_(newest.scalar_subquery()), c.status == TaskStatus.FAILED)
         .values(
             status=TaskStatus.PENDING,
             retry_count=0,

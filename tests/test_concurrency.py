@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from twins import TWINS, in_session, make_repository
 
@@ -99,3 +99,58 @@ def test_sixteen_threads_racing_enqueue_if_not_exists_create_one_task(
     assert sum(created for _, created in results) == 1
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(clean_table)) == 1
+
+
+def wait_until_blocked_on_a_lock(session: Session, thread: threading.Thread) -> None:
+    """Return once another backend of this database waits for a lock (polled, no sleep)."""
+    waiting = (
+        select(func.count())
+        .where(text("wait_event_type = 'Lock' AND datname = current_database()"))
+        .select_from(text("pg_stat_activity"))
+    )
+    for _ in range(100_000):
+        blocked = session.scalar(waiting)
+        session.rollback()  # pg_stat_activity is a snapshot per transaction
+        if blocked:
+            return
+        assert thread.is_alive(), "the other transaction finished without waiting"
+    raise AssertionError("the other transaction never waited for the row lock")
+
+
+def test_a_bulk_retry_never_resets_a_task_claimed_while_it_waited(
+    twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    with session_factory() as session:
+        repo = TaskRepository(session, clean_table)
+        task_id = repo.enqueue("work", {}, max_retries=0)
+        session.commit()
+        task = repo.dequeue("work")
+        assert task is not None
+        repo.fail_task(task_id, "boom", lease_token=task.lease_token)
+        session.commit()
+
+    retried: list[int] = []
+
+    def bulk_retry(session: Session) -> None:
+        retried.append(make_repository(session, clean_table).retry_failed_tasks())
+        session.commit()
+
+    with session_factory() as first, session_factory() as observer:
+        repo = TaskRepository(first, clean_table)
+        repo.retry_task(task_id)  # holds the row lock until commit ...
+        claimed = repo.dequeue("work")  # ... and claims the task in the same transaction
+        assert claimed is not None and claimed.id == task_id
+        other = threading.Thread(
+            target=lambda: in_session(twin, session_factory, bulk_retry), daemon=True
+        )
+        other.start()
+        wait_until_blocked_on_a_lock(observer, other)
+        first.commit()
+        other.join(timeout=60)
+        assert not other.is_alive()
+        stored = repo.get_task(task_id)
+        assert stored is not None and stored.status is TaskStatus.IN_PROGRESS
+        assert stored.lease_token == claimed.lease_token
+        assert retried == [0]  # the task was no longer failed when its lock was granted
+        repo.complete_task(task_id, lease_token=claimed.lease_token)
+        first.commit()
