@@ -909,13 +909,23 @@ def rescue_statement(table: Table, *, limit: int) -> Update:
 
 
 def payload_contains(table: Table, match: Mapping[str, Any]) -> ColumnElement[bool]:
-    """``payload @> match``: the payload has every key of ``match`` with that value.
+    """The payload has every key of ``match`` with exactly that value.
+
+    ``payload @> match`` (which a GIN index on ``payload`` can serve) and, per key,
+    ``payload -> key = value``: containment alone would also accept a list or object
+    that merely contains the value asked for (``["a", "b"]`` for ``["a"]``).
 
     Example::
 
         stmt = select(Task.id).where(payload_contains(Task.__table__, {"project_id": 7}))
     """
-    return table.c.payload.op("@>")(cast(literal(json.dumps(match)), postgresql.JSONB))
+    payload = table.c.payload
+    whole = [
+        payload.op("->", return_type=postgresql.JSONB)(literal(key, Text))
+        == cast(literal(json.dumps(value)), postgresql.JSONB)
+        for key, value in match.items()
+    ]
+    return and_(payload.op("@>")(cast(literal(json.dumps(match)), postgresql.JSONB)), *whole)
 
 
 def progress_lookup_statement(

@@ -863,6 +863,19 @@ def test_get_task_progress_matches_payload_keys(project_repo: Repo, session: Ses
         repo.get_task_progress(None)  # type: ignore[arg-type]
 
 
+def test_get_task_progress_matches_whole_values_not_parts_of_them(
+    repo: Repo, session: Session
+) -> None:
+    repo.enqueue("export", {"tags": ["a", "b"], "options": {"fmt": "csv", "zip": True}})
+    session.commit()
+    assert repo.get_task_progress("export", tags=["a", "b"]) == 0
+    assert repo.get_task_progress("export", options={"zip": True, "fmt": "csv"}) == 0
+    # a list or an object that is only part of the payload's value is another value
+    assert repo.get_task_progress("export", tags=["a"]) is None
+    assert repo.get_task_progress("export", tags=[]) is None
+    assert repo.get_task_progress("export", options={"fmt": "csv"}) is None
+
+
 def test_cleanup_deletes_only_old_finished_tasks(repo: Repo, session: Session) -> None:
     table = repo.model.__tablename__
     ids = repo.enqueue_many("a", [{"n": n} for n in range(7)])
