@@ -61,6 +61,7 @@ from .validation import (
     require_lease,
     require_max_retries,
     require_size_limit,
+    require_storable_text,
     require_task_id,
     require_task_type,
     require_timedelta,
@@ -582,6 +583,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         require_token(lease_token)
         if not isinstance(error_message, str):
             raise TypeError(f"error_message must be a string, got {error_message!r}")
+        require_storable_text("error_message", error_message)
         if not isinstance(retry, bool):
             raise TypeError(f"retry must be a bool, got {retry!r}")
         stmt = statements.fail_statement(

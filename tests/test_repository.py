@@ -603,7 +603,10 @@ def test_fail_task_validates_arguments(repo: Repo, session: Session) -> None:
         repo.fail_task(task.id, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="lease_token"):
         repo.fail_task(task.id, "x", lease_token="not-a-uuid")  # type: ignore[arg-type]
-    stored = repo.get_task(task.id)
+    for message in ("nul\x00byte", "lone \ud800 surrogate"):
+        with pytest.raises(ValueError, match="error_message"):
+            repo.fail_task(task.id, message, lease_token=task.lease_token)
+    stored = repo.get_task(task.id)  # the transaction is still usable: nothing was sent
     assert stored is not None and stored.status is TaskStatus.IN_PROGRESS
     assert stored.retry_count == 0
 
