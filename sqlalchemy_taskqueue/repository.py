@@ -368,7 +368,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             columns=columns,
         )
         if dedupe_key is None:
-            digest = hashlib.sha256(canonical_json([task_type_name(task_type), payload]).encode())
+            # the payload as stored (keys that are not strings became strings), which
+            # also sorts whatever the keys were
+            stored = json.loads(values["payload"])
+            digest = hashlib.sha256(canonical_json([task_type_name(task_type), stored]).encode())
             dedupe_key = digest.hexdigest()
         else:
             require_dedupe_key(dedupe_key)

@@ -341,6 +341,20 @@ def test_enqueue_if_not_exists_allows_a_new_task_once_the_old_one_finished(
     assert created and new_id != first
 
 
+def test_enqueue_if_not_exists_keys_payloads_by_their_stored_json(
+    repo: Repo, session: Session
+) -> None:
+    # keys that are not strings are stored as strings (what enqueue() accepts) ...
+    first, created = repo.enqueue_if_not_exists("import", {1: "a", "b": 2})
+    assert created
+    # ... so the payload with those keys as strings is the same task
+    assert repo.enqueue_if_not_exists("import", {"1": "a", "b": 2}) == (first, False)
+    second, _ = repo.enqueue_if_not_exists("import", {2: "x", 10: "y"})
+    assert repo.enqueue_if_not_exists("import", {"10": "y", "2": "x"}) == (second, False)
+    session.commit()
+    assert row_count(session, repo.model) == 2
+
+
 def test_enqueue_if_not_exists_with_an_explicit_key(repo: Repo, session: Session) -> None:
     first, _ = repo.enqueue_if_not_exists("report", {"v": 1}, dedupe_key="report:7")
     second, created = repo.enqueue_if_not_exists("report", {"v": 2}, dedupe_key="report:7")
