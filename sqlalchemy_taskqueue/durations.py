@@ -57,14 +57,15 @@ def parse_duration(text: str) -> timedelta:
     try:
         seconds = float(cleaned)
     except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds) or seconds < 0:
-            raise ValueError(f"invalid duration {text!r}: must be a finite number >= 0")
-        return timedelta(seconds=seconds)
-    parts = _PART.findall(cleaned)
-    if not cleaned or "".join(number + unit for number, unit in parts) != cleaned:
-        raise ValueError(
-            f"invalid duration {text!r}: use a number of seconds or units like 90s, 15m, 12h, 7d"
-        )
-    return timedelta(seconds=sum(float(number) * _UNITS[unit] for number, unit in parts))
+        parts = _PART.findall(cleaned)
+        if not cleaned or "".join(number + unit for number, unit in parts) != cleaned:
+            raise ValueError(
+                f"invalid duration {text!r}: use a number of seconds or units like "
+                "90s, 15m, 12h, 7d"
+            ) from None
+        seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {text!r}: must be a finite number >= 0")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"invalid duration {text!r}: must be at most {MAX_DURATION.days} days")
+    return timedelta(seconds=seconds)
