@@ -50,6 +50,7 @@ from .validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     INT4_MAX,
     INT4_MIN,
+    INT8_MAX,
     json_array_text,
     json_text,
     lease_pairs,
@@ -462,7 +463,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if not isinstance(relaxed_commit, bool):
             raise TypeError(f"relaxed_commit must be a bool, got {relaxed_commit!r}")
         task_types = task_types_argument(task_type)
-        require_int("limit", limit, minimum=1)
+        require_int("limit", limit, minimum=1, maximum=INT4_MAX)  # bound as an integer
         lease = (
             self._lease
             if lease_duration is None
@@ -710,7 +711,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.rescue_expired_leases()  # {17: <TaskStatus.PENDING: 'pending'>}
         """
-        require_int("limit", limit, minimum=1)
+        require_int("limit", limit, minimum=1, maximum=INT8_MAX)
         stmt = statements.rescue_statement(self._table, limit=limit)
         return {int(row[0]): TaskStatus(row[1]) for row in self._session.execute(stmt)}
 
@@ -771,7 +772,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             repo.cleanup_old_tasks(timedelta(days=7))  # 1204
         """
         require_timedelta("older_than", older_than, allow_zero=True)
-        require_int("batch_size", batch_size, minimum=1)
+        require_int("batch_size", batch_size, minimum=1, maximum=INT8_MAX)
         if max_batches is not None:
             require_int("max_batches", max_batches, minimum=1)
         stmt = statements.purge_statement(self._table, older_than=older_than, batch_size=batch_size)

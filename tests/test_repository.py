@@ -439,6 +439,21 @@ def test_dequeue_many_claims_a_batch_in_order(repo: Repo, session: Session) -> N
         repo.dequeue_many("a", limit=1, lease_duration="30s")  # type: ignore[arg-type]
 
 
+def test_limits_beyond_the_databases_integers_are_refused_before_sending(
+    repo: Repo, session: Session
+) -> None:
+    task_id = repo.enqueue("a", {})
+    with pytest.raises(ValueError, match="limit"):
+        repo.dequeue_many(limit=2**31)
+    with pytest.raises(ValueError, match="limit"):
+        repo.rescue_expired_leases(limit=2**63)
+    with pytest.raises(ValueError, match="batch_size"):
+        repo.cleanup_old_tasks(timedelta(days=1), batch_size=2**63)
+    session.commit()  # the caller's transaction was not aborted: the task is kept
+    assert repo.get_task(task_id) is not None
+    assert [task.id for task in repo.dequeue_many(limit=2**31 - 1)] == [task_id]
+
+
 def test_lease_durations_may_be_seconds(repo: Repo, session: Session) -> None:
     repo.enqueue("a", {})
     session.commit()
