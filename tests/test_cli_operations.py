@@ -185,3 +185,29 @@ def test_a_missing_table_is_reported_clearly(database_url: str) -> None:
     )
     assert result.exit_code == 1
     assert "no_such_table" in result.output and "does not exist" in result.output
+
+
+def test_the_database_url_before_the_command_wins_over_the_environment(
+    database_url: str, clean_table: type[Any], repo: Repo, session: Session
+) -> None:
+    """An operator who names a database on the command line gets that database, not the
+    one TASKQUEUE_DATABASE_URL happens to name (the command's own option reads it too)."""
+    task_id = repo.enqueue("export", {})
+    session.commit()
+    elsewhere = "postgresql+psycopg2://nobody@127.0.0.1:1/elsewhere"
+    result = CliRunner().invoke(
+        cli,
+        ["--database-url", database_url, "cancel", str(task_id)],
+        env={"TASKQUEUE_DATABASE_URL": elsewhere, "TASKQUEUE_TABLE": clean_table.__tablename__},
+    )
+    assert result.exit_code == 0, result.output
+    assert "127.0.0.1:1" not in result.output
+    session.expire_all()
+    assert repo.get_task(task_id).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+    # an URL given after the command still wins over one given before it
+    result = CliRunner().invoke(
+        cli,
+        ["--database-url", elsewhere, "show", str(task_id), "--database-url", database_url],
+        env={"TASKQUEUE_TABLE": clean_table.__tablename__},
+    )
+    assert result.exit_code == 0 and "cancelled" in result.output, result.output

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoSuchModuleError
 
@@ -83,10 +84,13 @@ def database_url_or_fail(database_url: str | None) -> str:
     >>> database_url_or_fail("postgres://app@db/app")
     'postgresql+psycopg2://app@db/app'
     """
-    if not database_url:
-        context = click.get_current_context(silent=True)
-        root = context.find_root() if context is not None else None
-        database_url = (root.obj or {}).get("database_url") if root is not None else None
+    context = click.get_current_context(silent=True)
+    if context is not None and not _from_command_line(context):
+        # the command's own option also reads TASKQUEUE_DATABASE_URL: a URL typed before
+        # the command must still win over the environment
+        root = context.find_root()
+        if root is not context and (database_url is None or _from_command_line(root)):
+            database_url = (root.obj or {}).get("database_url") or database_url
     if not database_url:
         raise click.UsageError("Missing option '--database-url' (or set TASKQUEUE_DATABASE_URL).")
     masked = mask_password(database_url)
@@ -119,6 +123,11 @@ def database_url_or_fail(database_url: str | None) -> str:
             param_hint="--database-url",
         )
     return url
+
+
+def _from_command_line(context: click.Context) -> bool:
+    """Whether ``context``'s ``--database-url`` was typed (not read from the environment)."""
+    return context.get_parameter_source("database_url") is ParameterSource.COMMANDLINE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
