@@ -83,6 +83,15 @@ def test_enqueue_unique_and_delayed(run: Any, repo: Repo) -> None:
         (["stuck", "--older-than", "0s"], "positive"),
         (["stats", "--window", "0s"], "positive"),
         (["stats", "--window", "a while"], "invalid duration"),
+        # values the queue itself refuses: a message and exit 2, not a traceback
+        (["failed", "--type", ""], "task_type must be a non-empty string"),
+        (["retry", "--all-failed", "--type", ""], "task_type must not be empty"),
+        (["show", "99999999999999999999"], "task_id must be <="),
+        (["cancel", "99999999999999999999"], "task_id must be <="),
+        (["retry", "99999999999999999999"], "task_id must be <="),
+        (["stuck", "--older-than", "99999d"], "at most 36500 days"),
+        (["stats", "--window", "99999d"], "at most 36500 days"),
+        (["cleanup", "--older-than", "99999d"], "at most 36500 days"),
     ],
 )
 def test_bad_arguments_exit_2(run: Any, args: list[str], message: str) -> None:

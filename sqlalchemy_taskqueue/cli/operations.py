@@ -84,6 +84,9 @@ def open_repository(
 ) -> Iterator[TaskRepository[Any]]:
     """A repository in one transaction, committed when the block succeeds.
 
+    A value the repository refuses (``ValueError``/``TypeError``) is a usage error (exit
+    2); a refusal by the queue (unknown id, wrong state) or the database exits 1.
+
     Example::
 
         with open_repository("postgresql://app@db/app", "tasks", None) as repo:
@@ -103,6 +106,8 @@ def open_repository(
         ) from None
     except TaskQueueError as exc:
         raise click.ClickException(str(exc)) from None
+    except (TypeError, ValueError) as exc:  # a value the queue refuses: a bad argument
+        raise click.UsageError(str(exc)) from None
     finally:
         engine.dispose()
 
