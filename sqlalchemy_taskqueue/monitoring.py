@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from . import statements
 from .exceptions import wrap_database_errors
 from .status import TaskStatus
-from .validation import require_int, require_timedelta
+from .validation import INT8_MAX, require_int, require_timedelta
 
 __all__ = [
     "FailedTask",
@@ -229,12 +229,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def require_limit(limit: Any) -> int:
-    """A row limit: an integer of at least 1.
+    """A row limit: an integer from 1 to what PostgreSQL's ``LIMIT`` takes (a bigint).
 
     >>> require_limit(20)
     20
     """
-    require_int("limit", limit, minimum=1)
+    require_int("limit", limit, minimum=1, maximum=INT8_MAX)
     return int(limit)
 
 

@@ -92,6 +92,7 @@ def test_enqueue_unique_and_delayed(run: Any, repo: Repo) -> None:
         (["stuck", "--older-than", "99999d"], "at most 36500 days"),
         (["stats", "--window", "99999d"], "at most 36500 days"),
         (["cleanup", "--older-than", "99999d"], "at most 36500 days"),
+        (["failed", "--limit", "99999999999999999999"], "limit must be <="),
     ],
 )
 def test_bad_arguments_exit_2(run: Any, args: list[str], message: str) -> None:

@@ -140,3 +140,19 @@ def test_queue_stats_is_json_ready(repo: Repo, populated: dict[str, int]) -> Non
     )
     export = next(rate for rate in snapshot["outcome_rates"] if rate["task_type"] == "export")
     assert export["retry_rate"] == pytest.approx(1 / 3)
+
+
+def test_a_limit_beyond_bigint_is_refused_and_the_callers_work_survives(
+    repo: Repo, session: Session
+) -> None:
+    """A limit PostgreSQL cannot take is a ValueError raised before any SQL: sent to the
+    server it aborted the caller's transaction, and the task enqueued in it was silently
+    rolled back by the next commit."""
+    task_id = repo.enqueue("export", {})
+    with pytest.raises(ValueError, match="limit"):
+        repo.recent_failures(limit=2**63)
+    with pytest.raises(ValueError, match="limit"):
+        repo.stuck_tasks(limit=2**63)
+    session.commit()
+    session.expire_all()
+    assert repo.get_task(task_id) is not None
