@@ -30,6 +30,8 @@ from .shop import Item, Project, Task, connect, migrate, run_and_show
 
 BULK_IMPORT = "bulk_import"
 CHUNK = 100
+#: the first price ``Item.price`` (numeric(10, 2)) cannot hold once rounded to cents
+PRICE_LIMIT = Decimal("99999999.995")
 
 logger = logging.getLogger("examples.bulk_import")
 
@@ -72,8 +74,12 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
         price = Decimal(row.get("price") or "")
     except InvalidOperation:
         raise ValueError(f"price {row.get('price')!r} is not a number") from None
+    if not price.is_finite():  # NaN would raise in the comparisons below
+        raise ValueError(f"price {row.get('price')!r} is not a number")
     if price < 0:
         raise ValueError(f"price {price} is negative")
+    if price >= PRICE_LIMIT:  # one such row would fail the whole chunk's INSERT
+        raise ValueError(f"price {price} is too large")
     return {"sku": sku, "name": name, "price": price}
 
 

@@ -135,6 +135,31 @@ def test_bulk_import_dedupes_skips_bad_rows_and_reports_progress(
     assert created_after
 
 
+@pytest.mark.parametrize("price", ["NaN", "Infinity", "1e12", "99999999.995"])
+def test_bulk_import_skips_a_price_the_table_cannot_hold(
+    app_engine: Engine, tmp_path: Path, price: str
+) -> None:
+    """A price that is not a finite amount Item.price (numeric(10, 2)) can store is a bad
+    row like any other: logged and skipped, not the end of the whole import."""
+    path = tmp_path / "items.csv"
+    path.write_text(
+        f"sku,name,price\nA-1,Good,1.50\nA-2,Odd,{price}\nA-3,Good too,99999999.99\n",
+        encoding="utf-8",
+    )
+    with Session(app_engine) as session, session.begin():
+        project = Project(name=f"prices-{uuid.uuid4().hex[:6]}")
+        session.add(project)
+        session.flush()
+        project_id = project.id
+        bulk_import.request_import(session, project_id, path)
+    handler = bulk_import.make_import_handler(app_engine)
+    result, _ = run_recorded(app_engine, handler, bulk_import.BULK_IMPORT)
+    assert result == {"rows": 3, "imported": 2, "skipped": 1, "bad_lines": [3]}
+    with Session(app_engine) as session:
+        skus = session.scalars(select(Item.sku).where(Item.project_id == project_id)).all()
+    assert sorted(skus) == ["A-1", "A-3"]
+
+
 def test_bulk_import_retry_does_not_duplicate_rows(app_engine: Engine, tmp_path: Path) -> None:
     path = tmp_path / "items.csv"
     bulk_import.write_sample_csv(path, 300)
