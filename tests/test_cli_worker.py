@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -159,3 +160,19 @@ def test_a_batch_run_against_an_unreachable_database_gives_up() -> None:
 def test_a_missing_database_url_is_reported() -> None:
     code, output = invoke("worker", "queue_app:tasks")
     assert code == 2 and "TASKQUEUE_DATABASE_URL" in output
+
+
+def test_a_metrics_port_in_use_is_reported_clearly() -> None:
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, output = invoke(
+            "worker",
+            "queue_app:tasks",
+            "--metrics-port",
+            str(port),
+            url="postgresql://nobody@127.0.0.1:1/none",
+        )
+    assert code == 2
+    assert "--metrics-port" in output and str(port) in output and "in use" in output

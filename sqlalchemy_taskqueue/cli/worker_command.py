@@ -148,7 +148,14 @@ def worker(
     if metrics_port is not None:
         from sqlalchemy_taskqueue.metrics import serve_worker_metrics
 
-        metrics_server = serve_worker_metrics(metrics_port, sessionmaker(engine), model)
+        try:
+            metrics_server = serve_worker_metrics(metrics_port, sessionmaker(engine), model)
+        except OSError as exc:  # the port is taken, or not ours to bind
+            engine.dispose()
+            raise click.BadParameter(
+                f"cannot serve metrics on port {metrics_port}: {exc.strerror or exc}",
+                param_hint="--metrics-port",
+            ) from None
     options: dict[str, Any] = {
         "concurrency": concurrency,
         "prefetch": prefetch,
