@@ -16,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from alembic import context
 from sqlalchemy_taskqueue import TaskMixin
-from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, resolve_database_url
+from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, normalize_url, resolve_database_url
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -41,7 +41,7 @@ def database_url() -> str:
     if configured:
         return configured
     from_cli = context.get_x_argument(as_dictionary=True).get("url")
-    return from_cli or resolve_database_url(DATABASE_URL_ENV)
+    return normalize_url(from_cli) if from_cli else resolve_database_url(DATABASE_URL_ENV)
 
 
 def run_migrations_offline() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,16 @@ def test_helpers_reject_bad_table_names() -> None:
         drop_task_table_v1(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="table_name"):
         tune_task_table_v1("")
+
+
+def test_a_bare_url_given_with_x_is_normalised_like_the_environment_variable(
+    empty_database_url: str, empty_engine: sa.Engine
+) -> None:
+    """``alembic -x url=postgres://...`` reaches the same database, through the same
+    driver, as ``TASKQUEUE_DATABASE_URL=postgres://... alembic ...``."""
+    bare = "postgres://" + empty_database_url.split("://", 1)[1]
+    config = Config(str(ROOT / "alembic.ini"), cmd_opts=argparse.Namespace(x=[f"url={bare}"]))
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "0001_create_tasks_table")
+    assert "tasks" in sa.inspect(empty_engine).get_table_names()
