@@ -8,6 +8,9 @@ for your task model, bound to a session (requires the ``test`` extra)::
     failed = TaskFactory(status=TaskStatus.FAILED, error_message="boom")
 
 Rows are flushed (not committed), so they live and die with the test's transaction.
+A row is made as the queue would have left it in its status: a started task has
+``started_at``, an in-progress one a current lease, a finished one ``completed_at`` (so
+``cleanup_old_tasks`` sees it) and a completed one progress 100.
 
 :func:`throwaway_database` gives a test run an empty database of its own on a server and
 drops it afterwards::
@@ -21,6 +24,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import create_engine, text
@@ -29,7 +33,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from .models import task_table
-from .status import TaskStatus
+from .status import FINISHED_STATUSES, TaskStatus
 
 __all__ = ["task_factory", "throwaway_database"]
 
@@ -47,6 +51,16 @@ def task_factory(model: type[Any], session: Session) -> Any:
 
     task_table(model)  # rejects anything that is not a task model
 
+    def when(*statuses: TaskStatus, value: Any) -> Any:
+        """``value()`` for a row in one of ``statuses``, else ``None``."""
+        return factory.LazyAttribute(lambda row: value() if row.status in statuses else None)
+
+    def now() -> datetime:
+        return datetime.now(timezone.utc)
+
+    started = (TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED, TaskStatus.FAILED)
+    leased = (TaskStatus.IN_PROGRESS,)
+
     meta = type(
         "Meta",
         (),
@@ -60,6 +74,14 @@ def task_factory(model: type[Any], session: Session) -> Any:
             "type": "example",
             "payload": factory.Sequence(lambda n: {"n": n}),
             "status": TaskStatus.PENDING,
+            "started_at": when(*started, value=now),
+            "completed_at": when(*FINISHED_STATUSES, value=now),
+            "progress": factory.LazyAttribute(
+                lambda row: 100 if row.status == TaskStatus.COMPLETED else 0
+            ),
+            "lease_owner": when(*leased, value=lambda: "task_factory"),
+            "lease_token": when(*leased, value=uuid.uuid4),
+            "lease_expires_at": when(*leased, value=lambda: now() + timedelta(minutes=5)),
         },
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+import logging
 import os
 import signal
 import threading
@@ -200,6 +202,34 @@ def test_the_worker_only_claims_its_types(
     make_worker(session_factory, clean_table, {"mine": lambda task, ctx: 1}).run(until_empty=True)
     assert fetch(session_factory, clean_table, mine).status is TaskStatus.COMPLETED
     assert fetch(session_factory, clean_table, other).status is TaskStatus.PENDING
+
+
+class LegacyTaskType(str, enum.Enum):
+    """``str()`` of a member is ``'LegacyTaskType.EXPORT'``, not its value."""
+
+    EXPORT = "legacy_export"
+
+
+def test_str_enum_task_types_key_handlers_timeouts_and_claims(
+    make_worker: MakeWorker,
+    session_factory: Factory,
+    clean_table: type[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    task_id = enqueue(session_factory, clean_table, LegacyTaskType.EXPORT)
+    with caplog.at_level(logging.WARNING, logger="sqlalchemy_taskqueue"):
+        worker = make_worker(
+            session_factory,
+            clean_table,
+            {LegacyTaskType.EXPORT: lambda task, ctx: task.type},
+            timeouts={LegacyTaskType.EXPORT: 30},
+            task_types=[LegacyTaskType.EXPORT],
+        )
+    assert "worker.no_handler" not in caplog.text
+    assert worker.task_types == ["legacy_export"]
+    worker.run(until_empty=True)
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, "legacy_export")
 
 
 # ---------------------------------------------------------------- timeouts
