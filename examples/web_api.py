@@ -26,6 +26,20 @@ def export_email(body: Any) -> tuple[str | None, str | None]:
     return email, None
 
 
+#: The largest id a ``bigint`` key can hold: a larger one names no row.
+MAX_ID = 2**63 - 1
+
+
+def can_exist(row_id: int) -> bool:
+    """Whether ``row_id`` could name a row (a positive ``bigint``): a path id beyond it is
+    answered 404 without a query, which the database (and ``get_task``) would refuse.
+
+    >>> can_exist(42), can_exist(2**63)
+    (True, False)
+    """
+    return 0 < row_id <= MAX_ID
+
+
 def task_body(task: Any) -> dict[str, Any]:
     """What ``GET /tasks/<id>`` answers: status, progress, result or error."""
     return {

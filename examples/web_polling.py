@@ -31,7 +31,7 @@ from sqlalchemy_taskqueue import TaskRepository, Worker
 
 from .data_export import DATA_EXPORT, make_export_handler, request_export
 from .shop import Project, Task, connect, migrate
-from .web_api import demo_project, export_email, progress_body, task_body
+from .web_api import can_exist, demo_project, export_email, progress_body, task_body
 
 
 def create_app(engine: Engine) -> Flask:
@@ -46,7 +46,7 @@ def create_app(engine: Engine) -> Flask:
             return {"error": error}, 400
         # the request's unit of work: the task commits with it or not at all
         with factory.begin() as session:
-            if session.get(Project, project_id) is None:
+            if not can_exist(project_id) or session.get(Project, project_id) is None:
                 return {"error": f"project {project_id} does not exist"}, 404
             task_id = request_export(session, project_id, email)
         body = {"task_id": task_id, "status": "pending", "progress": 0}
@@ -55,7 +55,7 @@ def create_app(engine: Engine) -> Flask:
     @app.get("/tasks/<int:task_id>")
     def task_status(task_id: int) -> Any:
         with factory() as session:
-            task = TaskRepository(session, Task).get_task(task_id)
+            task = TaskRepository(session, Task).get_task(task_id) if can_exist(task_id) else None
             if task is None:
                 return {"error": f"task {task_id} does not exist"}, 404
             return task_body(task)

@@ -36,7 +36,7 @@ from sqlalchemy_taskqueue import AsyncTaskRepository, AsyncWorker
 
 from .data_export import DATA_EXPORT, export_payload, make_export_handler
 from .shop import Project, Task, connect, migrate
-from .web_api import demo_project, export_email, progress_body, task_body
+from .web_api import can_exist, demo_project, export_email, progress_body, task_body
 
 
 def asyncpg_url(url: str) -> str:
@@ -81,7 +81,7 @@ def create_app(database_url: str, handlers: Mapping[str, Any] | None = None) -> 
             return JSONResponse({"error": error}, 400)
         # the request's unit of work: the task commits with it or not at all
         async with request.app.state.sessions.begin() as session:
-            if await session.get(Project, project_id) is None:
+            if not can_exist(project_id) or await session.get(Project, project_id) is None:
                 return JSONResponse({"error": f"project {project_id} does not exist"}, 404)
             repo = AsyncTaskRepository(session, Task)
             task_id = await repo.enqueue(DATA_EXPORT, export_payload(project_id, email))
@@ -90,8 +90,10 @@ def create_app(database_url: str, handlers: Mapping[str, Any] | None = None) -> 
 
     @app.get("/tasks/{task_id}")
     async def task_status(task_id: int, request: Request) -> JSONResponse:
-        async with request.app.state.sessions() as session:
-            task = await AsyncTaskRepository(session, Task).get_task(task_id)
+        task = None
+        if can_exist(task_id):
+            async with request.app.state.sessions() as session:
+                task = await AsyncTaskRepository(session, Task).get_task(task_id)
         if task is None:
             return JSONResponse({"error": f"task {task_id} does not exist"}, 404)
         return JSONResponse(task_body(task))

@@ -227,6 +227,9 @@ def request_export_over_http(client: HttpClient, project_id: int) -> int:
     assert client.call("POST", f"/projects/{project_id}/exports", {"email": "nope"})[0] == 400
     assert client.call("POST", "/projects/999/exports", {"email": "a@b.c"})[0] == 404
     assert client.call("GET", "/tasks/999")[0] == 404
+    beyond = 2**63  # no bigint id is this large: not found, not a server error
+    assert client.call("GET", f"/tasks/{beyond}")[0] == 404
+    assert client.call("POST", f"/projects/{beyond}/exports", {})[0] == 404
     status, headers, body = client.call(
         "POST", f"/projects/{project_id}/exports", {"email": "ada@example.com"}
     )
