@@ -29,8 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
-from sqlalchemy import Insert, Table, select
-from sqlalchemy.exc import UnboundExecutionError
+from sqlalchemy import Insert, Table, Update, select
+from sqlalchemy.exc import IntegrityError, UnboundExecutionError
 from sqlalchemy.orm import Session
 
 from . import statements
@@ -624,7 +624,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         require_task_id(task_id)
         stmt = statements.retry_statement(self._table, task_id=task_id, task_type=None)
-        if self._session.execute(stmt).first() is not None:
+        if self._retry(stmt):
             return
         holder = self._session.execute(
             statements.duplicate_holder_statement(self._table, task_id)
@@ -651,7 +651,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             require_task_type(task_type)
             task_type = task_type_name(task_type)
         stmt = statements.retry_statement(self._table, task_id=None, task_type=task_type)
-        return len(self._session.execute(stmt).all())
+        return len(self._retry(stmt))
 
     # ------------------------------------------------------------------ leases
 
@@ -880,6 +880,31 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if row is None:
             self._explain_miss(params["task_id"], action, allowed, lease_token)
         return row
+
+    def _retry(self, stmt: Update) -> list[int]:
+        """Run a retry statement; return the ids it put back in the queue.
+
+        The statement leaves failed a task whose dedupe key an active task holds, as far
+        as its snapshot shows.  A task that took the key later, in a transaction still
+        open then, is only seen by the unique index, which waits for that transaction
+        and, once it commits, refuses the retry.  So the statement runs in a savepoint:
+        on such a refusal nothing is changed, the caller's transaction stays usable, and
+        the statement runs again with a snapshot that sees the new holder (a fifth
+        collision is raised).
+        """
+        collisions = 0
+        while True:
+            savepoint = self._session.begin_nested()  # flushes the caller's changes first
+            try:
+                retried = [int(task_id) for task_id in self._session.execute(stmt).scalars()]
+            except IntegrityError:  # the unique index: an active task took a key meanwhile
+                savepoint.rollback()
+                collisions += 1
+                if collisions == 5:
+                    raise
+                continue
+            savepoint.commit()
+            return retried
 
     def _explain_miss(
         self,

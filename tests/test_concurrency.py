@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from twins import TWINS, in_session, make_repository
 
-from sqlalchemy_taskqueue import TaskRepository, TaskStatus
+from sqlalchemy_taskqueue import InvalidTransitionError, TaskRepository, TaskStatus
 
 pytestmark = pytest.mark.parametrize("twin", TWINS)
 
@@ -154,3 +154,102 @@ def test_a_bulk_retry_never_resets_a_task_claimed_while_it_waited(
         assert retried == [0]  # the task was no longer failed when its lock was granted
         repo.complete_task(task_id, lease_token=claimed.lease_token)
         first.commit()
+
+
+def failed_task_with_key(session: Session, model: type[Any], dedupe_key: str) -> int:
+    """A committed task that has failed for good and holds ``dedupe_key`` no more."""
+    repo = TaskRepository(session, model)
+    task_id, created = repo.enqueue_if_not_exists(
+        "import", {}, dedupe_key=dedupe_key, max_retries=0
+    )
+    assert created
+    session.commit()
+    task = repo.dequeue("import")
+    assert task is not None and task.id == task_id
+    assert repo.fail_task(task_id, "boom", lease_token=task.lease_token) is TaskStatus.FAILED
+    session.commit()
+    return task_id
+
+
+def test_a_bulk_retry_leaves_failed_a_task_whose_key_was_taken_while_it_waited(
+    twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    with session_factory() as session:
+        failed_id = failed_task_with_key(session, clean_table, "a.csv")
+
+    retried: list[int] = []
+
+    def bulk_retry(session: Session) -> None:
+        retried.append(make_repository(session, clean_table).retry_failed_tasks())
+        session.commit()
+
+    with session_factory() as first, session_factory() as observer:
+        repo = TaskRepository(first, clean_table)
+        # an active task takes the key; uncommitted, so the retry cannot see it yet ...
+        holder_id, created = repo.enqueue_if_not_exists("import", {}, dedupe_key="a.csv")
+        assert created
+        errors: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                in_session(twin, session_factory, bulk_retry)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        other = threading.Thread(target=body, daemon=True)
+        other.start()
+        wait_until_blocked_on_a_lock(observer, other)  # ... and waits for it at the index
+        first.commit()
+        other.join(timeout=60)
+        assert not other.is_alive()
+        assert errors == []
+        assert retried == [0]  # the key was held when the retry could go on
+        stored = repo.get_task(failed_id)
+        assert stored is not None and stored.status is TaskStatus.FAILED
+        holder = repo.get_task(holder_id)
+        assert holder is not None and holder.status is TaskStatus.PENDING
+
+
+def test_retrying_a_task_whose_key_was_taken_while_it_waited_is_an_invalid_transition(
+    twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    with session_factory() as session:
+        failed_id = failed_task_with_key(session, clean_table, "a.csv")
+
+    errors: list[BaseException] = []
+    after: list[int] = []
+
+    def retry_then_continue(session: Session) -> None:
+        repo = make_repository(session, clean_table)
+        try:
+            repo.retry_task(failed_id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        # the caller's transaction is still usable after the refusal
+        after.append(repo.enqueue("other", {}))
+        session.commit()
+
+    with session_factory() as first, session_factory() as observer:
+        repo = TaskRepository(first, clean_table)
+        holder_id, created = repo.enqueue_if_not_exists("import", {}, dedupe_key="a.csv")
+        assert created
+
+        def body() -> None:
+            try:
+                in_session(twin, session_factory, retry_then_continue)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        other = threading.Thread(target=body, daemon=True)
+        other.start()
+        wait_until_blocked_on_a_lock(observer, other)
+        first.commit()
+        other.join(timeout=60)
+        assert not other.is_alive()
+        assert len(errors) == 1, errors
+        assert isinstance(errors[0], InvalidTransitionError), repr(errors[0])
+        assert f"task {holder_id} with the same dedupe key is already active" in str(errors[0])
+        assert len(after) == 1
+        stored = repo.get_task(failed_id)
+        assert stored is not None and stored.status is TaskStatus.FAILED
+        assert repo.get_task(after[0]) is not None
