@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -117,6 +118,32 @@ def wait_until_blocked_on_a_lock(session: Session, thread: threading.Thread) -> 
     raise AssertionError("the other transaction never waited for the row lock")
 
 
+def run_blocked_behind(
+    first: Session,
+    observer: Session,
+    twin: str,
+    session_factory: sessionmaker[Session],
+    body: Callable[[Session], None],
+) -> list[BaseException]:
+    """Run ``body`` in a session of its own on another thread until it waits for a lock
+    ``first`` holds, then commit ``first``; return what ``body`` raised once it ended."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            in_session(twin, session_factory, body)
+        except BaseException as exc:  # returned to the test
+            errors.append(exc)
+
+    other = threading.Thread(target=target, daemon=True)
+    other.start()
+    wait_until_blocked_on_a_lock(observer, other)
+    first.commit()
+    other.join(timeout=60)
+    assert not other.is_alive()
+    return errors
+
+
 def test_a_bulk_retry_never_resets_a_task_claimed_while_it_waited(
     twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
 ) -> None:
@@ -140,14 +167,7 @@ def test_a_bulk_retry_never_resets_a_task_claimed_while_it_waited(
         repo.retry_task(task_id)  # holds the row lock until commit ...
         claimed = repo.dequeue("work")  # ... and claims the task in the same transaction
         assert claimed is not None and claimed.id == task_id
-        other = threading.Thread(
-            target=lambda: in_session(twin, session_factory, bulk_retry), daemon=True
-        )
-        other.start()
-        wait_until_blocked_on_a_lock(observer, other)
-        first.commit()
-        other.join(timeout=60)
-        assert not other.is_alive()
+        assert run_blocked_behind(first, observer, twin, session_factory, bulk_retry) == []
         stored = repo.get_task(task_id)
         assert stored is not None and stored.status is TaskStatus.IN_PROGRESS
         assert stored.lease_token == claimed.lease_token
@@ -188,21 +208,8 @@ def test_a_bulk_retry_leaves_failed_a_task_whose_key_was_taken_while_it_waited(
         # an active task takes the key; uncommitted, so the retry cannot see it yet ...
         holder_id, created = repo.enqueue_if_not_exists("import", {}, dedupe_key="a.csv")
         assert created
-        errors: list[BaseException] = []
-
-        def body() -> None:
-            try:
-                in_session(twin, session_factory, bulk_retry)
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        other = threading.Thread(target=body, daemon=True)
-        other.start()
-        wait_until_blocked_on_a_lock(observer, other)  # ... and waits for it at the index
-        first.commit()
-        other.join(timeout=60)
-        assert not other.is_alive()
-        assert errors == []
+        # ... and the retry waits for it at the unique index
+        assert run_blocked_behind(first, observer, twin, session_factory, bulk_retry) == []
         assert retried == [0]  # the key was held when the retry could go on
         stored = repo.get_task(failed_id)
         assert stored is not None and stored.status is TaskStatus.FAILED
@@ -216,15 +223,15 @@ def test_retrying_a_task_whose_key_was_taken_while_it_waited_is_an_invalid_trans
     with session_factory() as session:
         failed_id = failed_task_with_key(session, clean_table, "a.csv")
 
-    errors: list[BaseException] = []
+    refused: list[BaseException] = []
     after: list[int] = []
 
     def retry_then_continue(session: Session) -> None:
         repo = make_repository(session, clean_table)
         try:
             repo.retry_task(failed_id)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        except BaseException as exc:  # checked below
+            refused.append(exc)
         # the caller's transaction is still usable after the refusal
         after.append(repo.enqueue("other", {}))
         session.commit()
@@ -233,22 +240,10 @@ def test_retrying_a_task_whose_key_was_taken_while_it_waited_is_an_invalid_trans
         repo = TaskRepository(first, clean_table)
         holder_id, created = repo.enqueue_if_not_exists("import", {}, dedupe_key="a.csv")
         assert created
-
-        def body() -> None:
-            try:
-                in_session(twin, session_factory, retry_then_continue)
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        other = threading.Thread(target=body, daemon=True)
-        other.start()
-        wait_until_blocked_on_a_lock(observer, other)
-        first.commit()
-        other.join(timeout=60)
-        assert not other.is_alive()
-        assert len(errors) == 1, errors
-        assert isinstance(errors[0], InvalidTransitionError), repr(errors[0])
-        assert f"task {holder_id} with the same dedupe key is already active" in str(errors[0])
+        assert run_blocked_behind(first, observer, twin, session_factory, retry_then_continue) == []
+        assert len(refused) == 1, refused
+        assert isinstance(refused[0], InvalidTransitionError), repr(refused[0])
+        assert f"task {holder_id} with the same dedupe key is already active" in str(refused[0])
         assert len(after) == 1
         stored = repo.get_task(failed_id)
         assert stored is not None and stored.status is TaskStatus.FAILED
