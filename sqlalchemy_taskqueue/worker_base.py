@@ -421,7 +421,7 @@ class WorkerBase(Generic[TaskT]):
             if self._stopping.is_set():
                 return self._outcome(attempt, "release")
             return self._outcome(attempt, "fail", message=f"TaskInterrupted: {exc}")
-        message = f"{type(exc).__name__}: {exc}"
+        message = f"{type(exc).__name__}: {exception_text(exc)}"
         logger.error(
             "task.error id=%d type=%s error=%s\n%s",
             attempt.task.id,
@@ -701,6 +701,18 @@ def is_coroutine_handler(function: Handler) -> bool:
     """
     call = getattr(function, "__call__", None)  # noqa: B004 - callable objects too
     return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or what :mod:`traceback` prints when that raises itself.
+
+    >>> exception_text(ValueError("row 7"))
+    'row 7'
+    """
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not keep the attempt from failing
+        return "<exception str() failed>"
 
 
 def is_transient(exc: BaseException) -> bool:

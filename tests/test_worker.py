@@ -738,6 +738,28 @@ def test_an_exception_message_postgresql_cannot_store_is_escaped(
     assert fetch(session_factory, clean_table, good).status is TaskStatus.COMPLETED
 
 
+class Unprintable(Exception):
+    """An exception whose ``str()`` itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+def test_an_exception_that_cannot_be_printed_still_fails_the_attempt(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    def odd(task: Any, ctx: TaskContext) -> None:
+        raise Unprintable
+
+    task_id = enqueue(session_factory, clean_table, "odd", max_retries=0)
+    worker = make_worker(session_factory, clean_table, {"odd": odd})
+    worker.run(until_empty=True)
+    task = fetch(session_factory, clean_table, task_id)
+    assert task.status is TaskStatus.FAILED
+    assert task.error_message == "Unprintable: <exception str() failed>"
+    assert worker.stats.failed == 1
+
+
 def test_heartbeats_racing_completions_report_no_lost_leases(
     make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
