@@ -435,7 +435,7 @@ class WorkerBase(Generic[TaskT]):
         """The outcome of a handler that returned ``result``."""
         try:
             require_json("result", result, allow_none=True)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # too deep for json.dumps
             message = f"TypeError: the handler's result is not JSON: {exc}"
             return self._outcome(attempt, "fail", message=message, retry=False)
         return self._outcome(attempt, "complete", result=result)

@@ -194,6 +194,24 @@ def test_a_result_that_is_not_json_fails_the_task(
     assert task.status is TaskStatus.FAILED and "not JSON" in (task.error_message or "")
 
 
+def test_a_result_nested_too_deep_for_json_fails_the_task(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    def deep(task: Any, ctx: TaskContext) -> Any:
+        result: Any = []
+        for _ in range(100_000):
+            result = [result]
+        return result
+
+    task_id = enqueue(session_factory, clean_table, "deep")
+    worker = make_worker(session_factory, clean_table, {"deep": deep})
+    worker.run(until_empty=True)
+    task = fetch(session_factory, clean_table, task_id)
+    assert task.status is TaskStatus.FAILED  # not retried: the same result would come back
+    assert "not JSON" in (task.error_message or "") and "recursion" in task.error_message
+    assert worker.stats.failed == 1
+
+
 def test_the_worker_only_claims_its_types(
     make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
