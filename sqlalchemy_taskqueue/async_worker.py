@@ -378,6 +378,7 @@ class AsyncWorker(WorkerBase[TaskT]):
             cancelled = False
             try:
                 outcome = await self._execute(attempt)
+                await self._progress_landed(attempt.task_id)
             except asyncio.CancelledError:  # this slot is cancelled: hand the task back
                 cancelled = True
                 outcome = Outcome(attempt, "release")
@@ -502,6 +503,13 @@ class AsyncWorker(WorkerBase[TaskT]):
                 held.context.progress_unwritten(progress)
         return True
 
+    async def _progress_landed(self, task_id: int) -> None:
+        """Wait for the progress write queued for ``task_id``, if any, so that it lands
+        before the attempt's outcome (a failed task keeps its last progress)."""
+        writer = self._progress_writers.get(task_id)
+        if writer is not None:
+            await asyncio.wait([writer])
+
     # ------------------------------------------------------------------ supervisor
 
     async def _supervise(self) -> None:
@@ -544,6 +552,7 @@ class AsyncWorker(WorkerBase[TaskT]):
         """Fail an attempt that passed its deadline; cancel its handler if it is async."""
         outcome = self._timed_out(attempt)
         self._cancel_handler(attempt)  # settled already: whatever it does now is discarded
+        await self._progress_landed(attempt.task_id)
         try:
             async with self._write_lock:
                 written = await self._write(self._outcomes_body([outcome]))

@@ -483,6 +483,8 @@ class WorkerBase(Generic[TaskT]):
 
     def _outcome(self, attempt: Attempt, kind: Any, **fields: Any) -> Outcome:
         seconds = time.monotonic() - attempt.started
+        if kind == "fail":  # a failed task keeps its progress: write the last value first
+            attempt.context.flush_progress(force=True)
         if "message" in fields:
             fields["message"] = storable_text(fields["message"])
         return Outcome(attempt, kind, seconds=seconds, **fields)

@@ -335,6 +335,33 @@ def test_progress_writes_are_throttled_and_the_last_value_lands(
         proceed.set()
 
 
+def test_a_failed_task_keeps_the_last_progress_it_reported(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    def broken(task: Any, ctx: TaskContext) -> None:
+        ctx.update_progress(10)  # written at once
+        ctx.update_progress(60)  # throttled: still waiting to be written
+        raise ValueError("row 61 is not a number")
+
+    def hung(task: Any, ctx: TaskContext) -> None:
+        ctx.update_progress(10)
+        ctx.update_progress(70)
+        wait_until_stopped(task, ctx)
+
+    registry = HandlerRegistry(clean_table)
+    registry.add("broken", broken)
+    registry.add("hung", hung, timeout=0.3)
+    failed = enqueue(session_factory, clean_table, "broken", max_retries=0)
+    timed_out = enqueue(session_factory, clean_table, "hung", max_retries=0)
+    worker = make_worker(session_factory, clean_table, registry, progress_interval=3600)
+    worker.run(until_empty=True)
+    # a failed task shows how far it got: the last value reported, not the last written
+    task = fetch(session_factory, clean_table, failed)
+    assert (task.status, task.progress) == (TaskStatus.FAILED, 60)
+    task = fetch(session_factory, clean_table, timed_out)
+    assert (task.status, task.progress) == (TaskStatus.FAILED, 70)
+
+
 def test_progress_rejects_bad_values(
     make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
