@@ -60,6 +60,8 @@ class TaskContext:
         self._written_at = float("-inf")
         self._written: int | None = None
         self._pending: int | None = None
+        self._writing = False  # one write at a time, so values land in the order reported
+        self._force_next = False
         self._stop_reason: str | None = None
 
     # ------------------------------------------------------------------ for handlers
@@ -134,30 +136,43 @@ class TaskContext:
     def flush_progress(self, *, force: bool) -> None:
         """Write the latest reported progress if the throttle interval has passed.
 
-        With ``force`` it is written regardless of the interval.
+        With ``force`` it is written regardless of the interval.  While another thread
+        writes, that thread writes the latest value after its own.
 
         Example::
 
             ctx.flush_progress(force=True)  # write the last value now
         """
-        with self._lock:
-            value = self._pending
-            now = time.monotonic()
-            if value is None or value == self._written:
+        while True:
+            with self._lock:
+                if self._writing:  # the write in flight is followed by this value
+                    self._force_next = self._force_next or force
+                    return
+                force, self._force_next = force or self._force_next, False
+                value = self._pending
+                now = time.monotonic()
+                if value is None or value == self._written:
+                    return
+                if not force and now - self._written_at < self._interval:
+                    return
+                self._pending = None
+                self._written_at = now
+                self._written = value
+                self._writing = True
+            try:
+                written = self._write(self.task_id, value, self.lease_token)
+            except Exception:
+                logger.warning(
+                    "progress.write_failed id=%s progress=%s", self.task_id, value, exc_info=True
+                )
+                self.progress_unwritten(value)
                 return
-            if not force and now - self._written_at < self._interval:
-                return
-            self._pending = None
-            self._written_at = now
-            self._written = value
-        try:
-            if not self._write(self.task_id, value, self.lease_token):
+            finally:
+                with self._lock:
+                    self._writing = False
+            if not written:
                 self.interrupt("the lease on this task was lost")
-        except Exception:
-            logger.warning(
-                "progress.write_failed id=%s progress=%s", self.task_id, value, exc_info=True
-            )
-            self.progress_unwritten(value)
+                return
 
     def progress_unwritten(self, value: int) -> None:
         """A write of ``value`` failed: write it again at the next flush, unless a newer

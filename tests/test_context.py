@@ -66,3 +66,28 @@ def test_a_lost_lease_asks_the_handler_to_stop() -> None:
     ctx, _ = make_context(lambda *args: False)
     ctx.update_progress(5)
     assert ctx.should_stop() and ctx.stop_reason == "the lease on this task was lost"
+
+
+def test_a_value_reported_while_a_write_is_in_flight_lands_last() -> None:
+    """A handler and a thread it started report progress at once: the older value's
+    write must not land after the newer one."""
+    written: list[int] = []
+    writing_50 = threading.Event()
+    finish_50 = threading.Event()
+
+    def writer(task_id: int, progress: int, token: uuid.UUID) -> bool:
+        if progress == 50:
+            writing_50.set()
+            assert finish_50.wait(10)
+        written.append(progress)
+        return True
+
+    ctx, _ = make_context(writer)
+    helper = threading.Thread(target=ctx.update_progress, args=(50,))
+    helper.start()
+    assert writing_50.wait(10)
+    ctx.update_progress(60)  # the handler's own thread, while 50 is being written
+    finish_50.set()
+    helper.join(10)
+    ctx.flush_progress(force=True)  # what the worker does when the attempt ends
+    assert written[-1] == 60
