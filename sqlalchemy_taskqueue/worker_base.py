@@ -626,7 +626,7 @@ class WorkerBase(Generic[TaskT]):
         """Seconds until the supervisor has something to do."""
         deadlines = [a.deadline for a in running if a.deadline and not a.finished]
         wait = min([next_heartbeat, *deadlines]) - time.monotonic()
-        if running and self._progress_interval:
+        if self._progress_interval:  # also idle: a handler starting now may throttle a value
             wait = min(wait, self._progress_interval)
         return max(wait, 0.01)
 

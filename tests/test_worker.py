@@ -335,6 +335,31 @@ def test_progress_writes_are_throttled_and_the_last_value_lands(
         proceed.set()
 
 
+def test_a_throttled_value_lands_within_the_progress_interval_not_the_heartbeat(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    reported = threading.Event()
+    proceed = threading.Event()
+
+    def export(task: Any, ctx: TaskContext) -> None:
+        ctx.update_progress(10)  # written at once
+        ctx.update_progress(60)  # throttled: the supervisor writes it
+        reported.set()
+        assert proceed.wait(30)
+
+    task_id = enqueue(session_factory, clean_table, "export")
+    # heartbeats every 30 s: the value must not wait for the next one
+    worker = make_worker(
+        session_factory, clean_table, {"export": export}, lease_duration=120, progress_interval=0.2
+    )
+    with running(worker):
+        assert reported.wait(10)
+        try:
+            wait_for(lambda: fetch(session_factory, clean_table, task_id).progress == 60, 5)
+        finally:
+            proceed.set()
+
+
 def test_a_failed_task_keeps_the_last_progress_it_reported(
     make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
