@@ -421,7 +421,7 @@ class WorkerBase(Generic[TaskT]):
             if self._stopping.is_set():
                 return self._outcome(attempt, "release")
             return self._outcome(attempt, "fail", message=f"TaskInterrupted: {exc}")
-        message = f"{type(exc).__name__}: {exception_text(exc)}"
+        message = failure_text(exc)
         logger.error(
             "task.error id=%d type=%s error=%s\n%s",
             attempt.task.id,
@@ -705,16 +705,19 @@ def is_coroutine_handler(function: Handler) -> bool:
     return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
 
 
-def exception_text(exc: BaseException) -> str:
-    """``str(exc)``, or what :mod:`traceback` prints when that raises itself.
+def failure_text(exc: BaseException) -> str:
+    """How a handler's exception is recorded: ``Type: message``, or ``Type`` alone when the
+    message is empty, as :mod:`traceback` prints it (also when ``str(exc)`` raises).
 
-    >>> exception_text(ValueError("row 7"))
-    'row 7'
+    >>> failure_text(ValueError("row 7")), failure_text(RuntimeError())
+    ('ValueError: row 7', 'RuntimeError')
     """
+    name = type(exc).__name__
     try:
-        return str(exc)
+        text = str(exc)
     except Exception:  # a broken __str__ must not keep the attempt from failing
-        return "<exception str() failed>"
+        text = "<exception str() failed>"
+    return f"{name}: {text}" if text else name
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -170,6 +170,18 @@ def test_a_handler_exception_fails_the_attempt_with_backoff(
     assert (worker.stats.retried, worker.stats.failed) == (1, 1)
 
 
+def test_an_exception_without_a_message_is_recorded_by_its_type(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    def bare(task: Any, ctx: TaskContext) -> None:
+        raise RuntimeError()
+
+    task_id = enqueue(session_factory, clean_table, "bare", max_retries=0)
+    make_worker(session_factory, clean_table, {"bare": bare}).run(until_empty=True)
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.status, task.error_message) == (TaskStatus.FAILED, "RuntimeError")
+
+
 def test_a_task_without_handler_fails_clearly(
     make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
 ) -> None:
