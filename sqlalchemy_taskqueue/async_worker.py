@@ -346,13 +346,7 @@ class AsyncWorker(WorkerBase[TaskT]):
                 self._requeue(outcomes)
                 raise
             self._settled(written)
-        if claimed:  # held (and heartbeated) before any callback runs
-            for attempt in self._hold(claimed, self._write_progress):
-                self._slots.put_nowait(attempt)
-        self._report(written)
-        if failure is not None:
-            raise failure
-        return claimed
+        return self._hand_out(written, claimed, failure, self._slots.put_nowait)
 
     async def _write_separately(self, outcomes: list[Outcome]) -> Written:
         """Write each outcome in its own transaction (see ``Worker``)."""

@@ -100,9 +100,7 @@ class HandlerRegistry(Mapping[str, Handler]):
 
             tasks.spec("bulk_import").timeout_seconds  # 600.0
         """
-        return self._specs.get(
-            task_type_name(task_type) if isinstance(task_type, str) else task_type
-        )
+        return self._specs.get(_key(task_type))
 
     def __getitem__(self, task_type: str) -> Handler:
         return self._specs[task_type].function
@@ -138,10 +136,16 @@ def normalize_handlers(
         registered = handlers.spec(task_type) if isinstance(handlers, HandlerRegistry) else None
         specs[task_type_name(task_type)] = registered or HandlerSpec(function)
     for key, timeout in (timeouts or {}).items():
-        task_type = task_type_name(key) if isinstance(key, str) else key
+        task_type = _key(key)
         if task_type not in specs:
             raise ValueError(f"a timeout is given for {task_type!r}, which has no handler")
         specs[task_type] = HandlerSpec(
             specs[task_type].function, to_seconds(f"timeout of {task_type!r}", timeout)
         )
     return specs
+
+
+def _key(task_type: Any) -> Any:
+    """The key a task type is registered under (the text stored for it); anything that is
+    not a string is left as it is, for the caller to report."""
+    return task_type_name(task_type) if isinstance(task_type, str) else task_type

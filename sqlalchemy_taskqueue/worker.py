@@ -258,14 +258,7 @@ class Worker(WorkerBase[TaskT]):
                 self._requeue(outcomes)
                 raise
             self._settled(written)
-        if claimed:  # held (and heartbeated) before any callback runs
-            for attempt in self._hold(claimed, self._write_progress):
-                self._slots.put(attempt)
-        # events and user callbacks run outside the write lock: heartbeats never wait on them
-        self._report(written)
-        if failure is not None:
-            raise failure
-        return claimed
+        return self._hand_out(written, claimed, failure, self._slots.put)
 
     def _write_separately(self, outcomes: list[Outcome]) -> Written:
         """Write each outcome in its own transaction; one that fails is dropped (its lease

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -366,9 +367,32 @@ class WorkerBase(Generic[TaskT]):
         if self._held.get(attempt.task_id) is attempt:
             del self._held[attempt.task_id]
 
-    def _hold(self, claimed: list[Any], progress_writer: ProgressWriter) -> list[Attempt]:
+    def _write_progress(self, task_id: int, progress: int, lease_token: uuid.UUID) -> bool:
+        """Every context's progress writer (each worker writes in its own way)."""
+        raise NotImplementedError
+
+    def _hand_out(
+        self,
+        written: Written,
+        claimed: list[Any],
+        failure: Exception | None,
+        queue_attempt: Callable[[Attempt], None],
+    ) -> list[Any]:
+        """The end of a claim turn, outside the write lock: hold what was claimed (so it
+        is heartbeated before any callback runs) and queue it for the slots, report what
+        was written (events and user callbacks never hold up heartbeats), then raise the
+        turn's ``failure``, if any; returns ``claimed``."""
+        if claimed:
+            for attempt in self._hold(claimed):
+                queue_attempt(attempt)
+        self._report(written)
+        if failure is not None:
+            raise failure
+        return claimed
+
+    def _hold(self, claimed: list[Any]) -> list[Attempt]:
         """Hold freshly claimed tasks (their leases are renewed from now on)."""
-        attempts = [self._attempt(task, progress_writer) for task in claimed]
+        attempts = [self._attempt(task, self._write_progress) for task in claimed]
         with self._lock:
             self._busy += len(attempts)
             for attempt in attempts:

@@ -144,6 +144,16 @@ def run_blocked_behind(
     return errors
 
 
+def bulk_retry_counting_into(retried: list[int], model: type[Any]) -> Callable[[Session], None]:
+    """A transaction body: ``retry_failed_tasks`` and commit, appending its count."""
+
+    def bulk_retry(session: Session) -> None:
+        retried.append(make_repository(session, model).retry_failed_tasks())
+        session.commit()
+
+    return bulk_retry
+
+
 def test_a_bulk_retry_never_resets_a_task_claimed_while_it_waited(
     twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
 ) -> None:
@@ -157,11 +167,7 @@ def test_a_bulk_retry_never_resets_a_task_claimed_while_it_waited(
         session.commit()
 
     retried: list[int] = []
-
-    def bulk_retry(session: Session) -> None:
-        retried.append(make_repository(session, clean_table).retry_failed_tasks())
-        session.commit()
-
+    bulk_retry = bulk_retry_counting_into(retried, clean_table)
     with session_factory() as first, session_factory() as observer:
         repo = TaskRepository(first, clean_table)
         repo.retry_task(task_id)  # holds the row lock until commit ...
@@ -176,38 +182,41 @@ def test_a_bulk_retry_never_resets_a_task_claimed_while_it_waited(
         first.commit()
 
 
-def failed_task_with_key(session: Session, model: type[Any], dedupe_key: str) -> int:
+def failed_task_with_key(
+    session_factory: sessionmaker[Session], model: type[Any], dedupe_key: str
+) -> int:
     """A committed task that has failed for good and holds ``dedupe_key`` no more."""
-    repo = TaskRepository(session, model)
-    task_id, created = repo.enqueue_if_not_exists(
-        "import", {}, dedupe_key=dedupe_key, max_retries=0
-    )
-    assert created
-    session.commit()
-    task = repo.dequeue("import")
-    assert task is not None and task.id == task_id
-    assert repo.fail_task(task_id, "boom", lease_token=task.lease_token) is TaskStatus.FAILED
-    session.commit()
+    with session_factory() as session:
+        repo = TaskRepository(session, model)
+        task_id, created = repo.enqueue_if_not_exists(
+            "import", {}, dedupe_key=dedupe_key, max_retries=0
+        )
+        assert created
+        session.commit()
+        task = repo.dequeue("import")
+        assert task is not None and task.id == task_id
+        assert repo.fail_task(task_id, "boom", lease_token=task.lease_token) is TaskStatus.FAILED
+        session.commit()
     return task_id
+
+
+def take_key(repo: TaskRepository[Any], dedupe_key: str) -> int:
+    """An active task that takes ``dedupe_key`` in ``repo``'s (uncommitted) transaction."""
+    holder_id, created = repo.enqueue_if_not_exists("import", {}, dedupe_key=dedupe_key)
+    assert created
+    return holder_id
 
 
 def test_a_bulk_retry_leaves_failed_a_task_whose_key_was_taken_while_it_waited(
     twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
 ) -> None:
-    with session_factory() as session:
-        failed_id = failed_task_with_key(session, clean_table, "a.csv")
+    failed_id = failed_task_with_key(session_factory, clean_table, "a.csv")
 
     retried: list[int] = []
-
-    def bulk_retry(session: Session) -> None:
-        retried.append(make_repository(session, clean_table).retry_failed_tasks())
-        session.commit()
-
+    bulk_retry = bulk_retry_counting_into(retried, clean_table)
     with session_factory() as first, session_factory() as observer:
         repo = TaskRepository(first, clean_table)
-        # an active task takes the key; uncommitted, so the retry cannot see it yet ...
-        holder_id, created = repo.enqueue_if_not_exists("import", {}, dedupe_key="a.csv")
-        assert created
+        holder_id = take_key(repo, "a.csv")  # uncommitted: the retry cannot see it yet ...
         # ... and the retry waits for it at the unique index
         assert run_blocked_behind(first, observer, twin, session_factory, bulk_retry) == []
         assert retried == [0]  # the key was held when the retry could go on
@@ -220,8 +229,7 @@ def test_a_bulk_retry_leaves_failed_a_task_whose_key_was_taken_while_it_waited(
 def test_retrying_a_task_whose_key_was_taken_while_it_waited_is_an_invalid_transition(
     twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
 ) -> None:
-    with session_factory() as session:
-        failed_id = failed_task_with_key(session, clean_table, "a.csv")
+    failed_id = failed_task_with_key(session_factory, clean_table, "a.csv")
 
     refused: list[BaseException] = []
     after: list[int] = []
@@ -238,8 +246,7 @@ def test_retrying_a_task_whose_key_was_taken_while_it_waited_is_an_invalid_trans
 
     with session_factory() as first, session_factory() as observer:
         repo = TaskRepository(first, clean_table)
-        holder_id, created = repo.enqueue_if_not_exists("import", {}, dedupe_key="a.csv")
-        assert created
+        holder_id = take_key(repo, "a.csv")
         assert run_blocked_behind(first, observer, twin, session_factory, retry_then_continue) == []
         assert len(refused) == 1, refused
         assert isinstance(refused[0], InvalidTransitionError), repr(refused[0])

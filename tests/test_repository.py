@@ -73,24 +73,24 @@ class BudgetTask(TaskMixin, BudgetBase):
     budget: Mapped[int] = mapped_column(Integer, default=7)
 
 
-@pytest.fixture
-def budget_repo(session: Session, engine: Engine) -> Iterator[Repo]:
-    BudgetBase.metadata.create_all(engine)
+def repository_on_own_table(session: Session, engine: Engine, model: Any) -> Iterator[Repo]:
+    """A repository for ``model``, whose table exists only for the test."""
+    model.metadata.create_all(engine)
     try:
-        yield make_repository(session, BudgetTask)
+        yield make_repository(session, model)
     finally:
         release(session)
-        BudgetBase.metadata.drop_all(engine)
+        model.metadata.drop_all(engine)
+
+
+@pytest.fixture
+def budget_repo(session: Session, engine: Engine) -> Iterator[Repo]:
+    yield from repository_on_own_table(session, engine, BudgetTask)
 
 
 @pytest.fixture
 def project_repo(session: Session, engine: Engine) -> Iterator[Repo]:
-    ProjectBase.metadata.create_all(engine)
-    try:
-        yield make_repository(session, ProjectTask)
-    finally:
-        release(session)
-        ProjectBase.metadata.drop_all(engine)
+    yield from repository_on_own_table(session, engine, ProjectTask)
 
 
 def row_count(session: Session, model: type[Any]) -> int:
