@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import statements
@@ -64,6 +64,7 @@ from .worker_base import (
     WRITE_ATTEMPTS,
     WorkerBase,
     Written,
+    claim_connection_engine,
     is_coroutine_handler,
     logger,
 )
@@ -172,6 +173,7 @@ class AsyncWorker(WorkerBase[TaskT]):
                 "use Worker with a sessionmaker"
             )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._claim_connection: AsyncConnection | None = None  # see _transact
         self._loop_thread: int | None = None
         self._supervisor_stop = False
         self._slots_cancelled = False
@@ -250,13 +252,47 @@ class AsyncWorker(WorkerBase[TaskT]):
         cancellation waits for the transaction to end (and its connection to return)."""
         return await self._finish(self._transact(body))
 
-    async def _transact(self, body: Callable[[Session], _R]) -> _R:
+    async def _transact(self, body: Callable[[Session], _R], *, claim_only: bool = False) -> _R:
+        """See ``Worker._transaction``: a turn that only claims runs on the worker's own
+        autocommit connection where the session allows it."""
         async with self._session_factory() as session:
             if not isinstance(session, AsyncSession):
                 raise TypeError(f"session_factory must make AsyncSessions, got {session!r}")
-            result = await session.run_sync(body)
-            await session.commit()
+            joined = claim_only and await self._join_claim_connection(session)
+            try:
+                result = await session.run_sync(body)
+                await session.commit()
+            except BaseException:
+                if joined:
+                    await self._close_claim_connection()
+                raise
             return result
+
+    async def _join_claim_connection(self, session: AsyncSession) -> bool:
+        if self._claim_connection is None:
+            engine = claim_connection_engine(session.sync_session, self._model)
+            if engine is None:
+                return False
+            connection = await AsyncEngine(engine).connect()
+            self._claim_connection = await connection.execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+        try:
+            await session.connection(
+                bind_arguments={"bind": self._claim_connection.sync_connection}
+            )
+        except BaseException:
+            await self._close_claim_connection()
+            raise
+        return True
+
+    async def _close_claim_connection(self) -> None:
+        connection, self._claim_connection = self._claim_connection, None
+        if connection is not None:
+            try:
+                await connection.close()
+            except Exception:  # already broken: nothing left to release
+                logger.debug("worker.claim_connection_close_failed", exc_info=True)
 
     async def _write(self, body: Callable[[Session], _R]) -> _R:
         """Run one write in its own transaction, retrying transient database errors."""
@@ -336,7 +372,9 @@ class AsyncWorker(WorkerBase[TaskT]):
                 return []
             try:
                 # (callers run this whole turn through _finish: not shielded twice)
-                written, claimed = await self._transact(self._settle_body(outcomes, free))
+                written, claimed = await self._transact(
+                    self._settle_body(outcomes, free), claim_only=not outcomes
+                )
             except Exception as exc:
                 written, claimed = [], []  # the transaction rolled back: nothing was written
                 if self._settle_failed(exc, outcomes):
@@ -603,6 +641,7 @@ class AsyncWorker(WorkerBase[TaskT]):
             if not await self._flush_outcomes():
                 self._unwritten()
         finally:
+            await self._close_claim_connection()
             await self._stop_tasks(slots, supervisor)
             self._log_stopped()
 

@@ -25,7 +25,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -43,6 +43,7 @@ from .exceptions import (
     TaskQueueError,
     wrap_database_errors,
 )
+from .loading import detached_loader
 from .models import TaskDataclassMixin, TaskMixin, task_table
 from .monitoring import TaskMonitoring
 from .status import ACTIVE_STATUSES, TaskStatus
@@ -446,9 +447,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         claimed = self._claim(
             task_type, limit=limit, lease_duration=lease_duration, relaxed_commit=relaxed_commit
         )
-        for task in claimed:
-            self._session.expunge(task)
-        return claimed
+        return self._expunged(claimed)
 
     def _claim(
         self,
@@ -458,8 +457,50 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         lease_duration: Duration | None,
         relaxed_commit: bool,
     ) -> list[TaskT]:
-        """:meth:`dequeue_many` without detaching the rows: they stay in the session
-        (a worker's own session detaches them all at once)."""
+        """:meth:`dequeue_many` without detaching the rows: they stay in the session."""
+        stmt, params = self._claim_statement(task_type, limit, lease_duration, relaxed_commit)
+        model: Any = self._model  # a mapped class, hashable
+        claimed = list(self._session.execute(_orm_claim(model, stmt), params).scalars().all())
+        return _in_claim_order(claimed)
+
+    def _claim_detached(
+        self,
+        task_type: str | Sequence[str] | None,
+        *,
+        limit: int,
+        lease_duration: Duration | None,
+        relaxed_commit: bool,
+    ) -> list[TaskT]:
+        """:meth:`dequeue_many` for a session that holds nothing else (a worker's): the
+        detached instances are built straight from the statement's rows where the mapping
+        allows (:mod:`.loading`), skipping the ORM query's loading set-up."""
+        model: Any = self._model  # a mapped class, hashable
+        load: Callable[[Sequence[Any]], list[TaskT]] | None = detached_loader(model)
+        if load is None:
+            claimed = self._claim(
+                task_type,
+                limit=limit,
+                lease_duration=lease_duration,
+                relaxed_commit=relaxed_commit,
+            )
+            return self._expunged(claimed)
+        stmt, params = self._claim_statement(task_type, limit, lease_duration, relaxed_commit)
+        rows = self._session.execute(stmt, params, bind_arguments={"mapper": self._model})
+        return _in_claim_order(load(rows.all()))
+
+    def _expunged(self, tasks: list[TaskT]) -> list[TaskT]:
+        for task in tasks:
+            self._session.expunge(task)
+        return tasks
+
+    def _claim_statement(
+        self,
+        task_type: str | Sequence[str] | None,
+        limit: int,
+        lease_duration: Duration | None,
+        relaxed_commit: bool,
+    ) -> tuple[Update, dict[str, Any]]:
+        """The claim statement and its parameters, every argument checked."""
         if not isinstance(relaxed_commit, bool):
             raise TypeError(f"relaxed_commit must be a bool, got {relaxed_commit!r}")
         task_types = task_types_argument(task_type)
@@ -481,16 +522,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             type_filter, params["task_type"] = "one", task_types[0]
         else:
             type_filter, params["task_types"] = "many", task_types
-        model: Any = self._model  # a mapped class, hashable
-        orm_stmt = _orm_claim(
-            model,
-            statements.claim_statement(
-                self._table, type_filter=type_filter, relaxed_commit=relaxed_commit
-            ),
+        stmt = statements.claim_statement(
+            self._table, type_filter=type_filter, relaxed_commit=relaxed_commit
         )
-        claimed = list(self._session.execute(orm_stmt, params).scalars().all())
-        claimed.sort(key=lambda task: (task.priority, task.run_at, task.id))
-        return claimed
+        return stmt, params
 
     # ------------------------------------------------------------------ progress and outcome
 
@@ -985,6 +1020,12 @@ def _has_per_row_defaults(table: Table, columns: tuple[str, ...]) -> bool:
 
 def _lease_arrays(pairs: Sequence[tuple[int, uuid.UUID]]) -> dict[str, list[Any]]:
     return {"ids": [pair[0] for pair in pairs], "tokens": [str(pair[1]) for pair in pairs]}
+
+
+def _in_claim_order(claimed: list[TaskT]) -> list[TaskT]:
+    """``claimed`` in the order the claim picked them (``RETURNING`` does not keep it)."""
+    claimed.sort(key=lambda task: (task.priority, task.run_at, task.id))
+    return claimed
 
 
 @functools.cache

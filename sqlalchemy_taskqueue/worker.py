@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from . import statements
@@ -65,6 +65,7 @@ from .worker_base import (
     WRITE_ATTEMPTS,
     WorkerBase,
     Written,
+    claim_connection_engine,
     is_coroutine_handler,
     logger,
 )
@@ -124,6 +125,7 @@ class Worker(WorkerBase[TaskT]):
         # same rows in no fixed order, and a heartbeat must see outcomes already written
         self._write_lock = threading.Lock()
         self._slots: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
+        self._claim_connection: Connection | None = None  # see _transaction
 
     def _check_handlers(self, specs: dict[str, HandlerSpec]) -> None:
         for task_type, spec in specs.items():
@@ -183,12 +185,47 @@ class Worker(WorkerBase[TaskT]):
 
     # ------------------------------------------------------------------ database
 
-    def _transaction(self, body: Callable[[Session], _R]) -> _R:
-        """Run ``body`` in a session of its own and commit."""
+    def _transaction(self, body: Callable[[Session], _R], *, claim_only: bool = False) -> _R:
+        """Run ``body`` in a session of its own and commit.
+
+        A turn that only claims runs on the worker's own autocommit connection when
+        :func:`~.worker_base.claim_connection_engine` allows it: the claim is one statement, so it needs
+        no ``BEGIN``/``COMMIT`` round trips, and a wake-up skips the pool check-out.  The
+        connection is dropped on any error (and opened again by the next such turn).
+        """
         with self._session_factory() as session:
-            result = body(session)
-            session.commit()
+            joined = claim_only and self._join_claim_connection(session)
+            try:
+                result = body(session)
+                session.commit()
+            except BaseException:
+                if joined:
+                    self._close_claim_connection()
+                raise
             return result
+
+    def _join_claim_connection(self, session: Session) -> bool:
+        if self._claim_connection is None:
+            engine = claim_connection_engine(session, self._model)
+            if engine is None:
+                return False
+            self._claim_connection = engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+        try:
+            session.connection(bind_arguments={"bind": self._claim_connection})
+        except BaseException:
+            self._close_claim_connection()
+            raise
+        return True
+
+    def _close_claim_connection(self) -> None:
+        connection, self._claim_connection = self._claim_connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # already broken: nothing left to release
+                logger.debug("worker.claim_connection_close_failed", exc_info=True)
 
     def _write(self, body: Callable[[Session], _R]) -> _R:
         """Run one write in its own transaction, retrying transient database errors."""
@@ -248,7 +285,9 @@ class Worker(WorkerBase[TaskT]):
         failure: Exception | None = None
         with self._write_lock:
             try:
-                written, claimed = self._transaction(self._settle_body(outcomes, free))
+                written, claimed = self._transaction(
+                    self._settle_body(outcomes, free), claim_only=not outcomes
+                )
             except Exception as exc:
                 written, claimed = [], []  # the transaction rolled back: nothing was written
                 if self._settle_failed(exc, outcomes):
@@ -407,6 +446,7 @@ class Worker(WorkerBase[TaskT]):
             if not self._flush_outcomes():
                 self._unwritten()
         finally:
+            self._close_claim_connection()
             self._supervisor_stop.set()
             self._supervisor_wake.set()
             supervisor.join(timeout=5)

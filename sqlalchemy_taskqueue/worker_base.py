@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -285,14 +286,13 @@ class WorkerBase(Generic[TaskT]):
             written = self._write_outcomes(repo, outcomes)
             claimed: list[Any] = []
             if free > 0:
-                claimed = repo._claim(
+                claimed = repo._claim_detached(
                     self._types,
                     limit=free,
                     lease_duration=self._lease,
                     # only claims: a claim lost in a crash is just claimed again
                     relaxed_commit=not outcomes,
                 )
-                session.expunge_all()  # this session holds nothing else
             return written, claimed
 
         return body
@@ -716,6 +716,25 @@ class WorkerBase(Generic[TaskT]):
             return True
         logger.info("worker.shutdown_requested signal=%s grace=%.1fs", name, self._grace)
         return False
+
+
+def claim_connection_engine(session: Session, model: type[Any]) -> Engine | None:
+    """The engine from which a worker may open its own autocommit connection for turns
+    that only claim, given one of its sessions; ``None`` to keep those turns in
+    ordinary transactions.
+
+    That is when the model's bind is a connection (the worker must use it) or when
+    the application hooks transaction begins (a session ``after_begin`` or an engine
+    ``begin`` listener, which may set per-transaction state the claim must see).
+
+    Example::
+
+        engine = claim_connection_engine(session, Task)
+    """
+    bind = session.get_bind(mapper=model)
+    if not isinstance(bind, Engine) or session.dispatch.after_begin or bind.dispatch.begin:
+        return None
+    return bind
 
 
 def is_coroutine_handler(function: Handler) -> bool:

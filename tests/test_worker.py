@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 from processes import wait_for
-from sqlalchemy import text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import String, inspect, text
+from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, reconstructor, sessionmaker
 
 from sqlalchemy_taskqueue import (
     HandlerRegistry,
     TaskContext,
     TaskInterrupted,
+    TaskMixin,
     TaskRepository,
     TaskStatus,
     Worker,
@@ -260,6 +261,77 @@ def test_str_enum_task_types_key_handlers_timeouts_and_claims(
     worker.run(until_empty=True)
     task = fetch(session_factory, clean_table, task_id)
     assert (task.status, task.result) == (TaskStatus.COMPLETED, "legacy_export")
+
+
+# ---------------------------------------------------------------- what handlers receive
+
+
+class _KindBase(DeclarativeBase):
+    pass
+
+
+class KindTask(TaskMixin, _KindBase):
+    """A model whose loads the ORM itself must do: a class per type, a reconstructor."""
+
+    __tablename__ = "tasks_worker_kinds"
+    __mapper_args__ = {"polymorphic_on": "type", "polymorphic_identity": "kind"}
+
+    @reconstructor
+    def _loaded(self) -> None:
+        self.seen_by_orm = True
+
+
+class ReportTask(KindTask):
+    __mapper_args__ = {"polymorphic_identity": "report"}
+
+
+@pytest.fixture
+def own_model(engine: Any) -> Iterator[type[Any]]:
+    """A plain app model with its own columns, one mapped under another attribute name."""
+    from conftest import declare_task_model
+
+    model = declare_task_model(
+        "tasks_worker_own_columns",
+        tenant=mapped_column("tenant_name", String(40), nullable=True),
+    )
+    model.metadata.create_all(engine)
+    yield model
+    model.metadata.drop_all(engine)
+
+
+@pytest.fixture
+def kind_model(engine: Any) -> Iterator[type[Any]]:
+    KindTask.metadata.create_all(engine)
+    yield KindTask
+    KindTask.metadata.drop_all(engine)
+
+
+def test_handlers_get_detached_instances_with_the_apps_own_columns(
+    make_worker: MakeWorker, session_factory: Factory, own_model: type[Any]
+) -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    def job(task: Any, ctx: TaskContext) -> None:
+        state = inspect(task)
+        seen.append((type(task), task.tenant, task.payload, state.detached, state.identity))
+
+    task_id = enqueue(session_factory, own_model, "job", {"n": 1}, tenant_name="t1")
+    make_worker(session_factory, own_model, {"job": job}).run(until_empty=True)
+    assert seen == [(own_model, "t1", {"n": 1}, True, (task_id,))]
+
+
+def test_handlers_get_instances_the_orm_loaded_when_the_mapping_needs_it(
+    make_worker: MakeWorker, session_factory: Factory, kind_model: type[Any]
+) -> None:
+    """A polymorphic model gets the subclass of the row's type, and reconstructors run."""
+    seen: list[tuple[Any, ...]] = []
+
+    def report(task: Any, ctx: TaskContext) -> None:
+        seen.append((type(task), task.seen_by_orm, inspect(task).detached))
+
+    enqueue(session_factory, kind_model, "report")
+    make_worker(session_factory, kind_model, {"report": report}).run(until_empty=True)
+    assert seen == [(ReportTask, True, True)]
 
 
 # ---------------------------------------------------------------- timeouts

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -195,3 +195,95 @@ def test_an_outcome_finished_while_the_server_refuses_connections_is_not_lost(
             engine.dispose()
     assert calls == [task_id]  # not rescued and run again
     assert worker.stats.completed == 1
+
+
+def claimers(admin: Engine) -> list[int]:
+    """Backends of the worker whose last statement was a claim-only turn's claim."""
+    with admin.connect() as connection:
+        return list(
+            connection.scalars(
+                text(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE application_name = 'tq-chaos' AND query LIKE 'WITH relaxed%'"
+                )
+            )
+        )
+
+
+def test_idle_claims_share_one_connection_that_is_replaced_when_killed(
+    new_worker: Any,
+    worker_engine: Any,
+    session_factory: sessionmaker[Session],
+    clean_table: type[Any],
+) -> None:
+    engine, admin = worker_engine
+    finished: dict[int, threading.Event] = {}
+
+    def enqueue() -> threading.Event:
+        with session_factory() as session:
+            task_id = TaskRepository(session, clean_table).enqueue("job", {})
+            session.commit()
+        return finished.setdefault(task_id, threading.Event())
+
+    def job(task: Any, ctx: TaskContext) -> None:
+        finished.setdefault(task.id, threading.Event()).set()
+
+    worker = new_worker(sessionmaker(engine), clean_table, {"job": job}, poll_interval=0.2)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert worker.listening.wait(10)
+        for _ in range(3):  # each wake-up claims in a turn of its own
+            assert enqueue().wait(10)
+        wait_for(worker.idle.is_set, timeout=10)
+        [claimer] = claimers(admin)  # all of them on one connection
+        assert kill_connections(admin, "tq-chaos", "WITH relaxed%") == 1
+        assert enqueue().wait(10)  # the next turns open a new one
+        wait_for(lambda: claimers(admin) not in ([], [claimer]), timeout=10)
+        assert len(claimers(admin)) == 1
+    finally:
+        worker.stop()
+        thread.join(30)
+    if new_worker.twin == "sync":  # the async twin's engine ends with its run
+        assert engine.pool.checkedout() == 0  # given back when the worker stopped
+
+
+def test_claims_stay_in_transactions_when_the_session_sets_transaction_state(
+    new_worker: Any, engine: Engine, clean_table: type[Any]
+) -> None:
+    """An application that sets state per transaction (here the schema, with SET LOCAL
+    in an ``after_begin`` listener) keeps it for every claim."""
+    schema = "tenant_claims"
+
+    class TenantSession(Session):
+        pass
+
+    @event.listens_for(TenantSession, "after_begin")
+    def use_tenant_schema(session: Session, transaction: Any, connection: Any) -> None:
+        connection.exec_driver_sql(f"SET LOCAL search_path TO {schema}")
+
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    factory = sessionmaker(engine, class_=TenantSession)
+    try:
+        with factory() as session:
+            clean_table.metadata.create_all(session.connection())
+            task_id = TaskRepository(session, clean_table).enqueue("job", {})
+            session.commit()
+        done = threading.Event()
+        worker = new_worker(
+            factory, clean_table, {"job": lambda task, ctx: done.set()}, poll_interval=0.2
+        )
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            assert done.wait(10)
+        finally:
+            worker.stop()
+            thread.join(30)
+        with factory() as session:
+            task = TaskRepository(session, clean_table).get_task(task_id)
+            assert task is not None and task.status == TaskStatus.COMPLETED
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")

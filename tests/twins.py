@@ -178,7 +178,8 @@ def worker_maker(twin: str) -> Callable[..., Any]:
             return AsyncWorker(factory, model, handlers, **options)
         engine = factory.kw["bind"]
         assert isinstance(engine, Engine)
-        async_factory = async_sessionmaker()
+        # the sync factory's Session class (and so its event listeners) carries over
+        async_factory = async_sessionmaker(sync_session_class=factory.class_)
         worker = AsyncWorker(async_factory, model, handlers, **options)
         return AsyncWorkerRunner(worker, async_factory, engine)
 

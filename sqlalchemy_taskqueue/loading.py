@@ -1,0 +1,82 @@
+"""Claimed rows as detached task instances, without the ORM's per-query loading set-up.
+
+A worker hands each claimed task to its handler as a detached instance of the
+application's model.  Loading one row through an ORM query builds the query's row
+processors first (one per mapped column, every time), which on a wake-up from idle costs
+as much as the claim's own round trip.  :func:`detached_loader` builds the same detached
+instances from the claim statement's rows with SQLAlchemy's public state functions:
+``ClassManager.new_instance`` (no ``__init__``, as the ORM itself does),
+:func:`~sqlalchemy.orm.attributes.set_committed_value` for every column and
+:func:`~sqlalchemy.orm.make_transient_to_detached`, so each instance looks exactly as if
+it had been loaded and expunged.
+
+Mappings that need the ORM's own loading get ``None`` and keep using it: inheritance or a
+polymorphic discriminator (the row decides the class), ``load`` event listeners (which
+``@reconstructor`` methods and mutable-type tracking install), and a table column not
+mapped as a plain column attribute.
+
+Example::
+
+    load = detached_loader(Task)
+    if load is not None:
+        tasks = load(session.execute(claim, params).all())
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import inspect
+from sqlalchemy.orm import ColumnProperty, configure_mappers, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.exc import UnmappedColumnError
+
+__all__ = ["detached_loader"]
+
+_T = TypeVar("_T")
+
+
+@functools.cache
+def detached_loader(model: type[_T]) -> Callable[[Sequence[Sequence[Any]]], list[_T]] | None:
+    """A function building detached ``model`` instances from rows holding every column of
+    the model's table in table order, or ``None`` when the mapping needs the ORM's own
+    loading (see the module docstring).  Decided once per model.
+
+    Example::
+
+        load = detached_loader(Task)
+        task = load([row])[0]  # inspect(task).detached is True
+    """
+    configure_mappers()  # the attributes' loaders are set up then
+    mapper = inspect(model)
+    if (
+        mapper.inherits is not None
+        or mapper.polymorphic_on is not None
+        or mapper.polymorphic_map
+        or mapper.class_manager.dispatch.load
+    ):
+        return None
+    keys: list[str] = []
+    for column in mapper.local_table.columns:
+        try:
+            prop = mapper.get_property_by_column(column)
+        except UnmappedColumnError:
+            return None
+        if not isinstance(prop, ColumnProperty) or list(prop.columns) != [column]:
+            return None
+        keys.append(prop.key)
+    new_instance = mapper.class_manager.new_instance
+
+    def load(rows: Sequence[Sequence[Any]]) -> list[_T]:
+        tasks: list[_T] = []
+        for row in rows:
+            task = new_instance()
+            for key, value in zip(keys, row, strict=True):
+                set_committed_value(task, key, value)
+            make_transient_to_detached(task)
+            tasks.append(task)
+        return tasks
+
+    return load

@@ -1,0 +1,100 @@
+"""Claimed rows built into detached task instances without an ORM query (``loading``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import declare_task_model
+from sqlalchemy import Engine, String, inspect, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.mutable import MutableDict
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, reconstructor
+
+from sqlalchemy_taskqueue import TaskMixin, TaskRepository
+from sqlalchemy_taskqueue.loading import detached_loader
+
+
+@pytest.fixture
+def own_columns_model(engine: Engine) -> Iterator[type[Any]]:
+    """An app model with columns of its own, one mapped under another attribute name."""
+    model = declare_task_model(
+        "tasks_loading_own_columns",
+        project_id=mapped_column(String(20), nullable=True),
+        tenant=mapped_column("tenant_name", String(40), nullable=True),
+    )
+    model.metadata.create_all(engine)
+    yield model
+    model.metadata.drop_all(engine)
+
+
+def test_a_built_instance_is_the_orm_loaded_one_detached(
+    session: Session, own_columns_model: type[Any]
+) -> None:
+    model = own_columns_model
+    repo = TaskRepository(session, model)
+    task_id = repo.enqueue(
+        "export", {"rows": [1, 2]}, priority=-2, project_id="p7", tenant_name="t1"
+    )
+    repo.dequeue("export")  # a lease, a token and a start time to compare too
+    session.commit()
+    load = detached_loader(model)
+    assert load is not None
+    [row] = session.execute(select(*model.__table__.c).where(model.id == task_id)).all()
+    [built] = load([row])
+    loaded = session.get(model, task_id)
+    assert loaded is not None
+    for attribute in inspect(model).column_attrs:
+        assert getattr(built, attribute.key) == getattr(loaded, attribute.key), attribute.key
+    assert (built.tenant, built.project_id, built.payload) == ("t1", "p7", {"rows": [1, 2]})
+    state = inspect(built)
+    assert state.detached and state.identity == (task_id,) and not state.modified
+    session.rollback()
+
+    # usable as a loaded instance: merged without a query, changed, flushed as an UPDATE
+    merged = session.merge(built, load=False)
+    merged.project_id = "p8"
+    session.commit()
+    assert session.scalar(select(model.project_id).where(model.id == task_id)) == "p8"
+    session.rollback()  # nothing left open for the table's drop
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class ReconstructedTask(TaskMixin, _Base):
+    __tablename__ = "tasks_loading_reconstructed"
+
+    @reconstructor
+    def _loaded(self) -> None:
+        self.seen_by_orm = True
+
+
+class MutableResultTask(TaskMixin, _Base):
+    __tablename__ = "tasks_loading_mutable"
+
+    notes: Mapped[dict[str, Any] | None] = mapped_column(MutableDict.as_mutable(JSONB))
+
+
+class PolymorphicTask(TaskMixin, _Base):
+    __tablename__ = "tasks_loading_polymorphic"
+    __mapper_args__ = {"polymorphic_on": "type", "polymorphic_identity": "base"}
+
+
+class ExportTask(PolymorphicTask):
+    __mapper_args__ = {"polymorphic_identity": "export"}
+
+
+@pytest.mark.parametrize(
+    "model", [ReconstructedTask, MutableResultTask, PolymorphicTask, ExportTask]
+)
+def test_mappings_that_need_the_orm_keep_its_loading(model: type[Any]) -> None:
+    """Reconstructors and mutable types hook ORM loads; polymorphism picks the class
+    from the row: none of these gets a loader of its own."""
+    assert detached_loader(model) is None
+
+
+def test_a_plain_task_model_gets_a_loader(task_model: type[Any]) -> None:
+    assert detached_loader(task_model) is not None
