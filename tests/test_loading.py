@@ -10,9 +10,16 @@ from conftest import declare_task_model
 from sqlalchemy import Engine, String, inspect, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.mutable import MutableDict
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, reconstructor
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    MappedAsDataclass,
+    Session,
+    mapped_column,
+    reconstructor,
+)
 
-from sqlalchemy_taskqueue import TaskMixin, TaskRepository
+from sqlalchemy_taskqueue import TaskDataclassMixin, TaskMixin, TaskRepository
 from sqlalchemy_taskqueue.loading import detached_loader
 
 
@@ -98,3 +105,34 @@ def test_mappings_that_need_the_orm_keep_its_loading(model: type[Any]) -> None:
 
 def test_a_plain_task_model_gets_a_loader(task_model: type[Any]) -> None:
     assert detached_loader(task_model) is not None
+
+
+class _DataclassBase(MappedAsDataclass, DeclarativeBase):
+    pass
+
+
+class DataclassTask(TaskDataclassMixin, _DataclassBase):
+    __tablename__ = "tasks_loading_dataclass"
+
+    tenant: Mapped[str] = mapped_column(String(40))
+
+
+@pytest.fixture
+def dataclass_model(engine: Engine) -> Iterator[type[DataclassTask]]:
+    _DataclassBase.metadata.create_all(engine)
+    yield DataclassTask
+    _DataclassBase.metadata.drop_all(engine)
+
+
+def test_a_dataclass_model_is_built_as_the_orm_loads_it(
+    session: Session, dataclass_model: type[DataclassTask]
+) -> None:
+    task_id = TaskRepository(session, dataclass_model).enqueue("report", {"n": 1}, tenant="acme")
+    session.commit()
+    load = detached_loader(dataclass_model)
+    assert load is not None
+    [built] = load(session.execute(select(*dataclass_model.__table__.c)).all())
+    loaded = session.get(dataclass_model, task_id)
+    assert built == loaded  # the dataclass compares every field
+    assert (built.id, built.tenant, inspect(built).detached) == (task_id, "acme", True)
+    session.rollback()
