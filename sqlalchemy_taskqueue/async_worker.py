@@ -50,6 +50,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -254,7 +255,18 @@ class AsyncWorker(WorkerBase[TaskT]):
 
     async def _transact(self, body: Callable[[Session], _R], *, claim_only: bool = False) -> _R:
         """See ``Worker._transaction``: a turn that only claims runs on the worker's own
-        autocommit connection where the session allows it."""
+        autocommit connection where the session allows it, once more on a new one if
+        that connection was found dead."""
+        if not claim_only:
+            return await self._in_session(body, claim_only=False)
+        try:
+            return await self._in_session(body, claim_only=True)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        return await self._in_session(body, claim_only=True)
+
+    async def _in_session(self, body: Callable[[Session], _R], *, claim_only: bool) -> _R:
         async with self._session_factory() as session:
             if not isinstance(session, AsyncSession):
                 raise TypeError(f"session_factory must make AsyncSessions, got {session!r}")

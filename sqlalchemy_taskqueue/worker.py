@@ -52,6 +52,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from . import statements
@@ -188,11 +189,23 @@ class Worker(WorkerBase[TaskT]):
     def _transaction(self, body: Callable[[Session], _R], *, claim_only: bool = False) -> _R:
         """Run ``body`` in a session of its own and commit.
 
-        A turn that only claims runs on the worker's own autocommit connection when
-        :func:`~.worker_base.claim_connection_engine` allows it: the claim is one statement, so it needs
-        no ``BEGIN``/``COMMIT`` round trips, and a wake-up skips the pool check-out.  The
-        connection is dropped on any error (and opened again by the next such turn).
+        A turn that only claims runs on the worker's own autocommit connection where
+        :func:`~.worker_base.claim_connection_engine` allows it: the claim is one
+        statement, so it needs no ``BEGIN``/``COMMIT`` round trips, and a wake-up skips
+        the pool check-out.  That connection is dropped on any error; if it was found
+        dead (a server restart or a failover), the turn runs once more on a new one, as
+        a pool check-out with ``pool_pre_ping`` would have.
         """
+        if not claim_only:
+            return self._in_session(body, claim_only=False)
+        try:
+            return self._in_session(body, claim_only=True)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        return self._in_session(body, claim_only=True)
+
+    def _in_session(self, body: Callable[[Session], _R], *, claim_only: bool) -> _R:
         with self._session_factory() as session:
             joined = claim_only and self._join_claim_connection(session)
             try:

@@ -142,7 +142,7 @@ def worker(
         raise click.BadParameter("name at least one task type", param_hint="--types")
     url = database_url_or_fail(database_url)
     engine = create_engine(
-        url, pool_size=concurrency + 2, max_overflow=concurrency, pool_pre_ping=True
+        url, pool_size=concurrency + 3, max_overflow=concurrency, pool_pre_ping=True
     )
     metrics_server = None
     if metrics_port is not None:
@@ -215,7 +215,7 @@ def _run_async(
     concurrency = options["concurrency"]
     engine = create_async_engine(
         async_url,
-        pool_size=concurrency + 2,
+        pool_size=concurrency + 3,
         max_overflow=concurrency,
         pool_pre_ping=True,
         connect_args=connect_args,
