@@ -723,9 +723,10 @@ def claim_connection_engine(session: Session, model: type[Any]) -> Engine | None
     that only claim, given one of its sessions; ``None`` to keep those turns in
     ordinary transactions.
 
-    That is when the model's bind is a connection (the worker must use it) or when
-    the application hooks transaction begins (a session ``after_begin`` or an engine
-    ``begin`` listener, which may set per-transaction state the claim must see).
+    ``None`` when the model's bind is a connection (the worker must use that one), or
+    when the application hooks transaction begins: a session ``after_begin`` or an
+    engine ``begin`` listener may set per-transaction state (``SET LOCAL``) that the
+    claim must see, and autocommit would drop it.
 
     Example::
 
