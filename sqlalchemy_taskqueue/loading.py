@@ -13,8 +13,9 @@ if it had been loaded and expunged, and per row costs about what the ORM's loadi
 
 Mappings that need the ORM's own loading get ``None`` and keep using it: inheritance or a
 polymorphic discriminator (the row decides the class), ``load`` event listeners (which
-``@reconstructor`` methods and mutable-type tracking install), and a table column not
-mapped as a plain column attribute.
+``@reconstructor`` methods and mutable-type tracking install), a table column not
+mapped as a plain column attribute, and a relationship the ORM may load with the row
+(``lazy="selectin"`` or ``"immediate"`` load it by a query of their own).
 
 Example::
 
@@ -38,6 +39,18 @@ __all__ = ["detached_loader"]
 
 _T = TypeVar("_T")
 
+# relationship loading that leaves a loaded instance's attribute unloaded (or empty)
+_LOADED_ON_ACCESS = {
+    "select",
+    True,
+    "raise",
+    "raise_on_sql",
+    "noload",
+    None,
+    "dynamic",
+    "write_only",
+}
+
 
 @functools.cache
 def detached_loader(model: type[_T]) -> Callable[[Sequence[Sequence[Any]]], list[_T]] | None:
@@ -57,6 +70,7 @@ def detached_loader(model: type[_T]) -> Callable[[Sequence[Sequence[Any]]], list
         or mapper.polymorphic_on is not None
         or mapper.polymorphic_map
         or mapper.class_manager.dispatch.load
+        or any(rel.lazy not in _LOADED_ON_ACCESS for rel in mapper.relationships)
     ):
         return None
     keys: list[str] = []

@@ -483,7 +483,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
                 lease_duration=lease_duration,
                 relaxed_commit=relaxed_commit,
             )
-            return self._expunged(claimed)
+            self._session.expunge_all()  # with what the ORM loaded along (relationships)
+            return claimed
         stmt, params = self._claim_statement(task_type, limit, lease_duration, relaxed_commit)
         rows = self._session.execute(stmt, params, bind_arguments={"mapper": self._model})
         return _in_claim_order(load(rows.all()))

@@ -15,8 +15,16 @@ from typing import Any
 
 import pytest
 from processes import wait_for
-from sqlalchemy import String, inspect, text
-from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, reconstructor, sessionmaker
+from sqlalchemy import ForeignKey, String, inspect, text
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    reconstructor,
+    relationship,
+    sessionmaker,
+)
 
 from sqlalchemy_taskqueue import (
     HandlerRegistry,
@@ -332,6 +340,48 @@ def test_handlers_get_instances_the_orm_loaded_when_the_mapping_needs_it(
     enqueue(session_factory, kind_model, "report")
     make_worker(session_factory, kind_model, {"report": report}).run(until_empty=True)
     assert seen == [(ReportTask, True, True)]
+
+
+class _ProjectBase(DeclarativeBase):
+    pass
+
+
+class Project(_ProjectBase):
+    __tablename__ = "projects_worker"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40))
+
+
+class ProjectTask(TaskMixin, _ProjectBase):
+    """A model whose ORM loads also load a relationship (after the row, by SELECT IN)."""
+
+    __tablename__ = "tasks_worker_projects"
+
+    project_id: Mapped[int | None] = mapped_column(ForeignKey(Project.id))
+    project: Mapped[Project | None] = relationship(lazy="selectin")
+
+
+@pytest.fixture
+def project_model(engine: Any) -> Iterator[type[Any]]:
+    _ProjectBase.metadata.create_all(engine)
+    yield ProjectTask
+    _ProjectBase.metadata.drop_all(engine)
+
+
+def test_handlers_get_the_relationships_the_orm_loads_eagerly(
+    make_worker: MakeWorker, session_factory: Factory, project_model: type[Any]
+) -> None:
+    seen: list[str] = []
+
+    def export(task: Any, ctx: TaskContext) -> None:
+        seen.append(task.project.name)
+
+    with session_factory.begin() as session:
+        session.add(Project(id=1, name="acme"))
+    enqueue(session_factory, project_model, "export", project_id=1)
+    make_worker(session_factory, project_model, {"export": export}).run(until_empty=True)
+    assert seen == ["acme"]
 
 
 # ---------------------------------------------------------------- timeouts
