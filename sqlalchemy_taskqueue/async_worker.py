@@ -66,6 +66,7 @@ from .worker_base import (
     WorkerBase,
     Written,
     claim_connection_engine,
+    claims_without_session,
     is_coroutine_handler,
     logger,
 )
@@ -174,7 +175,8 @@ class AsyncWorker(WorkerBase[TaskT]):
                 "use Worker with a sessionmaker"
             )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._claim_connection: AsyncConnection | None = None  # see _transact
+        self._claim_connection: AsyncConnection | None = None  # see _claim_only
+        self._claims_directly = False
         self._loop_thread: int | None = None
         self._supervisor_stop = False
         self._slots_cancelled = False
@@ -254,19 +256,8 @@ class AsyncWorker(WorkerBase[TaskT]):
         return await self._finish(self._transact(body))
 
     async def _transact(self, body: Callable[[Session], _R], *, claim_only: bool = False) -> _R:
-        """See ``Worker._transaction``: a turn that only claims runs on the worker's own
-        autocommit connection where the session allows it, once more on a new one if
-        that connection was found dead."""
-        if not claim_only:
-            return await self._in_session(body, claim_only=False)
-        try:
-            return await self._in_session(body, claim_only=True)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-        return await self._in_session(body, claim_only=True)
-
-    async def _in_session(self, body: Callable[[Session], _R], *, claim_only: bool) -> _R:
+        """Run ``body`` on the sync face of an ``AsyncSession`` of its own and commit; with
+        ``claim_only``, on the worker's own connection where it may (``Worker._claim_only``)."""
         async with self._session_factory() as session:
             if not isinstance(session, AsyncSession):
                 raise TypeError(f"session_factory must make AsyncSessions, got {session!r}")
@@ -280,6 +271,27 @@ class AsyncWorker(WorkerBase[TaskT]):
                 raise
             return result
 
+    async def _claim_only(self, free: int) -> list[Any]:
+        """See ``Worker._claim_only``."""
+        try:
+            return await self._claim_once(free)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        return await self._claim_once(free)
+
+    async def _claim_once(self, free: int) -> list[Any]:
+        connection = self._claim_connection
+        if connection is None or not self._claims_directly:
+            return (await self._transact(self._settle_body([], free), claim_only=True))[1]
+        try:
+            stmt, params = self._claim_params(free)
+            rows = (await connection.execute(stmt, params)).all()
+        except BaseException:
+            await self._close_claim_connection()
+            raise
+        return self._detached(rows)
+
     async def _join_claim_connection(self, session: AsyncSession) -> bool:
         if self._claim_connection is None:
             engine = claim_connection_engine(session.sync_session, self._model)
@@ -288,6 +300,9 @@ class AsyncWorker(WorkerBase[TaskT]):
             connection = await AsyncEngine(engine).connect()
             self._claim_connection = await connection.execution_options(
                 isolation_level="AUTOCOMMIT"
+            )
+            self._claims_directly = type(session) is AsyncSession and claims_without_session(
+                session.sync_session, self._model
             )
         try:
             await session.connection(
@@ -384,9 +399,10 @@ class AsyncWorker(WorkerBase[TaskT]):
                 return []
             try:
                 # (callers run this whole turn through _finish: not shielded twice)
-                written, claimed = await self._transact(
-                    self._settle_body(outcomes, free), claim_only=not outcomes
-                )
+                if outcomes:
+                    written, claimed = await self._transact(self._settle_body(outcomes, free))
+                else:
+                    claimed = await self._claim_only(free)
             except Exception as exc:
                 written, claimed = [], []  # the transaction rolled back: nothing was written
                 if self._settle_failed(exc, outcomes):

@@ -461,7 +461,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         stmt, params = self._claim_statement(task_type, limit, lease_duration, relaxed_commit)
         model: Any = self._model  # a mapped class, hashable
         claimed = list(self._session.execute(_orm_claim(model, stmt), params).scalars().all())
-        return _in_claim_order(claimed)
+        return in_claim_order(claimed)
 
     def _claim_detached(
         self,
@@ -487,7 +487,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             return claimed
         stmt, params = self._claim_statement(task_type, limit, lease_duration, relaxed_commit)
         rows = self._session.execute(stmt, params, bind_arguments={"mapper": self._model})
-        return _in_claim_order(load(rows.all()))
+        return in_claim_order(load(rows.all()))
 
     def _expunged(self, tasks: list[TaskT]) -> list[TaskT]:
         for task in tasks:
@@ -511,22 +511,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             if lease_duration is None
             else positive_duration("lease_duration", lease_duration)
         )
-        params: dict[str, Any] = {
-            "limit": limit,
-            "lease": lease,
-            "owner": self.owner,
-            "token": uuid.uuid4(),
-        }
-        if task_types is None:
-            type_filter: statements.TypeFilter = "any"
-        elif len(task_types) == 1:
-            type_filter, params["task_type"] = "one", task_types[0]
-        else:
-            type_filter, params["task_types"] = "many", task_types
-        stmt = statements.claim_statement(
-            self._table, type_filter=type_filter, relaxed_commit=relaxed_commit
+        return claim_statement_and_params(
+            self._table, task_types, limit, lease, self.owner, relaxed_commit=relaxed_commit
         )
-        return stmt, params
 
     # ------------------------------------------------------------------ progress and outcome
 
@@ -1023,7 +1010,36 @@ def _lease_arrays(pairs: Sequence[tuple[int, uuid.UUID]]) -> dict[str, list[Any]
     return {"ids": [pair[0] for pair in pairs], "tokens": [str(pair[1]) for pair in pairs]}
 
 
-def _in_claim_order(claimed: list[TaskT]) -> list[TaskT]:
+def claim_statement_and_params(
+    table: Table,
+    task_types: Sequence[str] | None,
+    limit: int,
+    lease: timedelta,
+    owner: str,
+    *,
+    relaxed_commit: bool,
+) -> tuple[Update, dict[str, Any]]:
+    """The claim statement for ``task_types`` (``None``: any type) and its parameters,
+    for arguments already checked (a worker's own configuration, or a repository's).
+
+    Example::
+
+        stmt, params = claim_statement_and_params(
+            Task.__table__, ["export"], 10, timedelta(seconds=60), "w1", relaxed_commit=False
+        )
+    """
+    params: dict[str, Any] = {"limit": limit, "lease": lease, "owner": owner, "token": uuid.uuid4()}
+    if task_types is None:
+        type_filter: statements.TypeFilter = "any"
+    elif len(task_types) == 1:
+        type_filter, params["task_type"] = "one", task_types[0]
+    else:
+        type_filter, params["task_types"] = "many", list(task_types)
+    stmt = statements.claim_statement(table, type_filter=type_filter, relaxed_commit=relaxed_commit)
+    return stmt, params
+
+
+def in_claim_order(claimed: list[TaskT]) -> list[TaskT]:
     """``claimed`` in the order the claim picked them (``RETURNING`` does not keep it)."""
     claimed.sort(key=lambda task: (task.priority, task.run_at, task.id))
     return claimed

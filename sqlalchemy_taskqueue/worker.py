@@ -67,6 +67,7 @@ from .worker_base import (
     WorkerBase,
     Written,
     claim_connection_engine,
+    claims_without_session,
     is_coroutine_handler,
     logger,
 )
@@ -126,7 +127,8 @@ class Worker(WorkerBase[TaskT]):
         # same rows in no fixed order, and a heartbeat must see outcomes already written
         self._write_lock = threading.Lock()
         self._slots: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
-        self._claim_connection: Connection | None = None  # see _transaction
+        self._claim_connection: Connection | None = None  # see _claim_only
+        self._claims_directly = False
 
     def _check_handlers(self, specs: dict[str, HandlerSpec]) -> None:
         for task_type, spec in specs.items():
@@ -187,25 +189,8 @@ class Worker(WorkerBase[TaskT]):
     # ------------------------------------------------------------------ database
 
     def _transaction(self, body: Callable[[Session], _R], *, claim_only: bool = False) -> _R:
-        """Run ``body`` in a session of its own and commit.
-
-        A turn that only claims runs on the worker's own autocommit connection where
-        :func:`~.worker_base.claim_connection_engine` allows it: the claim is one
-        statement, so it needs no ``BEGIN``/``COMMIT`` round trips, and a wake-up skips
-        the pool check-out.  That connection is dropped on any error; if it was found
-        dead (a server restart or a failover), the turn runs once more on a new one, as
-        a pool check-out with ``pool_pre_ping`` would have.
-        """
-        if not claim_only:
-            return self._in_session(body, claim_only=False)
-        try:
-            return self._in_session(body, claim_only=True)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-        return self._in_session(body, claim_only=True)
-
-    def _in_session(self, body: Callable[[Session], _R], *, claim_only: bool) -> _R:
+        """Run ``body`` in a session of its own and commit; with ``claim_only``, on the
+        worker's own connection where it may (see :meth:`_claim_only`)."""
         with self._session_factory() as session:
             joined = claim_only and self._join_claim_connection(session)
             try:
@@ -217,6 +202,36 @@ class Worker(WorkerBase[TaskT]):
                 raise
             return result
 
+    def _claim_only(self, free: int) -> list[Any]:
+        """A turn with nothing to acknowledge (every wake-up from idle).
+
+        It runs on a connection the worker keeps for such turns, in autocommit, where
+        :func:`~.worker_base.claim_connection_engine` allows it: the claim is one
+        statement, so it needs no ``BEGIN``/``COMMIT`` round trips and no pool check-out.
+        Where :func:`~.worker_base.claims_without_session` allows it too, the statement
+        runs straight on that connection, without a session.  The connection is dropped
+        on any error; if it was found dead (a server restart or a failover), the turn
+        runs once more on a new one, as a pool check-out with ``pool_pre_ping`` would.
+        """
+        try:
+            return self._claim_once(free)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        return self._claim_once(free)
+
+    def _claim_once(self, free: int) -> list[Any]:
+        connection = self._claim_connection
+        if connection is None or not self._claims_directly:
+            return self._transaction(self._settle_body([], free), claim_only=True)[1]
+        try:
+            stmt, params = self._claim_params(free)
+            rows = connection.execute(stmt, params).all()
+        except BaseException:
+            self._close_claim_connection()
+            raise
+        return self._detached(rows)
+
     def _join_claim_connection(self, session: Session) -> bool:
         if self._claim_connection is None:
             engine = claim_connection_engine(session, self._model)
@@ -225,6 +240,7 @@ class Worker(WorkerBase[TaskT]):
             self._claim_connection = engine.connect().execution_options(
                 isolation_level="AUTOCOMMIT"
             )
+            self._claims_directly = claims_without_session(session, self._model)
         try:
             session.connection(bind_arguments={"bind": self._claim_connection})
         except BaseException:
@@ -298,9 +314,10 @@ class Worker(WorkerBase[TaskT]):
         failure: Exception | None = None
         with self._write_lock:
             try:
-                written, claimed = self._transaction(
-                    self._settle_body(outcomes, free), claim_only=not outcomes
-                )
+                if outcomes:
+                    written, claimed = self._transaction(self._settle_body(outcomes, free))
+                else:
+                    claimed = self._claim_only(free)
             except Exception as exc:
                 written, claimed = [], []  # the transaction rolled back: nothing was written
                 if self._settle_failed(exc, outcomes):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Update
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -30,8 +30,15 @@ from .context import ProgressWriter, TaskContext
 from .durations import Duration, to_seconds
 from .exceptions import LeaseLostError, TaskInterrupted, TaskQueueError
 from .handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
+from .loading import detached_loader
 from .models import task_table
-from .repository import TaskRepository, TaskT, default_owner
+from .repository import (
+    TaskRepository,
+    TaskT,
+    claim_statement_and_params,
+    default_owner,
+    in_claim_order,
+)
 from .status import TaskStatus
 from .validation import require_int, require_json, storable_text
 
@@ -296,6 +303,20 @@ class WorkerBase(Generic[TaskT]):
             return written, claimed
 
         return body
+
+    def _claim_params(self, free: int) -> tuple[Update, dict[str, Any]]:
+        """The claim of a turn that only claims, run without a session (see
+        :func:`claims_without_session`); it commits without waiting for the WAL flush."""
+        return claim_statement_and_params(
+            self._table, self._types, free, self._lease, self.owner, relaxed_commit=True
+        )
+
+    def _detached(self, rows: Sequence[Any]) -> list[Any]:
+        """The claimed rows as detached instances, in claim order."""
+        model: Any = self._model  # a mapped class, hashable
+        load = detached_loader(model)
+        assert load is not None, "claims_without_session checked the model"
+        return in_claim_order(load(rows))
 
     def _settle_failed(self, exc: Exception, outcomes: list[Outcome]) -> bool:
         """After a failed claim turn: requeue the outcomes when the failure is transient
@@ -736,6 +757,48 @@ def claim_connection_engine(session: Session, model: type[Any]) -> Engine | None
     if not isinstance(bind, Engine) or session.dispatch.after_begin or bind.dispatch.begin:
         return None
     return bind
+
+
+#: session events a claim run without a session would not fire
+_TURN_EVENTS = (
+    "do_orm_execute",
+    "after_transaction_create",
+    "after_transaction_end",
+    "before_commit",
+    "after_commit",
+    "after_rollback",
+    "after_soft_rollback",
+)
+
+
+def claims_without_session(session: Session, model: Any) -> bool:
+    """Whether a worker's turns that only claim may run the claim straight on its own
+    connection, without a session: the factory makes plain ``Session`` objects (a class
+    that overrides nothing, no execution options, no listeners on transactions or
+    executions, which would not fire) and the model's instances are built without an ORM
+    query
+    (:func:`~sqlalchemy_taskqueue.loading.detached_loader`).
+
+    Example::
+
+        claims_without_session(session, Task)  # True for sessionmaker(engine)
+    """
+    return (
+        _overrides_nothing(type(session))
+        and not getattr(session, "execution_options", None)
+        and not any(getattr(session.dispatch, event) for event in _TURN_EVENTS)
+        and detached_loader(model) is not None
+    )
+
+
+def _overrides_nothing(session_class: type[Any]) -> bool:
+    """``Session`` itself, or subclasses of it that define nothing of their own (such as
+    the one every ``sessionmaker`` makes)."""
+    mro = session_class.__mro__
+    if Session not in mro:
+        return False
+    own = mro[: mro.index(Session)]
+    return all(name.startswith("__") for cls in own for name in vars(cls))
 
 
 def is_coroutine_handler(function: Handler) -> bool:

@@ -136,3 +136,24 @@ def test_a_dataclass_model_is_built_as_the_orm_loads_it(
     assert built == loaded  # the dataclass compares every field
     assert (built.id, built.tenant, inspect(built).detached) == (task_id, "acme", True)
     session.rollback()
+
+
+def test_claims_skip_the_session_only_for_plain_sessions_and_models(
+    engine: Engine, task_model: type[Any]
+) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.orm import sessionmaker
+
+    from sqlalchemy_taskqueue.worker_base import claims_without_session
+
+    class OwnSession(Session):
+        def execute(self, *args: Any, **kwargs: Any) -> Any:  # e.g. routing or auditing
+            return super().execute(*args, **kwargs)
+
+    with sessionmaker(engine)() as plain:
+        assert claims_without_session(plain, task_model)
+        assert not claims_without_session(plain, ReconstructedTask)  # needs the ORM
+        event.listen(plain, "after_commit", lambda session: None)
+        assert not claims_without_session(plain, task_model)  # would not fire
+    with sessionmaker(engine, class_=OwnSession)() as own:
+        assert not claims_without_session(own, task_model)  # may override execute

@@ -292,3 +292,44 @@ def test_claims_stay_in_transactions_when_the_session_sets_transaction_state(
     finally:
         with engine.begin() as connection:
             connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_claims_run_through_the_session_when_it_has_execution_listeners(
+    new_worker: Any, engine: Engine, clean_table: type[Any]
+) -> None:
+    """A claim run straight on the worker's connection would skip the session's
+    ``do_orm_execute`` listeners: with one, every claim goes through the session."""
+    from sqlalchemy_taskqueue import statements
+
+    class ObservedSession(Session):
+        pass
+
+    seen: list[Any] = []
+
+    @event.listens_for(ObservedSession, "do_orm_execute")
+    def observe(state: Any) -> None:
+        seen.append(state.statement)
+
+    factory = sessionmaker(engine, class_=ObservedSession)
+    done: dict[int, threading.Event] = {}
+    worker = new_worker(
+        factory, clean_table, {"job": lambda task, ctx: done[task.id].set()}, poll_interval=60
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        for _ in range(2):  # two wake-ups from idle: two turns that only claim
+            wait_for(worker.idle.is_set, timeout=10)
+            with factory() as session:
+                task_id = TaskRepository(session, clean_table).enqueue("job", {})
+                done[task_id] = threading.Event()
+                session.commit()
+            assert done[task_id].wait(10)
+    finally:
+        worker.stop()
+        thread.join(30)
+    claim_only = statements.claim_statement(
+        clean_table.__table__, type_filter="one", relaxed_commit=True
+    )
+    # the first turn, at start, and both wake-ups
+    assert sum(statement is claim_only for statement in seen) >= 3
