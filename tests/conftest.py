@@ -91,6 +91,13 @@ def declare_task_model(table_name: str, **columns: Any) -> type[Any]:
     return type(f"Task_{table_name}", (TaskMixin, Base), namespace)
 
 
+def with_tables(engine: Engine, model: type[Any]) -> Iterator[type[Any]]:
+    """For a fixture: ``model`` with its metadata's tables created, dropped afterwards."""
+    model.metadata.create_all(engine)
+    yield model
+    model.metadata.drop_all(engine)
+
+
 @pytest.fixture(scope="module")
 def task_model(request: pytest.FixtureRequest, engine: Engine) -> Iterator[type[Any]]:
     """A task table private to the test module, dropped when the module is done."""

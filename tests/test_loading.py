@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import declare_task_model
+from conftest import declare_task_model, with_tables
 from sqlalchemy import Engine, String, inspect, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.mutable import MutableDict
@@ -31,9 +31,7 @@ def own_columns_model(engine: Engine) -> Iterator[type[Any]]:
         project_id=mapped_column(String(20), nullable=True),
         tenant=mapped_column("tenant_name", String(40), nullable=True),
     )
-    model.metadata.create_all(engine)
-    yield model
-    model.metadata.drop_all(engine)
+    yield from with_tables(engine, model)
 
 
 def test_a_built_instance_is_the_orm_loaded_one_detached(
@@ -119,9 +117,7 @@ class DataclassTask(TaskDataclassMixin, _DataclassBase):
 
 @pytest.fixture
 def dataclass_model(engine: Engine) -> Iterator[type[DataclassTask]]:
-    _DataclassBase.metadata.create_all(engine)
-    yield DataclassTask
-    _DataclassBase.metadata.drop_all(engine)
+    yield from with_tables(engine, DataclassTask)
 
 
 def test_a_dataclass_model_is_built_as_the_orm_loads_it(

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from conftest import with_tables
 from processes import wait_for
 from sqlalchemy import ForeignKey, String, inspect, text
 from sqlalchemy.orm import (
@@ -302,16 +303,12 @@ def own_model(engine: Any) -> Iterator[type[Any]]:
         "tasks_worker_own_columns",
         tenant=mapped_column("tenant_name", String(40), nullable=True),
     )
-    model.metadata.create_all(engine)
-    yield model
-    model.metadata.drop_all(engine)
+    yield from with_tables(engine, model)
 
 
 @pytest.fixture
 def kind_model(engine: Any) -> Iterator[type[Any]]:
-    KindTask.metadata.create_all(engine)
-    yield KindTask
-    KindTask.metadata.drop_all(engine)
+    yield from with_tables(engine, KindTask)
 
 
 def test_handlers_get_detached_instances_with_the_apps_own_columns(
@@ -364,9 +361,7 @@ class ProjectTask(TaskMixin, _ProjectBase):
 
 @pytest.fixture
 def project_model(engine: Any) -> Iterator[type[Any]]:
-    _ProjectBase.metadata.create_all(engine)
-    yield ProjectTask
-    _ProjectBase.metadata.drop_all(engine)
+    yield from with_tables(engine, ProjectTask)
 
 
 def test_handlers_get_the_relationships_the_orm_loads_eagerly(
