@@ -58,7 +58,7 @@ from . import statements
 from .attempts import Attempt, Outcome
 from .exceptions import LeaseLostError
 from .handlers import HandlerSpec
-from .repository import TaskT
+from .repository import TaskT, detached_in_claim_order
 from .wakeup import ASYNC_LISTEN_DRIVERS, AsyncNotificationListener
 from .worker_base import (
     DATABASE_ERRORS,
@@ -290,7 +290,7 @@ class AsyncWorker(WorkerBase[TaskT]):
         except BaseException:
             await self._close_claim_connection()
             raise
-        return self._detached(rows)
+        return detached_in_claim_order(self._model, rows)
 
     async def _join_claim_connection(self, session: AsyncSession) -> bool:
         if self._claim_connection is None:

@@ -25,7 +25,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -444,10 +444,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             batch = repo.dequeue_many(["export", "import"], limit=10)
         """
-        claimed = self._claim(
+        return self._claim(
             task_type, limit=limit, lease_duration=lease_duration, relaxed_commit=relaxed_commit
         )
-        return self._expunged(claimed)
 
     def _claim(
         self,
@@ -456,43 +455,28 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         limit: int,
         lease_duration: Duration | None,
         relaxed_commit: bool,
+        own_session: bool = False,
     ) -> list[TaskT]:
-        """:meth:`dequeue_many` without detaching the rows: they stay in the session."""
+        """:meth:`dequeue_many`: the claimed tasks, detached, in claim order.
+
+        ``own_session`` says the session holds nothing else (a worker's): the instances
+        are then built straight from the statement's rows where the mapping allows
+        (:mod:`.loading`), skipping an ORM query's loading set-up; otherwise everything
+        the session holds is detached at once, with what the ORM loaded along
+        (relationships).
+        """
         stmt, params = self._claim_statement(task_type, limit, lease_duration, relaxed_commit)
         model: Any = self._model  # a mapped class, hashable
+        if own_session and detached_loader(model) is not None:
+            rows = self._session.execute(stmt, params, bind_arguments={"mapper": model})
+            return detached_in_claim_order(model, rows.all())
         claimed = list(self._session.execute(_orm_claim(model, stmt), params).scalars().all())
-        return in_claim_order(claimed)
-
-    def _claim_detached(
-        self,
-        task_type: str | Sequence[str] | None,
-        *,
-        limit: int,
-        lease_duration: Duration | None,
-        relaxed_commit: bool,
-    ) -> list[TaskT]:
-        """:meth:`dequeue_many` for a session that holds nothing else (a worker's): the
-        detached instances are built straight from the statement's rows where the mapping
-        allows (:mod:`.loading`), skipping the ORM query's loading set-up."""
-        model: Any = self._model  # a mapped class, hashable
-        load: Callable[[Sequence[Any]], list[TaskT]] | None = detached_loader(model)
-        if load is None:
-            claimed = self._claim(
-                task_type,
-                limit=limit,
-                lease_duration=lease_duration,
-                relaxed_commit=relaxed_commit,
-            )
-            self._session.expunge_all()  # with what the ORM loaded along (relationships)
-            return claimed
-        stmt, params = self._claim_statement(task_type, limit, lease_duration, relaxed_commit)
-        rows = self._session.execute(stmt, params, bind_arguments={"mapper": self._model})
-        return in_claim_order(load(rows.all()))
-
-    def _expunged(self, tasks: list[TaskT]) -> list[TaskT]:
-        for task in tasks:
-            self._session.expunge(task)
-        return tasks
+        if own_session:
+            self._session.expunge_all()
+        else:
+            for task in claimed:
+                self._session.expunge(task)
+        return _in_claim_order(claimed)
 
     def _claim_statement(
         self,
@@ -1039,7 +1023,20 @@ def claim_statement_and_params(
     return stmt, params
 
 
-def in_claim_order(claimed: list[TaskT]) -> list[TaskT]:
+def detached_in_claim_order(model: Any, rows: Sequence[Any]) -> list[Any]:
+    """A claim statement's rows as detached ``model`` instances, in claim order, for a
+    model that has a :func:`~sqlalchemy_taskqueue.loading.detached_loader`.
+
+    Example::
+
+        tasks = detached_in_claim_order(Task, connection.execute(stmt, params).all())
+    """
+    load = detached_loader(model)
+    assert load is not None, "the caller checked the model"
+    return _in_claim_order(load(rows))
+
+
+def _in_claim_order(claimed: list[TaskT]) -> list[TaskT]:
     """``claimed`` in the order the claim picked them (``RETURNING`` does not keep it)."""
     claimed.sort(key=lambda task: (task.priority, task.run_at, task.id))
     return claimed

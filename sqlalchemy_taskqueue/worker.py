@@ -59,7 +59,7 @@ from . import statements
 from .attempts import Attempt, Outcome, WorkerStats
 from .exceptions import LeaseLostError
 from .handlers import HandlerSpec
-from .repository import TaskT
+from .repository import TaskT, detached_in_claim_order
 from .wakeup import LISTEN_DRIVERS, NotificationListener
 from .worker_base import (
     DATABASE_ERRORS,
@@ -230,7 +230,7 @@ class Worker(WorkerBase[TaskT]):
         except BaseException:
             self._close_claim_connection()
             raise
-        return self._detached(rows)
+        return detached_in_claim_order(self._model, rows)
 
     def _join_claim_connection(self, session: Session) -> bool:
         if self._claim_connection is None:

@@ -37,7 +37,6 @@ from .repository import (
     TaskT,
     claim_statement_and_params,
     default_owner,
-    in_claim_order,
 )
 from .status import TaskStatus
 from .validation import require_int, require_json, storable_text
@@ -293,12 +292,13 @@ class WorkerBase(Generic[TaskT]):
             written = self._write_outcomes(repo, outcomes)
             claimed: list[Any] = []
             if free > 0:
-                claimed = repo._claim_detached(
+                claimed = repo._claim(
                     self._types,
                     limit=free,
                     lease_duration=self._lease,
                     # only claims: a claim lost in a crash is just claimed again
                     relaxed_commit=not outcomes,
+                    own_session=True,
                 )
             return written, claimed
 
@@ -310,13 +310,6 @@ class WorkerBase(Generic[TaskT]):
         return claim_statement_and_params(
             self._table, self._types, free, self._lease, self.owner, relaxed_commit=True
         )
-
-    def _detached(self, rows: Sequence[Any]) -> list[Any]:
-        """The claimed rows as detached instances, in claim order."""
-        model: Any = self._model  # a mapped class, hashable
-        load = detached_loader(model)
-        assert load is not None, "claims_without_session checked the model"
-        return in_claim_order(load(rows))
 
     def _settle_failed(self, exc: Exception, outcomes: list[Outcome]) -> bool:
         """After a failed claim turn: requeue the outcomes when the failure is transient
