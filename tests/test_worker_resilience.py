@@ -48,16 +48,22 @@ def worker_engine(database_url: str) -> Any:
     admin.dispose()
 
 
-def listeners(admin: Engine) -> list[int]:
+def backends(admin: Engine, query_like: str) -> list[int]:
+    """The worker's backends whose last statement is like ``query_like``."""
     with admin.connect() as connection:
         return list(
             connection.scalars(
                 text(
                     "SELECT pid FROM pg_stat_activity "
-                    "WHERE application_name = 'tq-chaos' AND query LIKE 'LISTEN%'"
-                )
+                    "WHERE application_name = 'tq-chaos' AND query LIKE :query"
+                ),
+                {"query": query_like},
             )
         )
+
+
+def listeners(admin: Engine) -> list[int]:
+    return backends(admin, "LISTEN%")
 
 
 def test_killed_connections_lose_no_task(
@@ -200,15 +206,7 @@ def test_an_outcome_finished_while_the_server_refuses_connections_is_not_lost(
 
 def claimers(admin: Engine) -> list[int]:
     """Backends of the worker whose last statement was a claim-only turn's claim."""
-    with admin.connect() as connection:
-        return list(
-            connection.scalars(
-                text(
-                    "SELECT pid FROM pg_stat_activity "
-                    "WHERE application_name = 'tq-chaos' AND query LIKE 'WITH relaxed%'"
-                )
-            )
-        )
+    return backends(admin, "WITH relaxed%")
 
 
 def test_idle_claims_share_one_connection_that_is_replaced_when_killed(
