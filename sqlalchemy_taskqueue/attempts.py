@@ -62,6 +62,8 @@ class Attempt:
     """Its lease is gone; nothing more may be written for it."""
     outcome_queued: bool = False
     """Its handler returned; the outcome waits for the next batched write."""
+    task_id: int = field(init=False)
+    """The task's id (read once, by the context, rather than from the mapped row)."""
 
     @property
     def lease(self) -> tuple[int, uuid.UUID]:
@@ -72,16 +74,6 @@ class Attempt:
             repo.renew_leases([attempt.lease for attempt in held])
         """
         return (self.task_id, self.context.lease_token)
-
-    @property
-    def task_id(self) -> int:
-        """The task's id (read once, by the context, rather than from the mapped row).
-
-        Example::
-
-            held[attempt.task_id] = attempt
-        """
-        return self.context.task_id
 
     @property
     def finished(self) -> bool:
@@ -95,6 +87,7 @@ class Attempt:
 
     def __post_init__(self) -> None:
         self.started = self.claimed  # until the handler starts
+        self.task_id = self.context.task_id
 
     def start(self) -> None:
         """The handler starts now: the timeout counts from here.

@@ -22,10 +22,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -1033,7 +1034,15 @@ def detached_in_claim_order(model: Any, rows: Sequence[Any]) -> list[Any]:
     """
     load = detached_loader(model)
     assert load is not None, "the caller checked the model"
-    return _in_claim_order(load(rows))
+    return load(sorted(rows, key=_claim_order_of_rows(task_table(model))))
+
+
+@functools.cache
+def _claim_order_of_rows(table: Table) -> Callable[[Any], tuple[Any, ...]]:
+    """The sort key putting rows of every column of ``table`` (in table order) in the
+    order the claim picked them: what :func:`_in_claim_order` does for instances."""
+    names = list(table.columns.keys())
+    return operator.itemgetter(*(names.index(name) for name in ("priority", "run_at", "id")))
 
 
 def _in_claim_order(claimed: list[TaskT]) -> list[TaskT]:

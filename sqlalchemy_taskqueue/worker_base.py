@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -270,11 +271,13 @@ class WorkerBase(Generic[TaskT]):
 
     def _take_outcomes(self) -> list[Outcome]:
         """The outcomes ready to be written (the queue is emptied)."""
+        outcomes: list[Outcome] = []
         with self._lock:
-            outcomes = [o for o in self._outcomes if not o.attempt.lost]
             for outcome in self._outcomes:
                 if outcome.attempt.lost:  # already reported when the lease was found lost
                     self._forget(outcome.attempt)
+                else:
+                    outcomes.append(outcome)
             self._outcomes = []
         return outcomes
 
@@ -415,19 +418,19 @@ class WorkerBase(Generic[TaskT]):
         return attempts
 
     def _attempt(self, task: Any, progress_writer: ProgressWriter) -> Attempt:
-        spec = self._specs.get(task.type)
-        if task.timeout_seconds:
-            timeout: float | None = float(task.timeout_seconds)
-        elif spec is not None and spec.timeout_seconds:
-            timeout = spec.timeout_seconds
-        else:
-            timeout = self._default_timeout
         context = TaskContext(
             task,
             progress_writer=progress_writer,
             progress_interval=self._progress_interval,
             worker_stopping=self._stopping,
         )
+        spec = self._specs.get(context.task_type)
+        if task.timeout_seconds:
+            timeout: float | None = float(task.timeout_seconds)
+        elif spec is not None and spec.timeout_seconds:
+            timeout = spec.timeout_seconds
+        else:
+            timeout = self._default_timeout
         return Attempt(task, context, timeout)
 
     def _start(self, attempt: Attempt) -> Outcome | HandlerSpec | None:
@@ -447,7 +450,7 @@ class WorkerBase(Generic[TaskT]):
                 task.type,
                 attempt.context.attempt,
             )
-        spec = self._specs.get(task.type)
+        spec = self._specs.get(attempt.context.task_type)
         if spec is None:
             message = f"no handler is registered for task type {task.type!r}"
             return self._outcome(attempt, "fail", message=message, retry=False)
@@ -564,7 +567,10 @@ class WorkerBase(Generic[TaskT]):
         return written
 
     def _report(self, written: Written) -> None:
-        """After the commit: log, count and emit events (outside every lock)."""
+        """After the commit: count, log and emit events (outside every lock)."""
+        counts = Counter(event for _, event in written if event != "lease_lost")
+        if counts:  # one update for the batch, before any callback sees the events
+            self.stats.add(**counts)
         for outcome, event in written:
             if event == "lease_lost":
                 self._lease_lost(outcome.attempt)
@@ -594,7 +600,6 @@ class WorkerBase(Generic[TaskT]):
                 outcome.seconds,
                 outcome.message,
             )
-        self.stats.add(**{event: 1})
         if self._on_event is None:
             return
         try:

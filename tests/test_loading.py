@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from sqlalchemy.orm import (
 
 from sqlalchemy_taskqueue import TaskDataclassMixin, TaskMixin, TaskRepository
 from sqlalchemy_taskqueue.loading import detached_loader
+from sqlalchemy_taskqueue.repository import detached_in_claim_order
 
 
 @pytest.fixture
@@ -35,7 +37,7 @@ def own_columns_model(engine: Engine) -> Iterator[type[Any]]:
 
 
 def test_a_built_instance_is_the_orm_loaded_one_detached(
-    session: Session, own_columns_model: type[Any]
+    own_columns_model: type[Any], session: Session
 ) -> None:
     model = own_columns_model
     repo = TaskRepository(session, model)
@@ -55,6 +57,11 @@ def test_a_built_instance_is_the_orm_loaded_one_detached(
     assert (built.tenant, built.project_id, built.payload) == ("t1", "p7", {"rows": [1, 2]})
     state = inspect(built)
     assert state.detached and state.identity == (task_id,) and not state.modified
+    # its state is the one an instance loaded by a query and expunged has
+    session.expunge(loaded)
+    expected = inspect(loaded)
+    for name in ("key", "unloaded", "expired_attributes", "committed_state", "modified"):
+        assert getattr(state, name) == getattr(expected, name), name
     session.rollback()
 
     # usable as a loaded instance: merged without a query, changed, flushed as an UPDATE
@@ -62,7 +69,7 @@ def test_a_built_instance_is_the_orm_loaded_one_detached(
     merged.project_id = "p8"
     session.commit()
     assert session.scalar(select(model.project_id).where(model.id == task_id)) == "p8"
-    session.rollback()  # nothing left open for the table's drop
+    session.rollback()
 
 
 class _Base(DeclarativeBase):
@@ -121,7 +128,7 @@ def dataclass_model(engine: Engine) -> Iterator[type[DataclassTask]]:
 
 
 def test_a_dataclass_model_is_built_as_the_orm_loads_it(
-    session: Session, dataclass_model: type[DataclassTask]
+    dataclass_model: type[DataclassTask], session: Session
 ) -> None:
     task_id = TaskRepository(session, dataclass_model).enqueue("report", {"n": 1}, tenant="acme")
     session.commit()
@@ -153,3 +160,24 @@ def test_claims_skip_the_session_only_for_plain_sessions_and_models(
         assert not claims_without_session(plain, task_model)  # would not fire
     with sessionmaker(engine, class_=OwnSession)() as own:
         assert not claims_without_session(own, task_model)  # may override execute
+
+
+def test_claimed_rows_are_put_back_in_claim_order(
+    own_columns_model: type[Any], session: Session
+) -> None:
+    """``RETURNING`` gives no order (a hash join returns rows in the table's order):
+    the rows become instances by priority, then due time, then id."""
+    model = own_columns_model
+    repo = TaskRepository(session, model)
+    now = datetime.now(timezone.utc)
+    expected = []
+    for n, (priority, ago) in enumerate([(5, 1), (0, 2), (5, 9), (-3, 1), (0, 2), (0, 7)]):
+        run_at = now - timedelta(minutes=ago)
+        expected.append(
+            (priority, run_at, repo.enqueue("t", {"n": n}, priority=priority, run_at=run_at))
+        )
+    rows = session.execute(select(*model.__table__.c).order_by(model.id.desc())).all()
+    tasks = detached_in_claim_order(model, rows)
+    assert [task.id for task in tasks] == [task_id for *_, task_id in sorted(expected)]
+    assert all(inspect(task).detached for task in tasks)
+    session.rollback()

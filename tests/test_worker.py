@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -128,6 +128,34 @@ class Gate:
 
 
 # ---------------------------------------------------------------- outcomes
+
+
+def test_one_slot_runs_a_claimed_batch_in_priority_then_due_time_order(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    """Slots take a claimed batch first to last, in the claim's order: priority, then
+    due time, then id (``test_loading`` checks the rows are put back in that order)."""
+    now = datetime.now(timezone.utc)
+    seen: list[int] = []
+    expected: list[tuple[int, datetime, int]] = []
+    with session_factory() as session:
+        repo = TaskRepository(session, clean_table)
+        for n, (priority, ago) in enumerate([(5, 1), (0, 2), (5, 9), (-3, 1), (0, 2), (0, 7)]):
+            run_at = now - timedelta(minutes=ago)
+            expected.append(
+                (priority, run_at, repo.enqueue("t", {"n": n}, priority=priority, run_at=run_at))
+            )
+        session.commit()
+    worker = make_worker(
+        session_factory,
+        clean_table,
+        {"t": lambda task, ctx: seen.append(ctx.task_id)},
+        concurrency=1,
+        prefetch=10,  # every task in the first claim
+    )
+    worker.run(until_empty=True)
+    assert seen == [task_id for *_, task_id in sorted(expected)]
+    assert worker.stats.claimed == 6
 
 
 def test_handlers_run_and_results_are_stored(
