@@ -25,6 +25,7 @@ from sqlalchemy_taskqueue import (
     TaskRepository,
     TaskStatus,
 )
+from sqlalchemy_taskqueue.repository import claim_statement_and_params
 from sqlalchemy_taskqueue.testing import task_factory
 
 Repo = TaskRepository[Any]
@@ -437,6 +438,35 @@ def test_dequeue_many_claims_a_batch_in_order(repo: Repo, session: Session) -> N
         repo.dequeue_many("a", limit=0)
     with pytest.raises(TypeError, match="lease_duration"):
         repo.dequeue_many("a", limit=1, lease_duration="30s")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("limit", [1, 400])
+def test_a_claim_reads_only_what_it_claims_whatever_the_batch(
+    clean_table: type[Any], engine: Engine, limit: int
+) -> None:
+    """Tens of thousands of rows and a batch of hundreds: the claim walks the claimable
+    index and fetches its rows by primary key; it never reads the whole table (joined to
+    a CTE, the planner hash-joined a sequential scan here)."""
+    table = clean_table.__tablename__
+    stmt, params = claim_statement_and_params(
+        clean_table.__table__, None, limit, timedelta(seconds=30), "w", relaxed_commit=False
+    )
+    compiled = stmt.compile(dialect=engine.dialect)
+    with engine.connect() as connection:
+        connection.execute(
+            text(
+                f"INSERT INTO {table} (type, payload) SELECT 'a', '{{}}' FROM generate_series(1, 30000)"
+            )
+        )
+        connection.execute(text(f"ANALYZE {table}"))
+        explained = connection.exec_driver_sql(
+            "EXPLAIN " + str(compiled), compiled.construct_params(params)
+        )
+        plan = "\n".join(explained.scalars())
+        connection.rollback()
+    assert "Seq Scan" not in plan, plan
+    assert f"Index Scan using ix_{table}_claimable" in plan, plan
+    assert f"Index Scan using {table}_pkey" in plan, plan
 
 
 def test_limits_beyond_the_databases_integers_are_refused_before_sending(

@@ -30,14 +30,10 @@ def pg(stmt: object) -> str:
 
 def test_claim_is_one_statement_with_skip_locked_in_priority_order() -> None:
     sql = pg(statements.claim_statement(TABLE, type_filter="many"))
-    assert sql.startswith(
-        "WITH claimable AS (SELECT tasks.id AS id FROM tasks WHERE tasks.status ="
-    )
+    assert sql.startswith("UPDATE tasks SET status=")
+    assert "WHERE tasks.id = ANY (array((SELECT tasks.id FROM tasks WHERE tasks.status =" in sql
     assert "ORDER BY tasks.priority, tasks.run_at, tasks.id" in sql
-    assert "LIMIT %(limit)s FOR UPDATE SKIP LOCKED)" in sql
-    assert (
-        "UPDATE tasks SET status=" in sql and "FROM claimable WHERE tasks.id = claimable.id" in sql
-    )
+    assert "LIMIT %(limit)s FOR UPDATE SKIP LOCKED))) RETURNING" in sql
     assert "tasks.run_at <= now()" in sql
     assert "tasks.type IN (__[POSTCOMPILE_task_types])" in sql
     assert "lease_expires_at=(now() + %(lease)s)" in sql
