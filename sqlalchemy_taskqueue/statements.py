@@ -501,11 +501,8 @@ def claim_statement(
     2. ``FOR UPDATE SKIP LOCKED`` passes over rows another worker is claiming right now,
        so concurrent workers never wait for or double-claim one another.
     3. The ``UPDATE`` marks the picked rows ``in_progress`` and stamps the lease: owner,
-       a token unique to this claim (used to fence later writes) and an expiry.  It
-       finds them by ``id = ANY(ARRAY(...))``: the picked ids are computed once, then
-       fetched through the primary key whatever the batch and table sizes.  (Joined to
-       a CTE instead, a batch of a few hundred made the planner hash-join a sequential
-       scan of the whole table once it held tens of thousands of rows.)
+       a token unique to this claim (used to fence later writes) and an expiry; it
+       finds the picked rows as :func:`_picked_rows` does.
 
     Example::
 
@@ -534,12 +531,10 @@ def claim_statement(
         .order_by(c.priority, c.run_at, c.id)
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)
-        .correlate(None)  # a scan of its own, not of the row being updated
-        .scalar_subquery()
     )
     return (
         update(table)
-        .where(c.id == any_(func.array(claimable)))
+        .where(_picked_rows(table, claimable))
         .values(
             status=TaskStatus.IN_PROGRESS,
             started_at=_now(),
@@ -550,6 +545,20 @@ def claim_statement(
         )
         .returning(*c)
     )
+
+
+def _picked_rows(table: Table, picked_ids: Select[Any]) -> ColumnElement[bool]:
+    """``id = ANY(ARRAY(picked_ids))``: the rows a bounded, locking sub-select picked,
+    for the ``UPDATE`` or ``DELETE`` around it.
+
+    The ids are computed once, then each row is fetched through the primary key,
+    whatever the batch and table sizes.  Joined to a CTE of the ids (or with
+    ``id IN (...)``), a batch of a few hundred made the planner hash-join a sequential
+    scan of the whole table once it held tens of thousands of rows: every claim and
+    every cleanup batch then read the entire table.
+    """
+    # correlate(None): the sub-select scans the table itself, not the row being changed
+    return table.c.id == any_(func.array(picked_ids.correlate(None).scalar_subquery()))
 
 
 # --------------------------------------------------------------------------- finish
@@ -900,12 +909,11 @@ def rescue_statement(table: Table, *, limit: int) -> Update:
         .order_by(c.lease_expires_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .cte("expired")
     )
     message = "lease expired: the worker running this task stopped renewing its lease"
     return (
         update(table)
-        .where(c.id == expired.c.id)
+        .where(_picked_rows(table, expired))
         .values(**_failure_values(table, literal(message, Text), None, retry=True))
         .returning(c.id, c.status)
     )
@@ -1136,9 +1144,8 @@ def purge_statement(table: Table, *, older_than: timedelta, batch_size: int) -> 
         .where(_purgeable(table, older_than))
         .limit(batch_size)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
     )
-    return delete(table).where(c.id.in_(batch))
+    return delete(table).where(_picked_rows(table, batch))
 
 
 def purgeable_count_statement(table: Table, *, older_than: timedelta) -> Select[Any]:

@@ -24,6 +24,7 @@ from sqlalchemy_taskqueue import (
     TaskQueueError,
     TaskRepository,
     TaskStatus,
+    statements,
 )
 from sqlalchemy_taskqueue.repository import claim_statement_and_params
 from sqlalchemy_taskqueue.testing import task_factory
@@ -440,33 +441,59 @@ def test_dequeue_many_claims_a_batch_in_order(repo: Repo, session: Session) -> N
         repo.dequeue_many("a", limit=1, lease_duration="30s")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("limit", [1, 400])
-def test_a_claim_reads_only_what_it_claims_whatever_the_batch(
-    clean_table: type[Any], engine: Engine, limit: int
-) -> None:
-    """Tens of thousands of rows and a batch of hundreds: the claim walks the claimable
-    index and fetches its rows by primary key; it never reads the whole table (joined to
-    a CTE, the planner hash-joined a sequential scan here)."""
-    table = clean_table.__tablename__
-    stmt, params = claim_statement_and_params(
-        clean_table.__table__, None, limit, timedelta(seconds=30), "w", relaxed_commit=False
+def _claim_of(table: Any) -> tuple[Any, dict[str, Any]]:
+    return claim_statement_and_params(
+        table, None, 400, timedelta(seconds=30), "w", relaxed_commit=False
     )
-    compiled = stmt.compile(dialect=engine.dialect)
+
+
+# statement, and the rows it picks (a SET clause for them)
+PICKING_STATEMENTS = {
+    "claim": (_claim_of, "status = 'pending'"),
+    "rescue": (
+        lambda table: (statements.rescue_statement(table, limit=400), {}),
+        "status = 'in_progress', lease_token = gen_random_uuid(), "
+        "lease_expires_at = now() - interval '1 hour'",
+    ),
+    "cleanup": (
+        lambda table: (
+            statements.purge_statement(table, older_than=timedelta(days=7), batch_size=400),
+            {},
+        ),
+        "status = 'completed', completed_at = now() - interval '30 days'",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PICKING_STATEMENTS)
+def test_batch_statements_read_only_the_rows_they_pick(
+    clean_table: type[Any], engine: Engine, name: str
+) -> None:
+    """30,000 rows, a third of them what the statement picks, and a batch of 400: the
+    claim, the lease rescue and a cleanup batch fetch what they picked through the
+    primary key.  Joined to a CTE, or with ``id IN (...)``, the planner hash-joined a
+    sequential scan of the whole table here: every claim and every cleanup batch read
+    the entire table, and cleaning up a large backlog took quadratic time."""
+    build, picked = PICKING_STATEMENTS[name]
+    table = clean_table.__tablename__
+    stmt, params = build(clean_table.__table__)
+    compiled = stmt.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
     with engine.connect() as connection:
         connection.execute(
             text(
                 f"INSERT INTO {table} (type, payload) SELECT 'a', '{{}}' FROM generate_series(1, 30000)"
             )
         )
+        connection.execute(text(f"UPDATE {table} SET {picked} WHERE id > 20000"))
         connection.execute(text(f"ANALYZE {table}"))
         explained = connection.exec_driver_sql(
             "EXPLAIN " + str(compiled), compiled.construct_params(params)
         )
         plan = "\n".join(explained.scalars())
         connection.rollback()
-    assert "Seq Scan" not in plan, plan
-    assert f"Index Scan using ix_{table}_claimable" in plan, plan
-    assert f"Index Scan using {table}_pkey" in plan, plan
+    assert "Hash" not in plan, plan
+    assert f"Index Scan using {table}_pkey on {table} " in plan, plan
+    assert "Index Cond: (id = ANY ($" in plan, plan
 
 
 def test_limits_beyond_the_databases_integers_are_refused_before_sending(

@@ -127,10 +127,11 @@ def test_batched_completion_and_heartbeat_use_unnest() -> None:
 def test_rescue_and_purge_skip_locked_rows() -> None:
     rescue = pg(statements.rescue_statement(TABLE, limit=10))
     assert "tasks.lease_expires_at < now()" in rescue and "FOR UPDATE SKIP LOCKED" in rescue
+    assert "WHERE tasks.id = ANY (array((SELECT tasks.id FROM tasks WHERE" in rescue
     from datetime import timedelta
 
     purge = pg(statements.purge_statement(TABLE, older_than=timedelta(days=7), batch_size=500))
-    assert purge.startswith("DELETE FROM tasks WHERE tasks.id IN (SELECT tasks.id")
+    assert purge.startswith("DELETE FROM tasks WHERE tasks.id = ANY (array((SELECT tasks.id")
     assert "FOR UPDATE SKIP LOCKED" in purge
 
 
