@@ -13,7 +13,10 @@ as the ORM's loading sets it for a new row: each instance looks exactly as if it
 loaded and expunged (loaded, unmodified, detached), at about a third of the ORM's cost
 per row.  (:func:`~sqlalchemy.orm.make_transient_to_detached` would do the same for
 three times the work: it recomputes the key through the attribute system and then
-commits and expires state that a fresh instance does not have.)
+commits and expires state that a fresh instance does not have.)  Attributes computed by
+SQL (a ``column_property`` of an expression), which no claim row holds, are marked
+expired, as the ORM's loading of those rows leaves them: they load on access once the
+instance is in a session again, and are never read as ``None``.
 
 Mappings that need the ORM's own loading get ``None`` and keep using it: inheritance or a
 polymorphic discriminator (the row decides the class), ``load`` event listeners (which
@@ -86,7 +89,17 @@ def detached_loader(model: type[_T]) -> Callable[[Sequence[Sequence[Any]]], list
         if not isinstance(prop, ColumnProperty) or list(prop.columns) != [column]:
             return None
         keys.append(prop.key)
-    new_instance = mapper.class_manager.new_instance
+    manager = mapper.class_manager
+    # column attributes no row holds (SQL expressions): expired, as the ORM's loading of
+    # the claim leaves them, so that they load on access instead of reading as None
+    expired = frozenset(
+        prop.key
+        for prop in mapper.column_attrs
+        if prop.key not in keys
+        and not prop.deferred
+        and manager[prop.key].impl.accepts_scalar_loader
+    )
+    new_instance = manager.new_instance
     identity_key = mapper.identity_key_from_primary_key
     key_positions = [
         list(mapper.local_table.columns).index(column) for column in mapper.primary_key
@@ -99,7 +112,10 @@ def detached_loader(model: type[_T]) -> Callable[[Sequence[Sequence[Any]]], list
             # the values go straight into the instance's dict, as the ORM's loaders put
             # them: loaded, with no change history; the identity key makes it detached
             instance_dict(task).update(zip(keys, row, strict=True))
-            instance_state(task).key = identity_key([row[at] for at in key_positions])
+            state = instance_state(task)
+            state.key = identity_key([row[at] for at in key_positions])
+            if expired:
+                state.expired_attributes.update(expired)
             tasks.append(task)
         return tasks
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from conftest import declare_task_model, with_tables
-from sqlalchemy import Engine, String, inspect, select
+from sqlalchemy import Engine, String, func, inspect, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.mutable import MutableDict
 from sqlalchemy.orm import (
@@ -16,9 +16,11 @@ from sqlalchemy.orm import (
     Mapped,
     MappedAsDataclass,
     Session,
+    column_property,
     mapped_column,
     reconstructor,
 )
+from sqlalchemy.orm.exc import DetachedInstanceError
 
 from sqlalchemy_taskqueue import TaskDataclassMixin, TaskMixin, TaskRepository
 from sqlalchemy_taskqueue.loading import detached_loader
@@ -69,6 +71,38 @@ def test_a_built_instance_is_the_orm_loaded_one_detached(
     merged.project_id = "p8"
     session.commit()
     assert session.scalar(select(model.project_id).where(model.id == task_id)) == "p8"
+    session.rollback()
+
+
+@pytest.fixture
+def expression_model(engine: Engine) -> Iterator[type[Any]]:
+    """An app model with an attribute computed by SQL, which no claim row holds."""
+    model = declare_task_model("tasks_loading_expression")
+    model.shouted_type = column_property(func.upper(model.__table__.c.type))
+    yield from with_tables(engine, model)
+
+
+def test_an_sql_expression_attribute_is_left_to_load_as_the_orm_leaves_it(
+    expression_model: type[Any], session: Session
+) -> None:
+    """A ``column_property`` of a SQL expression is not among the claim's columns: the
+    ORM's loading of the claim leaves it expired (an error while detached, loaded once the
+    instance is in a session again), and so does the loader, never a silent ``None``."""
+    model = expression_model
+    load = detached_loader(model)
+    assert load is not None
+    repo = TaskRepository(session, model)
+    repo.enqueue("export", {})
+    session.commit()
+    [claimed] = repo.dequeue_many("export", limit=1)  # the ORM's loading of the claim
+    [built] = load(session.execute(select(*model.__table__.c)).all())
+    session.rollback()
+    assert inspect(built).expired_attributes == inspect(claimed).expired_attributes
+    assert inspect(built).expired_attributes == {"shouted_type"}
+    with pytest.raises(DetachedInstanceError):
+        _ = built.shouted_type
+    session.add(built)
+    assert built.shouted_type == "EXPORT"
     session.rollback()
 
 
