@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from conftest import with_tables
+from conftest import declare_task_model, with_tables
 from processes import wait_for
 from sqlalchemy import ForeignKey, String, inspect, text
 from sqlalchemy.orm import (
@@ -325,8 +325,6 @@ class ReportTask(KindTask):
 @pytest.fixture
 def own_model(engine: Any) -> Iterator[type[Any]]:
     """A plain app model with its own columns, one mapped under another attribute name."""
-    from conftest import declare_task_model
-
     model = declare_task_model(
         "tasks_worker_own_columns",
         tenant=mapped_column("tenant_name", String(40), nullable=True),
@@ -1031,8 +1029,6 @@ def test_owner_and_registry_model_are_validated(
         make_worker(session_factory, clean_table, {"job": lambda task, ctx: None}, owner="")
     with pytest.raises(ValueError, match="owner"):
         make_worker(session_factory, clean_table, {"job": lambda task, ctx: None}, owner=123)  # type: ignore[arg-type]
-    from conftest import declare_task_model
-
     other = HandlerRegistry(declare_task_model("tasks_other_registry"))
     other.add("job", lambda task, ctx: None)
     with pytest.raises(ValueError, match="registered for"):
