@@ -26,7 +26,7 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session
 
 from .models import task_table
@@ -58,7 +58,8 @@ class AsyncTaskRepository(Generic[TaskT]):
     """Every :class:`TaskRepository` operation as a coroutine, on an ``AsyncSession``.
 
     Takes the same keyword options as :class:`TaskRepository` (``backoff``,
-    ``lease_duration``, ``owner``, ``notify``).
+    ``lease_duration``, ``owner``, ``notify``).  An ``async_scoped_session`` stands for
+    its current session, the one the repository then runs in.
 
     Example::
 
@@ -67,7 +68,14 @@ class AsyncTaskRepository(Generic[TaskT]):
             task = await repo.get_task(task_id)
     """
 
-    def __init__(self, session: AsyncSession, model: type[TaskT], **options: Any) -> None:
+    def __init__(
+        self,
+        session: AsyncSession | async_scoped_session[AsyncSession],
+        model: type[TaskT],
+        **options: Any,
+    ) -> None:
+        if isinstance(session, async_scoped_session):
+            session = session()  # the scope's current session, as each call would use
         if not isinstance(session, AsyncSession):
             raise TypeError(f"session must be an AsyncSession, got {session!r}")
         task_table(model)

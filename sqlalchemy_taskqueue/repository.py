@@ -32,7 +32,7 @@ from typing import Any, Generic, NoReturn, TypeVar
 
 from sqlalchemy import Insert, Table, Update, select
 from sqlalchemy.exc import IntegrityError, UnboundExecutionError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from . import statements
 from .backoff import DEFAULT_BACKOFF, BackoffPolicy
@@ -137,7 +137,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
     """Every queue operation, run in the caller's session (never committed here).
 
     :param session: the caller's ORM session; the repository only executes statements in
-        it, the caller commits or rolls back.
+        it, the caller commits or rolls back.  A ``scoped_session`` (such as
+        Flask-SQLAlchemy's ``db.session``) stands for its current session, the one the
+        repository then runs in: make the repository within the scope, as a request.
     :param model: a mapped class that mixes in :class:`~sqlalchemy_taskqueue.TaskMixin`.
     :param backoff: retry delay policy used by :meth:`fail_task` and lease rescue.
     :param lease_duration: lease handed out by :meth:`dequeue` unless it is given one.
@@ -159,7 +161,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     def __init__(
         self,
-        session: Session,
+        session: Session | scoped_session[Session],
         model: type[TaskT],
         *,
         backoff: BackoffPolicy = DEFAULT_BACKOFF,
@@ -168,6 +170,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         notify: bool = True,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
+        if isinstance(session, scoped_session):
+            session = session()  # the scope's current session, as each call would use
         if not isinstance(session, Session):
             raise TypeError(f"session must be an sqlalchemy.orm.Session, got {session!r}")
         self._table: Table = task_table(model)

@@ -11,7 +11,12 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncSession,
+    async_scoped_session,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session
 
 from sqlalchemy_taskqueue import (
@@ -121,6 +126,36 @@ def test_errors_propagate_and_write_nothing(
 
     run_async(body)
     assert session.scalar(select(func.count()).select_from(clean_table)) == 0
+
+
+def test_an_async_scoped_session_stands_for_the_current_scopes_session(
+    database_url: str, clean_table: type[Any], session: Session
+) -> None:
+    """With ``async_scoped_session`` scoped to the asyncio task, each task's repository
+    runs in that task's ``AsyncSession``: one commits its enqueue, the other rolls back."""
+    url = make_url(database_url).set(drivername="postgresql+asyncpg")
+
+    async def main() -> list[tuple[bool, int]]:
+        engine = create_async_engine(url)
+        scoped = async_scoped_session(async_sessionmaker(engine), scopefunc=asyncio.current_task)
+
+        async def in_task(commit: bool) -> tuple[bool, int]:
+            repo = AsyncTaskRepository(scoped, clean_table)
+            task_id = await repo.enqueue("a", {"commit": commit})
+            same = repo.session is scoped()
+            await (scoped.commit() if commit else scoped.rollback())
+            await scoped.remove()
+            return same, task_id
+
+        try:
+            return list(await asyncio.gather(in_task(True), in_task(False)))
+        finally:
+            await engine.dispose()
+
+    outcomes = asyncio.run(main())
+    assert [same for same, _ in outcomes] == [True, True]
+    stored = session.execute(select(clean_table.id, clean_table.payload)).all()
+    assert stored == [(outcomes[0][1], {"commit": True})]
 
 
 def test_construction_is_validated(clean_table: type[Any], session: Session) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -11,7 +12,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, Integer, Text, func, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
 from twins import TWINS, async_session_for, make_repository, release
 
 from sqlalchemy_taskqueue import (
@@ -1065,6 +1073,39 @@ def test_repository_rejects_a_model_that_is_not_a_task_table(session: Session) -
         make_repository(session, dict)  # type: ignore[type-var]
     with pytest.raises(TypeError, match="Session"):
         TaskRepository("session", object)  # type: ignore[arg-type,type-var]
+
+
+def test_a_scoped_session_stands_for_the_current_scopes_session(
+    session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    """A ``scoped_session`` (Flask-SQLAlchemy's ``db.session``) is accepted: each thread's
+    repository runs in that thread's session, which the thread's commit through the
+    scoped proxy commits, and its rollback rolls back."""
+    scoped = scoped_session(session_factory)
+    kept: dict[str, Any] = {}
+
+    def in_thread(name: str, commit: bool) -> None:
+        repo = TaskRepository(scoped, clean_table)
+        kept[name] = (repo.session, scoped(), repo.enqueue("a", {"thread": name}))
+        if commit:
+            scoped.commit()
+        else:
+            scoped.rollback()
+        scoped.remove()
+
+    threads = [
+        threading.Thread(target=in_thread, args=("kept", True)),
+        threading.Thread(target=in_thread, args=("dropped", False)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert kept["kept"][0] is kept["kept"][1] and kept["dropped"][0] is kept["dropped"][1]
+    assert kept["kept"][0] is not kept["dropped"][0]
+    with session_factory() as check:
+        stored = check.execute(select(clean_table.id, clean_table.payload)).all()
+    assert stored == [(kept["kept"][2], {"thread": "kept"})]
 
 
 def test_repository_rejects_bad_configuration(session: Session, clean_table: type[Any]) -> None:
