@@ -35,7 +35,6 @@ from sqlalchemy import (
     ARRAY,
     JSON,
     BigInteger,
-    BindParameter,
     ColumnElement,
     Delete,
     Index,
@@ -549,12 +548,11 @@ def claim_statement(
 
 
 def _picked_rows(table: Table, picked_ids: Select[Any]) -> ColumnElement[bool]:
-    """``id = ANY(ARRAY(picked_ids))``: the rows a sub-select picked (a bounded, locking
-    one, or the ids a statement was given), for the ``UPDATE`` or ``DELETE`` around it.
+    """``id = ANY(ARRAY(picked_ids))``: the rows a bounded, locking sub-select picked,
+    for the ``UPDATE`` or ``DELETE`` around it.
 
     The ids are computed once, then each row is fetched through the primary key,
-    whatever the batch and table sizes (the planner cannot see into the array, so it
-    never prefers a wider scan).  Joined to a CTE of the ids (or with
+    whatever the batch and table sizes.  Joined to a CTE of the ids (or with
     ``id IN (...)``), a batch of a few hundred made the planner hash-join a sequential
     scan of the whole table once it held tens of thousands of rows: every claim and
     every cleanup batch then read the entire table.
@@ -613,7 +611,7 @@ def _leases(table: Table, *, with_results: bool = False) -> Any:
     """``unnest(:ids, :tokens[, :results])`` as a table: many (id, token) pairs in one
     array parameter each, so one cached statement serves any batch size."""
     arrays = [
-        _lease_ids(),
+        bindparam("ids", type_=ARRAY(BigInteger)),
         cast(bindparam("tokens", type_=ARRAY(Text)), ARRAY(Uuid())),
     ]
     names = ["id", "token"]
@@ -623,22 +621,10 @@ def _leases(table: Table, *, with_results: bool = False) -> Any:
     return func.unnest(*arrays).table_valued(*names).render_derived(name="leases")
 
 
-def _lease_ids() -> BindParameter[Any]:
-    """The ``:ids`` array parameter of the statements that act on leased tasks."""
-    return bindparam("ids", type_=ARRAY(BigInteger))
-
-
 def _update_leased(table: Table, leases: Any) -> Update:
-    """``UPDATE`` of the in-progress rows whose (id, lease token) is among ``leases``.
-
-    The rows are fetched through the primary key (:func:`_picked_rows` of the ``:ids``
-    array): joined to ``leases`` alone, the planner hash-joined an index scan of every
-    in-progress row, so each completion flush and each heartbeat cost time in
-    proportion to everything the whole fleet held.
-    """
+    """``UPDATE`` of the in-progress rows whose (id, lease token) is among ``leases``."""
     c = table.c
     return update(table).where(
-        _picked_rows(table, select(func.unnest(_lease_ids()))),
         c.id == leases.c.id,
         c.lease_token == leases.c.token,
         c.status == TaskStatus.IN_PROGRESS,

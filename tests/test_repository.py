@@ -504,62 +504,6 @@ def test_batch_statements_read_only_the_rows_they_pick(
     assert "Index Cond: (id = ANY ($" in plan, plan
 
 
-# statement of leased tasks, and its parameters beyond the (id, token) arrays
-LEASED_STATEMENTS = {
-    "complete_many": (
-        statements.complete_many_statement,
-        lambda count: {"results": [None] * count},
-    ),
-    "renew_leases": (
-        statements.renew_leases_statement,
-        lambda count: {"lease": timedelta(minutes=1)},
-    ),
-    "release": (statements.release_statement, lambda count: {}),
-}
-
-
-@pytest.mark.parametrize("name", LEASED_STATEMENTS)
-def test_statements_on_leased_tasks_read_only_the_rows_they_are_given(
-    clean_table: type[Any], engine: Engine, name: str
-) -> None:
-    """20,000 tasks in progress and 400 of them given: a completion flush, a heartbeat
-    and a release on shutdown fetch those 400 through the primary key.  Joined to the
-    ``unnest`` of the arrays alone, the planner hash-joined an index scan of every
-    in-progress row, so each flush cost time in proportion to all the fleet held."""
-    build, extra_params = LEASED_STATEMENTS[name]
-    table = clean_table.__tablename__
-    compiled = build(clean_table.__table__).compile(dialect=engine.dialect)
-    with engine.connect() as connection:
-        connection.execute(
-            text(
-                f"INSERT INTO {table} (type, payload) SELECT 'a', '{{}}' FROM generate_series(1, 30000)"
-            )
-        )
-        connection.execute(
-            text(
-                f"UPDATE {table} SET status = 'in_progress', lease_token = gen_random_uuid(), "
-                "lease_expires_at = now() + interval '1 hour' WHERE id > 10000"
-            )
-        )
-        connection.execute(text(f"ANALYZE {table}"))
-        leases = connection.execute(
-            text(f"SELECT id, lease_token FROM {table} WHERE id % 50 = 0 AND id > 10000")
-        ).all()
-        params = {
-            "ids": [task_id for task_id, _ in leases],
-            "tokens": [str(token) for _, token in leases],
-            **extra_params(len(leases)),
-        }
-        explained = connection.exec_driver_sql(
-            "EXPLAIN " + str(compiled), compiled.construct_params(params)
-        )
-        plan = "\n".join(explained.scalars())
-        connection.rollback()
-    assert len(leases) == 400
-    assert f"Index Scan using {table}_pkey on {table} " in plan, plan
-    assert "Index Cond: (id = ANY ($" in plan, plan
-
-
 def test_limits_beyond_the_databases_integers_are_refused_before_sending(
     repo: Repo, session: Session
 ) -> None:
