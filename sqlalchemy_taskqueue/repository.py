@@ -58,6 +58,7 @@ from .validation import (
     lease_pairs,
     positive_duration,
     require_aware,
+    require_bool,
     require_dedupe_key,
     require_int,
     require_json,
@@ -491,8 +492,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         relaxed_commit: bool,
     ) -> tuple[Update, dict[str, Any]]:
         """The claim statement and its parameters, every argument checked."""
-        if not isinstance(relaxed_commit, bool):
-            raise TypeError(f"relaxed_commit must be a bool, got {relaxed_commit!r}")
+        require_bool("relaxed_commit", relaxed_commit)
         task_types = task_types_argument(task_type)
         require_int("limit", limit, minimum=1, maximum=INT4_MAX)  # bound as an integer
         lease = (
@@ -508,12 +508,20 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     @wrap_database_errors
     def update_progress(
-        self, task_id: int, progress: int, *, lease_token: uuid.UUID | None = None
+        self,
+        task_id: int,
+        progress: int,
+        *,
+        lease_token: uuid.UUID | None = None,
+        relaxed_commit: bool = False,
     ) -> None:
         """Set a pending or in-progress task's progress (0..100).
 
         Only ``progress`` changes, so the update is a cheap HOT update.  With
-        ``lease_token`` it applies only while that lease is current.
+        ``lease_token`` it applies only while that lease is current.  With
+        ``relaxed_commit`` the surrounding transaction commits without waiting for its
+        WAL flush, as :meth:`dequeue_many` can: a server crash may forget the last
+        moments' progress (the worker's progress writes do this; progress is advisory).
 
         Example::
 
@@ -522,7 +530,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         require_task_id(task_id)
         require_int("progress", progress, minimum=0, maximum=100)
         require_token(lease_token)
-        stmt = statements.progress_statement(self._table, fenced=lease_token is not None)
+        require_bool("relaxed_commit", relaxed_commit)
+        stmt = statements.progress_statement(
+            self._table, fenced=lease_token is not None, relaxed_commit=relaxed_commit
+        )
         params = {"task_id": task_id, "new_progress": progress}
         allowed = (TaskStatus.IN_PROGRESS,) if lease_token else ACTIVE_STATUSES
         self._guarded(stmt, params, "update progress of", allowed, lease_token)
@@ -600,8 +611,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if not isinstance(error_message, str):
             raise TypeError(f"error_message must be a string, got {error_message!r}")
         require_storable_text("error_message", error_message)
-        if not isinstance(retry, bool):
-            raise TypeError(f"retry must be a bool, got {retry!r}")
+        require_bool("retry", retry)
         stmt = statements.fail_statement(
             self._table, fenced=lease_token is not None, backoff=self._backoff, retry=retry
         )

@@ -453,6 +453,14 @@ def relaxed_commit_statement() -> Select[Any]:
     return select(func.set_config("synchronous_commit", "off", True))
 
 
+def _relaxing_commit() -> ColumnElement[bool]:
+    """A condition that is always true and does what :func:`relaxed_commit_statement`
+    does, once per statement (a CTE evaluated before the scan): a statement relaxes its
+    own transaction's commit without a round trip of its own."""
+    relaxed = relaxed_commit_statement().cte("relaxed")
+    return select(relaxed.c[0]).scalar_subquery().is_not(None)
+
+
 def active_dedupe_lookup_statement(table: Table, task_type: str, dedupe_key: str) -> Select[Any]:
     """The id of the active task holding ``dedupe_key`` for ``task_type``, if any.
 
@@ -523,8 +531,7 @@ def claim_statement(
         _type_filter(table, type_filter),
     ]
     if relaxed_commit:
-        relaxed = relaxed_commit_statement().cte("relaxed")
-        conditions.append(select(relaxed.c[0]).scalar_subquery().is_not(None))
+        conditions.append(_relaxing_commit())
     claimable = (
         select(c.id)
         .where(*conditions)
@@ -714,11 +721,12 @@ def fail_statement(
 
 
 @functools.cache
-def progress_statement(table: Table, *, fenced: bool) -> Update:
+def progress_statement(table: Table, *, fenced: bool, relaxed_commit: bool = False) -> Update:
     """Set the progress of an unfinished task (only ``progress``, so the update is HOT).
 
     Parameters: ``task_id``, ``new_progress`` and, when ``fenced``, ``token``; unfenced,
-    a pending task may be updated too.
+    a pending task may be updated too.  With ``relaxed_commit`` the statement also does
+    what :func:`relaxed_commit_statement` does.
 
     Example::
 
@@ -730,6 +738,8 @@ def progress_statement(table: Table, *, fenced: bool) -> Update:
         condition = _owned(table, fenced=True)
     else:
         condition = and_(c.id == bindparam("task_id"), c.status.in_(ACTIVE_STATUSES))
+    if relaxed_commit:
+        condition = and_(condition, _relaxing_commit())
     return (
         update(table)
         .where(condition)

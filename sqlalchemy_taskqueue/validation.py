@@ -59,6 +59,15 @@ def require_int(
         raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
 
 
+def require_bool(name: str, value: Any) -> None:
+    """A ``bool`` (a truthy ``1`` or ``"yes"`` is refused, not guessed at).
+
+    >>> require_bool("relaxed_commit", True)
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 def require_task_id(task_id: Any) -> None:
     """A task id: a positive 64-bit integer.
 

@@ -40,7 +40,7 @@ from .repository import (
     default_owner,
 )
 from .status import TaskStatus
-from .validation import require_int, require_json, storable_text
+from .validation import require_bool, require_int, require_json, storable_text
 
 __all__ = ["DATABASE_ERRORS", "EventHook", "WorkerBase", "is_transient"]
 
@@ -142,8 +142,7 @@ class WorkerBase(Generic[TaskT]):
         self._progress_interval = to_seconds(
             "progress_interval", progress_interval, allow_zero=True
         )
-        if not isinstance(listen, bool):
-            raise TypeError(f"listen must be a bool, got {listen!r}")
+        require_bool("listen", listen)
         if not isinstance(backoff, BackoffPolicy):
             raise TypeError(f"backoff must be a BackoffPolicy, got {backoff!r}")
         if on_event is not None and not callable(on_event):
@@ -355,7 +354,9 @@ class WorkerBase(Generic[TaskT]):
         self, task_id: int, progress: int, lease_token: Any
     ) -> Callable[[Session], None]:
         def body(session: Session) -> None:
-            self._repository(session).update_progress(task_id, progress, lease_token=lease_token)
+            self._repository(session).update_progress(
+                task_id, progress, lease_token=lease_token, relaxed_commit=True
+            )
 
         return body
 

@@ -1183,7 +1183,7 @@ def test_a_task_handed_back_for_waiting_too_long_is_released_once(
     assert [fetch(session_factory, clean_table, i).retry_count for i in ids] == [0, 0]
 
 
-def test_only_claim_only_transactions_commit_asynchronously(
+def test_only_claim_only_transactions_and_progress_writes_commit_asynchronously(
     make_worker: MakeWorker, database_url: str, clean_table: type[Any]
 ) -> None:
     from sqlalchemy import Engine, create_engine, event
@@ -1203,17 +1203,26 @@ def test_only_claim_only_transactions_commit_asynchronously(
 
     event.listen(Engine, "before_cursor_execute", record)
     event.listen(Engine, "commit", committed)
+
+    def job(task: Any, ctx: TaskContext) -> str:
+        ctx.update_progress(50)
+        ctx.flush_progress(force=True)
+        return "ok"
+
     try:
-        worker = make_worker(factory, clean_table, {"job": lambda task, ctx: "ok"}, concurrency=1)
+        worker = make_worker(factory, clean_table, {"job": job}, concurrency=1)
         worker.run(until_empty=True)
     finally:
         event.remove(Engine, "before_cursor_execute", record)
         event.remove(Engine, "commit", committed)
     relaxed = [t for t in transactions if any("set_config" in s for s in t)]
     claims = [t for t in transactions if any("FOR UPDATE SKIP LOCKED" in s for s in t)]
+    progress = [t for t in transactions if any("SET progress=" in s for s in t)]
     completing = [t for t in transactions if any("completed_at=now()" in s for s in t)]
     assert relaxed, "the first claim (nothing to acknowledge yet) commits asynchronously"
-    assert all(t in claims for t in relaxed)
+    # progress is advisory: a server crash may forget its last moments' writes
+    assert len(progress) == 3 and all(t in relaxed for t in progress)
+    assert all(t in claims or t in progress for t in relaxed)
     # every transaction that writes outcomes commits synchronously
     assert completing and not any(t in relaxed for t in completing)
     assert {fetch(factory, clean_table, n).status for n in (1, 2, 3)} == {TaskStatus.COMPLETED}
