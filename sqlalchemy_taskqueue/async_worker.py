@@ -51,7 +51,12 @@ from concurrent.futures import Executor, Future
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_scoped_session,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import statements
@@ -159,7 +164,8 @@ class AsyncWorker(WorkerBase[TaskT]):
     """Runs handlers for claimed tasks on ``concurrency`` slots of one event loop.
 
     Takes exactly the options of :class:`~sqlalchemy_taskqueue.Worker`, with an
-    ``async_sessionmaker`` as ``session_factory``.  ``concurrency`` is both the number of
+    ``async_sessionmaker`` as ``session_factory`` (an ``async_scoped_session`` stands for
+    its ``session_factory``).  ``concurrency`` is both the number of
     handlers running at once and the size of the thread pool for plain-function handlers.
 
     Example::
@@ -169,6 +175,10 @@ class AsyncWorker(WorkerBase[TaskT]):
     """
 
     def _prepare(self) -> None:
+        if isinstance(self._session_factory, async_scoped_session):
+            # each transaction runs in a task of its own: taken through a proxy scoped to
+            # the task, every one would leave its session in the registry
+            self._session_factory = self._session_factory.session_factory
         if isinstance(self._session_factory, sessionmaker):
             raise TypeError(
                 "AsyncWorker needs an async_sessionmaker (AsyncSession); "

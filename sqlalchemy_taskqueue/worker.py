@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from . import statements
 from .attempts import Attempt, Outcome, WorkerStats
@@ -81,7 +81,8 @@ class Worker(WorkerBase[TaskT]):
     """Runs handlers for claimed tasks on ``concurrency`` slots.
 
     :param session_factory: a ``sessionmaker`` bound to the queue's database; the worker
-        owns the transactions of the sessions it makes.
+        owns the transactions of the sessions it makes.  A ``scoped_session`` stands for
+        its ``session_factory`` (the worker never uses a scope's session).
     :param model: the task model (a :class:`~sqlalchemy_taskqueue.TaskMixin` table).
     :param handlers: ``{task_type: handler}`` or a :class:`HandlerRegistry`.
     :param concurrency: slots, i.e. tasks run at the same time (threads).
@@ -114,6 +115,10 @@ class Worker(WorkerBase[TaskT]):
     """
 
     def _prepare(self) -> None:
+        if isinstance(self._session_factory, scoped_session):
+            # its sessions are its scopes' (a thread's, a request's, a handler's): the
+            # worker makes its own, or a progress write would commit a handler's session
+            self._session_factory = self._session_factory.session_factory
         made = getattr(self._session_factory, "class_", None)
         if isinstance(made, type) and not issubclass(made, Session):
             raise TypeError(

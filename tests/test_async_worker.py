@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import os
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncSession,
+    async_scoped_session,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from twins import async_url
@@ -209,6 +216,45 @@ def test_progress_from_an_async_handler_is_written_without_blocking(
 
     run_async(body)
     assert seen[-1] == 95 and seen == sorted(seen)  # written in order
+
+
+def test_an_async_scoped_session_factory_leaves_no_session_behind(
+    database_url: str, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    """Given an ``async_scoped_session`` scoped to the asyncio task (as SQLAlchemy
+    documents it), the worker makes sessions of its own from the scope's factory: each of
+    its transactions runs in a task of its own, so sessions taken through the proxy would
+    each stay in the registry, one per transaction, for as long as the worker lives."""
+    ids = enqueue_many(session_factory, clean_table, "job", 3)
+    made: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
+    count: list[int] = []
+
+    class Tracked(AsyncSession):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            made.add(self)
+            count.append(1)
+
+    async def job(task: Any, ctx: TaskContext) -> str:
+        ctx.update_progress(50)
+        return "ok"
+
+    async def main() -> int:
+        engine = create_async_engine(async_url(database_url))
+        scoped = async_scoped_session(
+            async_sessionmaker(engine, class_=Tracked), scopefunc=asyncio.current_task
+        )
+        try:
+            worker = AsyncWorker(scoped, clean_table, {"job": job}, listen=False)
+            await asyncio.wait_for(worker.run(until_empty=True), 30)
+            assert count, "the worker made its sessions from the scope's factory"
+            gc.collect()
+            return len(made)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(main()) == 0
+    assert statuses(session_factory, clean_table, ids) == [TaskStatus.COMPLETED] * 3
 
 
 def test_cancelling_run_shuts_down_gracefully(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import declare_task_model, with_tables
 from processes import wait_for
-from sqlalchemy import ForeignKey, String, inspect, text
+from sqlalchemy import ForeignKey, String, inspect, select, text
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -24,6 +24,7 @@ from sqlalchemy.orm import (
     mapped_column,
     reconstructor,
     relationship,
+    scoped_session,
     sessionmaker,
 )
 
@@ -1227,6 +1228,34 @@ def test_only_claim_only_transactions_and_progress_writes_commit_asynchronously(
     assert completing and not any(t in relaxed for t in completing)
     assert {fetch(factory, clean_table, n).status for n in (1, 2, 3)} == {TaskStatus.COMPLETED}
     engine.dispose()
+
+
+def test_a_scoped_session_factory_never_lends_the_worker_a_handlers_session(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    """Given a ``scoped_session`` (Flask-SQLAlchemy's ``db.session``), the worker makes
+    sessions of its own from the scope's factory: a progress write must not commit (and
+    close) the session the handler's thread holds through the same proxy."""
+    scoped = scoped_session(session_factory)
+    task_id = enqueue(session_factory, clean_table, "job")
+    still_open: list[bool] = []
+
+    def job(task: Any, ctx: TaskContext) -> str:
+        TaskRepository(scoped, clean_table).enqueue("side", {})  # the handler's own work
+        ctx.update_progress(50)
+        ctx.flush_progress(force=True)
+        still_open.append(scoped().in_transaction())  # not committed by the write
+        scoped.rollback()  # the handler changes its mind
+        scoped.remove()
+        return "ok"
+
+    worker = Worker(scoped, clean_table, {"job": job}, concurrency=1, listen=False)
+    worker.run(until_empty=True, install_signal_handlers=False)
+    assert still_open == [True]
+    assert fetch(session_factory, clean_table, task_id).status == TaskStatus.COMPLETED
+    with session_factory() as session:
+        types = session.scalars(select(clean_table.type)).all()
+    assert types == ["job"], "the handler's rolled-back enqueue was committed"
 
 
 def held_counts(
