@@ -1193,14 +1193,24 @@ def test_only_claim_only_transactions_and_progress_writes_commit_asynchronously(
     factory = sessionmaker(engine)
     for n in range(3):
         enqueue(factory, clean_table, "job", {"n": n})
-    transactions: list[list[str]] = [[]]
+    failing = enqueue(factory, clean_table, "boom", max_retries=0)
+    # one open transaction per connection: the worker's transactions run concurrently
+    # on several (a progress write beside a claim turn), so one shared list would mix
+    # their statements into whichever transaction commits first
+    transactions: list[list[str]] = []
+    open_ones: dict[int, list[str]] = {}
 
     # on every engine: the async twin's engine is made inside its run
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        transactions[-1].append(statement)
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            transactions.append([statement])  # the claim connection: its own transaction
+            return
+        open_ones.setdefault(id(conn.connection.dbapi_connection), []).append(statement)
 
     def committed(conn: Any) -> None:
-        transactions.append([])
+        done = open_ones.pop(id(conn.connection.dbapi_connection), None)
+        if done:
+            transactions.append(done)
 
     event.listen(Engine, "before_cursor_execute", record)
     event.listen(Engine, "commit", committed)
@@ -1210,8 +1220,12 @@ def test_only_claim_only_transactions_and_progress_writes_commit_asynchronously(
         ctx.flush_progress(force=True)
         return "ok"
 
+    def boom(task: Any, ctx: TaskContext) -> str:
+        ctx.update_progress(30)  # written before the failure, which keeps it
+        raise ValueError("boom")
+
     try:
-        worker = make_worker(factory, clean_table, {"job": job}, concurrency=1)
+        worker = make_worker(factory, clean_table, {"job": job, "boom": boom}, concurrency=1)
         worker.run(until_empty=True)
     finally:
         event.remove(Engine, "before_cursor_execute", record)
@@ -1220,12 +1234,16 @@ def test_only_claim_only_transactions_and_progress_writes_commit_asynchronously(
     claims = [t for t in transactions if any("FOR UPDATE SKIP LOCKED" in s for s in t)]
     progress = [t for t in transactions if any("SET progress=" in s for s in t)]
     completing = [t for t in transactions if any("completed_at=now()" in s for s in t)]
+    failing_ones = [t for t in transactions if any("error_message=" in s for s in t)]
     assert relaxed, "the first claim (nothing to acknowledge yet) commits asynchronously"
     # progress is advisory: a server crash may forget its last moments' writes
-    assert len(progress) == 3 and all(t in relaxed for t in progress)
+    assert len(progress) == 4 and all(t in relaxed for t in progress)
     assert all(t in claims or t in progress for t in relaxed)
     # every transaction that writes outcomes commits synchronously
     assert completing and not any(t in relaxed for t in completing)
+    assert failing_ones and not any(t in relaxed for t in failing_ones)
+    assert fetch(factory, clean_table, failing).status == TaskStatus.FAILED
+    assert fetch(factory, clean_table, failing).progress == 30
     assert {fetch(factory, clean_table, n).status for n in (1, 2, 3)} == {TaskStatus.COMPLETED}
     engine.dispose()
 
