@@ -57,6 +57,7 @@ from sqlalchemy.types import TypeDecorator
 
 from .statements import (
     ACTIVE_DEDUPE_PREDICATE,
+    CLAIM_ORDER,
     CLAIMABLE_PREDICATE,
     FINISHED_PREDICATE,
     LEASED_PREDICATE,
@@ -203,9 +204,7 @@ def task_table_args(table_name: str) -> tuple[SchemaItem, ...]:
         CheckConstraint(
             "retry_count >= 0 AND max_retries >= 0", name=conv(f"ck_{table_name}_retries")
         ),
-        partial_index(
-            claim_index_name(table_name), "priority", "run_at", "id", where=CLAIMABLE_PREDICATE
-        ),
+        partial_index(claim_index_name(table_name), *CLAIM_ORDER, where=CLAIMABLE_PREDICATE),
         partial_index(
             f"uq_{table_name}_active_dedupe",
             "type",

@@ -1051,21 +1051,17 @@ def detached_in_claim_order(model: Any, rows: Sequence[Any]) -> list[Any]:
     return load(sorted(rows, key=_claim_order_of_rows(task_table(model))))
 
 
-#: the order the claim picks tasks in (``statements.claim_statement``'s ORDER BY)
-_CLAIM_ORDER = ("priority", "run_at", "id")
-
-
 @functools.cache
 def _claim_order_of_rows(table: Table) -> Callable[[Any], tuple[Any, ...]]:
     """The sort key putting rows of every column of ``table`` (in table order) in the
     order the claim picked them: what :func:`_in_claim_order` does for instances."""
     names = list(table.columns.keys())
-    return operator.itemgetter(*(names.index(name) for name in _CLAIM_ORDER))
+    return operator.itemgetter(*(names.index(name) for name in statements.CLAIM_ORDER))
 
 
 def _in_claim_order(claimed: list[TaskT]) -> list[TaskT]:
     """``claimed`` in the order the claim picked them (``RETURNING`` does not keep it)."""
-    claimed.sort(key=operator.attrgetter(*_CLAIM_ORDER))
+    claimed.sort(key=operator.attrgetter(*statements.CLAIM_ORDER))
     return claimed
 
 

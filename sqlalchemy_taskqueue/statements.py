@@ -150,6 +150,8 @@ def _quoted_list(values: Sequence[str]) -> str:
 
 #: Rows a worker may claim (``run_at`` is checked by the query, not the index predicate).
 CLAIMABLE_PREDICATE = f"status = '{TaskStatus.PENDING}'"
+#: The order claims pick due tasks in: lowest priority first, then oldest, then by id.
+CLAIM_ORDER = ("priority", "run_at", "id")
 #: Rows whose dedupe key must be unique per type.
 ACTIVE_DEDUPE_PREDICATE = f"dedupe_key IS NOT NULL AND status IN ({_quoted_list(ACTIVE_STATUSES)})"
 #: Rows holding a lease, looked up by expiry for rescue.
@@ -535,7 +537,7 @@ def claim_statement(
     claimable = (
         select(c.id)
         .where(*conditions)
-        .order_by(c.priority, c.run_at, c.id)
+        .order_by(*(c[name] for name in CLAIM_ORDER))
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)
     )

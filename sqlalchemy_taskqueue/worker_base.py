@@ -775,8 +775,7 @@ def claims_without_session(session: Session, model: Any) -> bool:
     connection, without a session: the factory makes plain ``Session`` objects (a class
     that overrides nothing, no execution options, no listeners on transactions or
     executions, which would not fire) and the model's instances are built without an ORM
-    query
-    (:func:`~sqlalchemy_taskqueue.loading.detached_loader`).
+    query (:func:`~sqlalchemy_taskqueue.loading.detached_loader`).
 
     Example::
 
