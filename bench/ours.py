@@ -77,6 +77,24 @@ def enqueue_sqlalchemy_alone(engine: Engine, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def enqueue_session_alone(engine: Engine, count: int) -> float:
+    """Tasks per second for a new ORM ``Session`` per transaction that hands the
+    hand-written loop's ``INSERT`` straight to psycopg2 on the Session's own connection, a
+    commit each: the Session's bookkeeping (begin, connection checkout, commit, close)
+    with no SQLAlchemy statement execution at all, the ceiling for any code that enqueues
+    in an application's ``Session``."""
+    factory = sessionmaker(engine)
+    insert = f"INSERT INTO {Task.__tablename__} (type, payload) VALUES (%s, %s) RETURNING id"
+    started = time.perf_counter()
+    for n in range(count):
+        with factory() as session:
+            cursor = session.connection().connection.driver_connection.cursor()
+            cursor.execute(insert, ("noop", json.dumps({"n": n})))
+            cursor.fetchone()
+            session.commit()
+    return count / (time.perf_counter() - started)
+
+
 def enqueue_bulk(engine: Engine, count: int, batch: int) -> float:
     """Tasks per second, ``enqueue_many`` of ``batch`` payloads and a commit each."""
     factory = sessionmaker(engine)

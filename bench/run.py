@@ -62,6 +62,8 @@ class Figure:
     rivals: dict[str, float | None] = field(default_factory=dict)
     # the same work through SQLAlchemy alone, no queue code (where measured)
     floor: float | None = None
+    # the same work through a Session with no SQLAlchemy statement execution at all
+    session_floor: float | None = None
 
     def ratio_to(self, other: float | None) -> float | None:
         """How many times better ours is than ``other`` (above 1: ours is better)."""
@@ -104,6 +106,7 @@ class Figure:
             "ratio": self.ratio,
             **{f"ratio_to_{name}": self.ratio_to(value) for name, value in theirs.items()},
             "ratio_to_floor": self.ratio_to(self.floor),
+            "ratio_to_session_floor": self.ratio_to(self.session_floor),
         }
 
 
@@ -175,6 +178,8 @@ def measure(
     ours.reset(engine)
     floor = ours.enqueue_sqlalchemy_alone(engine, one_by_one)
     ours.reset(engine)
+    session_floor = ours.enqueue_session_alone(engine, one_by_one)
+    ours.reset(engine)
     add(
         Figure(
             "enqueue, one per transaction",
@@ -184,6 +189,7 @@ def measure(
             target=">= 0.9x hand-written",
             rivals=rivals(lambda rival: rival.enqueue_one_by_one(url, one_by_one)),
             floor=floor,
+            session_floor=session_floor,
         )
     )
     ours.reset(engine)
@@ -309,6 +315,7 @@ def median_figure(runs: tuple[Figure, ...]) -> Figure:
         ours=statistics.median(run.ours for run in runs),
         rivals=rivals,
         floor=middle([run.floor for run in runs]),
+        session_floor=middle([run.session_floor for run in runs]),
     )
 
 
@@ -376,6 +383,14 @@ def main() -> None:
                 f"through a new Session per transaction runs at {figure.floor:,.1f} "
                 f"{figure.unit}, {figure.floor / figure.baseline:.2f}x the hand-written loop; "
                 f"sqlalchemy-taskqueue runs at {figure.ratio_to(figure.floor):.2f}x that"
+            )
+        if figure.session_floor is not None and figure.baseline:
+            print(
+                f"{figure.scenario}, the Session alone: a new Session per transaction "
+                "handing the same INSERT straight to psycopg2 on its own connection (no "
+                f"SQLAlchemy statement execution) runs at {figure.session_floor:,.1f} "
+                f"{figure.unit}, {figure.session_floor / figure.baseline:.2f}x the "
+                "hand-written loop"
             )
     print(
         "\nratio: ours relative to the baseline column, above 1 is better (throughput: "
