@@ -20,7 +20,13 @@ __all__ = ["Attempt", "Outcome", "WorkerStats"]
 
 @dataclass
 class WorkerStats:
-    """Counters of one worker since it was created (safe to read from any thread)."""
+    """Counters of one worker since it was created (safe to read from any thread).
+
+    Example::
+
+        worker.run(until_empty=True)
+        print(worker.stats.completed, worker.stats.failed, worker.stats.retried)
+    """
 
     claimed: int = 0
     completed: int = 0
@@ -47,7 +53,13 @@ class WorkerStats:
 
 @dataclass
 class Attempt:
-    """One claimed task, from the claim until its outcome is in the database."""
+    """One claimed task, from the claim until its outcome is in the database.
+
+    Example::
+
+        attempt = Attempt(task, context, timeout_seconds=30.0)
+        attempt.lease  # (task id, lease token): what its writes are fenced by
+    """
 
     task: Any
     context: TaskContext
@@ -105,7 +117,14 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended, waiting to be written with the next batch."""
+    """How an attempt ended, waiting to be written with the next batch.
+
+    Example::
+
+        Outcome(attempt, "complete", result={"rows": 10}, seconds=0.4)
+        Outcome(attempt, "fail", message="ValueError: bad row", retry=True)
+        Outcome(attempt, "release")  # back to pending, no retry used (shutdown)
+    """
 
     attempt: Attempt
     kind: Literal["complete", "fail", "release"]

@@ -38,6 +38,11 @@ class BackoffPolicy:
     :param cap_seconds: the longest delay ever used.
     :param jitter: fraction of extra random delay, ``0 <= jitter <= 1``; jitter only ever
         lengthens the delay so ``2**n * base`` stays a lower bound.
+
+    Example::
+
+        gentle = BackoffPolicy(base_seconds=5.0, cap_seconds=600.0, jitter=0.1)
+        worker = Worker(sessionmaker(engine), Task, handlers, backoff=gentle)
     """
 
     base_seconds: float = 1.0

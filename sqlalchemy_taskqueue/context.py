@@ -38,6 +38,15 @@ class TaskContext:
     :ivar payload: the task's JSON payload.
     :ivar attempt: 1 for the first attempt, 2 for the first retry, ...
     :ivar lease_token: the claim's lease token (fences every write of this attempt).
+
+    Example::
+
+        def bulk_import(task, ctx):
+            rows = load_rows(ctx.payload["path"])
+            for done, row in enumerate(rows, start=1):
+                ctx.raise_if_stopping()  # shutdown, timeout or a lost lease
+                save(row)
+                ctx.update_progress(100 * done // len(rows))
     """
 
     def __init__(

@@ -149,7 +149,13 @@ def _local_server_answers() -> bool:
 
 
 class EmbeddedServer:
-    """A running embedded PostgreSQL; :meth:`stop` stops it once no process uses it."""
+    """A running embedded PostgreSQL; :meth:`stop` stops it once no process uses it.
+
+    Example::
+
+        server = start_embedded_server()
+        engine = create_engine(server.url)
+    """
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle

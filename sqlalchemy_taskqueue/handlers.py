@@ -35,7 +35,13 @@ _F = TypeVar("_F", bound=Handler)
 
 @dataclass(frozen=True)
 class HandlerSpec:
-    """A registered handler and its per-type attempt timeout (seconds, or ``None``)."""
+    """A registered handler and its per-type attempt timeout (seconds, or ``None``).
+
+    Example::
+
+        spec = registry.spec("bulk_import")
+        spec.function, spec.timeout_seconds
+    """
 
     function: Handler
     timeout_seconds: float | None = None

@@ -151,7 +151,13 @@ class WorkerMetrics:
 
 
 class MetricsServer:
-    """A running metrics endpoint (see :func:`serve_worker_metrics`)."""
+    """A running metrics endpoint (see :func:`serve_worker_metrics`).
+
+    Example::
+
+        endpoint = serve_worker_metrics(9100, sessionmaker(engine), Task)
+        print(f"scrape http://localhost:{endpoint.port}/metrics")
+    """
 
     def __init__(self, server: Any, thread: threading.Thread, metrics: WorkerMetrics) -> None:
         self._server = server

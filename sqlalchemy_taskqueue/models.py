@@ -86,7 +86,12 @@ _STATUS_BY_VALUE = {status.value: status for status in TaskStatus}
 
 
 class TaskStatusType(TypeDecorator[TaskStatus]):
-    """Stores :class:`TaskStatus` as text and reads it back as the enum."""
+    """Stores :class:`TaskStatus` as text and reads it back as the enum.
+
+    Example::
+
+        status: Mapped[TaskStatus] = mapped_column(TaskStatusType(), default=TaskStatus.PENDING)
+    """
 
     impl = Text
     cache_ok = True
@@ -331,10 +336,11 @@ _DATACLASS = _ColumnFactory(dataclass=True)
 class TaskMixin:
     """The columns, constraints and indexes of a queue table, for a declarative model.
 
-    ::
+    Example::
 
         class Task(TaskMixin, Base):
             __tablename__ = "tasks"
+            project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
     """
 
     id: Mapped[int] = _PLAIN.id()
@@ -393,7 +399,9 @@ class TaskDataclassMixin(MappedAsDataclass):
     """:class:`TaskMixin` for a ``MappedAsDataclass`` declarative base.
 
     ``type`` and ``payload`` are required keyword arguments; every other library field is
-    keyword-only with a default, so your own fields can be declared without defaults::
+    keyword-only with a default, so your own fields can be declared without defaults.
+
+    Example::
 
         class Base(MappedAsDataclass, DeclarativeBase):
             pass

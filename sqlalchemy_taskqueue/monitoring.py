@@ -50,7 +50,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class StatusCount:
-    """Number of tasks of one type in one status."""
+    """Number of tasks of one type in one status.
+
+    Example::
+
+        for row in repo.status_counts():
+            print(row.task_type, row.status, row.count)
+    """
 
     task_type: str
     status: TaskStatus
@@ -59,7 +65,13 @@ class StatusCount:
 
 @dataclass(frozen=True)
 class QueueDepth:
-    """Pending tasks of one type."""
+    """Pending tasks of one type.
+
+    Example::
+
+        for row in repo.queue_depth():
+            print(row.task_type, row.ready, row.scheduled, row.oldest_ready_seconds)
+    """
 
     task_type: str
     ready: int
@@ -72,7 +84,13 @@ class QueueDepth:
 
 @dataclass(frozen=True)
 class StuckTask:
-    """An in-progress task that runs too long or whose worker stopped renewing its lease."""
+    """An in-progress task that runs too long or whose worker stopped renewing its lease.
+
+    Example::
+
+        for task in repo.stuck_tasks(timedelta(minutes=30)):
+            print(task.id, task.lease_owner, task.lease_expired)
+    """
 
     id: int
     task_type: str
@@ -86,7 +104,13 @@ class StuckTask:
 
 @dataclass(frozen=True)
 class ProcessingTime:
-    """Run time of completed tasks of one type within a window."""
+    """Run time of completed tasks of one type within a window.
+
+    Example::
+
+        for row in repo.processing_times(timedelta(hours=1)):
+            print(row.task_type, row.completed, row.average_seconds, row.p95_seconds)
+    """
 
     task_type: str
     completed: int
@@ -101,7 +125,13 @@ def _share(part: int, whole: int) -> float:
 
 @dataclass(frozen=True)
 class OutcomeRate:
-    """How the tasks of one type that finished within a window ended."""
+    """How the tasks of one type that finished within a window ended.
+
+    Example::
+
+        for row in repo.outcome_rates(timedelta(hours=1)):
+            print(row.task_type, row.success_rate, row.throughput_per_minute)
+    """
 
     task_type: str
     completed: int
@@ -164,7 +194,13 @@ class OutcomeRate:
 
 @dataclass(frozen=True)
 class FailedTask:
-    """A permanently failed task and its last error."""
+    """A permanently failed task and its last error.
+
+    Example::
+
+        for task in repo.recent_failures(limit=10):
+            print(task.id, task.task_type, task.error_message)
+    """
 
     id: int
     task_type: str
@@ -176,7 +212,13 @@ class FailedTask:
 
 @dataclass(frozen=True)
 class QueueStats:
-    """A snapshot of the whole queue (what ``taskqueue stats`` prints)."""
+    """A snapshot of the whole queue (what ``taskqueue stats`` prints).
+
+    Example::
+
+        stats = repo.queue_stats(window=timedelta(hours=1))
+        print(json.dumps(stats.as_dict()))
+    """
 
     status_counts: list[StatusCount] = field(default_factory=list)
     queue_depth: list[QueueDepth] = field(default_factory=list)
@@ -239,7 +281,13 @@ def require_limit(limit: Any) -> int:
 
 
 class TaskMonitoring:
-    """Monitoring queries, mixed into :class:`~sqlalchemy_taskqueue.TaskRepository`."""
+    """Monitoring queries, mixed into :class:`~sqlalchemy_taskqueue.TaskRepository`.
+
+    Example::
+
+        repo = TaskRepository(session, Task)
+        backlog = sum(row.ready for row in repo.queue_depth())
+    """
 
     _session: Session
     _table: Table

@@ -30,7 +30,12 @@ class TaskStatus(StrEnum):
     """The life cycle of a task: ``pending -> in_progress -> completed | failed``.
 
     A failed attempt with retries left goes back to ``pending``; ``cancelled`` ends a task
-    that never ran.
+    that never ran.  Members are strings, so they compare equal to the stored text.
+
+    Example::
+
+        failed = session.scalars(select(Task).where(Task.status == TaskStatus.FAILED))
+        assert TaskStatus.IN_PROGRESS == "in_progress"
     """
 
     PENDING = "pending"

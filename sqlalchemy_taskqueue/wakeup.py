@@ -91,6 +91,12 @@ class NotificationListener(_Listener[Engine]):
     """A thread that listens on ``channel`` and calls ``on_notify()`` for notifications.
 
     :ivar listening: set while the ``LISTEN`` connection is established.
+
+    Example::
+
+        wake = threading.Event()
+        listener = NotificationListener(engine, notify_channel(Task.__table__), wake.set)
+        listener.start()
     """
 
     def __init__(

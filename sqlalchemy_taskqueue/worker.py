@@ -112,6 +112,11 @@ class Worker(WorkerBase[TaskT]):
 
     Durations accept a ``timedelta`` or a number of seconds.  Handlers are plain
     functions; ``async def`` handlers need :class:`~sqlalchemy_taskqueue.AsyncWorker`.
+
+    Example::
+
+        worker = Worker(sessionmaker(engine), Task, {"data_export": export}, concurrency=8)
+        worker.run()  # until SIGINT/SIGTERM or worker.stop()
     """
 
     def _prepare(self) -> None:

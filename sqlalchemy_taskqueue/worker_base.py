@@ -68,6 +68,11 @@ class WorkerBase(Generic[TaskT]):
     """Options, bookkeeping and transaction bodies shared by the two workers.
 
     The parameters are documented on :class:`~sqlalchemy_taskqueue.Worker`.
+
+    Example::
+
+        class Worker(WorkerBase[TaskT]):  # each worker adds its own way of running
+            ...
     """
 
     def __init__(
