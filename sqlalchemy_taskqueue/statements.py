@@ -751,7 +751,7 @@ def progress_statement(table: Table, *, fenced: bool, relaxed_commit: bool = Fal
 
 
 def duplicate_holder_statement(table: Table, task_id: int) -> Select[Any]:
-    """The active task that holds the dedupe key of task ``task_id``, if any.
+    """The active task, other than task ``task_id`` itself, that holds its dedupe key.
 
     Example::
 
@@ -761,6 +761,7 @@ def duplicate_holder_statement(table: Table, task_id: int) -> Select[Any]:
     holder = table.alias("holder")
     return select(holder.c.id).where(
         c.id == task_id,
+        holder.c.id != c.id,
         holder.c.type == c.type,
         holder.c.dedupe_key == c.dedupe_key,
         holder.c.status.in_(ACTIVE_STATUSES),

@@ -869,6 +869,25 @@ def test_retry_never_duplicates_an_active_deduplicated_task(repo: Repo, session:
     assert repo.get_task(first).status is TaskStatus.FAILED  # type: ignore[union-attr]
 
 
+def test_retrying_an_active_deduplicated_task_names_its_status_not_itself(
+    repo: Repo, session: Session
+) -> None:
+    running, _ = repo.enqueue_if_not_exists("import", {"file": "a.csv"}, max_retries=0)
+    session.commit()
+    assert claim(repo, "import").id == running
+    pending, _ = repo.enqueue_if_not_exists("import", {"file": "b.csv"})
+    session.commit()
+    for task_id, status in ((pending, "pending"), (running, "in_progress")):
+        with pytest.raises(InvalidTransitionError, match=f"it is {status}, not failed") as caught:
+            repo.retry_task(task_id)
+        assert "dedupe key" not in str(caught.value)
+    repo.fail_task(running, "boom")
+    session.commit()
+    repo.retry_task(running)  # no other task holds its key
+    session.commit()
+    assert repo.get_task(running).status is TaskStatus.PENDING  # type: ignore[union-attr]
+
+
 def test_retry_failed_tasks_retries_one_of_several_sharing_a_dedupe_key(
     repo: Repo, session: Session
 ) -> None:
