@@ -40,8 +40,8 @@ __all__ = [
 _STATUSES_V1 = "'pending', 'in_progress', 'completed', 'failed', 'cancelled'"
 _ACTIVE_V1 = "'pending', 'in_progress'"
 _FINISHED_V1 = "'completed', 'failed', 'cancelled'"
-#: Storage parameters of a version-1 queue table: room on each page for HOT updates
-#: (progress, heartbeats, claims), and autovacuum that keeps up with an update-heavy table.
+#: Storage parameters of a version-1 queue table: room on each page for updated rows
+#: (HOT for progress writes), and autovacuum that keeps up with an update-heavy table.
 _STORAGE_V1 = {
     "fillfactor": "80",
     "autovacuum_vacuum_scale_factor": "0.01",
@@ -173,9 +173,11 @@ def drop_task_table_v1(table_name: str, **table_kw: Any) -> None:
 def tune_task_table_v1(table_name: str, *, schema: str | None = None) -> None:
     """Set the version-1 storage parameters on a queue table (PostgreSQL).
 
-    ``fillfactor = 80`` leaves room on each page so that progress writes, heartbeats and
-    claims can be HOT updates; per-table autovacuum thresholds make vacuum and analyze
-    keep up with a table whose rows change several times each.  Safe to run on a table
+    ``fillfactor = 80`` leaves room on each page so that progress writes (``progress`` is
+    never indexed) can be HOT updates, and the other updates (claims, heartbeats,
+    outcomes change indexed columns) can still put the new row version on the same
+    page; per-table autovacuum thresholds make vacuum and analyze keep up with a table
+    whose rows change several times each.  Safe to run on a table
     in use (it takes a brief lock; new settings apply to pages written from then on).
 
     Example::
