@@ -29,8 +29,11 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session
 
+from .backoff import DEFAULT_BACKOFF, BackoffPolicy
+from .durations import Duration
 from .models import task_table
-from .repository import TaskRepository, TaskT
+from .repository import DEFAULT_LEASE_DURATION, TaskRepository, TaskT
+from .validation import DEFAULT_MAX_PAYLOAD_BYTES
 
 __all__ = ["AsyncTaskRepository"]
 
@@ -39,12 +42,12 @@ _R = TypeVar("_R")
 
 
 def _awaitable(
-    method: Callable[Concatenate[TaskRepository[Any], _P], _R],
-) -> Callable[Concatenate[AsyncTaskRepository[Any], _P], Coroutine[Any, Any, _R]]:
+    method: Callable[Concatenate[TaskRepository[TaskT], _P], _R],
+) -> Callable[Concatenate[AsyncTaskRepository[TaskT], _P], Coroutine[Any, Any, _R]]:
     """The coroutine twin of a ``TaskRepository`` method."""
 
     @functools.wraps(method)  # the same name and signature (``inspect.signature``)
-    async def twin(self: AsyncTaskRepository[Any], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    async def twin(self: AsyncTaskRepository[TaskT], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         def call(session: Session) -> _R:
             return method(self._sync, *args, **kwargs)
 
@@ -58,8 +61,9 @@ class AsyncTaskRepository(Generic[TaskT]):
     """Every :class:`TaskRepository` operation as a coroutine, on an ``AsyncSession``.
 
     Takes the same keyword options as :class:`TaskRepository` (``backoff``,
-    ``lease_duration``, ``owner``, ``notify``).  An ``async_scoped_session`` stands for
-    its current session, the one the repository then runs in.
+    ``lease_duration``, ``owner``, ``notify``, ``max_payload_bytes``).  An
+    ``async_scoped_session`` stands for its current session, the one the repository then
+    runs in.
 
     Example::
 
@@ -72,13 +76,25 @@ class AsyncTaskRepository(Generic[TaskT]):
         self,
         session: AsyncSession | async_scoped_session[AsyncSession],
         model: type[TaskT],
-        **options: Any,
+        *,
+        backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        lease_duration: Duration = DEFAULT_LEASE_DURATION,
+        owner: str | None = None,
+        notify: bool = True,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         if isinstance(session, async_scoped_session):
             session = session()  # the scope's current session, as each call would use
         if not isinstance(session, AsyncSession):
             raise TypeError(f"session must be an AsyncSession, got {session!r}")
         task_table(model)
+        options: dict[str, Any] = {
+            "backoff": backoff,
+            "lease_duration": lease_duration,
+            "owner": owner,
+            "notify": notify,
+            "max_payload_bytes": max_payload_bytes,
+        }
         # the twin every call runs on (``run_sync`` passes this same sync session)
         self._sync = TaskRepository(session.sync_session, model, **options)
         self._session = session

@@ -54,6 +54,15 @@ def test_the_twins_have_the_same_surface() -> None:
         assert (theirs.__doc__ or "").endswith(ours.__doc__ or ""), name
 
 
+def test_the_twins_take_the_same_constructor_options() -> None:
+    """``AsyncTaskRepository(session, model, ...)`` takes the options of ``TaskRepository``
+    under the same names, kinds, defaults and annotations; only the session differs."""
+    ours = list(inspect.signature(TaskRepository).parameters.values())
+    theirs = list(inspect.signature(AsyncTaskRepository).parameters.values())
+    assert [p.name for p in theirs] == [p.name for p in ours]
+    assert theirs[1:] == ours[1:]
+
+
 @pytest.fixture
 def run_async(
     database_url: str, clean_table: type[Any]

@@ -62,6 +62,14 @@ async def async_repository_types(session: AsyncSession) -> None:
     assert_type(await repo.enqueue("export", {}), int)
     assert_type(await repo.enqueue_if_not_exists("export", {}), tuple[int, bool])
     assert_type(await repo.fail_task(1, "boom"), TaskStatus)
+    # the twin's returned rows are the model's, as with TaskRepository
+    task = await repo.dequeue("export")
+    assert_type(task, Task | None)
+    assert_type(await repo.dequeue_many(limit=5), list[Task])
+    assert_type(await repo.get_task(1), Task | None)
+    # and it takes the same typed options
+    AsyncTaskRepository(session, Task, owner="importer-1", lease_duration=timedelta(minutes=1))
+    AsyncTaskRepository(session, Task, owner=1)  # type: ignore[arg-type]
 
 
 def worker_types(factory: sessionmaker[Session]) -> None:
