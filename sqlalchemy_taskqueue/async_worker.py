@@ -57,7 +57,7 @@ from sqlalchemy.ext.asyncio import (
     AsyncSession,
     async_scoped_session,
 )
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from . import statements
 from .attempts import Attempt, Outcome
@@ -179,7 +179,7 @@ class AsyncWorker(WorkerBase[TaskT]):
             # each transaction runs in a task of its own: taken through a proxy scoped to
             # the task, every one would leave its session in the registry
             self._session_factory = self._session_factory.session_factory
-        if isinstance(self._session_factory, sessionmaker):
+        if isinstance(self._session_factory, (sessionmaker, scoped_session)):
             raise TypeError(
                 "AsyncWorker needs an async_sessionmaker (AsyncSession); "
                 "use Worker with a sessionmaker"

@@ -124,7 +124,10 @@ class Worker(WorkerBase[TaskT]):
             # its sessions are its scopes' (a thread's, a request's, a handler's): the
             # worker makes its own, or a progress write would commit a handler's session
             self._session_factory = self._session_factory.session_factory
-        made = getattr(self._session_factory, "class_", None)
+        # an async_scoped_session stands for its async_sessionmaker (not imported here:
+        # the async extra may be missing)
+        factory = getattr(self._session_factory, "session_factory", self._session_factory)
+        made = getattr(factory, "class_", None)
         if isinstance(made, type) and not issubclass(made, Session):
             raise TypeError(
                 f"Worker needs a sessionmaker of Sessions, got one of {made.__name__}; "

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import NullPool
 from twins import async_url
 
@@ -328,6 +328,18 @@ def test_the_wrong_kind_of_session_factory_or_handler_is_refused(
         Worker(async_sessionmaker(), clean_table, {"job": lambda task, ctx: None})
     with pytest.raises(TypeError, match="async function"):
         Worker(session_factory, clean_table, {"job": handler})
+
+
+def test_a_scoped_session_of_the_wrong_kind_is_refused(
+    session_factory: Factory, clean_table: type[Any]
+) -> None:
+    """A scoped session stands for its factory, so one of the other kind is refused up
+    front as that factory is, instead of a worker whose every turn fails."""
+    with pytest.raises(TypeError, match="async_sessionmaker"):
+        AsyncWorker(scoped_session(session_factory), clean_table, {"job": lambda t, c: None})
+    scoped = async_scoped_session(async_sessionmaker(), scopefunc=threading.get_ident)
+    with pytest.raises(TypeError, match="AsyncWorker"):
+        Worker(scoped, clean_table, {"job": lambda task, ctx: None})
 
 
 def test_the_daemon_thread_pool_reports_results_and_errors() -> None:
