@@ -104,7 +104,8 @@ class TaskInterrupted(TaskQueueError):
 
 
 def wrap_database_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Decorator: driver errors leave as :class:`TaskQueueDatabaseError` (cause kept).
+    """Decorator: driver errors leave as :class:`TaskQueueDatabaseError` (cause kept),
+    and so does the bare ``OSError`` asyncpg raises for a connection it cannot open.
 
     Example::
 
@@ -119,6 +120,10 @@ def wrap_database_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
         except DBAPIError as exc:
             raise TaskQueueDatabaseError(
                 f"{method.__name__} failed in the database: {exc.orig!r}"
+            ) from exc
+        except OSError as exc:  # asyncpg's refused connection, which SQLAlchemy passes on
+            raise TaskQueueDatabaseError(
+                f"{method.__name__} failed in the database: {exc!r}"
             ) from exc
 
     return wrapper

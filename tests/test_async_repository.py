@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncSession,
@@ -23,6 +24,7 @@ from sqlalchemy_taskqueue import (
     AsyncTaskRepository,
     InvalidTransitionError,
     TaskNotFoundError,
+    TaskQueueDatabaseError,
     TaskRepository,
     TaskStatus,
 )
@@ -181,3 +183,32 @@ def test_construction_is_validated(clean_table: type[Any], session: Session) -> 
         await engine.dispose()
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_a_refused_connection_is_a_task_queue_database_error_as_on_the_sync_twin(
+    database_url: str, clean_table: type[Any], driver: str
+) -> None:
+    """A database that refuses connections: the sync twin's driver error leaves as
+    ``TaskQueueDatabaseError``, and so must the async twin's (asyncpg raises a bare
+    ``ConnectionRefusedError`` for it, which SQLAlchemy passes on unwrapped)."""
+    with socket.socket() as unlistened:  # bound, never listening: connections are refused
+        unlistened.bind(("127.0.0.1", 0))
+        url = make_url(database_url).set(host="127.0.0.1", port=unlistened.getsockname()[1])
+        engine = create_engine(url)
+        try:
+            with Session(engine) as session, pytest.raises(TaskQueueDatabaseError):
+                TaskRepository(session, clean_table).enqueue("x", {})
+        finally:
+            engine.dispose()
+
+        async def body() -> None:
+            async_engine = create_async_engine(url.set(drivername=f"postgresql+{driver}"))
+            try:
+                async with AsyncSession(async_engine) as async_session:
+                    with pytest.raises(TaskQueueDatabaseError):
+                        await AsyncTaskRepository(async_session, clean_table).enqueue("x", {})
+            finally:
+                await async_engine.dispose()
+
+        asyncio.run(body())
