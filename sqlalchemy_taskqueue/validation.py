@@ -162,6 +162,10 @@ def task_types_argument(task_type: str | Sequence[str] | None) -> list[str] | No
     if isinstance(task_type, str):
         require_task_type(task_type)
         return [task_type_name(task_type)]
+    if not isinstance(task_type, Iterable):
+        raise TypeError(
+            f"task_type must be a type name, a sequence of type names or None, got {task_type!r}"
+        )
     types = list(task_type)
     if not types:
         raise ValueError("task_type must name at least one type (or be None for any)")

@@ -17,7 +17,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
@@ -112,8 +112,13 @@ class WorkerBase(Generic[TaskT]):
             types = sorted(self._specs)
         elif isinstance(task_types, str):
             types = [task_types]
-        else:
+        elif isinstance(task_types, Iterable):
             types = list(task_types)
+        else:
+            raise TypeError(
+                "task_types must be a task type, a sequence of task types or None, "
+                f"got {task_types!r}"
+            )
         if not types or not all(isinstance(t, str) and t.strip() for t in types):
             raise ValueError(
                 f"task_types must name at least one task type (got {task_types!r}); "

@@ -413,6 +413,9 @@ def test_dequeue_filters_by_one_several_or_any_type(repo: Repo, session: Session
         repo.dequeue([])
     with pytest.raises(TypeError, match="task_type"):
         repo.dequeue([1])  # type: ignore[list-item]
+    for not_types in (5, 2.5, object()):
+        with pytest.raises(TypeError, match="task_type must be a type name, a sequence"):
+            repo.dequeue(not_types)  # type: ignore[arg-type]
 
 
 def test_dequeue_orders_by_priority_then_age(repo: Repo, session: Session) -> None:

@@ -812,6 +812,7 @@ def test_interrupted_without_shutdown_counts_as_a_failed_attempt(
         ({"heartbeat_interval": 10, "lease_duration": 5}, ValueError, "heartbeat_interval"),
         ({"shutdown_grace": -1}, ValueError, "shutdown_grace"),
         ({"task_types": []}, ValueError, "task_types"),
+        ({"task_types": 5}, TypeError, "task_types must be a task type, a sequence"),
         ({"listen": "yes"}, TypeError, "listen"),
         ({"prefetch": -1}, ValueError, "prefetch"),
         ({"prefetch": 1.5}, TypeError, "prefetch"),
