@@ -393,7 +393,7 @@ class AsyncWorker(WorkerBase[TaskT]):
                 continue  # maybe more work: claim again once a slot frees
             if not claimed and self._drained():
                 self.idle.set()
-            await self._wait_for_wake(self._poll)
+            await self._wait_for_wake(self._idle_wait(next_rescue))
             self.idle.clear()
 
     async def _settle_and_claim(self, free: int) -> list[Any]:

@@ -311,7 +311,7 @@ class Worker(WorkerBase[TaskT]):
                 continue  # maybe more work: claim again once a slot frees
             if not claimed and self._drained():
                 self.idle.set()
-            self._wake.wait(self._poll)
+            self._wake.wait(self._idle_wait(next_rescue))
             self.idle.clear()
 
     def _settle_and_claim(self, free: int) -> list[Any]:

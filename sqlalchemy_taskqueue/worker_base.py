@@ -262,6 +262,11 @@ class WorkerBase(Generic[TaskT]):
         logger.exception("worker.claim_failed retry_in=%.1fs", delay)
         return delay
 
+    def _idle_wait(self, next_rescue: float) -> float:
+        """Seconds the claim loop may wait for a wake-up: the poll interval, but never past
+        the next rescue, so a worker waiting for notifications still rescues on time."""
+        return max(min(self._poll, next_rescue - time.monotonic()), 0.0)
+
     def _drained(self) -> bool:
         with self._lock:
             return self._busy == 0 and not self._outcomes

@@ -636,6 +636,41 @@ def test_until_empty_rescues_expired_leases(
     assert worker.stats.rescued == 1
 
 
+def test_an_idle_worker_rescues_every_rescue_interval_however_long_its_poll(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    """A worker that waits for notifications with a long poll interval still rescues a
+    dead worker's task within about ``lease_duration + rescue_interval``."""
+    worker = make_worker(
+        session_factory,
+        clean_table,
+        {"job": lambda task, ctx: "rescued"},
+        poll_interval=3600,
+        rescue_interval=0.2,
+    )
+    with running(worker):
+        wait_for(worker.idle.is_set)  # its first turn found nothing to rescue or claim
+        with session_factory() as session:
+            # a worker that claims a task without waking the others, then dies
+            repo = TaskRepository(session, clean_table, owner="dead-worker", notify=False)
+            task_id = repo.enqueue("job", {})
+            assert repo.dequeue("job") is not None
+            session.execute(
+                text(
+                    f"UPDATE {clean_table.__tablename__} "
+                    "SET lease_expires_at = now() - interval '1 s'"
+                )
+            )
+            session.commit()
+        wait_for(
+            lambda: fetch(session_factory, clean_table, task_id).status is TaskStatus.COMPLETED,
+            timeout=10,
+        )
+    task = fetch(session_factory, clean_table, task_id)
+    assert (task.result, task.retry_count) == ("rescued", 1)
+    assert worker.stats.rescued == 1
+
+
 # ---------------------------------------------------------------- wake-up
 
 
