@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
@@ -38,6 +39,22 @@ def failed_task(repo: Repo, session: Session, task_type: str = "export") -> int:
     repo.fail_task(task.id, "RuntimeError: disk full")
     session.commit()
     return task_id
+
+
+def test_every_command_and_option_has_help_text() -> None:
+    """``--help`` is complete: each command says what it does, each option what it sets."""
+    commands: list[tuple[str, click.Command]] = [("taskqueue", cli)]
+    assert isinstance(cli, click.Group)
+    commands += [(f"taskqueue {name}", command) for name, command in cli.commands.items()]
+    assert len(commands) > 8
+    missing = [name for name, command in commands[1:] if not command.get_short_help_str()]
+    for name, command in commands:
+        missing += [
+            f"{name} {option.opts[0]}"
+            for option in command.params
+            if isinstance(option, click.Option) and not option.help
+        ]
+    assert missing == []
 
 
 def test_enqueue_and_show(run: Any, repo: Repo) -> None:

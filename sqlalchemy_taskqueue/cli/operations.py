@@ -310,7 +310,13 @@ def stuck(
 @cli.command()
 @queue_options
 @json_option
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Most failed tasks to list, newest first.",
+)
 @click.option("--type", "task_type", help="Only this task type.")
 def failed(
     database_url: str | None,
@@ -426,7 +432,13 @@ def cancel(task_id: int, database_url: str | None, table: str, model_reference: 
     required=True,
     help="Delete finished tasks that finished longer ago than this (e.g. 7d).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Rows deleted per batch, each batch its own transaction.",
+)
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 def cleanup(
     database_url: str | None,
@@ -460,7 +472,13 @@ def cleanup(
 @queue_options
 @click.option("--payload", default="{}", show_default=True, help="The payload, as JSON.")
 @click.option("--priority", type=int, default=0, show_default=True, help="Lower runs first.")
-@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Failed attempts that are retried (0: fail at once).",
+)
 @click.option("--delay", type=DURATION, default=None, help="Not claimable before this delay.")
 @click.option("--unique", is_flag=True, help="Skip when an equal task is already active.")
 def enqueue(

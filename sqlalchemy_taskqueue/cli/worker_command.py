@@ -109,6 +109,7 @@ __all__ = ["worker"]
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
+    help="Least severe log lines written to stderr (key=value lines).",
 )
 def worker(
     target: str,
