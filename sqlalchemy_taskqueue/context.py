@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .exceptions import TaskInterrupted
+from .validation import require_int
 
 __all__ = ["ProgressWriter", "TaskContext"]
 
@@ -84,10 +85,7 @@ class TaskContext:
 
             ctx.update_progress(40)
         """
-        if isinstance(percent, bool) or not isinstance(percent, int):
-            raise TypeError(f"progress must be an integer from 0 to 100, got {percent!r}")
-        if not 0 <= percent <= 100:
-            raise ValueError(f"progress must be from 0 to 100, got {percent!r}")
+        require_int("progress", percent, minimum=0, maximum=100)  # as the repository does
         with self._lock:
             self._pending = percent
         self.flush_progress(force=False)

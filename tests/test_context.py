@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from sqlalchemy_taskqueue import TaskContext, TaskInterrupted
+from sqlalchemy_taskqueue.validation import BoolArgumentError, require_int
 
 
 def make_context(writer: object, interval: float = 0.0) -> tuple[TaskContext, threading.Event]:
@@ -91,3 +92,26 @@ def test_a_value_reported_while_a_write_is_in_flight_lands_last() -> None:
     helper.join(10)
     ctx.flush_progress(force=True)  # what the worker does when the attempt ends
     assert written[-1] == 60
+
+
+@pytest.mark.parametrize(
+    ("percent", "error", "message"),
+    [
+        (True, BoolArgumentError, "not a bool"),
+        (1.5, TypeError, "must be an integer"),
+        ("50", TypeError, "must be an integer"),
+        (-1, ValueError, ">= 0"),
+        (101, ValueError, "<= 100"),
+    ],
+)
+def test_bad_progress_is_refused_as_the_repository_refuses_it(
+    percent: object, error: type[Exception], message: str
+) -> None:
+    written: list[int] = []
+    ctx, _ = make_context(lambda task_id, progress, token: written.append(progress) or True)
+    with pytest.raises(error, match=message):
+        ctx.update_progress(percent)  # type: ignore[arg-type]
+    with pytest.raises(error, match=message):
+        require_int("progress", percent, minimum=0, maximum=100)  # the repository's rule
+    ctx.flush_progress(force=True)
+    assert written == []
