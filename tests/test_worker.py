@@ -557,7 +557,7 @@ def test_progress_rejects_bad_values(
 
     enqueue(session_factory, clean_table, "export")
     make_worker(session_factory, clean_table, {"export": export}).run(until_empty=True)
-    assert errors == ["ValueError", "ValueError", "TypeError", "TypeError"]
+    assert errors == ["ValueError", "ValueError", "BoolArgumentError", "TypeError"]
 
 
 # ---------------------------------------------------------------- leases
