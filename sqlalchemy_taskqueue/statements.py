@@ -880,6 +880,9 @@ def renew_leases_statement(table: Table) -> Update:
 def release_statement(table: Table) -> Update:
     """Hand unfinished tasks back to ``pending`` without consuming a retry (shutdown).
 
+    The task is due at once and keeps its place in the queue (its ``run_at``), as a
+    rescued task does; its progress starts again from 0, as a retried one's does.
+
     Parameters: ``ids`` and ``tokens`` (arrays).
 
     Example::
@@ -892,7 +895,6 @@ def release_statement(table: Table) -> Update:
         .values(
             status=TaskStatus.PENDING,
             progress=0,
-            run_at=_now(),
             started_at=None,
             lease_owner=None,
             **_LEASE_CLEARED,

@@ -787,6 +787,19 @@ def test_renew_and_release_leases(repo: Repo, session: Session) -> None:
         assert stored is not None
         assert stored.status is TaskStatus.PENDING and stored.retry_count == 0
         assert stored.lease_token is None and stored.started_at is None
+        assert stored.run_at == {first.id: first, second.id: second}[task_id].run_at
+
+
+def test_a_handed_back_task_keeps_its_place_in_the_queue(repo: Repo, session: Session) -> None:
+    first = repo.enqueue("a", {})
+    session.commit()
+    task = claim(repo, "a")
+    waiting = repo.enqueue("a", {})  # enqueued after ``first`` was claimed
+    session.commit()
+    assert repo.release_tasks([(task.id, task.lease_token)]) == {first}
+    session.commit()
+    # untouched but for the claim: due at once, ahead of a task enqueued after it
+    assert [claimed.id for claimed in repo.dequeue_many("a", limit=2)] == [first, waiting]
 
 
 def test_rescue_consumes_a_retry_or_fails(repo: Repo, session: Session) -> None:
