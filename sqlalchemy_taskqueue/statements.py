@@ -1132,7 +1132,9 @@ def recent_failures_statement(
     return (
         select(c.id, c.type, c.error_message, c.retry_count, c.created_at, c.completed_at)
         .where(condition)
-        .order_by(c.completed_at.desc().nulls_last(), c.id.desc())
+        # newest first in the finished-rows index's own order (read backwards), so the
+        # scan stops after ``limit`` failures instead of sorting every failed row
+        .order_by(c.completed_at.desc(), c.id.desc())
         .limit(limit)
     )
 
