@@ -124,12 +124,22 @@ def task_table(model: Any) -> Table:
 
         task_table(Task).name  # 'tasks'
     """
+    table = getattr(model, "__table__", None)
     if not isinstance(model, type) or not issubclass(model, (TaskMixin, TaskDataclassMixin)):
+        lacks = ""  # a legacy model mapped without the mixin: name what its table lacks
+        if (
+            isinstance(model, type)
+            and isinstance(table, Table)
+            and (missing := missing_queue_schema(table))
+        ):
+            lacks = (
+                f"; {model.__name__} (table {table.name!r}) lacks what the queue needs: "
+                f"{', '.join(missing)}"
+            )
         raise TypeError(
             f"model must be a mapped class that mixes in TaskMixin or TaskDataclassMixin, "
-            f"got {model!r}"
+            f"got {model!r}{lacks}"
         )
-    table = getattr(model, "__table__", None)
     if not isinstance(table, Table):
         raise TypeError(f"model {model.__name__} is not mapped to a table (abstract mixin?)")
     if table not in _VERIFIED_TABLES:

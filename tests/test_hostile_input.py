@@ -197,6 +197,30 @@ def test_a_model_missing_columns_and_indexes_is_refused_at_repository_creation(
     assert "column 'type'" not in message
 
 
+def test_a_legacy_model_without_the_mixin_is_told_what_it_lacks(session: Session) -> None:
+    """An app's own task model, declared without ``TaskMixin``: the error names the
+    mixin and every column and index its table lacks, not only the mixin."""
+    from sqlalchemy.orm import DeclarativeBase
+
+    class Base(DeclarativeBase):
+        pass
+
+    class LegacyJob(Base):
+        __tablename__ = "legacy_jobs"
+        id = Column(BigInteger, primary_key=True)
+        type = Column(Text)
+        payload = Column(Text)
+
+    with pytest.raises(TypeError) as raised:
+        TaskRepository(session, LegacyJob)
+    message = str(raised.value)
+    assert "TaskMixin" in message
+    assert "LegacyJob (table 'legacy_jobs') lacks what the queue needs" in message
+    for missing in ("column 'status'", "column 'lease_token'", "index 'ix_legacy_jobs_claimable'"):
+        assert missing in message
+    assert "column 'payload'" not in message
+
+
 def test_a_model_that_removes_a_library_column_is_refused_when_declared() -> None:
     from sqlalchemy.orm import DeclarativeBase
 
