@@ -187,9 +187,9 @@ class Worker(WorkerBase[TaskT]):
         )
         self._supervisor_stop.clear()
         listener = self._start_listener()
-        self._log_started(listener is not None)
         try:
             with self._signal_handlers(install_signal_handlers):
+                self._log_started(listener is not None)  # from here a signal stops it gracefully
                 for thread in [*slots, supervisor]:
                     thread.start()
                 try:

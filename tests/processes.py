@@ -49,6 +49,10 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def started(self) -> bool:
+        """Whether its worker logged ``worker.started`` (its signal handlers are in place)."""
+        return b"worker.started" in self.log.read_bytes()
+
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 

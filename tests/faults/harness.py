@@ -149,6 +149,9 @@ class FaultQueue:
         """SIGTERM every live worker; the exit codes (0: it survived and shut down)."""
         live = [worker for worker in self.workers if worker.alive()]
         for worker in live:
+            # a replacement may still be starting: SIGTERM before its handlers are in
+            # place would kill it (-15) instead of stopping it
+            wait_for(lambda worker=worker: worker.started() or not worker.alive())
             worker.signal(signal.SIGTERM)
         return [worker.wait(60) for worker in live]
 
