@@ -4,7 +4,8 @@ Every enqueue sends ``NOTIFY`` on the queue's channel; PostgreSQL delivers it wh
 enqueuing transaction commits.  :class:`NotificationListener` keeps one dedicated
 connection in ``LISTEN`` and calls back on each notification, so an idle worker claims a
 new task within milliseconds instead of at its next poll.  If the connection drops, the
-listener reconnects with backoff and the worker keeps polling meanwhile.
+listener reconnects with backoff and the worker keeps polling meanwhile; once it listens
+again it wakes the worker once more, for tasks enqueued while nobody listened.
 
 :class:`AsyncNotificationListener` does the same on an asyncio loop through asyncpg or
 psycopg 3 (the :class:`~sqlalchemy_taskqueue.AsyncWorker`'s wake-up).
@@ -72,11 +73,21 @@ class _Listener(Generic[_EngineT]):
         self._channel = channel
         self._on_notify = on_notify
         self.listening = listening if listening is not None else threading.Event()
+        self._lost = False  # the connection was lost since ``LISTEN`` was last in place
+
+    def _now_listening(self) -> None:
+        """``LISTEN`` is in place.  After a lost connection, make the caller poll once
+        more: a task enqueued while nobody listened announced itself to no one."""
+        self.listening.set()
+        if self._lost:
+            self._lost = False
+            self._on_notify()
 
     def _connection_lost(self, delay: float) -> float:
         """Report a lost connection (call from an ``except`` block) and make the caller
         poll at once; the delay after this one's retry."""
         self.listening.clear()
+        self._lost = True
         logger.warning(
             "listen.connection_lost channel=%s retry_in=%.1fs",
             self._channel,
@@ -156,7 +167,7 @@ class NotificationListener(_Listener[Engine]):
             connection.autocommit = True
             with connection.cursor() as cursor:
                 cursor.execute(listen_statement(self._channel))
-            self.listening.set()
+            self._now_listening()
             while not self._stopped.is_set():
                 readable, _, _ = select.select(
                     [connection, self._stop_reader], [], [], _IDLE_CHECK_SECONDS
@@ -257,7 +268,7 @@ class AsyncNotificationListener(_Listener[Any]):
         lost = asyncio.Event()
         driver.add_termination_listener(lambda _connection: lost.set())
         await driver.add_listener(self._channel, lambda *_args: self._on_notify())
-        self.listening.set()
+        self._now_listening()
         while not lost.is_set() and not driver.is_closed():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(lost.wait(), _IDLE_CHECK_SECONDS)
@@ -266,7 +277,7 @@ class AsyncNotificationListener(_Listener[Any]):
     async def _listen_psycopg(self, driver: Any) -> None:
         await driver.set_autocommit(True)
         await driver.execute(listen_statement(self._channel))
-        self.listening.set()
+        self._now_listening()
         while not driver.closed:
             async for _notification in driver.notifies(timeout=_IDLE_CHECK_SECONDS):
                 self._on_notify()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,12 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
+from sqlalchemy_taskqueue.wakeup import AsyncNotificationListener, NotificationListener
 
 sys.path.insert(0, str(Path(__file__).parent))
 from processes import wait_for
@@ -335,3 +339,71 @@ def test_claims_run_through_the_session_when_it_has_execution_listeners(
     )
     # the first turn, at start, and both wake-ups
     assert sum(statement is claim_only for statement in seen) >= 3
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "asyncpg", "psycopg"])
+def test_a_listener_that_listens_again_wakes_its_worker_once_more(
+    database_url: str, driver: str
+) -> None:
+    """A task enqueued while the LISTEN connection was down notified nobody: once it
+    listens again, the listener wakes its worker, which claims it then, not at its next
+    poll.  Each wake records whether ``LISTEN`` was in place when it came; no task is
+    ever announced on this channel, so a wake with it in place is that extra one."""
+    application = f"tq-relisten-{uuid.uuid4().hex[:8]}"
+    url = make_url(database_url).update_query_dict({"application_name": application})
+    channel = f"tq_relisten_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    wakes: list[bool] = []
+
+    def kill_the_listen_connection() -> None:
+        wait_for(lambda: kill_connections(admin, application, "LISTEN%") == 1, timeout=10)
+
+    try:
+        if driver == "psycopg2":
+            engine = create_engine(url)
+            listener = NotificationListener(
+                engine, channel, lambda: wakes.append(listener.listening.is_set())
+            )
+            listener.start()
+            try:
+                assert listener.listening.wait(10)
+                kill_the_listen_connection()
+                wait_for(lambda: True in wakes, timeout=15)
+            finally:
+                listener.stop()
+                engine.dispose()
+        else:
+
+            async def body() -> None:
+                async_url = make_url(database_url).set(drivername=f"postgresql+{driver}")
+                # asyncpg takes the application name as a server setting, psycopg in the URL
+                async_engine = (
+                    create_async_engine(
+                        async_url,
+                        connect_args={"server_settings": {"application_name": application}},
+                    )
+                    if driver == "asyncpg"
+                    else create_async_engine(url.set(drivername=f"postgresql+{driver}"))
+                )
+                listening_again = asyncio.Event()
+
+                def wake() -> None:
+                    wakes.append(async_listener.listening.is_set())
+                    if async_listener.listening.is_set():
+                        listening_again.set()
+
+                async_listener = AsyncNotificationListener(async_engine, channel, wake)
+                async_listener.start()
+                try:
+                    assert await asyncio.to_thread(async_listener.listening.wait, 10)
+                    await asyncio.to_thread(kill_the_listen_connection)
+                    await asyncio.wait_for(listening_again.wait(), 15)
+                finally:
+                    await async_listener.stop()
+                    await async_engine.dispose()
+
+            asyncio.run(body())
+    finally:
+        admin.dispose()
+    assert wakes[0] is False  # the wake at the loss, while nobody listened
+    assert wakes[-1] is True  # and the one once it listened again
