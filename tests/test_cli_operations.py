@@ -190,8 +190,10 @@ def test_cleanup_dry_run_then_delete(run: Any, repo: Repo, session: Session) -> 
         )
     )
     session.commit()
-    assert run("cleanup", "--older-than", "7d", "--dry-run")[1].startswith("would delete 3 ")
-    assert run("cleanup", "--older-than", "7d", "--batch-size", "2")[1].startswith("deleted 3 ")
+    dry = run("cleanup", "--older-than", "7d", "--dry-run")[1]
+    assert dry == "would delete 3 finished task(s) older than 7d\n"
+    done = run("cleanup", "--older-than", "7d", "--batch-size", "2")[1]
+    assert done == "deleted 3 finished task(s) older than 7d\n"
     remaining = session.scalars(text(f"SELECT id FROM {repo.model.__tablename__}")).all()
     assert remaining == [keep]
 

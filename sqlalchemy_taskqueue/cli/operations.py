@@ -455,7 +455,7 @@ def cleanup(
     if dry_run:
         with open_repository(database_url, table, model_reference) as repo:
             count = repo.count_old_tasks(older_than)
-        click.echo(f"would delete {count} finished task(s) older than {older_than}")
+        click.echo(f"would delete {count} finished task(s) older than {_span(older_than)}")
         return
     total = 0
     while True:
@@ -464,7 +464,7 @@ def cleanup(
         total += deleted
         if deleted < batch_size:
             break
-    click.echo(f"deleted {total} finished task(s) older than {older_than}")
+    click.echo(f"deleted {total} finished task(s) older than {_span(older_than)}")
 
 
 @cli.command()
