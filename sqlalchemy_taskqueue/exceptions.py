@@ -105,7 +105,8 @@ class TaskInterrupted(TaskQueueError):
 
 def wrap_database_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Decorator: driver errors leave as :class:`TaskQueueDatabaseError` (cause kept),
-    and so does the bare ``OSError`` asyncpg raises for a connection it cannot open.
+    and so does the bare ``OSError`` asyncpg raises for a connection it cannot open (an
+    ``OSError`` raised elsewhere, by the application's own code, leaves as it is).
 
     Example::
 
@@ -122,8 +123,20 @@ def wrap_database_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
                 f"{method.__name__} failed in the database: {exc.orig!r}"
             ) from exc
         except OSError as exc:  # asyncpg's refused connection, which SQLAlchemy passes on
+            if not _raised_connecting(exc):
+                raise  # the application's own (a hook reading a file ...), not the database's
             raise TaskQueueDatabaseError(
                 f"{method.__name__} failed in the database: {exc!r}"
             ) from exc
 
     return wrapper
+
+
+def _raised_connecting(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while SQLAlchemy's pool opened a connection."""
+    trace = exc.__traceback__
+    while trace is not None:
+        if str(trace.tb_frame.f_globals.get("__name__", "")).startswith("sqlalchemy.pool"):
+            return True
+        trace = trace.tb_next
+    return False

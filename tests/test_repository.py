@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Integer, Text, func, select, text
+from sqlalchemy import Engine, Integer, Text, event, func, select, text
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -594,6 +595,21 @@ def test_unknown_ids_raise_task_not_found(repo: Repo) -> None:
             call()
         assert isinstance(caught.value, LookupError) and caught.value.task_id == 999
     assert repo.get_task(999) is None
+
+
+def test_an_os_error_of_the_application_is_not_reported_as_the_databases(
+    repo: Repo, session: Session, tmp_path: Path
+) -> None:
+    """An ``OSError`` raised by the application's own code inside a repository call
+    (here a session hook reading a file that is missing) leaves as itself: only one raised
+    while a connection is opened (asyncpg's refused connection) is the database's."""
+
+    def read_tenant(*_args: Any) -> None:
+        (tmp_path / "tenant.conf").read_text()
+
+    event.listen(session, "after_begin", read_tenant)
+    with pytest.raises(FileNotFoundError):
+        repo.enqueue("x", {})
 
 
 @pytest.mark.parametrize("task_id", [0, -3, True, "7", None, 2**63])
