@@ -186,8 +186,8 @@ class Worker(WorkerBase[TaskT]):
             target=self._supervise, name="taskqueue-supervisor", daemon=True
         )
         self._supervisor_stop.clear()
-        listener = self._start_listener()
         try:
+            listener = self._start_listener()
             with self._signal_handlers(install_signal_handlers):
                 self._log_started(listener is not None)  # from here a signal stops it gracefully
                 for thread in [*slots, supervisor]:

@@ -17,6 +17,7 @@ import pytest
 from conftest import declare_task_model, with_tables
 from processes import wait_for
 from sqlalchemy import ForeignKey, String, inspect, select, text
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -863,6 +864,17 @@ def test_bad_configuration_is_rejected(
 ) -> None:
     with pytest.raises(error, match=message):
         make_worker(session_factory, clean_table, {"job": lambda task, ctx: None}, **kwargs)
+
+
+def test_a_run_that_fails_to_start_leaves_the_worker_able_to_run_again(
+    clean_table: type[Any],
+) -> None:
+    """Starting the listener fails (here: sessions bound to no database); the error is
+    the caller's to see, and the worker is not left marked as running."""
+    worker = Worker(sessionmaker(), clean_table, {"job": lambda task, ctx: None})
+    for _ in range(2):
+        with pytest.raises(UnboundExecutionError):
+            worker.run(until_empty=True, install_signal_handlers=False)
 
 
 def test_bad_handlers_and_models_are_rejected(
