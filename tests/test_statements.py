@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import sqlalchemy.dialects.postgresql.psycopg2
 from sqlalchemy import create_engine
@@ -61,7 +63,9 @@ def test_hot_statements_are_built_once() -> None:
 def test_enqueue_announces_in_the_same_statement() -> None:
     sql = pg(statements.insert_statement(TABLE, ("payload", "type"), channel="taskqueue_tasks"))
     assert sql.startswith("INSERT INTO tasks (type, payload, ")
-    assert "VALUES (%(type)s, %(payload)s::JSONB, " in sql
+    # newer SQLAlchemy (2.0.40 on) renders the JSONB bind cast; 2.0.10-2.0.30 leave it to
+    # PostgreSQL, which infers it from the column
+    assert re.search(r"VALUES \(%\(type\)s, %\(payload\)s(::JSONB)?, ", sql)
     assert "RETURNING tasks.id, pg_notify(" in sql
     delayed = pg(
         statements.insert_statement(TABLE, ("payload", "type"), channel=None, delayed=True)
