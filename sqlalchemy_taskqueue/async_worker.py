@@ -50,7 +50,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -71,6 +70,7 @@ from .worker_base import (
     WorkerBase,
     Written,
     claim_connection_engine,
+    claim_worth_retrying,
     claims_without_session,
     is_coroutine_handler,
     logger,
@@ -277,7 +277,7 @@ class AsyncWorker(WorkerBase[TaskT]):
                 await session.commit()
             except BaseException:
                 if joined:
-                    await self._close_claim_connection()
+                    await self._close_claim_connection(discard=True)
                 raise
             return result
 
@@ -285,8 +285,8 @@ class AsyncWorker(WorkerBase[TaskT]):
         """See ``Worker._claim_only``."""
         try:
             return await self._claim_once(free)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
+        except Exception as exc:
+            if not claim_worth_retrying(exc):
                 raise
         return await self._claim_once(free)
 
@@ -298,7 +298,7 @@ class AsyncWorker(WorkerBase[TaskT]):
             stmt, params = self._claim_params(free)
             rows = (await connection.execute(stmt, params)).all()
         except BaseException:
-            await self._close_claim_connection()
+            await self._close_claim_connection(discard=True)
             raise
         return detached_in_claim_order(self._model, rows)
 
@@ -319,14 +319,17 @@ class AsyncWorker(WorkerBase[TaskT]):
                 bind_arguments={"bind": self._claim_connection.sync_connection}
             )
         except BaseException:
-            await self._close_claim_connection()
+            await self._close_claim_connection(discard=True)
             raise
         return True
 
-    async def _close_claim_connection(self) -> None:
+    async def _close_claim_connection(self, *, discard: bool = False) -> None:
+        """See ``Worker._close_claim_connection``."""
         connection, self._claim_connection = self._claim_connection, None
         if connection is not None:
             try:
+                if discard:
+                    await connection.invalidate()
                 await connection.close()
             except Exception:  # already broken: nothing left to release
                 logger.debug("worker.claim_connection_close_failed", exc_info=True)

@@ -52,7 +52,6 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
 
 from . import statements
@@ -67,6 +66,7 @@ from .worker_base import (
     WorkerBase,
     Written,
     claim_connection_engine,
+    claim_worth_retrying,
     claims_without_session,
     is_coroutine_handler,
     logger,
@@ -211,7 +211,7 @@ class Worker(WorkerBase[TaskT]):
                 session.commit()
             except BaseException:
                 if joined:
-                    self._close_claim_connection()
+                    self._close_claim_connection(discard=True)
                 raise
             return result
 
@@ -222,14 +222,16 @@ class Worker(WorkerBase[TaskT]):
         :func:`~.worker_base.claim_connection_engine` allows it: the claim is one
         statement, so it needs no ``BEGIN``/``COMMIT`` round trips and no pool check-out.
         Where :func:`~.worker_base.claims_without_session` allows it too, the statement
-        runs straight on that connection, without a session.  The connection is dropped
-        on any error; if it was found dead (a server restart or a failover), the turn
-        runs once more on a new one, as a pool check-out with ``pool_pre_ping`` would.
+        runs straight on that connection, without a session.  The connection is
+        discarded on any error (never returned to the pool in an unknown state); after an
+        error of the database or its driver (a dead connection after a server restart or
+        a failover, a cancelled statement) the turn runs once more on a new one, as a
+        pool check-out with ``pool_pre_ping`` would.
         """
         try:
             return self._claim_once(free)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
+        except Exception as exc:
+            if not claim_worth_retrying(exc):
                 raise
         return self._claim_once(free)
 
@@ -241,7 +243,7 @@ class Worker(WorkerBase[TaskT]):
             stmt, params = self._claim_params(free)
             rows = connection.execute(stmt, params).all()
         except BaseException:
-            self._close_claim_connection()
+            self._close_claim_connection(discard=True)
             raise
         return detached_in_claim_order(self._model, rows)
 
@@ -257,14 +259,18 @@ class Worker(WorkerBase[TaskT]):
         try:
             session.connection(bind_arguments={"bind": self._claim_connection})
         except BaseException:
-            self._close_claim_connection()
+            self._close_claim_connection(discard=True)
             raise
         return True
 
-    def _close_claim_connection(self) -> None:
+    def _close_claim_connection(self, *, discard: bool = False) -> None:
+        """Give the claim connection back to the pool, or with ``discard`` (after an
+        error, its state unknown) close it for good."""
         connection, self._claim_connection = self._claim_connection, None
         if connection is not None:
             try:
+                if discard:
+                    connection.invalidate()
                 connection.close()
             except Exception:  # already broken: nothing left to release
                 logger.debug("worker.claim_connection_close_failed", exc_info=True)

@@ -840,6 +840,21 @@ def failure_text(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def claim_worth_retrying(exc: BaseException) -> bool:
+    """Whether a claim-only turn that failed (its claim connection discarded) runs once
+    more on a new connection: after any error of the database or its driver.  A dead
+    connection is not always reported as one: asyncpg reports a backend terminated while
+    idle as "another operation is in progress", which SQLAlchemy passes on unclassified
+    (or not wrapped at all).  An error that persists fails the second try too.
+
+    >>> claim_worth_retrying(ValueError("a bug")), claim_worth_retrying(OSError())
+    (False, True)
+    """
+    if isinstance(exc, (DBAPIError, OSError)):
+        return True
+    return type(exc).__module__.partition(".")[0] in ("asyncpg", "psycopg", "psycopg2")
+
+
 def is_transient(exc: BaseException) -> bool:
     """Connection-level errors worth retrying (not lease or state errors).
 

@@ -259,6 +259,67 @@ def test_idle_claims_share_one_connection_that_is_replaced_when_killed(
         assert engine.pool.checkedout() == 0  # given back when the worker stopped
 
 
+def test_an_idle_claim_that_fails_on_its_connection_is_tried_once_more_on_a_new_one(
+    new_worker: Any,
+    worker_engine: Any,
+    session_factory: sessionmaker[Session],
+    clean_table: type[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database error on the worker's own claim connection that does not mark it as
+    dead (here the claim is cancelled with ``pg_cancel_backend``; asyncpg also reports a
+    backend terminated while idle as 'another operation is in progress') costs the turn
+    no error and no back-off: the claim runs once more, on a new connection."""
+    engine, admin = worker_engine
+    finished = threading.Event()
+    worker = new_worker(
+        sessionmaker(engine),
+        clean_table,
+        {"job": lambda task, ctx: finished.set()},
+        poll_interval=0.2,
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert worker.listening.wait(10)
+        wait_for(lambda: len(claimers(admin)) == 1, timeout=10)
+        [claimer] = claimers(admin)
+        with caplog.at_level(logging.WARNING, logger="sqlalchemy_taskqueue"):
+            with admin.connect() as locker:
+                locker.execute(text("BEGIN"))
+                locker.execute(text(f"LOCK TABLE {clean_table.__tablename__}"))
+                # the next poll's claim waits for the lock: cancel it there
+                wait_for(lambda: blocked_on_a_lock(admin, claimer), timeout=10)
+                with admin.connect() as canceller:
+                    canceller.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": claimer})
+                # the claim runs again at once, on a new connection: it waits for the lock
+                wait_for(
+                    lambda: any(
+                        blocked_on_a_lock(admin, pid) for pid in claimers(admin) if pid != claimer
+                    ),
+                    timeout=10,
+                )
+                locker.execute(text("COMMIT"))
+            with session_factory() as session:
+                TaskRepository(session, clean_table).enqueue("job", {})
+                session.commit()
+            assert finished.wait(10)
+        assert "claim_failed" not in caplog.text
+    finally:
+        worker.stop()
+        thread.join(30)
+
+
+def blocked_on_a_lock(admin: Engine, pid: int) -> bool:
+    with admin.connect() as connection:
+        return bool(
+            connection.scalar(
+                text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
+                {"pid": pid},
+            )
+        )
+
+
 def test_claims_stay_in_transactions_when_the_session_sets_transaction_state(
     new_worker: Any, engine: Engine, clean_table: type[Any]
 ) -> None:
