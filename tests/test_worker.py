@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -28,6 +27,7 @@ from sqlalchemy.orm import (
     scoped_session,
     sessionmaker,
 )
+from twins import running
 
 from sqlalchemy_taskqueue import (
     HandlerRegistry,
@@ -74,28 +74,6 @@ def make_worker(new_worker: MakeWorker) -> MakeWorker:
 
     configured.twin = new_worker.twin  # type: ignore[attr-defined]
     return configured
-
-
-@contextmanager
-def running(worker: Worker[Any], **kw: Any) -> Iterator[threading.Thread]:
-    """Run the worker on a background thread; stop it and join on exit."""
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            worker.run(**kw)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
-        assert not thread.is_alive()
-        assert errors == []
 
 
 def first_blocks(

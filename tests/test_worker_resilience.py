@@ -24,6 +24,7 @@ from sqlalchemy_taskqueue.wakeup import AsyncNotificationListener, NotificationL
 
 sys.path.insert(0, str(Path(__file__).parent))
 from processes import wait_for
+from twins import running
 
 pytestmark = pytest.mark.slow
 
@@ -92,9 +93,7 @@ def test_killed_connections_lose_no_task(
     worker = new_worker(
         sessionmaker(engine), clean_table, {"work": work}, lease_duration=2, poll_interval=0.1
     )
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
+    with running(worker):
         killed = 0
         for _ in range(6):
             time.sleep(0.15)  # let the worker make progress between the kills
@@ -111,9 +110,6 @@ def test_killed_connections_lose_no_task(
             return done == len(ids)
 
         wait_for(all_completed, timeout=60)
-    finally:
-        worker.stop()
-        thread.join(30)
     with session_factory() as session:
         statuses = {
             status
@@ -126,6 +122,15 @@ def test_killed_connections_lose_no_task(
     assert worker.stats.completed == len(ids)  # and each outcome was written once
 
 
+def job_worker(
+    new_worker: Any, engine: Engine, model: type[Any], *, poll_interval: float
+) -> tuple[Any, threading.Event]:
+    """A worker on ``engine`` whose ``job`` handler sets the event returned with it."""
+    finished = threading.Event()
+    handlers = {"job": lambda task, ctx: finished.set()}
+    return new_worker(sessionmaker(engine), model, handlers, poll_interval=poll_interval), finished
+
+
 def test_the_listener_reconnects_after_its_connection_is_killed(
     new_worker: Any,
     worker_engine: Any,
@@ -133,16 +138,8 @@ def test_the_listener_reconnects_after_its_connection_is_killed(
     clean_table: type[Any],
 ) -> None:
     engine, admin = worker_engine
-    finished = threading.Event()
-    worker = new_worker(
-        sessionmaker(engine),
-        clean_table,
-        {"job": lambda task, ctx: finished.set()},
-        poll_interval=60,
-    )
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
+    worker, finished = job_worker(new_worker, engine, clean_table, poll_interval=60)
+    with running(worker):
         assert worker.listening.wait(10)
         wait_for(lambda: len(listeners(admin)) == 1, timeout=10)
         [before] = listeners(admin)
@@ -157,9 +154,6 @@ def test_the_listener_reconnects_after_its_connection_is_killed(
             session.commit()
         assert finished.wait(10)
         assert time.monotonic() - enqueued < 10  # far below the 60 s poll interval
-    finally:
-        worker.stop()
-        thread.join(30)
 
 
 def test_an_outcome_finished_while_the_server_refuses_connections_is_not_lost(
@@ -185,24 +179,21 @@ def test_an_outcome_finished_while_the_server_refuses_connections_is_not_lost(
         worker = new_worker(
             sessionmaker(engine), clean_table, {"job": job}, lease_duration=30, poll_interval=0.1
         )
-        thread = threading.Thread(target=worker.run)
-        thread.start()
         try:
-            assert started.wait(10)
-            proxy.refuse()  # the server goes away ...
-            finish.set()  # ... while the handler finishes
-            time.sleep(2)  # the outage's length: the worker's turns fail meanwhile
-            proxy.readmit()
+            with running(worker):
+                assert started.wait(10)
+                proxy.refuse()  # the server goes away ...
+                finish.set()  # ... while the handler finishes
+                time.sleep(2)  # the outage's length: the worker's turns fail meanwhile
+                proxy.readmit()
 
-            def written() -> bool:
-                with session_factory() as session:
-                    task = TaskRepository(session, clean_table).get_task(task_id)
-                    return task is not None and task.status is TaskStatus.COMPLETED
+                def written() -> bool:
+                    with session_factory() as session:
+                        task = TaskRepository(session, clean_table).get_task(task_id)
+                        return task is not None and task.status is TaskStatus.COMPLETED
 
-            wait_for(written, timeout=30)
+                wait_for(written, timeout=30)
         finally:
-            worker.stop()
-            thread.join(30)
             engine.dispose()
     assert calls == [task_id]  # not rescued and run again
     assert worker.stats.completed == 1
@@ -237,9 +228,7 @@ def test_idle_claims_share_one_connection_that_is_replaced_when_killed(
         finished.setdefault(task.id, threading.Event()).set()
 
     worker = new_worker(sessionmaker(engine), clean_table, {"job": job}, poll_interval=0.2)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
+    with running(worker):
         assert worker.listening.wait(10)
         for _ in range(3):  # each wake-up claims in a turn of its own
             assert enqueue().wait(10)
@@ -252,9 +241,6 @@ def test_idle_claims_share_one_connection_that_is_replaced_when_killed(
         assert "claim_failed" not in caplog.text
         wait_for(lambda: claimers(admin) not in ([], [claimer]), timeout=10)
         assert len(claimers(admin)) == 1
-    finally:
-        worker.stop()
-        thread.join(30)
     if new_worker.twin == "sync":  # the async twin's engine ends with its run
         assert engine.pool.checkedout() == 0  # given back when the worker stopped
 
@@ -271,16 +257,8 @@ def test_an_idle_claim_that_fails_on_its_connection_is_tried_once_more_on_a_new_
     backend terminated while idle as 'another operation is in progress') costs the turn
     no error and no back-off: the claim runs once more, on a new connection."""
     engine, admin = worker_engine
-    finished = threading.Event()
-    worker = new_worker(
-        sessionmaker(engine),
-        clean_table,
-        {"job": lambda task, ctx: finished.set()},
-        poll_interval=0.2,
-    )
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
+    worker, finished = job_worker(new_worker, engine, clean_table, poll_interval=0.2)
+    with running(worker):
         assert worker.listening.wait(10)
         wait_for(lambda: len(claimers(admin)) == 1, timeout=10)
         [claimer] = claimers(admin)
@@ -305,9 +283,6 @@ def test_an_idle_claim_that_fails_on_its_connection_is_tried_once_more_on_a_new_
                 session.commit()
             assert finished.wait(10)
         assert "claim_failed" not in caplog.text
-    finally:
-        worker.stop()
-        thread.join(30)
 
 
 def blocked_on_a_lock(admin: Engine, pid: int) -> bool:
@@ -346,13 +321,8 @@ def test_claims_stay_in_transactions_when_the_session_sets_transaction_state(
         worker = new_worker(
             factory, clean_table, {"job": lambda task, ctx: done.set()}, poll_interval=0.2
         )
-        thread = threading.Thread(target=worker.run)
-        thread.start()
-        try:
+        with running(worker):
             assert done.wait(10)
-        finally:
-            worker.stop()
-            thread.join(30)
         with factory() as session:
             task = TaskRepository(session, clean_table).get_task(task_id)
             assert task is not None and task.status == TaskStatus.COMPLETED
@@ -382,9 +352,7 @@ def test_claims_run_through_the_session_when_it_has_execution_listeners(
     worker = new_worker(
         factory, clean_table, {"job": lambda task, ctx: done[task.id].set()}, poll_interval=60
     )
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
+    with running(worker):
         for _ in range(2):  # two wake-ups from idle: two turns that only claim
             wait_for(worker.idle.is_set, timeout=10)
             with factory() as session:
@@ -392,9 +360,6 @@ def test_claims_run_through_the_session_when_it_has_execution_listeners(
                 done[task_id] = threading.Event()
                 session.commit()
             assert done[task_id].wait(10)
-    finally:
-        worker.stop()
-        thread.join(30)
     claim_only = statements.claim_statement(
         clean_table.__table__, type_filter="one", relaxed_commit=True
     )

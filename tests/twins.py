@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -208,3 +209,25 @@ def in_session(twin: str, factory: sessionmaker[Session], body: Callable[[Sessio
             await async_engine.dispose()
 
     return asyncio.run(main())
+
+
+@contextmanager
+def running(worker: Any, **kw: Any) -> Iterator[threading.Thread]:
+    """Run the worker on a background thread; stop it and join on exit."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            worker.run(**kw)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert errors == []
