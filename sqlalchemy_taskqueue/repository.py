@@ -145,7 +145,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
     :param backoff: retry delay policy used by :meth:`fail_task` and lease rescue.
     :param lease_duration: lease handed out by :meth:`dequeue` unless it is given one.
     :param owner: identity recorded in ``lease_owner`` (default: host, pid, random).
-    :param notify: announce enqueues with ``NOTIFY`` so idle workers wake at once.
+    :param notify: announce with ``NOTIFY`` every task made claimable (enqueued, retried,
+        handed back, rescued) so idle workers wake at once.
     :param max_payload_bytes: largest payload accepted by the enqueue methods, measured
         as UTF-8 JSON text (default 1 MiB; ``None`` for no limit).  Large data belongs in
         a table or object store that the payload points to.
@@ -645,7 +646,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             repo.retry_task(task_id)
         """
         require_task_id(task_id)
-        stmt = statements.retry_statement(self._table, task_id=task_id, task_type=None)
+        stmt = statements.retry_statement(
+            self._table, task_id=task_id, task_type=None, channel=self._channel
+        )
         if self._retry(stmt):
             return
         holder = self._session.execute(
@@ -672,7 +675,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if task_type is not None:
             require_task_type(task_type)
             task_type = task_type_name(task_type)
-        stmt = statements.retry_statement(self._table, task_id=None, task_type=task_type)
+        stmt = statements.retry_statement(
+            self._table, task_id=None, task_type=task_type, channel=self._channel
+        )
         return len(self._retry(stmt))
 
     # ------------------------------------------------------------------ leases
@@ -717,7 +722,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         pairs = lease_pairs(leases)
         if not pairs:
             return set()
-        stmt = statements.release_statement(self._table)
+        stmt = statements.release_statement(self._table, self._channel)
         return {
             int(task_id) for task_id in self._session.execute(stmt, _lease_arrays(pairs)).scalars()
         }
@@ -734,7 +739,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             repo.rescue_expired_leases()  # {17: <TaskStatus.PENDING: 'pending'>}
         """
         require_int("limit", limit, minimum=1, maximum=INT8_MAX)
-        stmt = statements.rescue_statement(self._table, limit=limit)
+        stmt = statements.rescue_statement(self._table, limit=limit, channel=self._channel)
         return {int(row[0]): TaskStatus(row[1]) for row in self._session.execute(stmt)}
 
     # ------------------------------------------------------------------ reads

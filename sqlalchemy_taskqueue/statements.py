@@ -29,7 +29,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -313,12 +313,21 @@ def _constant_columns(table: Table, values: Mapping[str, Any]) -> dict[str, Colu
 
 
 def _returning_id(stmt: Insert, table: Table, channel: str | None) -> Insert:
-    """``stmt`` returning the new id and, with ``channel``, announcing each new row there
-    (``pg_notify`` is called once per returned row, so an insert that inserts nothing
-    announces nothing)."""
+    """``stmt`` returning the new id and, with ``channel``, announcing each new row there."""
+    return _announcing(stmt, channel, table.c.id)
+
+
+_DML = TypeVar("_DML", Insert, Update)
+
+
+def _announcing(stmt: _DML, channel: str | None, *columns: ColumnElement[Any]) -> _DML:
+    """``stmt`` returning ``columns`` and, with ``channel``, announcing every row it
+    made claimable there (``pg_notify`` is called once per returned row, so a statement
+    that changes nothing announces nothing; PostgreSQL sends one notification per
+    transaction for identical ones)."""
     if channel is None:
-        return stmt.returning(table.c.id)
-    return stmt.returning(table.c.id, func.pg_notify(_text_constant(channel), literal_column("''")))
+        return stmt.returning(*columns)
+    return stmt.returning(*columns, func.pg_notify(_text_constant(channel), literal_column("''")))
 
 
 def _text_constant(value: str) -> ColumnElement[Any]:
@@ -794,13 +803,15 @@ def cancel_statement(table: Table, task_id: int) -> Update:
     )
 
 
-def retry_statement(table: Table, *, task_id: int | None, task_type: str | None) -> Update:
+def retry_statement(
+    table: Table, *, task_id: int | None, task_type: str | None, channel: str | None = None
+) -> Update:
     """Put failed tasks back in the queue, due now, with a fresh retry budget.
 
     With ``task_id`` only that task; otherwise every failed task (of ``task_type``).  A
     failed task whose dedupe key an active task holds stays failed, and of several failed
     tasks sharing a dedupe key only the newest is retried: the unique index allows one
-    active task per key.
+    active task per key.  With ``channel``, idle workers listening there are woken.
 
     Example::
 
@@ -835,7 +846,7 @@ def retry_statement(table: Table, *, task_id: int | None, task_type: str | None)
         .subquery("candidates")
     )
     newest = select(ranked.c.id).where(ranked.c.newest_first == 1)
-    return (
+    stmt = (
         update(table)
         # the status again on the row itself: a row changed while this statement waited
         # for its lock is rechecked against this condition (not against the subquery's)
@@ -849,8 +860,8 @@ def retry_statement(table: Table, *, task_id: int | None, task_type: str | None)
             completed_at=None,
             **_LEASE_CLEARED,
         )
-        .returning(c.id)
     )
+    return _announcing(stmt, channel, c.id)
 
 
 # --------------------------------------------------------------------------- leases
@@ -877,11 +888,12 @@ def renew_leases_statement(table: Table) -> Update:
 
 
 @functools.cache
-def release_statement(table: Table) -> Update:
+def release_statement(table: Table, channel: str | None = None) -> Update:
     """Hand unfinished tasks back to ``pending`` without consuming a retry (shutdown).
 
     The task is due at once and keeps its place in the queue (its ``run_at``), as a
-    rescued task does; its progress starts again from 0, as a retried one's does.
+    rescued task does; its progress starts again from 0, as a retried one's does.  With
+    ``channel``, idle workers listening there are woken to take it.
 
     Parameters: ``ids`` and ``tokens`` (arrays).
 
@@ -890,20 +902,17 @@ def release_statement(table: Table) -> Update:
         params = {"ids": [42], "tokens": [str(task.lease_token)]}
         released = set(session.execute(release_statement(Task.__table__), params).scalars())
     """
-    return (
-        _update_leased(table, _leases(table))
-        .values(
-            status=TaskStatus.PENDING,
-            progress=0,
-            started_at=None,
-            lease_owner=None,
-            **_LEASE_CLEARED,
-        )
-        .returning(table.c.id)
+    released = _update_leased(table, _leases(table)).values(
+        status=TaskStatus.PENDING,
+        progress=0,
+        started_at=None,
+        lease_owner=None,
+        **_LEASE_CLEARED,
     )
+    return _announcing(released, channel, table.c.id)
 
 
-def rescue_statement(table: Table, *, limit: int) -> Update:
+def rescue_statement(table: Table, *, limit: int, channel: str | None = None) -> Update:
     """Return tasks whose lease expired to the queue, consuming a retry.
 
     A worker that dies (``kill -9``, lost machine, lost connection) stops renewing its
@@ -911,6 +920,8 @@ def rescue_statement(table: Table, *, limit: int) -> Update:
     failed attempt, except that a rescued task is due at once and keeps its place in the
     queue (its ``run_at``): the attempt already waited out its lease, so it runs before
     tasks enqueued after it.  ``SKIP LOCKED`` lets several workers rescue concurrently.
+    With ``channel``, idle workers listening there are woken (a rescue that fails a
+    task out of retries wakes them too, for nothing).
 
     Example::
 
@@ -926,12 +937,12 @@ def rescue_statement(table: Table, *, limit: int) -> Update:
         .with_for_update(skip_locked=True)
     )
     message = "lease expired: the worker running this task stopped renewing its lease"
-    return (
+    rescued = (
         update(table)
         .where(_picked_rows(table, expired))
         .values(**_failure_values(table, literal(message, Text), None, retry=True))
-        .returning(c.id, c.status)
     )
+    return _announcing(rescued, channel, c.id, c.status)
 
 
 # --------------------------------------------------------------------------- reads

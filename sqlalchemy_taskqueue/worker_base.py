@@ -279,8 +279,7 @@ class WorkerBase(Generic[TaskT]):
             self._model,
             backoff=self._backoff,
             lease_duration=self._lease,
-            owner=self.owner,
-            notify=False,
+            owner=self.owner,  # and it announces the tasks it hands back or rescues
         )
 
     def _take_outcomes(self) -> list[Outcome]:

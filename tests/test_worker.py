@@ -562,7 +562,8 @@ def test_a_stale_worker_cannot_complete_a_rescued_task(
             )
             repo = TaskRepository(session, clean_table, owner="successor")
             assert repo.rescue_expired_leases() == {task_id: TaskStatus.PENDING}
-            session.commit()
+            # claimed in the rescue's own transaction: the rescue's notification, sent at
+            # commit, would wake the stale worker to claim it first
             successor = repo.dequeue("slow")
             session.commit()
         assert successor is not None
