@@ -196,7 +196,7 @@ _MAX_CHANNEL_BYTES = 63
 
 
 def notify_channel(table: Table) -> str:
-    """The LISTEN/NOTIFY channel on which enqueues into ``table`` are announced.
+    """The LISTEN/NOTIFY channel on which tasks made claimable in ``table`` are announced.
 
     ``taskqueue_<schema.table>``; a name too long for PostgreSQL keeps its start and
     ends with a hash of the whole name, so it stays unique.
