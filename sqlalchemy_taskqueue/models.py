@@ -132,10 +132,7 @@ def task_table(model: Any) -> Table:
             and isinstance(table, Table)
             and (missing := missing_queue_schema(table))
         ):
-            lacks = (
-                f"; {model.__name__} (table {table.name!r}) lacks what the queue needs: "
-                f"{', '.join(missing)}"
-            )
+            lacks = f"; {_lacking(model.__name__, table, missing)}"
         raise TypeError(
             f"model must be a mapped class that mixes in TaskMixin or TaskDataclassMixin, "
             f"got {model!r}{lacks}"
@@ -189,10 +186,13 @@ def require_queue_schema(model_name: str, table: Table) -> None:
     missing = missing_queue_schema(table)
     if missing:
         raise TypeError(
-            f"{model_name} (table {table.name!r}) lacks what the queue needs: "
-            f"{', '.join(missing)}. Keep every TaskMixin column, and build __table_args__ "
-            "with sqlalchemy_taskqueue.merge_table_args(cls, ...)."
+            f"{_lacking(model_name, table, missing)}. Keep every TaskMixin column, and build "
+            "__table_args__ with sqlalchemy_taskqueue.merge_table_args(cls, ...)."
         )
+
+
+def _lacking(model_name: str, table: Table, missing: list[str]) -> str:
+    return f"{model_name} (table {table.name!r}) lacks what the queue needs: {', '.join(missing)}"
 
 
 def claim_index_name(table_name: str) -> str:

@@ -1292,7 +1292,7 @@ def connect_listening(database_url: str, channel: str) -> Any:
     connection = psycopg2.connect(**url.translate_connect_args(username="user", database="dbname"))
     connection.autocommit = True
     with connection.cursor() as cursor:
-        cursor.execute(f'LISTEN "{channel}"')
+        cursor.execute(statements.listen_statement(channel))
     return connection
 
 
