@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
+from sqlalchemy_taskqueue.embedded import async_engine_arguments
 from sqlalchemy_taskqueue.wakeup import AsyncNotificationListener, NotificationListener
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -401,16 +402,11 @@ def test_a_listener_that_listens_again_wakes_its_worker_once_more(
         else:
 
             async def body() -> None:
-                async_url = make_url(database_url).set(drivername=f"postgresql+{driver}")
-                # asyncpg takes the application name as a server setting, psycopg in the URL
-                async_engine = (
-                    create_async_engine(
-                        async_url,
-                        connect_args={"server_settings": {"application_name": application}},
-                    )
-                    if driver == "asyncpg"
-                    else create_async_engine(url.set(drivername=f"postgresql+{driver}"))
+                # the application name as each driver takes it
+                async_url, connect_args = async_engine_arguments(
+                    url.set(drivername=f"postgresql+{driver}")
                 )
+                async_engine = create_async_engine(async_url, connect_args=connect_args)
                 listening_again = asyncio.Event()
 
                 def wake() -> None:
