@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from plans import plan_on
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
@@ -166,21 +167,15 @@ def test_recent_failures_read_the_finished_index_not_the_whole_table(
     ``NULLS LAST``, against the index's order, the query read the whole table."""
     table = clean_table.__tablename__
     stmt = statements.recent_failures_statement(clean_table.__table__, limit=20)
-    compiled = stmt.compile(dialect=engine.dialect)
-    with engine.connect() as connection:
-        connection.execute(
-            text(
-                f"INSERT INTO {table} (type, payload, status, started_at, completed_at) "
-                "SELECT 'a', '{}', CASE WHEN n % 50 = 0 THEN 'failed' ELSE 'completed' END, "
-                "now() - make_interval(secs => n + 1), now() - make_interval(secs => n) "
-                "FROM generate_series(1, 30000) AS n"
-            )
-        )
-        connection.execute(text(f"ANALYZE {table}"))
-        explained = connection.exec_driver_sql(
-            "EXPLAIN " + str(compiled), compiled.construct_params()
-        )
-        plan = "\n".join(explained.scalars())
-        connection.rollback()
+    plan = plan_on(
+        engine,
+        stmt,
+        {},
+        table,
+        f"INSERT INTO {table} (type, payload, status, started_at, completed_at) "
+        "SELECT 'a', '{}', CASE WHEN n % 50 = 0 THEN 'failed' ELSE 'completed' END, "
+        "now() - make_interval(secs => n + 1), now() - make_interval(secs => n) "
+        "FROM generate_series(1, 30000) AS n",
+    )
     assert "Seq Scan" not in plan, plan
     assert f"Index Scan Backward using ix_{table}_finished on {table}" in plan, plan

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from plans import plan_on
 from sqlalchemy import Engine, Integer, Text, event, func, select, text
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -489,20 +490,14 @@ def test_batch_statements_read_only_the_rows_they_pick(
     build, picked = PICKING_STATEMENTS[name]
     table = clean_table.__tablename__
     stmt, params = build(clean_table.__table__)
-    compiled = stmt.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
-    with engine.connect() as connection:
-        connection.execute(
-            text(
-                f"INSERT INTO {table} (type, payload) SELECT 'a', '{{}}' FROM generate_series(1, 30000)"
-            )
-        )
-        connection.execute(text(f"UPDATE {table} SET {picked} WHERE id > 20000"))
-        connection.execute(text(f"ANALYZE {table}"))
-        explained = connection.exec_driver_sql(
-            "EXPLAIN " + str(compiled), compiled.construct_params(params)
-        )
-        plan = "\n".join(explained.scalars())
-        connection.rollback()
+    plan = plan_on(
+        engine,
+        stmt,
+        params,
+        table,
+        f"INSERT INTO {table} (type, payload) SELECT 'a', '{{}}' FROM generate_series(1, 30000)",
+        f"UPDATE {table} SET {picked} WHERE id > 20000",
+    )
     assert "Hash" not in plan, plan
     assert f"Index Scan using {table}_pkey on {table} " in plan, plan
     assert "Index Cond: (id = ANY ($" in plan, plan
