@@ -33,7 +33,7 @@ from .backoff import DEFAULT_BACKOFF, BackoffPolicy
 from .durations import Duration
 from .models import task_table
 from .repository import DEFAULT_LEASE_DURATION, TaskRepository, TaskT
-from .validation import DEFAULT_MAX_PAYLOAD_BYTES
+from .validation import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RESULT_BYTES
 
 __all__ = ["AsyncTaskRepository"]
 
@@ -61,7 +61,8 @@ class AsyncTaskRepository(Generic[TaskT]):
     """Every :class:`TaskRepository` operation as a coroutine, on an ``AsyncSession``.
 
     Takes the same keyword options as :class:`TaskRepository` (``backoff``,
-    ``lease_duration``, ``owner``, ``notify``, ``max_payload_bytes``).  An
+    ``lease_duration``, ``owner``, ``notify``, ``max_payload_bytes``,
+    ``max_result_bytes``).  An
     ``async_scoped_session`` stands for its current session, the one the repository then
     runs in.
 
@@ -82,6 +83,7 @@ class AsyncTaskRepository(Generic[TaskT]):
         owner: str | None = None,
         notify: bool = True,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         if isinstance(session, async_scoped_session):
             session = session()  # the scope's current session, as each call would use
@@ -94,6 +96,7 @@ class AsyncTaskRepository(Generic[TaskT]):
             "owner": owner,
             "notify": notify,
             "max_payload_bytes": max_payload_bytes,
+            "max_result_bytes": max_result_bytes,
         }
         # the twin every call runs on (``run_sync`` passes this same sync session)
         self._sync = TaskRepository(session.sync_session, model, **options)

@@ -432,7 +432,7 @@ class AsyncWorker(WorkerBase[TaskT]):
         written: Written = []
         for outcome in outcomes:
             try:
-                written.extend(await self._write(self._outcomes_body([outcome])))
+                written.extend(await self._write(self._lone_outcome_body(outcome)))
             except Exception:
                 self._outcome_write_failed(outcome)
         return written

@@ -132,3 +132,5 @@ class Outcome:
     message: str = ""
     retry: bool = True
     seconds: float = 0.0
+    trace: str = ""
+    """The handler's traceback (without the message), logged with the outcome."""

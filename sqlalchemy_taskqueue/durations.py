@@ -23,6 +23,9 @@ MAX_DURATION = timedelta(days=36500)
 #: A duration argument: a ``timedelta`` or a number of seconds.
 Duration = timedelta | int | float
 
+#: What a ``timedelta`` and a database interval resolve: anything shorter is zero.
+_RESOLUTION = 1e-6
+
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
@@ -44,6 +47,10 @@ def to_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
         raise ValueError(f"{name} must be {bound} seconds, got {value!r}")
     if seconds > MAX_DURATION.total_seconds():
         raise ValueError(f"{name} must be at most {MAX_DURATION.days} days, got {value!r}")
+    if 0 < seconds < _RESOLUTION:
+        raise ValueError(
+            f"{name} must be at least a microsecond (shorter rounds to nothing), got {value!r}"
+        )
     return seconds
 
 

@@ -50,13 +50,15 @@ from .monitoring import TaskMonitoring
 from .status import ACTIVE_STATUSES, TaskStatus
 from .validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_RESULT_BYTES,
     INT4_MAX,
     INT4_MIN,
     INT8_MAX,
+    bounded_error_message,
     json_array_text,
     json_text,
+    lease_duration_argument,
     lease_pairs,
-    positive_duration,
     require_aware,
     require_bool,
     require_dedupe_key,
@@ -150,6 +152,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
     :param max_payload_bytes: largest payload accepted by the enqueue methods, measured
         as UTF-8 JSON text (default 1 MiB; ``None`` for no limit).  Large data belongs in
         a table or object store that the payload points to.
+    :param max_result_bytes: largest ``result`` accepted by :meth:`complete_task` and
+        :meth:`complete_tasks`, measured the same way (default 1 MiB; ``None`` for no
+        limit, up to what the database takes: 255 MiB for ``jsonb``).
 
     The monitoring queries (:meth:`queue_depth`, :meth:`stuck_tasks` ...) come from
     :class:`~sqlalchemy_taskqueue.monitoring.TaskMonitoring`.
@@ -171,6 +176,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         owner: str | None = None,
         notify: bool = True,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         if isinstance(session, scoped_session):
             session = session()  # the scope's current session, as each call would use
@@ -185,9 +191,11 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if lease_duration is DEFAULT_LEASE_DURATION:
             self._lease = DEFAULT_LEASE_DURATION  # checked once, at import
         else:
-            self._lease = positive_duration("lease_duration", lease_duration)
+            self._lease = lease_duration_argument(lease_duration)
         require_size_limit("max_payload_bytes", max_payload_bytes)
         self._max_payload = max_payload_bytes
+        require_size_limit("max_result_bytes", max_result_bytes)
+        self._max_result = max_result_bytes
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ValueError(f"owner must be a non-empty string, got {owner!r}")
         self._owner = owner  # the default is made when first needed (claims only)
@@ -496,11 +504,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         require_bool("relaxed_commit", relaxed_commit)
         task_types = task_types_argument(task_type)
         require_int("limit", limit, minimum=1, maximum=INT4_MAX)  # bound as an integer
-        lease = (
-            self._lease
-            if lease_duration is None
-            else positive_duration("lease_duration", lease_duration)
-        )
+        lease = self._lease if lease_duration is None else lease_duration_argument(lease_duration)
         return claim_statement_and_params(
             self._table, task_types, limit, lease, self.owner, relaxed_commit=relaxed_commit
         )
@@ -554,7 +558,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         require_task_id(task_id)
         require_token(lease_token)
-        require_json("result", result, allow_none=True)
+        require_json("result", result, allow_none=True, max_bytes=self._max_result)
         stmt = statements.complete_statement(self._table, fenced=lease_token is not None)
         params = {"task_id": task_id, "new_result": result}
         self._guarded(stmt, params, "complete", (TaskStatus.IN_PROGRESS,), lease_token)
@@ -576,7 +580,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             if not isinstance(row, tuple) or len(row) != 3:
                 raise TypeError(f"completions must be (task_id, lease_token, result), got {row!r}")
             require_lease(row[0], row[1])
-            require_json("result", row[2], allow_none=True)
+            require_json("result", row[2], allow_none=True, max_bytes=self._max_result)
         if not rows:
             return set()
         params = {
@@ -613,6 +617,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             raise TypeError(f"error_message must be a string, got {error_message!r}")
         require_storable_text("error_message", error_message)
         require_bool("retry", retry)
+        error_message = bounded_error_message(error_message)
         stmt = statements.fail_statement(
             self._table, fenced=lease_token is not None, backoff=self._backoff, retry=retry
         )
@@ -700,11 +705,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         pairs = lease_pairs(leases)
         if not pairs:
             return set()
-        lease = (
-            self._lease
-            if lease_duration is None
-            else positive_duration("lease_duration", lease_duration)
-        )
+        lease = self._lease if lease_duration is None else lease_duration_argument(lease_duration)
         stmt = statements.renew_leases_statement(self._table)
         params = {**_lease_arrays(pairs), "lease": lease}
         return {int(task_id) for task_id in self._session.execute(stmt, params).scalars()}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -63,12 +63,13 @@ from sqlalchemy import (
     select,
     text,
     true,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import ColumnDefault
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from .backoff import MAX_EXPONENT, BackoffPolicy
 from .exceptions import UnsupportedDialectError
@@ -81,7 +82,9 @@ __all__ = [
     "LEASED_PREDICATE",
     "SUPPORTED_DIALECTS",
     "JSONDocument",
+    "JSONDocumentType",
     "TypeFilter",
+    "UndecodableJSON",
     "active_dedupe_lookup_statement",
     "cancel_statement",
     "claim_statement",
@@ -135,13 +138,119 @@ def require_supported_dialect(dialect: Dialect) -> None:
         )
 
 
+#: SQLSTATE classes of errors that the same statement would meet again: data
+#: exceptions (a value too long, invalid JSON), integrity constraint violations, syntax
+#: and access rule violations, program limits (a value over 255 MiB), unsupported
+#: features.  Connection losses (08), serialization failures and deadlocks (40),
+#: exhausted resources (53) and cancelled statements (57) may pass.
+_PERMANENT_SQLSTATE_CLASSES = frozenset({"0A", "22", "23", "42", "54"})
+
+
+def is_permanent_error(exc: BaseException) -> bool:
+    """Whether the database refused a statement for a reason retrying cannot fix, read
+    from the SQLSTATE the driver reports (psycopg2's ``pgcode``; psycopg 3 and asyncpg,
+    as SQLAlchemy adapts it, ``sqlstate``).
+
+    >>> from sqlalchemy.exc import OperationalError
+    >>> class ProgramLimitExceeded(Exception):
+    ...     pgcode = "54000"
+    >>> is_permanent_error(OperationalError("UPDATE ...", {}, ProgramLimitExceeded()))
+    True
+    """
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+    return isinstance(code, str) and code[:2] in _PERMANENT_SQLSTATE_CLASSES
+
+
 # --------------------------------------------------------------------------- schema
 
-#: JSONB on PostgreSQL (indexable, compact), JSON elsewhere.  Python ``None`` is stored as
-#: SQL NULL, so an absent ``result`` is NULL rather than the JSON literal ``null``.
-JSONDocument: TypeEngine[Any] = JSON(none_as_null=True).with_variant(
-    postgresql.JSONB(none_as_null=True), "postgresql"
-)
+
+class UndecodableJSON:
+    """What a ``payload`` or ``result`` reads as when the stored document cannot be
+    decoded (nested too deep for Python's JSON decoder, or not JSON at all): the row
+    still loads, so one bad document never breaks a claim batch, a listing or
+    ``taskqueue show``.  A worker fails such a task at once, without running a handler
+    or retrying it.  (The repository refuses such documents before they are written;
+    they come from SQL written around it.)
+
+    >>> UndecodableJSON("RecursionError: maximum recursion depth exceeded")
+    <undecodable JSON: RecursionError: maximum recursion depth exceeded>
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"<undecodable JSON: {self.error}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UndecodableJSON) and other.error == self.error
+
+    def __hash__(self) -> int:
+        return hash(self.error)
+
+
+def _decode_json(text: Any) -> Any:
+    if not isinstance(text, str):  # decoded by the driver (read without our cast)
+        return text
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError) as exc:
+        return UndecodableJSON(f"{type(exc).__name__}: {exc}")
+
+
+class JSONDocumentType(TypeDecorator[Any]):
+    """JSONB on PostgreSQL (indexable, compact), JSON elsewhere.  Python ``None`` is
+    stored as SQL NULL, so an absent ``result`` is NULL rather than the JSON literal
+    ``null``.
+
+    Documents are read back as text and decoded here, row by row, instead of by the
+    driver inside its fetch: a document the decoder cannot take reads as
+    :class:`UndecodableJSON` and spoils only its own row (a driver's decoder raising
+    mid-fetch would lose every row of the result, a whole claim batch).
+
+    Example::
+
+        payload: Mapped[Any] = mapped_column(JSONDocumentType(), nullable=False)
+    """
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """JSONB on PostgreSQL, JSON elsewhere.
+
+        >>> JSONDocumentType().load_dialect_impl(postgresql.dialect())
+        JSONB(none_as_null=True)
+        """
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB(none_as_null=True))
+        return dialect.type_descriptor(JSON(none_as_null=True))
+
+    def column_expression(self, colexpr: ColumnElement[Any]) -> ColumnElement[Any]:
+        """The column read as text (``CAST(payload AS TEXT)``), decoded by
+        :meth:`result_processor`.
+
+        >>> from sqlalchemy import column
+        >>> print(JSONDocumentType().column_expression(column("payload")))
+        CAST(payload AS TEXT)
+        """
+        return type_coerce(cast(colexpr, Text), self)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any]:
+        """Decodes the text of one document; see :class:`UndecodableJSON`.
+
+        >>> decode = JSONDocumentType().result_processor(postgresql.dialect(), None)
+        >>> decode('{"a": [1]}'), decode("[" * 100_000 + "]" * 100_000)
+        ({'a': [1]}, <undecodable JSON: RecursionError: maximum recursion depth exceeded while decoding a JSON array from a unicode string>)
+        """
+        return _decode_json
+
+
+#: The type of ``payload`` and ``result``.
+JSONDocument = JSONDocumentType()
 
 
 def _quoted_list(values: Sequence[str]) -> str:

@@ -33,9 +33,19 @@ MAX_DEDUPE_KEY_BYTES = 1024
 MAX_RETRIES = 1000
 #: Default limit on a payload's size as JSON text (``TaskRepository(max_payload_bytes=)``).
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+#: Default limit on a handler's result as JSON text (``max_result_bytes=`` of the
+#: repository and the workers).
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+#: Deepest nesting of arrays and objects in a payload, a result or a progress match
+#: (``{"a": [1]}`` is 2 levels).  Decoding deeper documents exhausts Python's recursion
+#: limit in the worker (and MySQL refuses documents deeper than 100).
+MAX_JSON_DEPTH = 64
 #: How far before now a ``run_at`` datetime may lie: a due time just missed is fine, one
 #: from last month is a bug (it also jumps the queue, which is ordered by ``run_at``).
 RUN_AT_PAST_LIMIT = timedelta(days=7)
+#: The shortest lease: a shorter one expires before a heartbeat's round trip can renew
+#: it, and the worker's tasks would be rescued from under it.
+MIN_LEASE_DURATION = timedelta(seconds=1)
 
 
 class BoolArgumentError(TypeError, ValueError):
@@ -187,6 +197,28 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: Longest error message stored in ``error_message`` (and logged), in characters: a
+#: longer one keeps its first and last halves around a note of what was left out.
+MAX_ERROR_MESSAGE_LENGTH = 4000
+
+
+def bounded_error_message(message: str) -> str:
+    """``message`` as stored: at most :data:`MAX_ERROR_MESSAGE_LENGTH` characters (head
+    and tail kept), with what PostgreSQL's ``text`` refuses escaped
+    (:func:`storable_text`).
+
+    >>> text = bounded_error_message("ValueError: " + "x" * 10_000 + " at row 7")
+    >>> len(text) <= MAX_ERROR_MESSAGE_LENGTH, text[:14], text[-9:]
+    (True, 'ValueError: xx', 'at row 7')
+    """
+    message = storable_text(message)
+    if len(message) <= MAX_ERROR_MESSAGE_LENGTH:
+        return message
+    half = (MAX_ERROR_MESSAGE_LENGTH - 64) // 2  # 64: room for the note
+    note = f"\n[... {len(message) - 2 * half} characters left out ...]\n"
+    return message[:half] + note + message[-half:]
+
+
 def require_json(name: str, value: Any, *, allow_none: bool, max_bytes: int | None = None) -> None:
     """Raise ``TypeError`` unless ``value`` is JSON that PostgreSQL can store.
 
@@ -217,10 +249,19 @@ def json_text(name: str, value: Any, *, max_bytes: int | None = None) -> str:
     """
     if value is None:
         raise TypeError(f"{name} must be a JSON value, not None (use {{}} for no arguments)")
+    nested_too_deep = nests_deeper_than(value, MAX_JSON_DEPTH)
     try:
+        # too deep, it is dumped only to tell a circular reference (found at once) apart
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        nested_too_deep = True
+    if nested_too_deep:
+        raise ValueError(
+            f"{name} nests arrays and objects more than {MAX_JSON_DEPTH} levels deep "
+            "(MAX_JSON_DEPTH)"
+        )
     if _NUL_ESCAPE.search(text):
         raise ValueError(f"{name} contains a NUL character, which PostgreSQL cannot store")
     try:
@@ -232,9 +273,35 @@ def json_text(name: str, value: Any, *, max_bytes: int | None = None) -> str:
     if max_bytes is not None and len(encoded) > max_bytes:
         raise ValueError(
             f"{name} is {len(encoded)} bytes as JSON, over the limit of {max_bytes} "
-            "(max_payload_bytes)"
+            f"(max_{name.partition(' ')[0]}_bytes)"
         )
     return text
+
+
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays and objects (lists, tuples, dicts) more than
+    ``limit`` levels deep, found level by level without recursion (a value too deep
+    for :func:`json.dumps` is no problem here), stopping at the first level past the
+    limit (so a value that contains itself is "too deep" too).
+
+    >>> nests_deeper_than({"a": [1, {"b": 2}]}, 3), nests_deeper_than([[[]]], 2)
+    (False, True)
+    """
+    containers = (dict, list, tuple)
+    level: list[Any] = [value] if isinstance(value, containers) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        # keyed by id: a container shared within one level (or a cycle) is walked once
+        below: dict[int, Any] = {}
+        for container in level:
+            for item in container.values() if isinstance(container, dict) else container:
+                if isinstance(item, containers):
+                    below[id(item)] = item
+        level = list(below.values())
+    return False
 
 
 def json_array_text(values: list[Any], *, max_bytes: int | None = None) -> str | None:
@@ -248,7 +315,7 @@ def json_array_text(values: list[Any], *, max_bytes: int | None = None) -> str |
     >>> json_array_text([{"n": float("nan")}]) is None
     True
     """
-    if any(value is None for value in values):
+    if any(value is None or nests_deeper_than(value, MAX_JSON_DEPTH) for value in values):
         return None
     try:
         text = json.dumps(values, allow_nan=False, ensure_ascii=False)
@@ -326,13 +393,21 @@ def require_lease(task_id: Any, lease_token: Any) -> None:
         raise TypeError(f"lease_token must be a uuid.UUID, got {lease_token!r}")
 
 
-def positive_duration(name: str, value: Any) -> timedelta:
-    """A positive duration given as a ``timedelta`` or a number of seconds.
+def lease_duration_argument(value: Any) -> timedelta:
+    """A lease length given as a ``timedelta`` or a number of seconds, at least
+    :data:`MIN_LEASE_DURATION`.
 
-    >>> positive_duration("lease_duration", 90)
+    >>> lease_duration_argument(90)
     datetime.timedelta(seconds=90)
+    >>> lease_duration_argument(0.001)
+    Traceback (most recent call last):
+        ...
+    ValueError: lease_duration must be at least 1 second, got 0.001
     """
-    return timedelta(seconds=to_seconds(name, value))
+    seconds = to_seconds("lease_duration", value)
+    if seconds < MIN_LEASE_DURATION.total_seconds():
+        raise ValueError(f"lease_duration must be at least 1 second, got {value!r}")
+    return timedelta(seconds=seconds)
 
 
 def require_aware(run_at: Any) -> datetime:

@@ -354,7 +354,7 @@ class Worker(WorkerBase[TaskT]):
         written: Written = []
         for outcome in outcomes:
             try:
-                written.extend(self._write(self._outcomes_body([outcome])))
+                written.extend(self._write(self._lone_outcome_body(outcome)))
             except Exception:
                 self._outcome_write_failed(outcome)
         return written

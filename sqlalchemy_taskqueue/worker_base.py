@@ -10,6 +10,7 @@ the twins cannot drift apart.  Applications do not use this module directly.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import threading
@@ -39,8 +40,18 @@ from .repository import (
     claim_statement_and_params,
     default_owner,
 )
+from .statements import UndecodableJSON, is_permanent_error
 from .status import TaskStatus
-from .validation import require_bool, require_int, require_json, storable_text
+from .validation import (
+    DEFAULT_MAX_RESULT_BYTES,
+    bounded_error_message,
+    lease_duration_argument,
+    require_bool,
+    require_int,
+    require_json,
+    require_size_limit,
+    require_task_type,
+)
 
 __all__ = ["DATABASE_ERRORS", "EventHook", "WorkerBase", "is_transient"]
 
@@ -49,6 +60,11 @@ logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 WRITE_ATTEMPTS = 5
 #: Consecutive failed turns after which ``run(until_empty=True)`` gives up and raises.
 UNTIL_EMPTY_ATTEMPTS = 5
+#: Most slots a worker may have (each is a thread, or a task on the event loop).
+MAX_CONCURRENCY = 1000
+#: Most tasks a worker may claim beyond its free slots: more would hoard the queue in
+#: one process while others idle (and every held lease is renewed by each heartbeat).
+MAX_PREFETCH = 10_000
 #: Automatic prefetch holds about this much work (seconds) beyond the free slots ...
 _PREFETCH_HORIZON = 0.05
 #: ... and at most this many tasks per slot.
@@ -96,14 +112,17 @@ class WorkerBase(Generic[TaskT]):
         owner: str | None = None,
         on_event: EventHook | None = None,
         prefetch: int | None = None,
+        max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         if not callable(session_factory):
             raise TypeError(f"session_factory must be a sessionmaker, got {session_factory!r}")
         self._table = task_table(model)
-        require_int("concurrency", concurrency, minimum=1)
+        require_int("concurrency", concurrency, minimum=1, maximum=MAX_CONCURRENCY)
         if prefetch is not None:
-            require_int("prefetch", prefetch, minimum=0)
+            require_int("prefetch", prefetch, minimum=0, maximum=MAX_PREFETCH)
         self._prefetch = prefetch
+        require_size_limit("max_result_bytes", max_result_bytes)
+        self._max_result = max_result_bytes
         self._pace: float | None = None  # moving average of attempt durations (seconds)
         self._paced = 0
         self._specs: dict[str, HandlerSpec] = normalize_handlers(handlers, timeouts)
@@ -119,16 +138,18 @@ class WorkerBase(Generic[TaskT]):
                 "task_types must be a task type, a sequence of task types or None, "
                 f"got {task_types!r}"
             )
-        if not types or not all(isinstance(t, str) and t.strip() for t in types):
+        if not types:
             raise ValueError(
                 f"task_types must name at least one task type (got {task_types!r}); "
                 "register a handler or pass task_types"
             )
+        for task_type in types:
+            require_task_type(task_type)
         for missing in sorted(set(types) - set(self._specs)):
             logger.warning("worker.no_handler type=%s (such tasks will fail)", missing)
         self._types = types
-        lease = to_seconds("lease_duration", lease_duration)
-        self._lease = timedelta(seconds=lease)
+        self._lease = lease_duration_argument(lease_duration)
+        lease = self._lease.total_seconds()
         self._poll = to_seconds("poll_interval", poll_interval)
         self._heartbeat = (
             lease / 4
@@ -280,6 +301,7 @@ class WorkerBase(Generic[TaskT]):
             backoff=self._backoff,
             lease_duration=self._lease,
             owner=self.owner,  # and it announces the tasks it hands back or rescues
+            max_result_bytes=self._max_result,
         )
 
     def _take_outcomes(self) -> list[Outcome]:
@@ -354,6 +376,30 @@ class WorkerBase(Generic[TaskT]):
 
     def _outcomes_body(self, outcomes: list[Outcome]) -> Callable[[Session], Written]:
         return lambda session: self._write_outcomes(self._repository(session), outcomes)
+
+    def _lone_outcome_body(self, outcome: Outcome) -> Callable[[Session], Written]:
+        """One outcome of a batch the database refused, written alone.  A completion
+        refused for good (:func:`~.statements.is_permanent_error`: a result over the
+        database's own limits, say) fails its task instead, without a retry: the same result would be refused again, and dropping
+        the outcome would leave the task to be rescued and run again for nothing."""
+
+        def body(session: Session) -> Written:
+            repo = self._repository(session)
+            if outcome.kind != "complete":
+                return self._write_outcomes(repo, [outcome])
+            try:
+                with session.begin_nested():
+                    return self._write_outcomes(repo, [outcome])
+            except DATABASE_ERRORS as exc:
+                if not is_permanent_error(exc.__cause__ or exc):
+                    raise  # perhaps not next time: the lease expires and it runs again
+                message = f"the handler's result could not be stored: {exc}"
+                refused = dataclasses.replace(
+                    outcome, kind="fail", result=None, retry=False, message=message
+                )
+                return self._write_outcomes(repo, [refused])
+
+        return body
 
     def _rescue_body(self, session: Session) -> dict[int, TaskStatus]:
         return self._repository(session).rescue_expired_leases()
@@ -465,6 +511,9 @@ class WorkerBase(Generic[TaskT]):
                 task.type,
                 attempt.context.attempt,
             )
+        if isinstance(task.payload, UndecodableJSON):  # stored by SQL around the repository
+            message = f"ValueError: the task's payload cannot be read: {task.payload.error}"
+            return self._outcome(attempt, "fail", message=message, retry=False)
         spec = self._specs.get(attempt.context.task_type)
         if spec is None:
             message = f"no handler is registered for task type {task.type!r}"
@@ -477,22 +526,24 @@ class WorkerBase(Generic[TaskT]):
             if self._stopping.is_set():
                 return self._outcome(attempt, "release")
             return self._outcome(attempt, "fail", message=f"TaskInterrupted: {exc}")
-        message = failure_text(exc)
-        logger.error(
-            "task.error id=%d type=%s error=%s\n%s",
-            attempt.task.id,
-            attempt.task.type,
-            message,
-            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(),
+        # the message once, bounded, in the outcome's log line and in the row; the
+        # traceback without it (its last line would repeat the message, unbounded)
+        trace = traceback.TracebackException.from_exception(exc)
+        lines = list(trace.format())
+        stack = lines[: len(lines) - len(list(trace.format_exception_only()))]
+        return self._outcome(
+            attempt,
+            "fail",
+            message=failure_text(exc),
+            trace="".join(map(bounded_error_message, stack)).rstrip(),
         )
-        return self._outcome(attempt, "fail", message=message)
 
     def _returned(self, attempt: Attempt, result: Any) -> Outcome:
         """The outcome of a handler that returned ``result``."""
         try:
-            require_json("result", result, allow_none=True)
-        except (TypeError, ValueError, RecursionError) as exc:  # too deep for json.dumps
-            message = f"TypeError: the handler's result is not JSON: {exc}"
+            require_json("result", result, allow_none=True, max_bytes=self._max_result)
+        except (TypeError, ValueError) as exc:  # the same result again next time: no retry
+            message = f"{type(exc).__name__}: the handler's result cannot be stored: {exc}"
             return self._outcome(attempt, "fail", message=message, retry=False)
         return self._outcome(attempt, "complete", result=result)
 
@@ -542,7 +593,7 @@ class WorkerBase(Generic[TaskT]):
         if kind == "fail":  # a failed task keeps its progress: write the last value first
             attempt.context.flush_progress(force=True)
         if "message" in fields:
-            fields["message"] = storable_text(fields["message"])
+            fields["message"] = bounded_error_message(fields["message"])
         return Outcome(attempt, kind, seconds=seconds, **fields)
 
     # ------------------------------------------------------------------ writing outcomes
@@ -605,15 +656,16 @@ class WorkerBase(Generic[TaskT]):
         elif event == "released":
             attempt.context.interrupt("handed back at shutdown")
             logger.info("task.released id=%d type=%s", task.id, task.type)
-        else:
+        else:  # the message once (bounded), with the handler's traceback if it raised
             logger.warning(
-                "task.%s id=%d type=%s attempt=%d duration=%.3fs error=%s",
+                "task.%s id=%d type=%s attempt=%d duration=%.3fs error=%s%s",
                 event,
                 task.id,
                 task.type,
                 attempt.context.attempt,
                 outcome.seconds,
                 outcome.message,
+                "\n" + outcome.trace if outcome.trace else "",
             )
         if self._on_event is None:
             return
@@ -861,6 +913,8 @@ def is_transient(exc: BaseException) -> bool:
     (False, True)
     """
     cause = exc.__cause__ if isinstance(exc, TaskQueueError) else exc
+    if cause is None or is_permanent_error(cause):  # e.g. a value over the database's limit
+        return False
     if isinstance(cause, (OperationalError, OSError)):  # OSError: an async driver's socket
         return True
     return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)

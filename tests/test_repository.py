@@ -1101,6 +1101,8 @@ def test_a_scoped_session_stands_for_the_current_scopes_session(
 def test_repository_rejects_bad_configuration(session: Session, clean_table: type[Any]) -> None:
     with pytest.raises(ValueError, match="lease_duration"):
         make_repository(session, clean_table, lease_duration=timedelta(0))
+    with pytest.raises(ValueError, match="at least 1 second"):
+        make_repository(session, clean_table, lease_duration=0.5)
     with pytest.raises(ValueError, match="at most"):
         make_repository(session, clean_table, lease_duration=timedelta(days=10**6))
     with pytest.raises(TypeError, match="backoff"):

@@ -238,7 +238,10 @@ def test_a_result_nested_too_deep_for_json_fails_the_task(
     worker.run(until_empty=True)
     task = fetch(session_factory, clean_table, task_id)
     assert task.status is TaskStatus.FAILED  # not retried: the same result would come back
-    assert "not JSON" in (task.error_message or "") and "recursion" in task.error_message
+    assert task.error_message == (
+        "ValueError: the handler's result cannot be stored: result nests arrays and "
+        "objects more than 64 levels deep (MAX_JSON_DEPTH)"
+    )
     assert worker.stats.failed == 1
 
 
@@ -831,6 +834,14 @@ def test_interrupted_without_shutdown_counts_as_a_failed_attempt(
         ({"listen": "yes"}, TypeError, "listen"),
         ({"prefetch": -1}, ValueError, "prefetch"),
         ({"prefetch": 1.5}, TypeError, "prefetch"),
+        # values that round to nothing, or hoard the queue in one process
+        ({"lease_duration": 1e-9}, ValueError, "lease_duration must be at least a microsecond"),
+        ({"lease_duration": 0.5}, ValueError, "lease_duration must be at least 1 second"),
+        ({"poll_interval": 1e-9}, ValueError, "poll_interval must be at least a microsecond"),
+        ({"task_types": ["job\x00"]}, ValueError, "task_type contains a NUL"),
+        ({"concurrency": 1001}, ValueError, "concurrency must be <= 1000"),
+        ({"prefetch": 10_001}, ValueError, "prefetch must be <= 10000"),
+        ({"max_result_bytes": 0}, ValueError, "max_result_bytes"),
     ],
 )
 def test_bad_configuration_is_rejected(

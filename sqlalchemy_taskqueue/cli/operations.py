@@ -28,6 +28,8 @@ from sqlalchemy_taskqueue.embedded import mask_password
 from sqlalchemy_taskqueue.exceptions import TaskQueueDatabaseError, TaskQueueError
 from sqlalchemy_taskqueue.monitoring import QueueStats
 from sqlalchemy_taskqueue.repository import TaskRepository
+from sqlalchemy_taskqueue.statements import UndecodableJSON
+from sqlalchemy_taskqueue.validation import MAX_JSON_DEPTH
 
 from .group import DURATION, POSITIVE_DURATION, cli, database_url_option, database_url_or_fail
 from .loading import load_model, model_for_table
@@ -372,7 +374,8 @@ def show(
         return
     width = max(len(name) for name in values)
     for name, value in values.items():
-        shown = json.dumps(value) if name in {"payload", "result"} else value
+        readable = name in {"payload", "result"} and not isinstance(value, UndecodableJSON)
+        shown = json.dumps(value) if readable else value
         click.echo(f"{name.ljust(width)}  {'-' if value is None else shown}")
 
 
@@ -500,6 +503,11 @@ def enqueue(
         value = json.loads(payload)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
+    except RecursionError:  # the repository's own limit is far lower: say that one
+        raise click.BadParameter(
+            f"nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
+            param_hint="--payload",
+        ) from None
     options: dict[str, Any] = {"priority": priority, "max_retries": max_retries, "run_at": delay}
     try:
         with open_repository(database_url, table, model_reference) as repo:
