@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Engine, Update
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
 from .attempts import Attempt, Outcome, WorkerStats
@@ -56,6 +56,30 @@ from .validation import (
 __all__ = ["DATABASE_ERRORS", "EventHook", "WorkerBase", "is_transient"]
 
 logger = logging.getLogger("sqlalchemy_taskqueue.worker")
+
+
+class _StatementParametersHidden(logging.Filter):
+    """Keeps statement parameters (payloads, results, lease tokens) out of the database
+    errors the worker logs: SQLAlchemy's error text lists them unless the error says
+    ``hide_parameters``, which is set here on every error a record carries."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        carried = [record.exc_info[1]] if record.exc_info else []
+        args = record.args if isinstance(record.args, tuple) else ()
+        carried.extend(arg for arg in args if isinstance(arg, BaseException))
+        seen: set[int] = set()
+        while carried:
+            exc = carried.pop()
+            if exc is None or id(exc) in seen:
+                continue
+            seen.add(id(exc))
+            if isinstance(exc, StatementError):
+                exc.hide_parameters = True
+            carried += [exc.__cause__, exc.__context__]
+        return True
+
+
+logger.addFilter(_StatementParametersHidden())
 
 WRITE_ATTEMPTS = 5
 #: Consecutive failed turns after which ``run(until_empty=True)`` gives up and raises.

@@ -1,0 +1,105 @@
+"""What a worker logs and stores of errors: a handler's message once and bounded, and
+never the parameters of a statement (payloads, results, lease tokens)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+from test_worker import enqueue, fetch
+
+from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
+from sqlalchemy_taskqueue.validation import MAX_ERROR_MESSAGE_LENGTH
+
+Factory = sessionmaker[Session]
+MakeWorker = Any
+
+
+@pytest.fixture
+def make_worker(new_worker: MakeWorker) -> MakeWorker:
+    """Every worker twin, polling quickly."""
+
+    def configured(factory: Any, model: type[Any], handlers: Any, **kw: Any) -> Any:
+        return new_worker(factory, model, handlers, poll_interval=0.05, **kw)
+
+    return configured
+
+
+def test_a_huge_error_message_is_stored_bounded_and_logged_once(
+    make_worker: MakeWorker,
+    session_factory: Factory,
+    clean_table: type[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def explode(task: Any, ctx: TaskContext) -> None:
+        raise ValueError("head " + "x" * 10_000_000 + " tail")
+
+    task_id = enqueue(session_factory, clean_table, "job", max_retries=0)
+    with caplog.at_level(logging.INFO, logger="sqlalchemy_taskqueue"):
+        make_worker(session_factory, clean_table, {"job": explode}).run(until_empty=True)
+    task = fetch(session_factory, clean_table, task_id)
+    assert task.status is TaskStatus.FAILED
+    assert len(task.error_message) <= MAX_ERROR_MESSAGE_LENGTH
+    assert task.error_message.startswith("ValueError: head xxx")
+    assert task.error_message.endswith("xxx tail")
+    assert "characters left out" in task.error_message
+    mentions = [r for r in caplog.records if "ValueError: head" in r.getMessage()]
+    assert len(mentions) == 1  # the outcome's line, with the traceback
+    assert "in explode" in mentions[0].getMessage()
+    assert sum(len(r.getMessage()) for r in caplog.records) < 3 * MAX_ERROR_MESSAGE_LENGTH
+
+
+def test_fail_task_stores_a_bounded_message(session: Session, clean_table: type[Any]) -> None:
+    repo = TaskRepository(session, clean_table)
+    repo.enqueue("job", {}, max_retries=0)
+    session.commit()
+    task = repo.dequeue("job")
+    assert task is not None
+    repo.fail_task(task.id, "RuntimeError: " + "y" * 100_000)
+    session.commit()
+    stored = repo.get_task(task.id)
+    assert stored is not None and len(stored.error_message or "") <= MAX_ERROR_MESSAGE_LENGTH
+
+
+def test_database_errors_are_logged_without_statement_parameters(
+    make_worker: MakeWorker,
+    session_factory: Factory,
+    clean_table: type[Any],
+    engine: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A completion the database refuses is logged with its SQL but not with the
+    results, ids and lease tokens it was sent with."""
+    table = clean_table.__tablename__
+    enqueue(session_factory, clean_table, "job", {"refuse": True})
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE FUNCTION refuse_secret() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN IF NEW.status = 'completed' THEN "
+                "RAISE EXCEPTION 'storage quota exceeded'; END IF; RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                f"CREATE TRIGGER refuse BEFORE UPDATE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_secret()"
+            )
+        )
+    try:
+        worker = make_worker(
+            session_factory, clean_table, {"job": lambda task, ctx: {"api_key": "s3cr3t-42"}}
+        )
+        with caplog.at_level(logging.INFO, logger="sqlalchemy_taskqueue"):
+            worker.run(until_empty=True)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TRIGGER refuse ON {table}"))
+            connection.execute(text("DROP FUNCTION refuse_secret()"))
+    logged = caplog.text
+    assert "storage quota exceeded" in logged  # the error is there ...
+    assert "s3cr3t-42" not in logged and "[parameters:" not in logged  # ... its values not
+    assert "SQL parameters hidden" in logged
