@@ -168,6 +168,7 @@ class AsyncTaskRepository(Generic[TaskT]):
     retry_task = _awaitable(TaskRepository.retry_task)
     retry_failed_tasks = _awaitable(TaskRepository.retry_failed_tasks)
     renew_leases = _awaitable(TaskRepository.renew_leases)
+    record_starts = _awaitable(TaskRepository.record_starts)
     release_tasks = _awaitable(TaskRepository.release_tasks)
     rescue_expired_leases = _awaitable(TaskRepository.rescue_expired_leases)
     get_task = _awaitable(TaskRepository.get_task)

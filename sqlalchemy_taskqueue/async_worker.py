@@ -468,6 +468,11 @@ class AsyncWorker(WorkerBase[TaskT]):
         start = self._start(attempt)
         if not isinstance(start, HandlerSpec):
             return start
+        if attempt.record_first:
+            try:
+                await self._write(self._start_body(attempt))
+            except DATABASE_ERRORS:
+                return Outcome(attempt, "release")  # runs later, once it can be recorded
         if attempt.deadline is not None:
             self._supervisor_wake.set()  # re-plan around the new deadline
         task, context, task_id = attempt.task, attempt.context, attempt.task_id

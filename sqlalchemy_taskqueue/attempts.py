@@ -74,6 +74,12 @@ class Attempt:
     """Its lease is gone; nothing more may be written for it."""
     outcome_queued: bool = False
     """Its handler returned; the outcome waits for the next batched write."""
+    start_recorded: bool = True
+    """The database knows it started (claimed straight into a slot, or recorded since);
+    only then does a rescue charge it an attempt."""
+    record_first: bool = False
+    """Its start must be recorded before its handler runs: it was rescued once without a
+    charge (``statements.UNSTARTED_RESCUE``), perhaps because it kills its worker."""
     task_id: int = field(init=False)
     """The task's id (read once, by the context, rather than from the mapped row)."""
 
@@ -124,10 +130,11 @@ class Outcome:
         Outcome(attempt, "complete", result={"rows": 10}, seconds=0.4)
         Outcome(attempt, "fail", message="ValueError: bad row", retry=True)
         Outcome(attempt, "release")  # back to pending, no retry used (shutdown)
+        Outcome(attempt, "start")  # not an end: a prefetched attempt's start, to record
     """
 
     attempt: Attempt
-    kind: Literal["complete", "fail", "release"]
+    kind: Literal["complete", "fail", "release", "start"]
     result: Any = None
     message: str = ""
     retry: bool = True

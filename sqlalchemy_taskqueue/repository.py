@@ -471,6 +471,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         lease_duration: Duration | None,
         relaxed_commit: bool,
         own_session: bool = False,
+        starting: int | None = None,
     ) -> list[TaskT]:
         """:meth:`dequeue_many`: the claimed tasks, detached, in claim order.
 
@@ -480,7 +481,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         the session holds is detached at once, with what the ORM loaded along
         (relationships).
         """
-        stmt, params = self._claim_statement(task_type, limit, lease_duration, relaxed_commit)
+        stmt, params = self._claim_statement(
+            task_type, limit, lease_duration, relaxed_commit, starting
+        )
         model: Any = self._model  # a mapped class, hashable
         if own_session and detached_loader(model) is not None:
             rows = self._session.execute(stmt, params, bind_arguments={"mapper": model})
@@ -499,14 +502,22 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         limit: int,
         lease_duration: Duration | None,
         relaxed_commit: bool,
+        starting: int | None = None,
     ) -> tuple[Update, dict[str, Any]]:
-        """The claim statement and its parameters, every argument checked."""
+        """The claim statement and its parameters, every argument checked (``starting``
+        is a worker's own count)."""
         require_bool("relaxed_commit", relaxed_commit)
         task_types = task_types_argument(task_type)
         require_int("limit", limit, minimum=1, maximum=INT4_MAX)  # bound as an integer
         lease = self._lease if lease_duration is None else lease_duration_argument(lease_duration)
         return claim_statement_and_params(
-            self._table, task_types, limit, lease, self.owner, relaxed_commit=relaxed_commit
+            self._table,
+            task_types,
+            limit,
+            lease,
+            self.owner,
+            relaxed_commit=relaxed_commit,
+            starting=starting,
         )
 
     # ------------------------------------------------------------------ progress and outcome
@@ -709,6 +720,26 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         stmt = statements.renew_leases_statement(self._table)
         params = {**_lease_arrays(pairs), "lease": lease}
         return {int(task_id) for task_id in self._session.execute(stmt, params).scalars()}
+
+    @wrap_database_errors
+    def record_starts(self, leases: Iterable[tuple[int, uuid.UUID]]) -> set[int]:
+        """Record that claimed tasks have started running: a task whose lease expires
+        is charged an attempt (a retry) only once its start is recorded.  Every claim
+        through the repository records its tasks as started at once; a worker that
+        claims ahead of its free slots (prefetch) records the others when a slot takes
+        them.  Returns the ids recorded (those still leased and not recorded before).
+
+        Example::
+
+            repo.record_starts([(task.id, task.lease_token)])  # {42}
+        """
+        pairs = lease_pairs(leases)
+        if not pairs:
+            return set()
+        stmt = statements.record_starts_statement(self._table)
+        return {
+            int(task_id) for task_id in self._session.execute(stmt, _lease_arrays(pairs)).scalars()
+        }
 
     @wrap_database_errors
     def release_tasks(self, leases: Iterable[tuple[int, uuid.UUID]]) -> set[int]:
@@ -1023,9 +1054,12 @@ def claim_statement_and_params(
     owner: str,
     *,
     relaxed_commit: bool,
+    starting: int | None = None,
 ) -> tuple[Update, dict[str, Any]]:
     """The claim statement for ``task_types`` (``None``: any type) and its parameters,
     for arguments already checked (a worker's own configuration, or a repository's).
+    With ``starting``, only the first ``starting`` tasks claimed are recorded as started
+    (the rest wait for a slot in the worker, see :meth:`TaskRepository.record_starts`).
 
     Example::
 
@@ -1040,7 +1074,14 @@ def claim_statement_and_params(
         type_filter, params["task_type"] = "one", task_types[0]
     else:
         type_filter, params["task_types"] = "many", list(task_types)
-    stmt = statements.claim_statement(table, type_filter=type_filter, relaxed_commit=relaxed_commit)
+    if starting is not None:
+        params["starting"] = starting
+    stmt = statements.claim_statement(
+        table,
+        type_filter=type_filter,
+        relaxed_commit=relaxed_commit,
+        prefetch=starting is not None,
+    )
     return stmt, params
 
 

@@ -81,6 +81,7 @@ __all__ = [
     "FINISHED_PREDICATE",
     "LEASED_PREDICATE",
     "SUPPORTED_DIALECTS",
+    "UNSTARTED_RESCUE",
     "JSONDocument",
     "JSONDocumentType",
     "TypeFilter",
@@ -111,6 +112,7 @@ __all__ = [
     "purgeable_count_statement",
     "queue_depth_statement",
     "recent_failures_statement",
+    "record_starts_statement",
     "relaxed_commit_statement",
     "release_statement",
     "renew_leases_statement",
@@ -615,7 +617,7 @@ TypeFilter = Literal["any", "one", "many"]
 
 @functools.cache
 def claim_statement(
-    table: Table, *, type_filter: TypeFilter, relaxed_commit: bool = False
+    table: Table, *, type_filter: TypeFilter, relaxed_commit: bool = False, prefetch: bool = False
 ) -> Update:
     """Claim up to ``limit`` due tasks in one statement and return the claimed rows.
 
@@ -631,6 +633,11 @@ def claim_statement(
     3. The ``UPDATE`` marks the picked rows ``in_progress`` and stamps the lease: owner,
        a token unique to this claim (used to fence later writes) and an expiry; it
        finds the picked rows as :func:`_picked_rows` does.
+    4. ``started_at`` records that an attempt started: with ``prefetch`` (parameter
+       ``starting``) only the first ``starting`` picked rows, which go straight to free
+       slots, are started; the rest wait in the worker and are started later
+       (:func:`record_starts_statement`).  A rescue charges an attempt only to a started
+       task.
 
     Example::
 
@@ -659,12 +666,26 @@ def claim_statement(
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)
     )
+    started: ColumnElement[Any] = _now()
+    if prefetch:
+        # the picked ids once (a CTE), in claim order: the first `starting` are started
+        picked = select(func.array(claimable.correlate(None).scalar_subquery()).label("ids"))
+        ids = cast(select(picked.cte("picked").c.ids).scalar_subquery(), ARRAY(BigInteger))
+        starting = bindparam("starting", type_=Integer)
+        started = case(
+            (starting >= bindparam("limit", type_=Integer), _now()),  # nothing prefetched
+            (func.array_position(ids, c.id) <= starting, _now()),
+            else_=null(),
+        )
+        where = c.id == any_(ids)
+    else:
+        where = _picked_rows(table, claimable)
     return (
         update(table)
-        .where(_picked_rows(table, claimable))
+        .where(where)
         .values(
             status=TaskStatus.IN_PROGRESS,
-            started_at=_now(),
+            started_at=started,
             completed_at=None,
             lease_owner=bindparam("owner", type_=c.lease_owner.type),
             lease_token=bindparam("token", type_=c.lease_token.type),
@@ -703,9 +724,11 @@ def _owned(table: Table, *, fenced: bool) -> ColumnElement[bool]:
 _LEASE_CLEARED: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
 
 
-def _completed_values(result: Any) -> dict[str, Any]:
+def _completed_values(table: Table, result: Any) -> dict[str, Any]:
     return {
         "status": TaskStatus.COMPLETED,
+        # a prefetched task may finish before its start was recorded
+        "started_at": func.coalesce(table.c.started_at, _now()),
         "progress": 100,
         "completed_at": _now(),
         "result": result,
@@ -729,7 +752,7 @@ def complete_statement(table: Table, *, fenced: bool) -> Update:
     return (
         update(table)
         .where(_owned(table, fenced=fenced))
-        .values(**_completed_values(result))
+        .values(**_completed_values(table, result))
         .returning(table.c.id)
     )
 
@@ -773,13 +796,18 @@ def complete_many_statement(table: Table) -> Update:
     leases = _leases(table, with_results=True)
     return (
         _update_leased(table, leases)
-        .values(**_completed_values(leases.c.result))
+        .values(**_completed_values(table, leases.c.result))
         .returning(table.c.id)
     )
 
 
 def _failure_values(
-    table: Table, error_message: Any, backoff: BackoffPolicy | None, *, retry: bool
+    table: Table,
+    error_message: Any,
+    backoff: BackoffPolicy | None,
+    *,
+    retry: bool,
+    unstarted_message: str | None = None,
 ) -> dict[str, Any]:
     """SET clause of the seed's atomic retry rule, with backoff computed in SQL.
 
@@ -788,9 +816,19 @@ def _failure_values(
     (1 + jitter * random()))`` (with ``backoff`` ``None``, ``run_at`` is kept: the task
     is due at once, in its old place in the queue); otherwise it becomes ``failed``.  Every right-hand side reads the row as it was before the update,
     so the decision is atomic.
+
+    With ``unstarted_message``, a task whose attempt never started (``started_at`` is
+    NULL: it waited in a worker for a slot) is not charged: it goes back to ``pending``
+    with its ``retry_count`` unchanged and that message.
     """
     c = table.c
     will_retry = and_(true() if retry else false(), c.retry_count < c.max_retries)
+    retry_count: ColumnElement[Any] = c.retry_count + 1
+    if unstarted_message is not None:
+        unstarted = c.started_at.is_(None)
+        will_retry = or_(unstarted, will_retry)
+        retry_count = case((unstarted, c.retry_count), else_=retry_count)
+        error_message = case((unstarted, literal(unstarted_message, Text)), else_=error_message)
     if backoff is None:
         retry_at: ColumnElement[Any] = c.run_at
     else:
@@ -807,10 +845,10 @@ def _failure_values(
         "status": case(
             (will_retry, literal(TaskStatus.PENDING.value)), else_=literal(TaskStatus.FAILED.value)
         ),
-        "retry_count": c.retry_count + 1,
+        "retry_count": retry_count,
         "progress": case((will_retry, 0), else_=c.progress),
         "error_message": error_message,
-        "started_at": case((will_retry, null()), else_=c.started_at),
+        "started_at": case((will_retry, null()), else_=func.coalesce(c.started_at, _now())),
         "completed_at": case((will_retry, null()), else_=_now()),
         "run_at": case((will_retry, retry_at), else_=c.run_at),
         **_LEASE_CLEARED,
@@ -977,6 +1015,26 @@ def retry_statement(
 
 
 @functools.cache
+def record_starts_statement(table: Table) -> Update:
+    """Record that claimed tasks which waited in a worker (prefetched) have started:
+    from now on a rescue charges them an attempt.  Returns the ids recorded.
+
+    Parameters: ``ids`` and ``tokens`` (arrays).
+
+    Example::
+
+        params = {"ids": [42], "tokens": [str(task.lease_token)]}
+        session.execute(record_starts_statement(Task.__table__), params)
+    """
+    return (
+        _update_leased(table, _leases(table))
+        .where(table.c.started_at.is_(None))
+        .values(started_at=_now())
+        .returning(table.c.id)
+    )
+
+
+@functools.cache
 def renew_leases_statement(table: Table) -> Update:
     """Heartbeat: extend every listed lease that is still current; return their ids.
 
@@ -1021,14 +1079,23 @@ def release_statement(table: Table, channel: str | None = None) -> Update:
     return _announcing(released, channel, table.c.id)
 
 
+#: The ``error_message`` of a task rescued without a charge: its worker stopped before
+#: the attempt started.  A worker starts such a task only once it has recorded the start,
+#: so a task that kills its worker is charged from its second crash on.
+UNSTARTED_RESCUE = (
+    "lease expired before the attempt started: its worker stopped (no retry was used)"
+)
+
+
 def rescue_statement(table: Table, *, limit: int, channel: str | None = None) -> Update:
-    """Return tasks whose lease expired to the queue, consuming a retry.
+    """Return tasks whose lease expired to the queue, consuming a retry if they started.
 
     A worker that dies (``kill -9``, lost machine, lost connection) stops renewing its
     leases; once a lease has expired, any worker rescues the task with the same rule as a
     failed attempt, except that a rescued task is due at once and keeps its place in the
     queue (its ``run_at``): the attempt already waited out its lease, so it runs before
-    tasks enqueued after it.  ``SKIP LOCKED`` lets several workers rescue concurrently.
+    tasks enqueued after it.  A task whose attempt had not started (it waited in the
+    worker for a slot: ``started_at`` is NULL) is not charged (:data:`UNSTARTED_RESCUE`).  ``SKIP LOCKED`` lets several workers rescue concurrently.
     With ``channel``, idle workers listening there are woken (a rescue that fails a
     task out of retries wakes them too, for nothing).
 
@@ -1046,11 +1113,10 @@ def rescue_statement(table: Table, *, limit: int, channel: str | None = None) ->
         .with_for_update(skip_locked=True)
     )
     message = "lease expired: the worker running this task stopped renewing its lease"
-    rescued = (
-        update(table)
-        .where(_picked_rows(table, expired))
-        .values(**_failure_values(table, literal(message, Text), None, retry=True))
+    values = _failure_values(
+        table, literal(message, Text), None, retry=True, unstarted_message=UNSTARTED_RESCUE
     )
+    rescued = update(table).where(_picked_rows(table, expired)).values(**values)
     return _announcing(rescued, channel, c.id, c.status)
 
 

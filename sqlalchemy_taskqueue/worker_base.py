@@ -40,7 +40,7 @@ from .repository import (
     claim_statement_and_params,
     default_owner,
 )
-from .statements import UndecodableJSON, is_permanent_error
+from .statements import UNSTARTED_RESCUE, UndecodableJSON, is_permanent_error
 from .status import TaskStatus
 from .validation import (
     DEFAULT_MAX_RESULT_BYTES,
@@ -333,7 +333,10 @@ class WorkerBase(Generic[TaskT]):
         outcomes: list[Outcome] = []
         with self._lock:
             for outcome in self._outcomes:
-                if outcome.attempt.lost:  # already reported when the lease was found lost
+                if outcome.kind == "start":  # not an end: nothing to forget
+                    if not outcome.attempt.finished:
+                        outcomes.append(outcome)
+                elif outcome.attempt.lost:  # already reported when the lease was found lost
                     self._forget(outcome.attempt)
                 else:
                     outcomes.append(outcome)
@@ -361,6 +364,7 @@ class WorkerBase(Generic[TaskT]):
                     # only claims: a claim lost in a crash is just claimed again
                     relaxed_commit=not outcomes,
                     own_session=True,
+                    starting=self._starting(),
                 )
             return written, claimed
 
@@ -370,8 +374,19 @@ class WorkerBase(Generic[TaskT]):
         """The claim of a turn that only claims, run without a session (see
         :func:`claims_without_session`); it commits without waiting for the WAL flush."""
         return claim_statement_and_params(
-            self._table, self._types, free, self._lease, self.owner, relaxed_commit=True
+            self._table,
+            self._types,
+            free,
+            self._lease,
+            self.owner,
+            relaxed_commit=True,
+            starting=self._starting(),
         )
+
+    def _starting(self) -> int:
+        """How many of the tasks a claim takes now go straight to free slots: those are
+        recorded as started by the claim itself, the rest when a slot takes them."""
+        return max(self._concurrency - self._busy, 0)
 
     def _settle_failed(self, exc: Exception, outcomes: list[Outcome]) -> bool:
         """After a failed claim turn: requeue the outcomes when the failure is transient
@@ -391,6 +406,9 @@ class WorkerBase(Generic[TaskT]):
             self._outcomes[:0] = outcomes
 
     def _outcome_write_failed(self, outcome: Outcome) -> None:
+        if outcome.kind == "start":  # the attempt goes on; its rescue would not charge it
+            logger.warning("task.start_not_recorded id=%d", outcome.attempt.task_id)
+            return
         logger.exception(
             "task.outcome_write_failed id=%d (its lease will expire and it is rescued)",
             outcome.attempt.task.id,
@@ -400,6 +418,10 @@ class WorkerBase(Generic[TaskT]):
 
     def _outcomes_body(self, outcomes: list[Outcome]) -> Callable[[Session], Written]:
         return lambda session: self._write_outcomes(self._repository(session), outcomes)
+
+    def _start_body(self, attempt: Attempt) -> Callable[[Session], Written]:
+        """Record the start of ``attempt`` on its own (see ``Attempt.record_first``)."""
+        return self._outcomes_body([Outcome(attempt, "start")])
 
     def _lone_outcome_body(self, outcome: Outcome) -> Callable[[Session], Written]:
         """One outcome of a batch the database refused, written alone.  A completion
@@ -516,7 +538,11 @@ class WorkerBase(Generic[TaskT]):
             timeout = spec.timeout_seconds
         else:
             timeout = self._default_timeout
-        return Attempt(task, context, timeout)
+        attempt = Attempt(task, context, timeout)
+        if task.started_at is None:  # claimed ahead of a free slot (prefetch)
+            attempt.start_recorded = False
+            attempt.record_first = task.error_message == UNSTARTED_RESCUE
+        return attempt
 
     def _start(self, attempt: Attempt) -> Outcome | HandlerSpec | None:
         """Start an attempt on its slot: the handler to call, or the outcome without a
@@ -528,6 +554,11 @@ class WorkerBase(Generic[TaskT]):
             if self._stopping.is_set():
                 return Outcome(attempt, "release")  # claimed, but shutdown came first
             attempt.start()
+            if not attempt.start_recorded and not attempt.record_first:
+                # recorded with the next batch of outcomes (record_first: by the slot,
+                # before the handler runs)
+                attempt.start_recorded = True
+                self._outcomes.append(Outcome(attempt, "start"))
         if logger.isEnabledFor(logging.INFO):  # spare reading the row's attributes
             logger.info(
                 "task.started id=%d type=%s attempt=%d",
@@ -630,6 +661,9 @@ class WorkerBase(Generic[TaskT]):
         longer current is reported as ``lease_lost`` and changes nothing.
         """
         written: Written = []
+        starts = [o.attempt.lease for o in outcomes if o.kind == "start"]
+        if starts:  # before the completions, which would record a start themselves
+            repo.record_starts(starts)
         completions = [o for o in outcomes if o.kind == "complete"]
         if completions:
             done = repo.complete_tasks([(*o.attempt.lease, o.result) for o in completions])

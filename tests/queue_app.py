@@ -82,3 +82,10 @@ def work(task: Any, ctx: TaskContext) -> int:
     record(task, ctx, note=f"{time.time():.3f}")
     time.sleep(task.payload["ms"] / 1000)  # simulated work
     return os.getpid()
+
+
+@tasks.handler("crash")
+def crash(task: Any, ctx: TaskContext) -> None:
+    """Kills its worker process at once, every time (a segfault, an OOM kill)."""
+    record(task, ctx)
+    os._exit(70)

@@ -460,9 +460,17 @@ def _claim_of(table: Any) -> tuple[Any, dict[str, Any]]:
     )
 
 
+def _prefetching_claim_of(table: Any) -> tuple[Any, dict[str, Any]]:
+    """A worker's claim: 4 of the 400 go to free slots, the rest are prefetched."""
+    return claim_statement_and_params(
+        table, None, 400, timedelta(seconds=30), "w", relaxed_commit=True, starting=4
+    )
+
+
 # statement, and the rows it picks (a SET clause for them)
 PICKING_STATEMENTS = {
     "claim": (_claim_of, "status = 'pending'"),
+    "prefetching claim": (_prefetching_claim_of, "status = 'pending'"),
     "rescue": (
         lambda table: (statements.rescue_statement(table, limit=400), {}),
         "status = 'in_progress', lease_token = gen_random_uuid(), "

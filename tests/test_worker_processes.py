@@ -196,3 +196,57 @@ def test_the_worker_command_serves_metrics(
     assert "taskqueue_task_duration_seconds_bucket" in body
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0, worker.output()
+
+
+def enqueue_with(factory: sessionmaker[Session], task_type: str, **options: Any) -> int:
+    with factory() as session:
+        task_id = TaskRepository(session, Task).enqueue(task_type, {"n": 1}, **options)
+        session.commit()
+    return task_id
+
+
+def test_tasks_that_never_started_are_not_charged_when_their_worker_dies(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    """One slot and a prefetch of three: the first task kills the worker the moment it
+    starts.  The three claimed with it never started; rescued, they keep their retries
+    (``max_retries=0``: charged, they would have failed without running)."""
+    killer = enqueue_with(session_factory, "crash", priority=-1, max_retries=1)
+    innocent = [enqueue_with(session_factory, "count", max_retries=0) for _ in range(3)]
+    doomed = spawn("--lease", "2s", "--concurrency", "1", "--prefetch", "3")
+    assert doomed.wait(30) == 70, doomed.output()
+    assert task_state(session_factory, killer).started_at is not None
+    for task_id in innocent:
+        task = task_state(session_factory, task_id)
+        assert (task.status, task.started_at) == (TaskStatus.IN_PROGRESS, None)
+    wait_for(lambda: all(lease_expired(session_factory, i) for i in [killer, *innocent]))
+    rescuer = spawn("--until-empty", "--types", "count")
+    assert rescuer.wait(60) == 0, rescuer.output()
+    for task_id in innocent:
+        task = task_state(session_factory, task_id)
+        assert (task.status, task.retry_count) == (TaskStatus.COMPLETED, 0)
+    crashed = task_state(session_factory, killer)
+    assert (crashed.status, crashed.retry_count) == (TaskStatus.PENDING, 1)
+
+
+def test_a_task_that_kills_its_worker_every_time_still_ends_failed(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    """Crash loops stay bounded: each crash of a started attempt is charged, so the task
+    ends ``failed`` after ``max_retries`` retries, however its claims were made."""
+    killer = enqueue_with(session_factory, "crash", max_retries=1)
+    for _ in range(6):  # two charged crashes, each perhaps after one uncharged
+        if task_state(session_factory, killer).status is TaskStatus.FAILED:
+            break
+        wait_for(
+            lambda: (
+                task_state(session_factory, killer).lease_token is None
+                or lease_expired(session_factory, killer)
+            )
+        )
+        worker = spawn("--lease", "1s", "--concurrency", "2", "--until-empty")
+        worker.wait(60)
+    task = task_state(session_factory, killer)
+    assert (task.status, task.retry_count) == (TaskStatus.FAILED, 2), task.error_message
+    runs = [run for run in executions(session_factory) if run.task_id == killer]
+    assert 2 <= len(runs) <= 4
