@@ -85,7 +85,7 @@ class Worker(WorkerBase[TaskT]):
         its ``session_factory`` (the worker never uses a scope's session).
     :param model: the task model (a :class:`~sqlalchemy_taskqueue.TaskMixin` table).
     :param handlers: ``{task_type: handler}`` or a :class:`HandlerRegistry`.
-    :param concurrency: slots, i.e. tasks run at the same time (threads).
+    :param concurrency: slots, i.e. tasks run at the same time (threads), 1 to 1000.
     :param task_types: types to claim; ``None`` means the handlers' types.
     :param lease_duration: how long a claim lasts without a heartbeat.
     :param poll_interval: the longest idle wait between claims (LISTEN usually wakes the
@@ -106,7 +106,9 @@ class Worker(WorkerBase[TaskT]):
         moving average of attempt durations, or the age of the oldest running attempt
         if that is longer): as many as the slots will start within about 50 ms, so none
         for slow tasks, at most 32 per slot, and none until ``concurrency`` attempts
-        have finished.  A number fixes it; 0 turns it off.
+        have finished.  A number fixes it (at most 10,000); 0 turns it off.
+    :param max_result_bytes: largest handler result stored, as UTF-8 JSON text (default
+        1 MiB; ``None`` for no limit); a larger one fails its task without a retry.
     :param on_event: ``callback(event, task, seconds)`` called for ``"completed"``,
         ``"failed"``, ``"retried"`` and ``"released"`` (used for metrics).
 

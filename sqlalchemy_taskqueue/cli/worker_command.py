@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 
 from sqlalchemy_taskqueue.embedded import async_engine_arguments, mask_password
 from sqlalchemy_taskqueue.worker import Worker
-from sqlalchemy_taskqueue.worker_base import is_coroutine_handler
+from sqlalchemy_taskqueue.worker_base import MAX_CONCURRENCY, MAX_PREFETCH, is_coroutine_handler
 
 from .group import (
     DURATION,
@@ -41,14 +41,14 @@ __all__ = ["worker"]
 @click.option(
     "-c",
     "--concurrency",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_CONCURRENCY),
     default=4,
     show_default=True,
     help="Tasks run at the same time (threads).",
 )
 @click.option(
     "--prefetch",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_PREFETCH),
     default=None,
     help="Tasks claimed beyond the free slots: more throughput for many short tasks "
     "(default: sized from the tasks' pace; 0 turns it off).",
