@@ -426,8 +426,9 @@ class WorkerBase(Generic[TaskT]):
     def _lone_outcome_body(self, outcome: Outcome) -> Callable[[Session], Written]:
         """One outcome of a batch the database refused, written alone.  A completion
         refused for good (:func:`~.statements.is_permanent_error`: a result over the
-        database's own limits, say) fails its task instead, without a retry: the same result would be refused again, and dropping
-        the outcome would leave the task to be rescued and run again for nothing."""
+        database's own limits, say) fails its task instead, without a retry: the same
+        result would be refused again, and dropping the outcome would leave the task to
+        be rescued and run again for nothing."""
 
         def body(session: Session) -> Written:
             repo = self._repository(session)

@@ -362,7 +362,7 @@ def test_claims_run_through_the_session_when_it_has_execution_listeners(
                 session.commit()
             assert done[task_id].wait(10)
     claim_only = statements.claim_statement(
-        clean_table.__table__, type_filter="one", relaxed_commit=True
+        clean_table.__table__, type_filter="one", relaxed_commit=True, prefetch=True
     )
     # the first turn, at start, and both wake-ups
     assert sum(statement is claim_only for statement in seen) >= 3
