@@ -224,8 +224,8 @@ class JSONDocumentType(TypeDecorator[Any]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         """JSONB on PostgreSQL, JSON elsewhere.
 
-        >>> JSONDocumentType().load_dialect_impl(postgresql.dialect())
-        JSONB(none_as_null=True)
+        >>> type(JSONDocumentType().load_dialect_impl(postgresql.dialect())).__name__
+        '_PGJSONB'
         """
         if dialect.name == "postgresql":
             return dialect.type_descriptor(postgresql.JSONB(none_as_null=True))

@@ -208,7 +208,7 @@ def bounded_error_message(message: str) -> str:
     (:func:`storable_text`).
 
     >>> text = bounded_error_message("ValueError: " + "x" * 10_000 + " at row 7")
-    >>> len(text) <= MAX_ERROR_MESSAGE_LENGTH, text[:14], text[-9:]
+    >>> len(text) <= MAX_ERROR_MESSAGE_LENGTH, text[:14], text[-8:]
     (True, 'ValueError: xx', 'at row 7')
     """
     message = storable_text(message)
