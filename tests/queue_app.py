@@ -89,3 +89,10 @@ def crash(task: Any, ctx: TaskContext) -> None:
     """Kills its worker process at once, every time (a segfault, an OOM kill)."""
     record(task, ctx)
     os._exit(70)
+
+
+@tasks.handler("oversized")
+def oversized(task: Any, ctx: TaskContext) -> str:
+    """Returns a result of ``payload["bytes"]`` bytes as JSON, over the worker's limit."""
+    record(task, ctx)
+    return "x" * (int(task.payload["bytes"]) - 2)

@@ -116,12 +116,14 @@ class FaultQueue:
 
     # ---------------------------------------------------------------- tasks and workers
 
-    def enqueue(self, count: int, ms: tuple[int, int], seed: int = 0) -> list[int]:
+    def enqueue(
+        self, count: int, ms: tuple[int, int], seed: int = 0, max_retries: int = 10
+    ) -> list[int]:
         """``count`` tasks that each work a random ``ms[0]..ms[1]`` milliseconds."""
         rng = random.Random(seed)
         with sessionmaker(self.engine)() as session:
             ids = TaskRepository(session, Task).enqueue_many(
-                "work", [{"ms": rng.randint(*ms)} for _ in range(count)], max_retries=10
+                "work", [{"ms": rng.randint(*ms)} for _ in range(count)], max_retries=max_retries
             )
             session.commit()
         self.total += count

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import TABLE_HEADER, FaultReport
 from scenarios import (
     idle_in_transaction,
+    poison_documents,
     server_restart,
     skewed_clocks,
     stranded_worker,
@@ -100,6 +101,15 @@ def main() -> None:
             lambda work, twin: stranded_worker(server_url, work, how="SIGSTOP", tasks=4, twin=twin)
         ),
         lambda work: skewed_clocks(server_url, work, tasks=size(1000)),
+        *(
+            scenario
+            for kind in ("payload", "result")
+            for scenario in both_twins(
+                lambda work, twin, kind=kind: poison_documents(
+                    server_url, work, kind=kind, tasks=size(1000), poison=20, twin=twin
+                )
+            )
+        ),
     ]
     reports = []
     for scenario in scenarios:

@@ -334,6 +334,72 @@ def skewed_clocks(
         )
 
 
+def poison_documents(
+    server_url: str,
+    work_dir: Path,
+    *,
+    kind: str = "payload",
+    tasks: int = 300,
+    poison: int = 10,
+    twin: str = "sync",
+) -> FaultReport:
+    """Bad documents among innocent tasks, claimed in the same batches by three workers
+    with a prefetch: payloads nested deeper than Python's decoder goes (``kind=
+    "payload"``, written with SQL around the repository, which refuses them), or
+    handlers returning a result of 2 MiB, over the workers' 1 MiB ``max_result_bytes``
+    (``kind="result"``).  Each poison task must fail alone, at once and without a
+    retry; every innocent task (``max_retries=0``: a charged retry would fail it) must
+    complete, and the workers must keep claiming.
+
+    Recovery: not applicable; the notes count poison tasks failed and innocent tasks
+    harmed (not completed, or charged a retry).
+    """
+    with fault_queue(server_url, work_dir, twin) as queue:
+        ids = queue.enqueue(tasks, ms=(1, 5), max_retries=0)
+        with queue.engine.begin() as connection:
+            depth = 5_000
+            task_type, document = {
+                "payload": ("count", "[" * depth + "]" * depth),
+                "result": ("oversized", '{"bytes": 2097152}'),
+            }[kind]
+            planted = text(
+                "INSERT INTO proc_tasks (type, payload, max_retries) "
+                "SELECT :type, CAST(:doc AS JSONB), 3 FROM generate_series(1, :n) RETURNING id"
+            )
+            # spread among the innocent ones, so that claims batch them together
+            params = {"type": task_type, "doc": document, "n": poison}
+            poisoned = list(connection.execute(planted, params).scalars())
+            connection.execute(
+                text("UPDATE proc_tasks SET run_at = run_at - random() * interval '1 second'")
+            )
+        fleet = [queue.spawn(*FLEET_OPTIONS) for _ in range(3)]
+        queue.wait_until_settled(timeout=120)
+        harmed = queue.scalar(
+            "SELECT count(*) FROM proc_tasks WHERE id = ANY(:ids) "
+            "AND (status <> 'completed' OR retry_count > 0)",
+            ids=ids,
+        )
+        failed_at_once = queue.scalar(
+            "SELECT count(*) FROM proc_tasks WHERE id = ANY(:ids) "
+            "AND status = 'failed' AND retry_count = 1",
+            ids=poisoned,
+        )
+        exits = queue.stop_workers()
+        return queue.report(
+            f"poison {kind}s among innocent tasks",
+            faults=poison,
+            recovery=None,
+            notes=(
+                f"{failed_at_once}/{poison} poison tasks failed at once, not retried; "
+                f"innocent tasks harmed: {harmed}; exits {set(exits)}"
+            ),
+            harmed=int(harmed),
+            failed_at_once=int(failed_at_once),
+            exits=exits,
+            workers=len(fleet),
+        )
+
+
 def lost_leases(worker: WorkerProcess) -> set[int]:
     """Tasks whose outcome ``worker`` found it may no longer write."""
     return {int(found) for found in re.findall(r"task\.lease_lost id=(\d+)", worker.output())}

@@ -11,6 +11,7 @@ import pytest
 from harness import FaultReport
 from scenarios import (
     idle_in_transaction,
+    poison_documents,
     server_restart,
     skewed_clocks,
     stranded_worker,
@@ -92,3 +93,15 @@ def test_lease_decisions_use_the_database_clock(server_url: str, tmp_path: Path)
     assert report.reexecutions == 0, report
     assert report.details["rescued"] == 0, report
     assert 0 < report.details["longest_lease"] <= 2.5, report
+
+
+@twins
+@pytest.mark.parametrize("kind", ["payload", "result"])
+def test_poison_documents_fail_alone_and_harm_no_innocent_task(
+    server_url: str, tmp_path: Path, twin: str, kind: str
+) -> None:
+    report = poison_documents(server_url, tmp_path, kind=kind, tasks=100, poison=5, twin=twin)
+    assert_nothing_lost(report)
+    assert report.details["harmed"] == 0, report
+    assert report.details["failed_at_once"] == 5, report
+    assert set(report.details["exits"]) == {0}, report
