@@ -116,12 +116,15 @@ class DaemonThreadPool(Executor):
         self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
             queue.SimpleQueue()
         )
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"{name}-{n}", daemon=True)
-            for n in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads: list[threading.Thread] = []
+        try:
+            for n in range(size):
+                thread = threading.Thread(target=self._serve, name=f"{name}-{n}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        except BaseException:  # can't start new thread: end those that did start
+            self.shutdown(wait=False)
+            raise
 
     def submit(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_R]:
         """Run ``fn(*args, **kwargs)`` on a free thread.
@@ -185,6 +188,7 @@ class AsyncWorker(WorkerBase[TaskT]):
                 "use Worker with a sessionmaker"
             )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: DaemonThreadPool | None = None
         self._claim_connection: AsyncConnection | None = None  # see _claim_only
         self._claims_directly = False
         self._loop_thread: int | None = None
@@ -232,7 +236,7 @@ class AsyncWorker(WorkerBase[TaskT]):
         self._write_lock = asyncio.Lock()
         self._slots: asyncio.Queue[Attempt | None] = asyncio.Queue()
         self._supervisor_stop = self._slots_cancelled = False
-        self._pool = DaemonThreadPool(self._concurrency, "taskqueue-slot")
+        self._pool = None
         self._loop_thread = threading.get_ident()
         self._loop = asyncio.get_running_loop()  # published last: stop() may use it now
         listener: AsyncNotificationListener | None = None
@@ -243,6 +247,8 @@ class AsyncWorker(WorkerBase[TaskT]):
                 try:
                     listener = await self._start_listener()
                     self._log_started(listener is not None)
+                    # inside the try: if its threads cannot start, the listener is stopped
+                    self._pool = DaemonThreadPool(self._concurrency, "taskqueue-slot")
                     slots = [
                         asyncio.ensure_future(self._slot_loop()) for _ in range(self._concurrency)
                     ]
@@ -254,7 +260,8 @@ class AsyncWorker(WorkerBase[TaskT]):
                 finally:
                     await self._shut_down(listener, slots, supervisor)
         finally:
-            self._pool.shutdown(wait=False)
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
             self._loop = self._loop_thread = None
             self._end_run()
 
@@ -482,6 +489,8 @@ class AsyncWorker(WorkerBase[TaskT]):
                 call = asyncio.ensure_future(_contained(start.function(task, context)))
             else:
                 loop = asyncio.get_running_loop()
+                if self._pool is None:  # pragma: no cover - slots run only after it started
+                    raise RuntimeError("the worker's thread pool is not running")
                 call = loop.run_in_executor(self._pool, start.function, task, context)
             self._handler_calls[task_id] = call
             result = await call

@@ -133,7 +133,12 @@ class NotificationListener(_Listener[Engine]):
             listener.start()
             listener.listening.wait(5)  # True once LISTEN is established
         """
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:  # can't start new thread: nothing will ever read the pipe
+            os.close(self._stop_reader)
+            os.close(self._stop_writer)
+            raise
 
     def stop(self) -> None:
         """Stop listening and close the connection.

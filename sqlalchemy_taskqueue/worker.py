@@ -180,21 +180,26 @@ class Worker(WorkerBase[TaskT]):
             worker.run(until_empty=True)   # drain the queue, then return
         """
         self._begin_run()
-        slots = [
-            threading.Thread(target=self._slot_loop, name=f"taskqueue-slot-{n}", daemon=True)
-            for n in range(self._concurrency)
-        ]
-        supervisor = threading.Thread(
-            target=self._supervise, name="taskqueue-supervisor", daemon=True
-        )
+        slots: list[threading.Thread] = []
+        supervisor: threading.Thread | None = None
         self._supervisor_stop.clear()
         try:
             listener = self._start_listener()
             with self._signal_handlers(install_signal_handlers):
                 self._log_started(listener is not None)  # from here a signal stops it gracefully
-                for thread in [*slots, supervisor]:
-                    thread.start()
                 try:
+                    # started one by one inside the try: if one cannot start, those that
+                    # did (and the listener) are stopped again
+                    for n in range(self._concurrency):
+                        slot = threading.Thread(
+                            target=self._slot_loop, name=f"taskqueue-slot-{n}", daemon=True
+                        )
+                        slot.start()
+                        slots.append(slot)
+                    supervisor = threading.Thread(
+                        target=self._supervise, name="taskqueue-supervisor", daemon=True
+                    )
+                    supervisor.start()
                     self._claim_loop(until_empty)
                 finally:
                     self._shut_down(listener, slots, supervisor)
@@ -482,9 +487,11 @@ class Worker(WorkerBase[TaskT]):
         self,
         listener: NotificationListener | None,
         slots: list[threading.Thread],
-        supervisor: threading.Thread,
+        supervisor: threading.Thread | None,
     ) -> None:
-        """Give running tasks the grace period, write their outcomes, hand back the rest."""
+        """Give running tasks the grace period, write their outcomes, hand back the rest;
+        then end the threads that were started (all of them, or those that were when
+        starting the others failed)."""
         try:
             if listener is not None:
                 listener.stop()
@@ -505,7 +512,8 @@ class Worker(WorkerBase[TaskT]):
             self._close_claim_connection()
             self._supervisor_stop.set()
             self._supervisor_wake.set()
-            supervisor.join(timeout=5)
+            if supervisor is not None:
+                supervisor.join(timeout=5)
             for _ in slots:
                 self._slots.put(None)
             for thread in slots:

@@ -429,3 +429,54 @@ def test_a_listener_that_listens_again_wakes_its_worker_once_more(
         admin.dispose()
     assert wakes[0] is False  # the wake at the loss, while nobody listened
     assert wakes[-1] is True  # and the one once it listened again
+
+
+def test_a_run_that_cannot_start_its_threads_leaves_nothing_behind(
+    new_worker: Any,
+    worker_engine: Any,
+    clean_table: type[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Starting a slot thread fails (the process hit its thread limit): the run raises
+    that error, and stops again whatever it had started, the LISTEN connection and the
+    threads, every time."""
+    engine, admin = worker_engine
+    worker = new_worker(sessionmaker(engine), clean_table, {"job": lambda task, ctx: None})
+    start = threading.Thread.start
+
+    def start_or_fail(thread: threading.Thread) -> None:
+        if thread.name != "taskqueue-slot-1":
+            start(thread)
+            return
+        if new_worker.twin == "sync":  # (the async twins start their slots on the loop)
+            assert worker.listening.wait(10)  # the listener is connected by now
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", start_or_fail)
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            worker.run()
+    monkeypatch.undo()
+
+    def worker_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("taskqueue-")]
+
+    wait_for(lambda: worker_threads() == [], timeout=10)
+    wait_for(lambda: listeners(admin) == [], timeout=10)
+    assert not worker.listening.is_set()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc")
+def test_a_listener_that_cannot_start_its_thread_leaves_no_open_file(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    before = len(list(Path("/proc/self/fd").iterdir()))
+    listener = NotificationListener(engine, "tq_unstarted", lambda: None)
+    monkeypatch.setattr(threading.Thread, "start", fail)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        listener.start()
+    monkeypatch.undo()
+    assert len(list(Path("/proc/self/fd").iterdir())) == before  # its wake-up pipe closed
