@@ -8,11 +8,16 @@ from datetime import timedelta
 from typing import Any
 
 import click
-from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
-from sqlalchemy_taskqueue.embedded import async_engine_arguments, mask_password
+from sqlalchemy_taskqueue.connections import (
+    create_async_worker_engine,
+    create_worker_engine,
+    dispose_async_engine,
+    dispose_engine,
+)
+from sqlalchemy_taskqueue.embedded import async_driver_url, mask_password
 from sqlalchemy_taskqueue.worker import Worker
 from sqlalchemy_taskqueue.worker_base import MAX_CONCURRENCY, MAX_PREFETCH, is_coroutine_handler
 
@@ -142,9 +147,7 @@ def worker(
     if types is not None and not task_types:
         raise click.BadParameter("name at least one task type", param_hint="--types")
     url = database_url_or_fail(database_url)
-    engine = create_engine(
-        url, pool_size=concurrency + 3, max_overflow=concurrency, pool_pre_ping=True
-    )
+    engine = create_worker_engine(url, concurrency=concurrency)
     metrics_server = None
     if metrics_port is not None:
         from sqlalchemy_taskqueue.metrics import serve_worker_metrics
@@ -152,7 +155,7 @@ def worker(
         try:
             metrics_server = serve_worker_metrics(metrics_port, sessionmaker(engine), model)
         except OSError as exc:  # the port is taken, or not ours to bind
-            engine.dispose()
+            dispose_engine(engine)
             raise click.BadParameter(
                 f"cannot serve metrics on port {metrics_port}: {exc.strerror or exc}",
                 param_hint="--metrics-port",
@@ -193,7 +196,7 @@ def worker(
     finally:
         if metrics_server is not None:
             metrics_server.stop()
-        engine.dispose()
+        dispose_engine(engine)
 
 
 def _run_async(
@@ -201,26 +204,18 @@ def _run_async(
 ) -> None:
     """Run an AsyncWorker for ``handlers`` on a new event loop, through asyncpg."""
     try:
-        from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+        from sqlalchemy.ext.asyncio import async_sessionmaker
 
         from sqlalchemy_taskqueue.async_worker import AsyncWorker
 
-        async_url, connect_args = async_engine_arguments(url)
-        make_url(async_url).get_dialect().import_dbapi()
+        make_url(async_driver_url(url)).get_dialect().import_dbapi()
+        engine = create_async_worker_engine(url, concurrency=options["concurrency"])
     except ImportError as exc:
         raise click.UsageError(
             f"--async needs asyncpg and greenlet (pip install 'sqlalchemy-taskqueue[async]'): {exc}"
         ) from None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    concurrency = options["concurrency"]
-    engine = create_async_engine(
-        async_url,
-        pool_size=concurrency + 3,
-        max_overflow=concurrency,
-        pool_pre_ping=True,
-        connect_args=connect_args,
-    )
     try:
         runner = AsyncWorker(async_sessionmaker(engine), model, handlers, **options)
     except (TypeError, ValueError) as exc:
@@ -230,6 +225,6 @@ def _run_async(
         try:
             await runner.run(until_empty=until_empty)
         finally:
-            await engine.dispose()
+            await dispose_async_engine(engine)
 
     asyncio.run(work())

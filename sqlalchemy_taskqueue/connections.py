@@ -1,0 +1,218 @@
+"""The worker's own engines: connection settings that bound every wait on the network,
+per driver, and a disposal that cannot hang.
+
+A worker whose network freezes (a partition, a dead load balancer, a proxy that stops
+forwarding without closing anything) must neither wait forever for an answer nor keep
+its process alive after a stop request.  The settings here make such waits fail by
+themselves, so a worker that rides out such an outage finds out and reconnects instead
+of hanging until the network comes back.
+
+``taskqueue worker`` builds its engine with :func:`create_worker_engine` (or
+:func:`create_async_worker_engine` for ``--async``); an application that builds its own
+engine gets none of this unless it asks::
+
+    from sqlalchemy import create_engine
+    from sqlalchemy_taskqueue.connections import worker_connect_args
+
+    engine = create_engine(url, connect_args=worker_connect_args(url))
+
+What each driver gets (a setting the URL already has is left as it is):
+
+* **psycopg2 and psycopg 3** (libpq): ``connect_timeout`` 10 s; TCP keepalives
+  (``keepalives_idle`` 10 s, ``keepalives_interval`` 5 s, ``keepalives_count`` 3), so
+  a silent peer is found within about 25 s; ``tcp_user_timeout`` 30 s for data the peer
+  never acknowledges (libpq 12 and later); and ``statement_timeout`` 30 s on the server
+  (``options=-c statement_timeout=30s``).
+* **asyncpg**: ``timeout`` 10 s to connect; ``command_timeout`` 40 s, enforced by the
+  client on every statement (asyncpg has no keepalives), and ``statement_timeout``
+  30 s on the server, whose error comes first while the server can still answer.
+
+The worker's statements take milliseconds (a claim, a batch of outcomes, a rescue of at
+most a thousand rows), so 30 s only ever ends a statement stuck behind a lock or a dead
+network.  Keepalives and ``tcp_user_timeout`` find a dead peer; they cannot find one
+that still acknowledges every byte without answering (a proxy whose forwarding is
+frozen), and libpq has no client-side statement timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL, make_url
+
+from .embedded import async_engine_arguments
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DISPOSE_TIMEOUT",
+    "STATEMENT_TIMEOUT",
+    "create_async_worker_engine",
+    "create_worker_engine",
+    "dispose_async_engine",
+    "dispose_engine",
+    "worker_connect_args",
+]
+
+logger = logging.getLogger("sqlalchemy_taskqueue.worker")
+
+#: Seconds to open a connection (the whole handshake, authentication included).
+CONNECT_TIMEOUT = 10
+#: Seconds a statement of the worker may run on the server.
+STATEMENT_TIMEOUT = 30
+#: Seconds the command line waits for its engine's connections to close at exit.
+DISPOSE_TIMEOUT = 2.0
+
+#: TCP keepalives: first probe after 10 s of silence, then every 5 s, 3 unanswered end it.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
+_KEEPALIVE_COUNT = 3
+#: Milliseconds sent data may stay unacknowledged before the kernel drops the connection.
+_TCP_USER_TIMEOUT_MS = 30_000
+#: asyncpg's own per-statement timeout, later than the server's so that the server's
+#: clearer error wins whenever the server can still answer.
+_CLIENT_STATEMENT_TIMEOUT = STATEMENT_TIMEOUT + 10
+
+
+def worker_connect_args(url: str | URL) -> dict[str, Any]:
+    """``connect_args`` that bound a worker's waits on the network, for ``url``'s driver
+    (psycopg2, psycopg 3 or asyncpg; other drivers get none).  Settings the URL already
+    has are left to the URL.
+
+    >>> worker_connect_args("postgresql+psycopg2://app@db/app?connect_timeout=3")["keepalives_idle"]
+    10
+    >>> "connect_timeout" in worker_connect_args("postgresql+psycopg2://app@db/app?connect_timeout=3")
+    False
+    """
+    parsed = make_url(url) if isinstance(url, str) else url
+    driver = parsed.get_dialect().driver
+    if driver == "asyncpg":
+        return _asyncpg_connect_args(parsed)
+    if driver not in ("psycopg2", "psycopg"):
+        return {}
+    wanted: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT,
+        **_KEEPALIVES,
+        "keepalives_count": _KEEPALIVE_COUNT,
+    }
+    if _libpq_version(driver) >= 120000:  # older libpq refuses the parameter outright
+        wanted["tcp_user_timeout"] = _TCP_USER_TIMEOUT_MS
+    args = {name: value for name, value in wanted.items() if name not in parsed.query}
+    options = parsed.query.get("options", "")
+    if isinstance(options, str) and "statement_timeout" not in options:
+        args["options"] = f"{options} -c statement_timeout={STATEMENT_TIMEOUT}s".strip()
+    return args
+
+
+def _asyncpg_connect_args(url: URL) -> dict[str, Any]:
+    """asyncpg takes no libpq parameters: its own names, as ``connect_args``."""
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query and "timeout" not in url.query:
+        args["timeout"] = CONNECT_TIMEOUT
+    if "command_timeout" not in url.query:
+        args["command_timeout"] = _CLIENT_STATEMENT_TIMEOUT
+    args["server_settings"] = {"statement_timeout": f"{STATEMENT_TIMEOUT}s"}
+    return args
+
+
+def _libpq_version(driver: str) -> int:
+    """The version of the libpq the driver runs on (``160002`` for 16.2)."""
+    if driver == "psycopg2":
+        import psycopg2.extensions
+
+        return int(psycopg2.extensions.libpq_version())
+    import psycopg
+
+    return int(psycopg.pq.version())
+
+
+def create_worker_engine(url: str | URL, *, concurrency: int) -> Engine:
+    """The engine ``taskqueue worker`` runs a :class:`~sqlalchemy_taskqueue.Worker` on:
+    :func:`worker_connect_args` applied, and a pool sized for ``concurrency`` slots
+    (one connection per slot, the claim connection, heartbeats and LISTEN's).
+
+    Example::
+
+        engine = create_worker_engine("postgresql+psycopg2://app@db/app", concurrency=8)
+    """
+    return create_engine(
+        url,
+        pool_size=concurrency + 3,
+        max_overflow=concurrency,
+        pool_pre_ping=True,
+        connect_args=worker_connect_args(url),
+    )
+
+
+def create_async_worker_engine(url: str | URL, *, concurrency: int) -> AsyncEngine:
+    """The engine ``taskqueue worker --async`` runs an
+    :class:`~sqlalchemy_taskqueue.AsyncWorker` on: the same database through asyncpg
+    (or psycopg 3 for a ``postgresql+psycopg://`` URL, see
+    :func:`~sqlalchemy_taskqueue.embedded.async_engine_arguments`), with
+    :func:`worker_connect_args` applied; a ``ValueError`` names a URL parameter asyncpg
+    cannot take.
+
+    Example::
+
+        engine = create_async_worker_engine("postgresql://app@db/app", concurrency=8)
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async_url, moved = async_engine_arguments(url)
+    connect_args = worker_connect_args(async_url)
+    settings = {**connect_args.get("server_settings", {}), **moved.pop("server_settings", {})}
+    connect_args.update(moved)  # the URL's own values win
+    if settings:
+        connect_args["server_settings"] = settings
+    return create_async_engine(
+        async_url,
+        pool_size=concurrency + 3,
+        max_overflow=concurrency,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def dispose_engine(engine: Engine, timeout: float = DISPOSE_TIMEOUT) -> bool:
+    """Close the engine's pooled connections, waiting at most ``timeout`` seconds;
+    ``False`` if they were still closing then (they are left to the process's exit).
+
+    Closing a connection sends the server a goodbye; over a frozen network that send
+    can block, so it happens on a daemon thread that is not waited for past ``timeout``.
+
+    Example::
+
+        dispose_engine(engine)
+    """
+    closing = threading.Thread(target=engine.dispose, name="taskqueue-dispose", daemon=True)
+    closing.start()
+    closing.join(timeout)
+    if closing.is_alive():
+        logger.warning("worker.dispose_timed_out after=%.1fs", timeout)
+        return False
+    return True
+
+
+async def dispose_async_engine(engine: AsyncEngine, timeout: float = DISPOSE_TIMEOUT) -> bool:
+    """Close the engine's pooled connections, waiting at most ``timeout`` seconds;
+    ``False`` if they had to be cut off.
+
+    asyncpg waits for the server to acknowledge a connection's close, without a limit:
+    over a frozen network ``await engine.dispose()`` would wait until the network
+    returns.  Cancelled at ``timeout``, asyncpg aborts the connection instead.
+
+    Example::
+
+        await dispose_async_engine(engine)
+    """
+    try:
+        await asyncio.wait_for(engine.dispose(), timeout)
+    except asyncio.TimeoutError:
+        logger.warning("worker.dispose_timed_out after=%.1fs", timeout)
+        return False
+    return True
