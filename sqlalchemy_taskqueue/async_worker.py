@@ -33,6 +33,10 @@ Differences from the threaded worker, all in the async worker's favour:
 * Cancelling the task that awaits :meth:`AsyncWorker.run` is a stop request: the
   graceful shutdown runs before the cancellation propagates, and a claim or outcome
   write in flight is finished first, so nothing it did is lost.
+
+As with the threaded worker, a stop ends :meth:`AsyncWorker.run` within
+``shutdown_grace`` plus :data:`~sqlalchemy_taskqueue.worker_base.STOP_BOUND` whatever the
+network does: at that deadline what still waits for the database is cancelled.
 """
 
 from __future__ import annotations
@@ -80,6 +84,9 @@ __all__ = ["AsyncWorker"]
 
 _R = TypeVar("_R")
 _P = ParamSpec("_P")
+
+#: Seconds an abandoned run's work gets to unwind once cancelled (within STOP_BOUND).
+_UNWIND = 1.0
 
 
 class _Escaped(NamedTuple):
@@ -189,6 +196,7 @@ class AsyncWorker(WorkerBase[TaskT]):
             )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: DaemonThreadPool | None = None
+        self._abandoning = False  # the stop passed its deadline: wait for no database
         self._claim_connection: AsyncConnection | None = None  # see _claim_only
         self._claims_directly = False
         self._loop_thread: int | None = None
@@ -214,7 +222,12 @@ class AsyncWorker(WorkerBase[TaskT]):
         if loop is not None:
             # also from a signal handler on the loop's own thread: this wakes its select()
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._wake.set)
+                loop.call_soon_threadsafe(self._stop_noticed)
+
+    def _stop_noticed(self) -> None:
+        """On the loop: wake the claim loop, and run()'s wait to start the stop's clock."""
+        self._wake.set()
+        self._stop_requested.set()
 
     async def run(self, *, until_empty: bool = False, install_signal_handlers: bool = True) -> None:
         """Process tasks until stopped; with ``until_empty``, until nothing is claimable.
@@ -225,45 +238,107 @@ class AsyncWorker(WorkerBase[TaskT]):
         like :meth:`Worker.run <sqlalchemy_taskqueue.Worker.run>`.  Cancelling the task
         that awaits it is a graceful stop.
 
+        After a stop request it returns within ``shutdown_grace`` plus
+        :data:`~sqlalchemy_taskqueue.worker_base.STOP_BOUND` (5 s), whatever the
+        network does: what still waits for the database then is cancelled
+        (``worker.stop_timed_out`` is logged; the tasks still held are rescued once
+        their leases expire).
+
         Example::
 
             await worker.run(until_empty=True)   # drain the queue, then return
         """
         self._begin_run()
-        self._wake = asyncio.Event()
-        self._supervisor_wake = asyncio.Event()
-        # held while a transaction writes outcomes or renews leases (see Worker)
-        self._write_lock = asyncio.Lock()
-        self._slots: asyncio.Queue[Attempt | None] = asyncio.Queue()
-        self._supervisor_stop = self._slots_cancelled = False
-        self._pool = None
-        self._loop_thread = threading.get_ident()
-        self._loop = asyncio.get_running_loop()  # published last: stop() may use it now
-        listener: AsyncNotificationListener | None = None
-        slots: list[asyncio.Task[None]] = []
-        supervisor: asyncio.Task[None] | None = None
+        work: asyncio.Future[None] | None = None
         try:
+            self._wake = asyncio.Event()
+            self._stop_requested = asyncio.Event()
+            self._supervisor_wake = asyncio.Event()
+            # held while a transaction writes outcomes or renews leases (see Worker)
+            self._write_lock = asyncio.Lock()
+            self._slots: asyncio.Queue[Attempt | None] = asyncio.Queue()
+            self._supervisor_stop = self._slots_cancelled = self._abandoning = False
+            self._pool = None
+            self._loop_thread = threading.get_ident()
+            self._loop = asyncio.get_running_loop()  # published last: stop() may use it now
             with self._signal_handlers(install_signal_handlers):
-                try:
-                    listener = await self._start_listener()
-                    self._log_started(listener is not None)
-                    # inside the try: if its threads cannot start, the listener is stopped
-                    self._pool = DaemonThreadPool(self._concurrency, "taskqueue-slot")
-                    slots = [
-                        asyncio.ensure_future(self._slot_loop()) for _ in range(self._concurrency)
-                    ]
-                    supervisor = asyncio.ensure_future(self._supervise())
-                    await self._claim_loop(until_empty)
-                except asyncio.CancelledError:
-                    self._stopping.set()  # cancelling run() asks for a graceful stop
-                    raise
-                finally:
-                    await self._shut_down(listener, slots, supervisor)
+                work = asyncio.ensure_future(self._work(until_empty))
+                await self._await_work(work)
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
             self._loop = self._loop_thread = None
-            self._end_run()
+            if work is None or work.done():
+                self._end_run()
+            else:  # abandoned, still unwinding: the run ends with it
+                work.add_done_callback(lambda _: self._end_run())
+
+    async def _work(self, until_empty: bool) -> None:
+        """The worker itself: listener, slots, supervisor, claim loop and shutdown.
+        Whatever started is stopped again, however it ends."""
+        listener = await self._start_listener()
+        slots: list[asyncio.Task[None]] = []
+        supervisor: asyncio.Task[None] | None = None
+        try:
+            self._log_started(listener is not None)
+            self._pool = DaemonThreadPool(self._concurrency, "taskqueue-slot")
+            slots = [asyncio.ensure_future(self._slot_loop()) for _ in range(self._concurrency)]
+            supervisor = asyncio.ensure_future(self._supervise())
+            await self._claim_loop(until_empty)
+        except asyncio.CancelledError:
+            self._stopping.set()  # the loop is being torn down: stop as gracefully as it allows
+            raise
+        finally:
+            await self._shut_down(listener, slots, supervisor)
+
+    async def _await_work(self, work: asyncio.Future[None]) -> None:
+        """Wait for the work to end; once a stop is requested, for its deadline at most,
+        then cancel what still waits for the database.
+
+        Cancelling this wait is a stop request (the work shuts down gracefully and the
+        cancellation is raised once it has); a second cancellation gives up at once.
+        """
+        deadline: float | None = None
+        cancelled = False
+        stop_requested = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            while not work.done():
+                waiting: set[asyncio.Future[Any]] = {work}
+                timeout: float | None = None
+                if self._stopping.is_set():
+                    if deadline is None:
+                        deadline = self._stop_deadline() - _UNWIND
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        await self._abandon(work)
+                        if cancelled:
+                            raise asyncio.CancelledError
+                        return  # the work's end (cancelled here) is no error of the run
+                else:
+                    waiting.add(stop_requested)
+                try:
+                    await asyncio.wait(
+                        waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                except asyncio.CancelledError:
+                    if cancelled:
+                        await self._abandon(work)
+                        raise
+                    cancelled = True
+                    self.stop()
+        finally:
+            stop_requested.cancel()
+        if cancelled:
+            raise asyncio.CancelledError
+        work.result()  # the work's own error (a batch run that gave up, a failed start)
+
+    async def _abandon(self, work: asyncio.Future[None]) -> None:
+        """Give up on a stop that the database keeps from ending: cancel the work (from
+        now on nothing waits for the database) and let it unwind for a moment."""
+        self._abandoning = True
+        self._log_abandoned()
+        work.cancel()
+        await asyncio.wait({work}, timeout=_UNWIND)
 
     # ------------------------------------------------------------------ database
 
@@ -353,16 +428,20 @@ class AsyncWorker(WorkerBase[TaskT]):
                 await asyncio.sleep(delay)  # backing off from a failing database
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
-    async def _finish(work: Awaitable[_R]) -> _R:
+    async def _finish(self, work: Awaitable[_R]) -> _R:
         """Await ``work`` to its end even if the caller is cancelled meanwhile (a claim or
         outcome write must not be cut off after the server committed it); a cancellation
-        is re-raised once the work is done."""
+        is re-raised once the work is done.  Once the run is abandoned (its stop passed
+        its deadline) the work is cancelled too and not waited for: the database it waits
+        for may never answer."""
         job = asyncio.ensure_future(work)
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
-            await asyncio.wait([job])
+            if self._abandoning:
+                job.cancel()
+            else:
+                await asyncio.wait([job])
             raise
 
     # ------------------------------------------------------------------ claim loop
@@ -677,7 +756,10 @@ class AsyncWorker(WorkerBase[TaskT]):
         slots: list[asyncio.Task[None]],
         supervisor: asyncio.Task[None] | None,
     ) -> None:
-        """Give running tasks the grace period, write their outcomes, hand back the rest."""
+        """Give running tasks the grace period, write their outcomes, hand back the rest.
+
+        Once the run is abandoned (see :meth:`_abandon`) nothing here waits for the
+        database: the outcomes are left unwritten and the connections are cut."""
         try:
             if listener is not None:
                 await listener.stop()
@@ -685,7 +767,7 @@ class AsyncWorker(WorkerBase[TaskT]):
             if self._busy:
                 logger.info("worker.stopping running=%d grace=%.1fs", self._busy, self._grace)
             deadline = time.monotonic() + self._grace
-            while True:
+            while not self._abandoning:
                 flushed = await self._flush_outcomes()
                 if (flushed and not self._still_running()) or time.monotonic() >= deadline:
                     break
@@ -693,10 +775,13 @@ class AsyncWorker(WorkerBase[TaskT]):
                 await self._wait_for_wake(min(deadline - time.monotonic(), 0.5))
             for attempt in self._hand_back_leftovers():
                 self._cancel_handler(attempt)
-            if not await self._flush_outcomes():
+            if self._abandoning or not await self._flush_outcomes():
                 self._unwritten()
         finally:
-            await self._close_claim_connection()
+            # discarded when abandoned (its state is unknown): SQLAlchemy gives a discarded
+            # connection's goodbye a couple of seconds, then cuts it, instead of a reset
+            # over the network
+            await self._close_claim_connection(discard=self._abandoning)
             await self._stop_tasks(slots, supervisor)
             self._log_stopped()
 
@@ -704,7 +789,8 @@ class AsyncWorker(WorkerBase[TaskT]):
         self, slots: list[asyncio.Task[None]], supervisor: asyncio.Task[None] | None
     ) -> None:
         """End the slots, the supervisor and the progress writers; a handler that ignores
-        its cancellation (or a thread that never returns) is left behind, not awaited."""
+        its cancellation (or a thread that never returns) is left behind, not awaited.
+        An abandoned run cancels them at once and waits for none."""
         self._supervisor_stop = True
         self._supervisor_wake.set()
         for _ in slots:
@@ -714,11 +800,16 @@ class AsyncWorker(WorkerBase[TaskT]):
             tasks.append(supervisor)
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=1.0)
+        if self._abandoning:
+            pending = {task for task in tasks if not task.done()}
+        else:
+            _, pending = await asyncio.wait(tasks, timeout=1.0)
         if pending:
             self._slots_cancelled = True
             for task in pending:
                 task.cancel()
+            if self._abandoning:
+                return
             _, pending = await asyncio.wait(pending, timeout=1.0)
         if pending:
             logger.warning(

@@ -3,9 +3,10 @@ per driver, and a disposal that cannot hang.
 
 A worker whose network freezes (a partition, a dead load balancer, a proxy that stops
 forwarding without closing anything) must neither wait forever for an answer nor keep
-its process alive after a stop request.  The settings here make such waits fail by
-themselves, so a worker that rides out such an outage finds out and reconnects instead
-of hanging until the network comes back.
+its process alive after a stop request.  The stop is bounded by the workers themselves,
+whatever the engine (see :data:`~sqlalchemy_taskqueue.worker_base.STOP_BOUND`); the
+settings here make the waits fail by themselves too, so a worker that rides out such an
+outage finds out and reconnects instead of hanging until the network comes back.
 
 ``taskqueue worker`` builds its engine with :func:`create_worker_engine` (or
 :func:`create_async_worker_engine` for ``--async``); an application that builds its own
@@ -31,7 +32,7 @@ The worker's statements take milliseconds (a claim, a batch of outcomes, a rescu
 most a thousand rows), so 30 s only ever ends a statement stuck behind a lock or a dead
 network.  Keepalives and ``tcp_user_timeout`` find a dead peer; they cannot find one
 that still acknowledges every byte without answering (a proxy whose forwarding is
-frozen), and libpq has no client-side statement timeout.
+frozen): there the stop bound is what ends the worker.
 """
 
 from __future__ import annotations

@@ -235,11 +235,12 @@ class AsyncNotificationListener(_Listener[Any]):
 
             await listener.stop()
         """
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # not ``await task``: suppressing the CancelledError it raises would also
+            # swallow a cancellation of the caller (a loop tearing down the worker)
+            await asyncio.wait([task])
 
     async def _run(self) -> None:
         delay = _FIRST_RECONNECT_DELAY

@@ -35,7 +35,10 @@ How it works:
 * **Shutdown** — on SIGINT/SIGTERM or :meth:`Worker.stop`: stop claiming, let running
   tasks finish within ``shutdown_grace``, then hand the rest back to ``pending`` without
   using a retry.  A second signal exits at once (the leases expire and other workers
-  rescue the tasks).
+  rescue the tasks).  :meth:`Worker.run` returns within ``shutdown_grace`` plus
+  :data:`~sqlalchemy_taskqueue.worker_base.STOP_BOUND` of the stop request whatever the
+  network does: the worker runs on threads of its own, and the thread that called
+  ``run()`` only waits, handles signals, and gives up on a database that never answers.
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ from .worker_base import (
 __all__ = ["Worker", "WorkerStats"]
 
 _R = TypeVar("_R")
+
+#: What run()'s waiting thread is told (see Worker._await_run).
+_STOP_REQUESTED = "stop requested"
+_RUN_ENDED = "run ended"
 
 
 class Worker(WorkerBase[TaskT]):
@@ -144,6 +151,8 @@ class Worker(WorkerBase[TaskT]):
         self._slots: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
         self._claim_connection: Connection | None = None  # see _claim_only
         self._claims_directly = False
+        self._run_events: queue.SimpleQueue[str] | None = None  # see _await_run
+        self._run_error: BaseException | None = None
 
     def _check_handlers(self, specs: dict[str, HandlerSpec]) -> None:
         for task_type, spec in specs.items():
@@ -165,46 +174,112 @@ class Worker(WorkerBase[TaskT]):
         """
         self._stopping.set()
         self._wake.set()
+        events = self._run_events
+        if events is not None:
+            events.put(_STOP_REQUESTED)  # wakes run()'s thread to start the stop's clock
 
     def run(self, *, until_empty: bool = False, install_signal_handlers: bool = True) -> None:
         """Process tasks until stopped; with ``until_empty``, until nothing is claimable.
 
         Installs SIGINT/SIGTERM handlers when called on the main thread (restored on
         return) unless ``install_signal_handlers`` is false (the host application
-        handles signals and calls :meth:`stop`); from other threads, use :meth:`stop`.  A running worker rides out
-        database outages (it retries with backoff); with ``until_empty`` it gives up after
-        five failed turns in a row and raises the last error.
+        handles signals and calls :meth:`stop`); from other threads, use :meth:`stop`.
+        A running worker rides out database outages (it retries with backoff); with
+        ``until_empty`` it gives up after five failed turns in a row and raises the
+        last error.
+
+        After a stop request it returns within ``shutdown_grace`` plus
+        :data:`~sqlalchemy_taskqueue.worker_base.STOP_BOUND` (5 s), whatever the
+        network does: the worker runs on threads of its own while the calling thread
+        only waits, so it stays free to handle signals and to give up on a database that
+        does not answer (``worker.stop_timed_out`` is logged; the tasks still held are
+        rescued once their leases expire).
 
         Example::
 
             worker.run(until_empty=True)   # drain the queue, then return
         """
         self._begin_run()
-        slots: list[threading.Thread] = []
-        supervisor: threading.Thread | None = None
-        self._supervisor_stop.clear()
+        self._run_error = None
+        events: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._run_events = events
+        runner = threading.Thread(
+            target=self._run_turns, args=(until_empty, events), name="taskqueue-worker", daemon=True
+        )
+        try:
+            with self._signal_handlers(install_signal_handlers):
+                runner.start()
+                self._await_run(events)
+        except BaseException:
+            if runner.ident is None:  # never started: nothing else will end the run
+                self._end_run()
+            raise
+        if self._run_error is not None:
+            error, self._run_error = self._run_error, None
+            raise error
+
+    def _await_run(self, events: queue.SimpleQueue[str]) -> None:
+        """Wait for the run to end; once a stop is requested, for its deadline at most.
+
+        The calling thread does nothing else: a thread inside a driver's C call cannot
+        run Python's signal handlers, so they must not run on the thread that talks to
+        the database.  It waits on a ``SimpleQueue``, whose ``put`` is safe even from a
+        signal handler interrupting this very wait (an ``Event.set`` there could
+        deadlock on the lock the interrupted ``wait`` holds).
+        """
+        deadline: float | None = None
+        interrupted: BaseException | None = None
+        while True:
+            if deadline is None and self._stopping.is_set():
+                deadline = self._stop_deadline()
+            try:
+                event = events.get(
+                    timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                )
+            except queue.Empty:
+                self._log_abandoned()
+                break
+            except BaseException as exc:  # KeyboardInterrupt, or a host's handler raising
+                if interrupted is not None:
+                    raise  # interrupted twice: stop waiting
+                interrupted = exc
+                self.stop()  # a graceful stop first, bounded as any other
+                continue
+            if event == _RUN_ENDED:
+                break
+        if interrupted is not None:
+            raise interrupted
+
+    def _run_turns(self, until_empty: bool, events: queue.SimpleQueue[str]) -> None:
+        """The worker itself, on a thread of its own: listener, slots, supervisor, claim
+        loop and shutdown.  Whatever started is stopped again, however it ends."""
         try:
             listener = self._start_listener()
-            with self._signal_handlers(install_signal_handlers):
+            slots: list[threading.Thread] = []
+            supervisor: threading.Thread | None = None
+            self._supervisor_stop.clear()
+            try:
                 self._log_started(listener is not None)  # from here a signal stops it gracefully
-                try:
-                    # started one by one inside the try: if one cannot start, those that
-                    # did (and the listener) are stopped again
-                    for n in range(self._concurrency):
-                        slot = threading.Thread(
-                            target=self._slot_loop, name=f"taskqueue-slot-{n}", daemon=True
-                        )
-                        slot.start()
-                        slots.append(slot)
-                    supervisor = threading.Thread(
-                        target=self._supervise, name="taskqueue-supervisor", daemon=True
+                # started one by one inside the try: if one cannot start, those that did
+                # (and the listener) are stopped again
+                for n in range(self._concurrency):
+                    slot = threading.Thread(
+                        target=self._slot_loop, name=f"taskqueue-slot-{n}", daemon=True
                     )
-                    supervisor.start()
-                    self._claim_loop(until_empty)
-                finally:
-                    self._shut_down(listener, slots, supervisor)
+                    slot.start()
+                    slots.append(slot)
+                supervisor = threading.Thread(
+                    target=self._supervise, name="taskqueue-supervisor", daemon=True
+                )
+                supervisor.start()
+                self._claim_loop(until_empty)
+            finally:
+                self._shut_down(listener, slots, supervisor)
+        except BaseException as exc:  # raised again by run(), on the caller's thread
+            self._run_error = exc
         finally:
             self._end_run()
+            events.put(_RUN_ENDED)
 
     # ------------------------------------------------------------------ database
 

@@ -53,7 +53,7 @@ from .validation import (
     require_task_type,
 )
 
-__all__ = ["DATABASE_ERRORS", "EventHook", "WorkerBase", "is_transient"]
+__all__ = ["DATABASE_ERRORS", "STOP_BOUND", "EventHook", "WorkerBase", "is_transient"]
 
 logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 
@@ -82,6 +82,11 @@ class _StatementParametersHidden(logging.Filter):
 logger.addFilter(_StatementParametersHidden())
 
 WRITE_ATTEMPTS = 5
+#: Seconds beyond ``shutdown_grace`` after which a stop request ends ``run()`` whatever the
+#: network does: the final hand-back and the closing of connections get this long, then
+#: whatever still waits for the database is abandoned (its leases expire and other workers
+#: rescue its tasks, as after a second signal).
+STOP_BOUND = 5.0
 #: Consecutive failed turns after which ``run(until_empty=True)`` gives up and raises.
 UNTIL_EMPTY_ATTEMPTS = 5
 #: Most slots a worker may have (each is a thread, or a task on the event loop).
@@ -282,6 +287,17 @@ class WorkerBase(Generic[TaskT]):
             self._concurrency,
             self._lease.total_seconds(),
             listening,
+        )
+
+    def _stop_deadline(self) -> float:
+        """When a run asked to stop now must have ended (``time.monotonic()``)."""
+        return time.monotonic() + self._grace + STOP_BOUND
+
+    def _log_abandoned(self) -> None:
+        logger.error(
+            "worker.stop_timed_out after=%.1fs (the database did not answer in time: "
+            "unwritten outcomes and held tasks are left to lease expiry and rescue)",
+            self._grace + STOP_BOUND,
         )
 
     def _log_stopped(self) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
 from sqlalchemy_taskqueue.embedded import async_engine_arguments
 from sqlalchemy_taskqueue.wakeup import AsyncNotificationListener, NotificationListener
+from sqlalchemy_taskqueue.worker_base import STOP_BOUND
 
 sys.path.insert(0, str(Path(__file__).parent))
 from processes import wait_for
@@ -429,6 +430,61 @@ def test_a_listener_that_listens_again_wakes_its_worker_once_more(
         admin.dispose()
     assert wakes[0] is False  # the wake at the loss, while nobody listened
     assert wakes[-1] is True  # and the one once it listened again
+
+
+def test_a_stop_ends_the_run_in_time_when_the_network_freezes(
+    new_worker: Any, database_url: str, session_factory: sessionmaker[Session], clean_table: Any
+) -> None:
+    """The application's own engine, with no timeouts at all: its network freezes (a
+    proxy stops forwarding without closing anything) while a handler runs.  A stop still
+    ends the run within the grace period plus ``STOP_BOUND``: whatever waits for the
+    database is abandoned, and the task is left to lease expiry and rescue."""
+    from faults.harness import pausable_proxy
+
+    with session_factory() as session:
+        task_id = TaskRepository(session, clean_table).enqueue("job", {})
+        session.commit()
+    started, release = threading.Event(), threading.Event()
+
+    def job(task: Any, ctx: TaskContext) -> str:
+        started.set()
+        release.wait(60)  # outlives the grace period
+        return "done"
+
+    grace = 1.0
+    with pausable_proxy(database_url) as proxy:
+        engine = create_engine(proxy.url)
+        worker = new_worker(
+            sessionmaker(engine),
+            clean_table,
+            {"job": job},
+            shutdown_grace=grace,
+            poll_interval=0.1,
+            heartbeat_interval=0.2,
+        )
+        try:
+            with running(worker) as thread:
+                assert started.wait(10)
+                proxy.cut()
+                wait_for(proxy.holding, timeout=10)  # a heartbeat or a claim now waits in vain
+                asked = time.monotonic()
+                worker.stop()
+                thread.join(grace + STOP_BOUND + 10)
+                took = time.monotonic() - asked
+                assert not thread.is_alive()
+            # run() itself returns at the bound; the async twin's test runner then also
+            # disposes of its engine and closes its loop, each bounded
+            assert took < grace + STOP_BOUND + (1 if new_worker.twin == "sync" else 5), took
+            with session_factory() as session:
+                task = TaskRepository(session, clean_table).get_task(task_id)
+                # nothing was written: the task waits for its lease to expire and a rescue
+                assert task is not None and task.status is TaskStatus.IN_PROGRESS
+        finally:
+            release.set()
+            proxy.heal()  # the abandoned calls get their answers ...
+            # ... and the threaded worker's abandoned thread ends before the next test
+            wait_for(lambda: "taskqueue-worker" not in [t.name for t in threading.enumerate()])
+            engine.dispose()
 
 
 def test_a_run_that_cannot_start_its_threads_leaves_nothing_behind(

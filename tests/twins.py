@@ -37,6 +37,7 @@ from sqlalchemy_taskqueue import (
     Worker,
 )
 from sqlalchemy_taskqueue.async_worker import DaemonThreadPool
+from sqlalchemy_taskqueue.connections import dispose_async_engine
 from sqlalchemy_taskqueue.embedded import async_driver_url, async_engine_arguments
 
 TWINS = ["sync", "async"]
@@ -124,7 +125,7 @@ class AsyncWorkerRunner:
             try:
                 await self.worker.run(**options)
             finally:
-                await engine.dispose()
+                await dispose_async_engine(engine)  # never waits for a frozen network
 
         asyncio.run(main())
 

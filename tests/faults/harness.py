@@ -196,6 +196,10 @@ class FaultQueue:
                 )
             )
 
+    def executions_by(self, pid: int) -> int:
+        """Handler calls the worker process ``pid`` has recorded."""
+        return int(self.scalar("SELECT count(*) FROM proc_executions WHERE pid = :pid", pid=pid))
+
     def wait_until_settled(self, timeout: float = 120.0) -> None:
         """Wait until no task is pending or in progress."""
         wait_for(lambda: self.unfinished() == 0, timeout=timeout)
@@ -332,12 +336,16 @@ class PausableProxy:
     network partition does: nobody is told, bytes just stop arriving.  :meth:`heal`
     forwards what was held back and carries on.  :meth:`refuse` drops every connection
     and refuses new ones, as a restarting server does, until :meth:`readmit`.
+    :meth:`holding` says whether a cut is holding something back: a client is then
+    waiting for an answer that will not come.
     """
 
     def __init__(self, url: str) -> None:
         self._target = _server_address(url)
         self._open = threading.Event()
         self._open.set()
+        self._held = 0  # connections and messages waiting for the cut to heal
+        self._held_lock = threading.Lock()  # also orders close() and new connections
         self._closed = False
         self._sockets: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -369,11 +377,27 @@ class PausableProxy:
     def cut(self) -> None:
         self._open.clear()
 
+    def holding(self) -> bool:
+        """Whether a connection or a message is waiting for the cut to heal."""
+        with self._held_lock:
+            return self._held > 0
+
+    def _wait_until_open(self) -> None:
+        """Hold back whatever arrives while the network is cut."""
+        if self._open.is_set():
+            return
+        with self._held_lock:
+            self._held += 1
+        self._open.wait()
+        with self._held_lock:
+            self._held -= 1
+
     def heal(self) -> None:
         self._open.set()
 
     def close(self) -> None:
-        self._closed = True
+        with self._held_lock:
+            self._closed = True
         self._open.set()
         for sock in [self._listener, *self._sockets]:
             sock.close()
@@ -384,18 +408,23 @@ class PausableProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            self._open.wait()
+            self._wait_until_open()
             family, address = self._target
             upstream = socket.socket(family, socket.SOCK_STREAM)
+            with self._held_lock:
+                if self._closed:  # closed while this connection was held back by a cut
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
             upstream.connect(address)
-            self._sockets += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                self._open.wait()  # a cut holds the bytes back
+                self._wait_until_open()
                 sink.sendall(data)
         except OSError:
             pass

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import TABLE_HEADER, FaultReport
 from scenarios import (
+    frozen_network,
     idle_in_transaction,
     poison_documents,
     server_restart,
@@ -100,6 +101,7 @@ def main() -> None:
         *both_twins(
             lambda work, twin: stranded_worker(server_url, work, how="SIGSTOP", tasks=4, twin=twin)
         ),
+        *both_twins(lambda work, twin: frozen_network(server_url, work, grace=5.0, twin=twin)),
         lambda work: skewed_clocks(server_url, work, tasks=size(1000)),
         *(
             scenario

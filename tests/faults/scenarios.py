@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from harness import (
 )
 from processes import WorkerProcess
 from sqlalchemy import text
+
+from sqlalchemy_taskqueue.worker_base import STOP_BOUND
 
 #: Enough slots and prefetch that a kill finds tasks running, waiting and being written.
 FLEET_OPTIONS = ("--concurrency", "4", "--prefetch", "2")
@@ -280,6 +283,95 @@ def stranded_worker(
             ),
             rescuer_outcomes=winners,
             exits=exits,
+        )
+
+
+def frozen_network(
+    server_url: str,
+    work_dir: Path,
+    *,
+    tasks: int = 4,
+    grace: float = 2.0,
+    twin: str = "sync",
+) -> FaultReport:
+    """Two workers lose their network mid-task (a proxy stops forwarding without closing
+    anything, so every call they make waits for an answer that never comes), then are
+    told to stop: one by a SIGTERM, which must end it within its grace period plus the
+    stop bound, the other by a SIGTERM and then a SIGINT, which must end it at once.  A
+    third worker rescues their tasks once the leases expire.
+
+    Recovery: the longest time from the cut until a stranded task started again.
+    """
+    with (
+        fault_queue(server_url, work_dir, twin) as queue,
+        pausable_proxy(queue.url) as first_network,
+        pausable_proxy(queue.url) as second_network,
+    ):
+        # long enough to be running still when the grace period ends
+        ids = queue.enqueue(tasks, ms=(int((grace + 4) * 1000),) * 2)
+        each = tasks // 2
+        victims: list[WorkerProcess] = []
+        for network in (first_network, second_network):
+            victim = queue.spawn(
+                "--concurrency", str(each), "--grace", f"{grace:g}s", url=network.url
+            )
+            # its handlers are running: they have recorded their executions
+            wait_for(lambda victim=victim: queue.executions_by(victim.pid) == each)
+            victims.append(victim)
+        stopped, interrupted = victims
+        for network in (first_network, second_network):
+            network.cut()
+        struck = queue.now()
+        # both are now waiting for the database (a claim, a heartbeat) in vain
+        wait_for(lambda: first_network.holding() and second_network.holding())
+        rescuer = queue.spawn("--concurrency", str(tasks))
+        signalled = time.monotonic()
+        for victim in victims:
+            victim.signal(signal.SIGTERM)
+        wait_for(lambda: "worker.shutdown_requested" in interrupted.output())
+        interrupted_at = time.monotonic()
+        interrupted.signal(signal.SIGINT)
+        exited: dict[int, float] = {}
+
+        def victims_exited() -> bool:
+            for victim in victims:
+                if victim.pid not in exited and not victim.alive():
+                    exited[victim.pid] = time.monotonic()
+            return len(exited) == len(victims)
+
+        with suppress(AssertionError):  # a worker that outlives this is reported, not waited for
+            wait_for(victims_exited, timeout=grace + STOP_BOUND + 30)
+        stop_seconds = exited[stopped.pid] - signalled if stopped.pid in exited else None
+        exit_seconds = (
+            exited[interrupted.pid] - interrupted_at if interrupted.pid in exited else None
+        )
+        exits = [victim.process.poll() for victim in victims]
+        for victim in victims:
+            victim.kill()
+        queue.wait_until_settled(timeout=60)
+        rescued = queue.scalar(
+            "SELECT count(*) FROM proc_completions WHERE (result #>> '{}')::int = :pid",
+            pid=rescuer.pid,
+        )
+        queue.stop_workers()
+
+        def took(seconds: float | None) -> str:
+            return "still running" if seconds is None else f"{seconds:.1f} s"
+
+        return queue.report(
+            "network frozen, then the worker is stopped",
+            faults=1,
+            recovery=queue.restarted_after(struck, ids),
+            notes=(
+                f"first signal: stopped in {took(stop_seconds)} (grace {grace:g} s); "
+                f"second signal: exited in {took(exit_seconds)}; exits {exits}; "
+                f"{rescued}/{tasks} completed by the rescuer"
+            ),
+            grace=grace,
+            stop_seconds=stop_seconds,
+            exit_seconds=exit_seconds,
+            exits=exits,
+            rescued=rescued,
         )
 
 

@@ -1,15 +1,18 @@
 """Fault injection: workers killed, frozen and cut off, connections terminated, the
-server restarted, a session left idle in transaction, clocks skewed.  In every case each
+server restarted, a session left idle in transaction, clocks skewed, a worker stopped
+behind a frozen network.  In every case each
 task must end ``completed`` exactly once (executions may repeat: delivery is
 at-least-once, the outcome is exactly-once)."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 from harness import FaultReport
 from scenarios import (
+    frozen_network,
     idle_in_transaction,
     poison_documents,
     server_restart,
@@ -18,6 +21,8 @@ from scenarios import (
     terminated_connections,
     worker_sigkill,
 )
+
+from sqlalchemy_taskqueue.worker_base import STOP_BOUND
 
 pytestmark = pytest.mark.slow
 #: the worker processes: threaded ``Worker``s, or ``AsyncWorker``s (``taskqueue worker --async``)
@@ -81,6 +86,24 @@ def test_a_stranded_worker_is_rescued_and_its_late_outcome_refused(
     assert report.details["rescuer_outcomes"] == 3, report
     assert set(report.details["exits"]) == {0}, report
     assert report.recovery_seconds is not None and report.recovery_seconds < 10, report
+
+
+@twins
+def test_a_worker_behind_a_frozen_network_stops_within_its_bound(
+    server_url: str, tmp_path: Path, twin: str
+) -> None:
+    report = frozen_network(server_url, tmp_path, grace=2.0, twin=twin)
+    assert_nothing_lost(report)
+    details = report.details
+    # the first signal: the grace period, the stop bound, then the process's own exit
+    # (closing its pool and event loop, bounded too): the README promises grace + 10 s
+    assert details["stop_seconds"] is not None, report
+    assert details["stop_seconds"] < details["grace"] + STOP_BOUND + 5, report
+    # the second signal: at once
+    assert details["exit_seconds"] is not None and details["exit_seconds"] < 2, report
+    assert details["exits"] == [0, 128 + signal.SIGINT], report
+    assert details["rescued"] == 4, report
+    assert report.reexecutions == 4, report  # each task ran on a stopped worker, then again
 
 
 def test_lease_decisions_use_the_database_clock(server_url: str, tmp_path: Path) -> None:
