@@ -22,15 +22,18 @@ What each driver gets (a setting the URL already has is left as it is):
 * **psycopg2 and psycopg 3** (libpq): ``connect_timeout`` 10 s; TCP keepalives
   (``keepalives_idle`` 10 s, ``keepalives_interval`` 5 s, ``keepalives_count`` 3), so
   a silent peer is found within about 25 s; ``tcp_user_timeout`` 30 s for data the peer
-  never acknowledges (libpq 12 and later); and ``statement_timeout`` 30 s on the server
-  (``options=-c statement_timeout=30s``).
+  never acknowledges (libpq 12 and later); and on the server ``statement_timeout`` and
+  ``idle_in_transaction_session_timeout``, 30 s each (``options=-c ...``).
 * **asyncpg**: ``timeout`` 10 s to connect; ``command_timeout`` 40 s, enforced by the
-  client on every statement (asyncpg has no keepalives), and ``statement_timeout``
-  30 s on the server, whose error comes first while the server can still answer.
+  client on every statement (asyncpg has no keepalives); and the same two server
+  settings, whose errors come first while the server can still answer.
 
 The worker's statements take milliseconds (a claim, a batch of outcomes, a rescue of at
-most a thousand rows), so 30 s only ever ends a statement stuck behind a lock or a dead
-network.  Keepalives and ``tcp_user_timeout`` find a dead peer; they cannot find one
+most a thousand rows) and its transactions never wait for anything but them, so 30 s
+only ever ends a statement stuck behind a lock or a dead network, or the session of a
+worker cut off in the middle of a transaction: until the server ends that session it
+keeps the rows it updated locked, and rescue (``SKIP LOCKED``) passes over them, for as
+long as the server's TCP stack takes to notice the client is gone (hours, by default).  Keepalives and ``tcp_user_timeout`` find a dead peer; they cannot find one
 that still acknowledges every byte without answering (a proxy whose forwarding is
 frozen): there the stop bound is what ends the worker.
 """
@@ -65,7 +68,8 @@ logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 
 #: Seconds to open a connection (the whole handshake, authentication included).
 CONNECT_TIMEOUT = 10
-#: Seconds a statement of the worker may run on the server.
+#: Seconds a statement of the worker may run on the server, and a transaction of the
+#: worker may sit idle there (its session then ends, and with it the transaction's locks).
 STATEMENT_TIMEOUT = 30
 #: Seconds the command line waits for its engine's connections to close at exit.
 DISPOSE_TIMEOUT = 2.0
@@ -78,6 +82,11 @@ _TCP_USER_TIMEOUT_MS = 30_000
 #: asyncpg's own per-statement timeout, later than the server's so that the server's
 #: clearer error wins whenever the server can still answer.
 _CLIENT_STATEMENT_TIMEOUT = STATEMENT_TIMEOUT + 10
+#: What the server enforces on the worker's sessions.
+_SERVER_SETTINGS = {
+    "statement_timeout": f"{STATEMENT_TIMEOUT}s",
+    "idle_in_transaction_session_timeout": f"{STATEMENT_TIMEOUT}s",
+}
 
 
 def worker_connect_args(url: str | URL) -> dict[str, Any]:
@@ -105,8 +114,12 @@ def worker_connect_args(url: str | URL) -> dict[str, Any]:
         wanted["tcp_user_timeout"] = _TCP_USER_TIMEOUT_MS
     args = {name: value for name, value in wanted.items() if name not in parsed.query}
     options = parsed.query.get("options", "")
-    if isinstance(options, str) and "statement_timeout" not in options:
-        args["options"] = f"{options} -c statement_timeout={STATEMENT_TIMEOUT}s".strip()
+    if isinstance(options, str):
+        added = [
+            f"-c {name}={value}" for name, value in _SERVER_SETTINGS.items() if name not in options
+        ]
+        if added:
+            args["options"] = " ".join([options, *added]).strip()
     return args
 
 
@@ -117,7 +130,7 @@ def _asyncpg_connect_args(url: URL) -> dict[str, Any]:
         args["timeout"] = CONNECT_TIMEOUT
     if "command_timeout" not in url.query:
         args["command_timeout"] = _CLIENT_STATEMENT_TIMEOUT
-    args["server_settings"] = {"statement_timeout": f"{STATEMENT_TIMEOUT}s"}
+    args["server_settings"] = dict(_SERVER_SETTINGS)
     return args
 
 

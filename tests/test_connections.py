@@ -27,7 +27,10 @@ def test_libpq_drivers_get_connect_keepalive_and_statement_timeouts() -> None:
         assert args["connect_timeout"] == CONNECT_TIMEOUT
         assert (args["keepalives"], args["keepalives_idle"], args["keepalives_count"]) == (1, 10, 3)
         assert args["tcp_user_timeout"] == 30_000
-        assert args["options"] == f"-c statement_timeout={STATEMENT_TIMEOUT}s"
+        assert args["options"] == (
+            f"-c statement_timeout={STATEMENT_TIMEOUT}s"
+            f" -c idle_in_transaction_session_timeout={STATEMENT_TIMEOUT}s"
+        )
 
 
 def test_settings_the_url_has_are_left_to_it() -> None:
@@ -36,12 +39,17 @@ def test_settings_the_url_has_are_left_to_it() -> None:
         "&options=-c%20search_path%3Dqueue"
     )
     assert "connect_timeout" not in args and "keepalives_idle" not in args
-    # the URL's options are kept, the statement timeout added to them
-    assert args["options"] == f"-c search_path=queue -c statement_timeout={STATEMENT_TIMEOUT}s"
+    # the URL's options are kept, the timeouts added to them
+    assert args["options"] == (
+        f"-c search_path=queue -c statement_timeout={STATEMENT_TIMEOUT}s"
+        f" -c idle_in_transaction_session_timeout={STATEMENT_TIMEOUT}s"
+    )
     own = worker_connect_args(
         "postgresql+psycopg2://app@db/app?options=-c%20statement_timeout%3D5s"
     )
-    assert "options" not in own
+    assert own["options"] == (
+        f"-c statement_timeout=5s -c idle_in_transaction_session_timeout={STATEMENT_TIMEOUT}s"
+    )
 
 
 def test_asyncpg_gets_its_own_names_and_a_client_side_statement_timeout() -> None:
@@ -49,7 +57,10 @@ def test_asyncpg_gets_its_own_names_and_a_client_side_statement_timeout() -> Non
     assert args["timeout"] == CONNECT_TIMEOUT
     # enforced by the client: it ends a statement even when the server cannot answer
     assert args["command_timeout"] > STATEMENT_TIMEOUT
-    assert args["server_settings"] == {"statement_timeout": f"{STATEMENT_TIMEOUT}s"}
+    assert args["server_settings"] == {
+        "statement_timeout": f"{STATEMENT_TIMEOUT}s",
+        "idle_in_transaction_session_timeout": f"{STATEMENT_TIMEOUT}s",
+    }
     assert worker_connect_args("postgresql+pg8000://app@db/app") == {}
 
 
@@ -58,6 +69,8 @@ def test_the_worker_engine_connects_with_its_timeouts(database_url: str) -> None
     try:
         with engine.connect() as connection:
             assert connection.scalar(text("SHOW statement_timeout")) == f"{STATEMENT_TIMEOUT}s"
+            idle = connection.scalar(text("SHOW idle_in_transaction_session_timeout"))
+            assert idle == f"{STATEMENT_TIMEOUT}s"
             dsn = connection.connection.dbapi_connection.get_dsn_parameters()  # type: ignore[union-attr]
         assert (dsn["connect_timeout"], dsn["keepalives_idle"]) == (str(CONNECT_TIMEOUT), "10")
         assert dsn["tcp_user_timeout"] == "30000"
@@ -75,6 +88,7 @@ def test_the_async_worker_engine_connects_with_its_timeouts(database_url: str, d
         try:
             async with engine.connect() as connection:
                 timeout = await connection.scalar(text("SHOW statement_timeout"))
+                idle = await connection.scalar(text("SHOW idle_in_transaction_session_timeout"))
                 name = await connection.scalar(text("SHOW application_name"))
                 raw = await connection.get_raw_connection()
                 driver_connection: Any = raw.driver_connection
@@ -83,10 +97,11 @@ def test_the_async_worker_engine_connects_with_its_timeouts(database_url: str, d
                 )
         finally:
             await engine.dispose()
-        return timeout, name, client_timeout
+        return timeout, idle, name, client_timeout
 
-    timeout, name, client_timeout = asyncio.run(settings())
-    assert (timeout, name) == (f"{STATEMENT_TIMEOUT}s", "tq-timeouts")  # the URL's name kept
+    timeout, idle, name, client_timeout = asyncio.run(settings())
+    assert timeout == idle == f"{STATEMENT_TIMEOUT}s"
+    assert name == "tq-timeouts"  # the URL's own setting kept
     if driver == "asyncpg":
         assert client_timeout > STATEMENT_TIMEOUT
 
