@@ -31,6 +31,7 @@ from .exceptions import (
     TaskNotFoundError,
     TaskQueueDatabaseError,
     TaskQueueError,
+    TaskTableError,
     UnsupportedDialectError,
 )
 from .handlers import HandlerRegistry
@@ -55,6 +56,7 @@ __all__ = [
     "TaskQueueError",
     "TaskRepository",
     "TaskStatus",
+    "TaskTableError",
     "UnsupportedDialectError",
     "Worker",
     "WorkerStats",

@@ -26,6 +26,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskQueueDatabaseError",
     "TaskQueueError",
+    "TaskTableError",
     "UnsupportedDialectError",
     "wrap_database_errors",
 ]
@@ -93,6 +94,20 @@ class LeaseLostError(TaskQueueError):
 
 class UnsupportedDialectError(TaskQueueError):
     """This database backend is not supported yet; use PostgreSQL."""
+
+
+class TaskTableError(TaskQueueError):
+    """The queue's table in the database is missing, or lacks columns or indexes the queue
+    needs; migrate it (``alembic upgrade head``)."""
+
+    def __init__(
+        self, table: str | None = None, missing: list[str] | None = None, message: str | None = None
+    ) -> None:
+        self.table = table
+        #: what the table lacks (``"column 'lease_token'"``, ``"index 'ix_tasks_claimable'"``);
+        #: ``None`` when the table itself does not exist
+        self.missing = missing
+        super().__init__(message)
 
 
 class TaskQueueDatabaseError(TaskQueueError):

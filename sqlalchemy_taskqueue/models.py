@@ -46,15 +46,17 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    inspect,
     text,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Mapped, MappedAsDataclass, declared_attr, mapped_column
 from sqlalchemy.orm.properties import MappedColumn
 from sqlalchemy.schema import SchemaItem
 from sqlalchemy.sql.elements import conv
 from sqlalchemy.types import TypeDecorator
 
+from .exceptions import TaskTableError
 from .statements import (
     ACTIVE_DEDUPE_PREDICATE,
     CLAIM_ORDER,
@@ -73,7 +75,9 @@ __all__ = [
     "TaskStatusType",
     "claim_index_name",
     "merge_table_args",
+    "missing_database_schema",
     "missing_queue_schema",
+    "require_database_schema",
     "require_queue_schema",
     "task_table",
     "task_table_args",
@@ -193,6 +197,64 @@ def require_queue_schema(model_name: str, table: Table) -> None:
 
 def _lacking(model_name: str, table: Table, missing: list[str]) -> str:
     return f"{model_name} (table {table.name!r}) lacks what the queue needs: {', '.join(missing)}"
+
+
+def missing_database_schema(connection: Connection, table: Table) -> list[str] | None:
+    """What the table as it is in the database lacks of the model's columns and of the
+    library's indexes (``[]`` when nothing); ``None`` when the table does not exist.
+
+    The model is checked when it is declared; this checks the live table, which an
+    unapplied migration (or one written by hand) may have left behind.  It reads the
+    catalog a few times, so call it once per start, not per operation.
+
+    Example::
+
+        with engine.connect() as connection:
+            missing_database_schema(connection, Task.__table__)  # e.g. ["column 'result'"]
+    """
+    inspector = inspect(connection)
+    if not inspector.has_table(table.name, schema=table.schema):
+        return None
+    columns = {column["name"] for column in inspector.get_columns(table.name, schema=table.schema)}
+    indexes = {index["name"] for index in inspector.get_indexes(table.name, schema=table.schema)}
+    missing = [f"column {column.name!r}" for column in table.columns if column.name not in columns]
+    missing += [
+        f"index {name!r}"
+        for kind, name in _schema_items(table.name)
+        if kind == "index" and name not in indexes
+    ]
+    return missing
+
+
+def require_database_schema(connection: Connection, table: Table) -> None:
+    """:class:`~sqlalchemy_taskqueue.exceptions.TaskTableError` naming the table and what
+    it lacks, with the fix, unless the table in the database has everything the queue
+    needs (workers check at start, ``taskqueue`` commands before they run).
+
+    Example::
+
+        with engine.connect() as connection:
+            require_database_schema(connection, Task.__table__)
+    """
+    missing = missing_database_schema(connection, table)
+    if missing == []:
+        return
+    schema = f", schema={table.schema!r}" if table.schema else ""
+    create = f"sqlalchemy_taskqueue.migrations.create_task_table_v1({table.name!r}{schema})"
+    if missing is None:
+        message = (
+            f"The queue table {table.fullname!r} does not exist in the database. Create it: "
+            f"`alembic upgrade head` with a revision that calls {create} "
+            "(or Base.metadata.create_all(engine) without Alembic)."
+        )
+    else:
+        message = (
+            f"The queue table {table.fullname!r} in the database lacks what the queue needs: "
+            f"{', '.join(missing)}. Migrate it: `alembic upgrade head` (a table created by "
+            f"{create} has every one; `alembic revision --autogenerate` writes a revision "
+            "adding what is missing)."
+        )
+    raise TaskTableError(table.fullname, missing, message)
 
 
 def claim_index_name(table_name: str) -> str:

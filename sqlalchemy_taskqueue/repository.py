@@ -45,7 +45,7 @@ from .exceptions import (
     wrap_database_errors,
 )
 from .loading import detached_loader
-from .models import TaskDataclassMixin, TaskMixin, task_table
+from .models import TaskDataclassMixin, TaskMixin, require_database_schema, task_table
 from .monitoring import TaskMonitoring
 from .status import ACTIVE_STATUSES, TaskStatus
 from .validation import (
@@ -409,6 +409,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             existing = self._session.execute(lookup).scalar_one_or_none()
             if existing is not None:
                 return int(existing), False
+        # a table without the partial unique index (a unique index over finished tasks
+        # too, say) conflicts with tasks that are not active: name it, if so
+        connection = self._session.connection(bind_arguments={"mapper": self._model})
+        require_database_schema(connection, self._table)
         raise TaskQueueError(
             f"enqueue_if_not_exists({task_type!r}) kept conflicting with a task that "
             "finished before it could be read; is the session in REPEATABLE READ?"

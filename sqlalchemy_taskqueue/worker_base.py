@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -30,10 +31,10 @@ from .attempts import Attempt, Outcome, WorkerStats
 from .backoff import DEFAULT_BACKOFF, BackoffPolicy
 from .context import ProgressWriter, TaskContext
 from .durations import Duration, to_seconds
-from .exceptions import LeaseLostError, TaskInterrupted, TaskQueueError
+from .exceptions import LeaseLostError, TaskInterrupted, TaskQueueError, TaskTableError
 from .handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
 from .loading import detached_loader
-from .models import task_table
+from .models import require_database_schema, task_table
 from .repository import (
     TaskRepository,
     TaskT,
@@ -232,6 +233,7 @@ class WorkerBase(Generic[TaskT]):
         self._outcomes: list[Outcome] = []
         self._signals_seen = 0
         self._is_running = False
+        self._table_checked = False
         self.listening = threading.Event()  #: set while LISTEN is active
         self.idle = threading.Event()  #: set while the claim loop waits for work
         self._prepare()
@@ -272,6 +274,7 @@ class WorkerBase(Generic[TaskT]):
             if self._is_running:
                 raise RuntimeError("this worker is already running")
             self._is_running = True
+            self._table_checked = False  # by the first rescue of the run (_rescue_body)
 
     def _end_run(self) -> None:
         with self._lock:
@@ -315,7 +318,13 @@ class WorkerBase(Generic[TaskT]):
 
     def _claim_failed(self, errors: int, until_empty: bool) -> float | None:
         """Log a failed claim turn: the delay before the next, or ``None`` when a batch
-        run gives up (it reports failure instead of waiting forever)."""
+        run gives up (it reports failure instead of waiting forever) or the queue's table
+        is unusable (missing or unmigrated: waiting cannot fix it).  Called while the
+        turn's exception is being handled."""
+        failure = sys.exc_info()[1]
+        if isinstance(failure, TaskTableError):
+            logger.error("worker.table_unusable %s", failure)
+            return None
         if until_empty and errors >= UNTIL_EMPTY_ATTEMPTS:
             logger.error("worker.giving_up errors=%d (run until empty)", errors)
             return None
@@ -465,6 +474,14 @@ class WorkerBase(Generic[TaskT]):
         return body
 
     def _rescue_body(self, session: Session) -> dict[int, TaskStatus]:
+        if not self._table_checked:
+            # once per run, before its first claim: a table the model matches but the
+            # database does not (a migration not applied) would otherwise fail every
+            # turn with errors that do not say why; a database unreachable here leaves
+            # the check to the next rescue
+            connection = session.connection(bind_arguments={"mapper": self._model})
+            require_database_schema(connection, self._table)
+            self._table_checked = True
         return self._repository(session).rescue_expired_leases()
 
     def _rescued(self, rescued: dict[int, TaskStatus]) -> int:

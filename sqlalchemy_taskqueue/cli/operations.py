@@ -26,6 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue.embedded import mask_password
 from sqlalchemy_taskqueue.exceptions import TaskQueueDatabaseError, TaskQueueError
+from sqlalchemy_taskqueue.models import require_database_schema
 from sqlalchemy_taskqueue.monitoring import QueueStats
 from sqlalchemy_taskqueue.repository import TaskRepository
 from sqlalchemy_taskqueue.statements import UndecodableJSON
@@ -82,12 +83,18 @@ def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def open_repository(
-    database_url: str | None, table: str, model_reference: str | None
+    database_url: str | None,
+    table: str,
+    model_reference: str | None,
+    *,
+    check_table: bool = True,
 ) -> Iterator[TaskRepository[Any]]:
     """A repository in one transaction, committed when the block succeeds.
 
     A value the repository refuses (``ValueError``/``TypeError``) is a usage error (exit
-    2); a refusal by the queue (unknown id, wrong state) or the database exits 1.
+    2); a refusal by the queue (unknown id, wrong state) or the database exits 1, and so
+    does a table that is missing or lacks the queue's columns or indexes (checked first
+    unless ``check_table`` is false).
 
     Example::
 
@@ -99,6 +106,8 @@ def open_repository(
     engine = create_engine(url, poolclass=NullPool)
     try:
         with Session(engine) as session:
+            if check_table:  # before any statement that would fail for it less clearly
+                require_database_schema(session.connection(), model.__table__)
             yield TaskRepository(session, model)
             session.commit()
     except (SQLAlchemyError, TaskQueueDatabaseError) as exc:
@@ -461,8 +470,11 @@ def cleanup(
         click.echo(f"would delete {count} finished task(s) older than {_span(older_than)}")
         return
     total = 0
+    checked = False
     while True:
-        with open_repository(database_url, table, model_reference) as repo:
+        # one committed transaction per batch; the table is checked before the first
+        with open_repository(database_url, table, model_reference, check_table=not checked) as repo:
+            checked = True
             deleted = repo.cleanup_old_tasks(older_than, batch_size=batch_size, max_batches=1)
         total += deleted
         if deleted < batch_size:
