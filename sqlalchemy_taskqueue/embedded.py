@@ -35,6 +35,7 @@ __all__ = [
     "EmbeddedServer",
     "mask_password",
     "normalize_url",
+    "require_encoded_password",
     "resolve_database_url",
     "start_embedded_server",
 ]
@@ -50,9 +51,13 @@ logger = logging.getLogger(__name__)
 def normalize_url(url: str | URL) -> str:
     """A URL SQLAlchemy accepts, with the psycopg2 driver for bare PostgreSQL URLs.
 
+    A password holding an ``@`` that is not percent-encoded is refused
+    (:func:`require_encoded_password`).
+
     >>> normalize_url("postgres://u:p@db/app")
     'postgresql+psycopg2://u:p@db/app'
     """
+    require_encoded_password(url)
     text = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
     if text.startswith("postgres://"):
         text = "postgresql://" + text[len("postgres://") :]
@@ -120,16 +125,67 @@ def async_engine_arguments(url: str | URL) -> tuple[str, dict[str, Any]]:
     )
 
 
+def _unencoded_at(text: str) -> bool:
+    """Whether the URL's password holds an ``@`` that is not percent-encoded.
+
+    A URL's password ends at its first ``@``, so the rest of such a password is read as
+    part of the host (``u:p@ss@db`` is the password ``p`` on the host ``ss@db``), of
+    the database (after a ``/`` in the password), or makes the port unparsable (after a
+    ``:``).  A user name with an ``@`` is read whole, and is not a secret.
+    """
+    try:
+        parsed = make_url(text)
+    except Exception:  # "u:p@ss:word@db": the port would be "word@db"
+        return text.partition("://")[2].count("@") > 1
+    if "@" in (parsed.host or ""):
+        return True
+    return parsed.password is not None and "@" in (parsed.database or "")
+
+
+def require_encoded_password(url: str | URL) -> None:
+    """``ValueError`` when the URL's password holds an ``@`` that is not percent-encoded:
+    the URL names another host than meant, and part of the password would be printed
+    as that host's name (libpq's "could not translate host name" error does so).
+
+    >>> require_encoded_password("postgresql://app:p%40ss@db/app")  # encoded: fine
+    >>> require_encoded_password("postgresql://app:p@ss@db/app")
+    Traceback (most recent call last):
+    ...
+    ValueError: the password in the database URL 'postgresql://app:***@db/app' holds an '@' that is not percent-encoded; write each '@' in it as %40 (in Python: urllib.parse.quote(password, safe=''))
+    """
+    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
+    if _unencoded_at(text):
+        raise ValueError(
+            f"the password in the database URL {mask_password(text)!r} holds an '@' that is "
+            "not percent-encoded; write each '@' in it as %40 "
+            "(in Python: urllib.parse.quote(password, safe=''))"
+        )
+
+
 def mask_password(url: str | URL) -> str:
     """The URL with its password replaced by ``***``, for logs and error messages.
+
+    No part of a password is ever printed: when a password holds an ``@`` that is not
+    percent-encoded, where it ends is unknown, so everything up to the URL's last ``@``
+    is masked.
 
     >>> mask_password("postgresql://app:secret@db/app")
     'postgresql://app:***@db/app'
     >>> mask_password("postgresql://app@db/app?password=secret")
     'postgresql://app@db/app?password=%2A%2A%2A'
+    >>> mask_password("postgresql://app:p@ss@db/app")
+    'postgresql://app:***@db/app'
     """
+    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
+    if _unencoded_at(text):
+        # only the user name (before the first ':', if it holds no '@') and what follows
+        # the last '@' cannot be part of the password
+        scheme, _, rest = text.partition("://")
+        user = rest.partition(":")[0]
+        who = f"{user}:***" if user and not set(user) & set("@/?#") else "***"
+        text = f"{scheme}://{who}@{rest.rpartition('@')[2]}"
     try:
-        parsed = make_url(str(url))
+        parsed = make_url(text)
         if "password" in parsed.query:  # libpq also takes it as a query parameter
             parsed = parsed.update_query_dict({"password": "***"})
         return parsed.render_as_string(hide_password=True)

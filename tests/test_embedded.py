@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue.embedded import (
@@ -32,6 +34,48 @@ def test_mask_password_never_prints_the_secret() -> None:
     masked = mask_password("postgresql://app:s3cret@db/app")
     assert "s3cret" not in masked and masked == "postgresql://app:***@db/app"
     assert mask_password("::not a url::") == "<unparsable database URL>"
+
+
+#: passwords holding an '@' that is not percent-encoded; SQLAlchemy ends the password at
+#: the first '@' and reads the rest as the host, the database or a port
+UNENCODED = [
+    "postgresql://app:first@second@db/app",
+    "postgresql://app:first@second@db:5432/app?sslmode=require",
+    "postgresql://app:first@sec/ond@db/app",
+    "postgresql://app:first@sec:ond@db/app",
+    "postgresql://app:first@second@[::1]/app",
+    "postgresql://app:first@@db/app",
+]
+
+
+@pytest.mark.parametrize("url", [*UNENCODED, make_url(UNENCODED[0])], ids=str)
+def test_no_part_of_a_password_with_an_unencoded_at_is_printed(url: Any) -> None:
+    masked = mask_password(url)
+    for part in ("first", "second", "sec", "ond"):
+        assert part not in masked
+    assert masked.startswith("postgresql://app:***@")
+
+
+@pytest.mark.parametrize("url", UNENCODED)
+def test_a_password_with_an_unencoded_at_is_refused(url: str) -> None:
+    with pytest.raises(
+        ValueError, match="not percent-encoded; write each '@' in it as %40"
+    ) as info:
+        normalize_url(url)
+    assert "first" not in str(info.value) and "ond" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:first%40second@db/app",  # encoded
+        "postgresql://app@corp:secret@db/app",  # an '@' in the user name is read whole
+        "postgresql://app@db/app?options=-c%20x%3Dy@z",
+    ],
+)
+def test_urls_without_an_unencoded_at_in_the_password_are_accepted(url: str) -> None:
+    assert normalize_url(url).startswith("postgresql+psycopg2://app")
+    assert "first" not in mask_password(url) and "secret" not in mask_password(url)
 
 
 def test_an_environment_variable_wins(monkeypatch: pytest.MonkeyPatch) -> None:

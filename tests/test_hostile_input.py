@@ -321,6 +321,28 @@ def test_database_urls_are_masked_in_errors(url: str, command: list[str]) -> Non
     assert SECRET not in output
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:first-half@second-half@127.0.0.1:1/app",
+        "postgresql://app:first-half@second:half@127.0.0.1:1/app",  # the port unparsable
+    ],
+)
+@pytest.mark.parametrize("command", [["stats"], ["worker", "queue_app:tasks", "--until-empty"]])
+def test_a_password_with_an_unencoded_at_is_refused_and_never_printed(
+    url: str, command: list[str]
+) -> None:
+    """The password ends at its first '@' for SQLAlchemy, which printed the rest as part
+    of the host ('app:***@second-half@127.0.0.1'), and libpq echoed it in "could not
+    translate host name"."""
+    result = taskqueue("--database-url", url, *command)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "holds an '@' that is not percent-encoded; write each '@' in it as %40" in output
+    assert "postgresql://app:***@127.0.0.1:1/app" in output
+    assert "first" not in output and "half" not in output
+
+
 def test_a_working_password_url_never_reaches_the_logs(database_url: str, engine: Any) -> None:
     from queue_app import Base
 

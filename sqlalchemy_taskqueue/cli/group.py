@@ -12,7 +12,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoSuchModuleError
 
 from sqlalchemy_taskqueue.durations import parse_duration
-from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, mask_password, normalize_url
+from sqlalchemy_taskqueue.embedded import (
+    DATABASE_URL_ENV,
+    mask_password,
+    normalize_url,
+    require_encoded_password,
+)
 
 __all__ = [
     "DURATION",
@@ -94,6 +99,12 @@ def database_url_or_fail(database_url: str | None) -> str:
     if not database_url:
         raise click.UsageError("Missing option '--database-url' (or set TASKQUEUE_DATABASE_URL).")
     masked = mask_password(database_url)
+    try:
+        # refused before anything connects: libpq would print the rest of the password
+        # as a host name it cannot resolve
+        require_encoded_password(database_url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--database-url") from None
     try:
         url = normalize_url(database_url)
     except Exception:
