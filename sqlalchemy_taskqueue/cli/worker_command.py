@@ -110,6 +110,20 @@ __all__ = ["worker"]
     help="Serve Prometheus metrics on this port (needs the 'metrics' extra).",
 )
 @click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface the metrics are served on (0.0.0.0: every interface; the endpoint "
+    "has no authentication).",
+)
+@click.option(
+    "--metrics-cache",
+    type=DURATION,
+    default="15s",
+    show_default=True,
+    help="How long one reading of the queue-wide gauges serves scrapes (0: read at each).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -131,6 +145,8 @@ def worker(
     until_empty: bool,
     use_async: bool,
     metrics_port: int | None,
+    metrics_host: str,
+    metrics_cache: timedelta,
     log_level: str,
 ) -> None:
     """Run a worker for the handlers in MODULE:ATTR.
@@ -153,12 +169,19 @@ def worker(
         from sqlalchemy_taskqueue.metrics import serve_worker_metrics
 
         try:
-            metrics_server = serve_worker_metrics(metrics_port, sessionmaker(engine), model)
-        except OSError as exc:  # the port is taken, or not ours to bind
+            metrics_server = serve_worker_metrics(
+                metrics_port,
+                sessionmaker(engine),
+                model,
+                addr=metrics_host,
+                cache_for=metrics_cache,
+            )
+        except OSError as exc:  # the port is taken, or the host not ours to bind (or unknown)
             dispose_engine(engine)
             raise click.BadParameter(
-                f"cannot serve metrics on port {metrics_port}: {exc.strerror or exc}",
-                param_hint="--metrics-port",
+                f"cannot serve metrics on host {metrics_host!r} port {metrics_port}: "
+                f"{exc.strerror or exc}",
+                param_hint="--metrics-host/--metrics-port",
             ) from None
     options: dict[str, Any] = {
         "concurrency": concurrency,
