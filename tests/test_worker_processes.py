@@ -184,7 +184,7 @@ def test_the_worker_command_serves_metrics(
         TaskRepository(session, Task).enqueue_many("count", [{"n": n} for n in range(5)])
         session.commit()
     port = free_port()
-    worker = spawn("--metrics-port", str(port))
+    worker = spawn("--metrics-port", str(port), "--metrics-cache", "0")  # fresh gauges
     wait_for(
         lambda: (
             (body := scrape(port)) is not None
