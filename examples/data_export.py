@@ -1,4 +1,4 @@
-"""Data export: the seed's four-phase export with progress, producing a real CSV file.
+"""Data export: the four-phase export with progress, producing a real CSV file.
 
 Phases and progress (what a polling client sees)::
 

@@ -8,7 +8,7 @@ Endpoints:
   when the export is ready.
 * ``GET /tasks/<id>`` — status, progress (0-100), result or error.
 * ``GET /projects/<id>/exports/progress`` — progress of the project's active export, if
-  any (the seed's ``GetTaskProgress``).
+  any (``GetTaskProgress`` in the original Go design).
 
 Run it: ``python -m examples.web_polling`` (serves on http://127.0.0.1:8000 with a worker
 in the same process), then::

@@ -617,7 +617,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
     ) -> TaskStatus:
         """Record a failed attempt and return the task's new status.
 
-        In one atomic ``UPDATE`` (the seed's rule): while ``retry_count < max_retries``
+        In one atomic ``UPDATE``: while ``retry_count < max_retries``
         the task goes back to ``pending`` with ``retry_count + 1`` and ``run_at`` pushed
         out by the backoff policy (2 s, 4 s, 8 s ... by default); otherwise it becomes
         ``failed``.  ``retry=False`` fails it permanently at once.

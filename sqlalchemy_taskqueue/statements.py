@@ -809,7 +809,7 @@ def _failure_values(
     retry: bool,
     unstarted_message: str | None = None,
 ) -> dict[str, Any]:
-    """SET clause of the seed's atomic retry rule, with backoff computed in SQL.
+    """SET clause of the atomic retry rule, with backoff computed in SQL.
 
     While ``retry_count < max_retries`` the task returns to ``pending`` with
     ``retry_count + 1`` and ``run_at = now() + min(cap, base * 2^(retry_count + 1) *
@@ -1284,7 +1284,7 @@ def outcome_counts_statement(table: Table, *, window: timedelta) -> Select[Any]:
             func.count().filter(c.status == TaskStatus.COMPLETED).label("completed"),
             func.count().filter(c.status == TaskStatus.FAILED).label("failed"),
             func.count().filter(c.status == TaskStatus.CANCELLED).label("cancelled"),
-            # the seed's rule counts the final failure in retry_count too
+            # the retry rule counts the final failure in retry_count too
             func.count()
             .filter(
                 case(
