@@ -20,6 +20,7 @@ Mix :class:`TaskMixin` into a declarative model, migrate the table with Alembic
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
 from .backoff import BackoffPolicy
@@ -68,7 +69,10 @@ if TYPE_CHECKING:
     from .async_repository import AsyncTaskRepository
     from .async_worker import AsyncWorker
 
-__version__ = "0.1.0"
+try:  # the version is declared once, in pyproject.toml
+    __version__ = _metadata.version("sqlalchemy-taskqueue")
+except _metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str) -> object:

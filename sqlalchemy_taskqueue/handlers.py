@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 from .durations import Duration, to_seconds
 from .models import task_table
@@ -31,6 +33,8 @@ __all__ = ["Handler", "HandlerRegistry", "HandlerSpec", "normalize_handlers"]
 #: ``handler(task, ctx) -> JSON result``.
 Handler = Callable[[Any, Any], Any]
 _F = TypeVar("_F", bound=Handler)
+#: The task model a registry serves (``HandlerRegistry[Task]``); ``Any`` without one.
+_TaskT = TypeVar("_TaskT", default=Any)
 
 
 @dataclass(frozen=True)
@@ -47,10 +51,12 @@ class HandlerSpec:
     timeout_seconds: float | None = None
 
 
-class HandlerRegistry(Mapping[str, Handler]):
+class HandlerRegistry(Mapping[str, Handler], Generic[_TaskT]):
     """Handlers per task type, registered with a decorator.
 
-    :param model: the task model the handlers serve (used by ``taskqueue worker``).
+    :param model: the task model the handlers serve (used by ``taskqueue worker``); the
+        registry is typed by it (``HandlerRegistry[Task]``), and a worker for another
+        model is refused.
 
     Example::
 
@@ -61,10 +67,10 @@ class HandlerRegistry(Mapping[str, Handler]):
             ...
     """
 
-    def __init__(self, model: type[Any] | None = None) -> None:
+    def __init__(self, model: type[_TaskT] | None = None) -> None:
         if model is not None:
             task_table(model)
-        self.model = model
+        self.model: type[_TaskT] | None = model
         self._specs: dict[str, HandlerSpec] = {}
 
     def handler(self, task_type: str, *, timeout: Duration | None = None) -> Callable[[_F], _F]:
@@ -119,7 +125,7 @@ class HandlerRegistry(Mapping[str, Handler]):
 
 
 def normalize_handlers(
-    handlers: Mapping[str, Handler] | HandlerRegistry,
+    handlers: Mapping[str, Handler] | HandlerRegistry[Any],
     timeouts: Mapping[str, Duration] | None = None,
 ) -> dict[str, HandlerSpec]:
     """Validate handlers (and per-type timeouts) and return one spec per task type.

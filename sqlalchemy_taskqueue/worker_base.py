@@ -125,7 +125,7 @@ class WorkerBase(Generic[TaskT]):
         self,
         session_factory: Callable[[], Any],
         model: type[TaskT],
-        handlers: Mapping[str, Handler] | HandlerRegistry,
+        handlers: Mapping[str, Handler] | HandlerRegistry[TaskT],
         *,
         concurrency: int = 4,
         task_types: Sequence[str] | None = None,

@@ -35,6 +35,13 @@ class Task(TaskMixin, Base):
     project_id: Mapped[int | None] = mapped_column()
 
 
+def registry_types(session_factory: sessionmaker[Session]) -> None:
+    tasks = HandlerRegistry(Task)
+    assert_type(tasks, HandlerRegistry[Task])
+    assert_type(tasks.model, type[Task] | None)
+    assert_type(Worker(session_factory, Task, tasks), Worker[Task])
+
+
 def repository_types(session: Session) -> None:
     repo = TaskRepository(session, Task)
     assert_type(repo.enqueue("export", {"project_id": 1}, project_id=1), int)
