@@ -432,7 +432,8 @@ class TaskMixin:
     created_at: Mapped[datetime] = _PLAIN.timestamp(-93, server_now=True)
     """When the task was enqueued."""
     started_at: Mapped[datetime | None] = _PLAIN.timestamp(-92)
-    """When the current or last attempt was claimed."""
+    """When the current or last attempt started (NULL while a claimed task waits in a
+    worker for a slot: a rescue charges only started attempts)."""
     completed_at: Mapped[datetime | None] = _PLAIN.timestamp(-91)
     """When the task reached a finished state (completed, failed or cancelled)."""
     error_message: Mapped[str | None] = _PLAIN.nullable_text(-90)
