@@ -26,6 +26,9 @@ from sqlalchemy_taskqueue.testing import throwaway_database
 # a sitecustomize for worker processes with a skewed clock: never import it here
 collect_ignore = ["faults/skewed_clock"]
 
+# the tests' shared steps assert too: report their failures as a test's own
+pytest.register_assert_rewrite("repository_harness", "worker_harness")
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, None, None]:

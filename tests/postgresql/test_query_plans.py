@@ -1,0 +1,72 @@
+"""What PostgreSQL's planner makes of the queue's statements on a large table: the
+batch statements (claim, lease rescue, cleanup) fetch the rows they pick through the
+primary key, never by reading the whole table."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from plans import plan_on
+from sqlalchemy import Engine
+
+from sqlalchemy_taskqueue import statements
+from sqlalchemy_taskqueue.repository import claim_statement_and_params
+
+
+def _claim_of(table: Any) -> tuple[Any, dict[str, Any]]:
+    return claim_statement_and_params(
+        table, None, 400, timedelta(seconds=30), "w", relaxed_commit=False
+    )
+
+
+def _prefetching_claim_of(table: Any) -> tuple[Any, dict[str, Any]]:
+    """A worker's claim: 4 of the 400 go to free slots, the rest are prefetched."""
+    return claim_statement_and_params(
+        table, None, 400, timedelta(seconds=30), "w", relaxed_commit=True, starting=4
+    )
+
+
+# statement, and the rows it picks (a SET clause for them)
+PICKING_STATEMENTS = {
+    "claim": (_claim_of, "status = 'pending'"),
+    "prefetching claim": (_prefetching_claim_of, "status = 'pending'"),
+    "rescue": (
+        lambda table: (statements.rescue_statement(table, limit=400), {}),
+        "status = 'in_progress', lease_token = gen_random_uuid(), "
+        "lease_expires_at = now() - interval '1 hour'",
+    ),
+    "cleanup": (
+        lambda table: (
+            statements.purge_statement(table, older_than=timedelta(days=7), batch_size=400),
+            {},
+        ),
+        "status = 'completed', completed_at = now() - interval '30 days'",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PICKING_STATEMENTS)
+def test_batch_statements_read_only_the_rows_they_pick(
+    clean_table: type[Any], engine: Engine, name: str
+) -> None:
+    """30,000 rows, a third of them what the statement picks, and a batch of 400: the
+    claim, the lease rescue and a cleanup batch fetch what they picked through the
+    primary key.  Joined to a CTE, or with ``id IN (...)``, the planner hash-joined a
+    sequential scan of the whole table here: every claim and every cleanup batch read
+    the entire table, and cleaning up a large backlog took quadratic time."""
+    build, picked = PICKING_STATEMENTS[name]
+    table = clean_table.__tablename__
+    stmt, params = build(clean_table.__table__)
+    plan = plan_on(
+        engine,
+        stmt,
+        params,
+        table,
+        f"INSERT INTO {table} (type, payload) SELECT 'a', '{{}}' FROM generate_series(1, 30000)",
+        f"UPDATE {table} SET {picked} WHERE id > 20000",
+    )
+    assert "Hash" not in plan, plan
+    assert f"Index Scan using {table}_pkey on {table} " in plan, plan
+    assert "Index Cond: (id = ANY ($" in plan, plan
