@@ -12,7 +12,7 @@ import pytest
 from processes import wait_for
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
-from test_worker import enqueue, fetch
+from worker_harness import enqueue, fetch
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
 from sqlalchemy_taskqueue.statements import UNSTARTED_RESCUE

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
-from test_worker import MakeWorker, enqueue, fetch
+from worker_harness import MakeWorker, enqueue, fetch
 
 from sqlalchemy_taskqueue import TaskRepository, TaskStatus
 from sqlalchemy_taskqueue.cli import cli

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
-from test_worker import enqueue, fetch
+from worker_harness import enqueue, fetch
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
 from sqlalchemy_taskqueue.validation import MAX_ERROR_MESSAGE_LENGTH

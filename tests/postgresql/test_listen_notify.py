@@ -1,18 +1,23 @@
-"""LISTEN/NOTIFY: the queue's channel is a valid PostgreSQL channel name, and tasks put
-back in the queue (handed back, rescued, retried) are announced on it as an enqueue
-is, unless the repository was made with ``notify=False``."""
+"""LISTEN/NOTIFY: the queue's channel is a valid PostgreSQL channel name; tasks put back
+in the queue (handed back, rescued, retried) are announced on it as an enqueue is,
+unless the repository was made with ``notify=False``; and a notification wakes an idle
+worker long before its poll, on each driver that can LISTEN."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
+from processes import wait_for
 from repository_harness import Repo
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
-from twins import make_repository
+from sqlalchemy.orm import Session, sessionmaker
+from twins import make_repository, running
+from worker_harness import MakeWorker, enqueue
 
-from sqlalchemy_taskqueue import statements
+from sqlalchemy_taskqueue import TaskContext, statements
 
 
 def test_long_schema_qualified_names_get_a_valid_channel(session: Session) -> None:
@@ -83,3 +88,35 @@ def drain_notifications(connection: Any) -> int:
     count = len(connection.notifies)
     connection.notifies.clear()
     return count
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_notify_wakes_an_idle_worker_long_before_its_poll(
+    make_worker: MakeWorker, database_url: str, clean_table: type[Any], driver: str
+) -> None:
+    """On each driver that can LISTEN: psycopg2 and psycopg 3 for the threaded worker,
+    asyncpg and psycopg 3 for the async one."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    engine = create_engine(make_url(database_url).set(drivername=f"postgresql+{driver}"))
+    session_factory = sessionmaker(engine)
+    done: dict[int, float] = {}
+    finished = threading.Event()
+
+    def job(task: Any, ctx: TaskContext) -> None:
+        done[task.id] = time.monotonic()
+        finished.set()
+
+    worker = make_worker(session_factory, clean_table, {"job": job}, poll_interval=60)
+    try:
+        with running(worker):
+            assert worker.listening.wait(10)
+            wait_for(worker.idle.is_set)
+            enqueued_at = time.monotonic()
+            task_id = enqueue(session_factory, clean_table, "job")
+            assert finished.wait(10)
+    finally:
+        engine.dispose()
+    # picked up on the notification: nowhere near the 60 s poll interval
+    assert done[task_id] - enqueued_at < 5
