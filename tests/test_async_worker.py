@@ -1,5 +1,5 @@
 """AsyncWorker's own behaviour; the shared behaviour runs against both twins in
-test_worker.py, test_worker_resilience.py and test_worker_processes.py."""
+conformance/worker/, test_worker_resilience.py and test_worker_processes.py."""
 
 from __future__ import annotations
 

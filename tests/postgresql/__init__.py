@@ -2,7 +2,6 @@
 
 SQL shape compiled for the ``postgresql`` dialect, query plans, LISTEN/NOTIFY,
 asynchronous commit (``synchronous_commit``), the drivers (psycopg2, psycopg 3, asyncpg)
-and their connection settings, the embedded server.  A test belongs here when it would
-mean nothing against another database; what every backend must do belongs in
-``tests/conformance/``.
+and their connection settings.  A test belongs here when it would mean nothing against
+another database; what every backend must do belongs in ``tests/conformance/``.
 """

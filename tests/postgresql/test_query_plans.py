@@ -1,6 +1,7 @@
 """What PostgreSQL's planner makes of the queue's statements on a large table: the
 batch statements (claim, lease rescue, cleanup) fetch the rows they pick through the
-primary key, never by reading the whole table."""
+primary key, and the recent failures are read from the finished-rows index; none of them
+reads the whole table."""
 
 from __future__ import annotations
 
@@ -70,3 +71,25 @@ def test_batch_statements_read_only_the_rows_they_pick(
     assert "Hash" not in plan, plan
     assert f"Index Scan using {table}_pkey on {table} " in plan, plan
     assert "Index Cond: (id = ANY ($" in plan, plan
+
+
+def test_recent_failures_read_the_finished_index_not_the_whole_table(
+    clean_table: type[Any], engine: Engine
+) -> None:
+    """30,000 finished rows, one in fifty failed: the latest 20 failures are read newest
+    first from the finished-rows index, which stops after a few hundred entries.  Sorted
+    ``NULLS LAST``, against the index's order, the query read the whole table."""
+    table = clean_table.__tablename__
+    stmt = statements.recent_failures_statement(clean_table.__table__, limit=20)
+    plan = plan_on(
+        engine,
+        stmt,
+        {},
+        table,
+        f"INSERT INTO {table} (type, payload, status, started_at, completed_at) "
+        "SELECT 'a', '{}', CASE WHEN n % 50 = 0 THEN 'failed' ELSE 'completed' END, "
+        "now() - make_interval(secs => n + 1), now() - make_interval(secs => n) "
+        "FROM generate_series(1, 30000) AS n",
+    )
+    assert "Seq Scan" not in plan, plan
+    assert f"Index Scan Backward using ix_{table}_finished on {table}" in plan, plan

@@ -1,4 +1,5 @@
-"""The monitoring queries against a queue in a known state."""
+"""The monitoring queries against a queue in a known state.  (How PostgreSQL plans
+them: ``tests/postgresql/test_query_plans.py``.)"""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from plans import plan_on
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from sqlalchemy_taskqueue import TaskRepository, TaskStatus, statements
+from sqlalchemy_taskqueue import TaskRepository, TaskStatus
 from sqlalchemy_taskqueue.monitoring import QueueDepth, StatusCount
 
 Repo = TaskRepository[Any]
@@ -157,25 +157,3 @@ def test_a_limit_beyond_bigint_is_refused_and_the_callers_work_survives(
     session.commit()
     session.expire_all()
     assert repo.get_task(task_id) is not None
-
-
-def test_recent_failures_read_the_finished_index_not_the_whole_table(
-    clean_table: type[Any], engine: Engine
-) -> None:
-    """30,000 finished rows, one in fifty failed: the latest 20 failures are read newest
-    first from the finished-rows index, which stops after a few hundred entries.  Sorted
-    ``NULLS LAST``, against the index's order, the query read the whole table."""
-    table = clean_table.__tablename__
-    stmt = statements.recent_failures_statement(clean_table.__table__, limit=20)
-    plan = plan_on(
-        engine,
-        stmt,
-        {},
-        table,
-        f"INSERT INTO {table} (type, payload, status, started_at, completed_at) "
-        "SELECT 'a', '{}', CASE WHEN n % 50 = 0 THEN 'failed' ELSE 'completed' END, "
-        "now() - make_interval(secs => n + 1), now() - make_interval(secs => n) "
-        "FROM generate_series(1, 30000) AS n",
-    )
-    assert "Seq Scan" not in plan, plan
-    assert f"Index Scan Backward using ix_{table}_finished on {table}" in plan, plan
