@@ -3,17 +3,19 @@ the ``make_worker`` fixture (every worker twin, polling quickly, with short leas
 and handlers that wait for the test.
 
 ``make_worker`` is not found by pytest here: the ``conftest.py`` of each folder whose
-worker tests use it imports it (``conformance/worker/``, ``postgresql/``).
+worker tests use it imports it (``conformance/``, ``postgresql/``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository
@@ -76,3 +78,40 @@ def wait_until_stopped(task: Any, ctx: TaskContext) -> str:
     while not ctx.should_stop():
         time.sleep(0.01)  # the handler's own work loop
     return "finished late"
+
+
+@contextmanager
+def completions_refused(
+    engine: Engine,
+    model: type[Any],
+    message: str,
+    *,
+    errcode: str = "raise_exception",
+    refuse: str = "TRUE",
+) -> Iterator[None]:
+    """While in the block, the database refuses to mark a task of ``model`` completed
+    (when ``refuse``, an SQL condition on ``NEW``, holds) with ``message`` and the
+    SQLSTATE condition ``errcode``: a trigger, as a storage quota or a value over a limit
+    of the database would refuse it."""
+    table = model.__tablename__
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE FUNCTION refuse_completion() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                f"BEGIN IF NEW.status = 'completed' AND ({refuse}) THEN "
+                f"RAISE EXCEPTION '{message}' USING ERRCODE = '{errcode}'; "
+                "END IF; RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                f"CREATE TRIGGER refuse BEFORE UPDATE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_completion()"
+            )
+        )
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TRIGGER refuse ON {table}"))
+            connection.execute(text("DROP FUNCTION refuse_completion()"))

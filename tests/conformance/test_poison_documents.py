@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
-from worker_harness import MakeWorker, enqueue, fetch
+from worker_harness import MakeWorker, completions_refused, enqueue, fetch
 
 from sqlalchemy_taskqueue import TaskRepository, TaskStatus
 from sqlalchemy_taskqueue.cli import cli
@@ -18,16 +18,6 @@ from sqlalchemy_taskqueue.statements import UndecodableJSON
 from sqlalchemy_taskqueue.validation import MAX_JSON_DEPTH
 
 Factory = sessionmaker[Session]
-
-
-@pytest.fixture
-def make_worker(new_worker: MakeWorker) -> MakeWorker:
-    """Every worker twin, polling quickly."""
-
-    def configured(factory: Any, model: type[Any], handlers: Any, **kw: Any) -> Any:
-        return new_worker(factory, model, handlers, poll_interval=0.05, **kw)
-
-    return configured
 
 
 def nested(depth: int) -> Any:
@@ -253,35 +243,21 @@ def test_a_completion_the_database_refuses_for_good_fails_that_task_and_the_work
     """A result over a limit of the database itself (SQLSTATE class 54, as PostgreSQL
     reports a ``jsonb`` value over 255 MiB) is not worth retrying: the task fails, the
     rest of its outcome batch is written, and the worker keeps claiming."""
-    table = clean_table.__tablename__
     refused = enqueue(session_factory, clean_table, "job", {"refuse": True})
     accepted = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(3)]
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "CREATE FUNCTION refuse_result() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                "BEGIN IF NEW.status = 'completed' AND NEW.payload ? 'refuse' THEN "
-                "RAISE EXCEPTION 'total size of jsonb object elements exceeds the maximum' "
-                "USING ERRCODE = 'program_limit_exceeded'; END IF; RETURN NEW; END $$"
-            )
-        )
-        connection.execute(
-            text(
-                f"CREATE TRIGGER refuse BEFORE UPDATE ON {table} "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_result()"
-            )
-        )
-    try:
+    with completions_refused(
+        engine,
+        clean_table,
+        "total size of jsonb object elements exceeds the maximum",
+        errcode="program_limit_exceeded",
+        refuse="NEW.payload ? 'refuse'",
+    ):
         worker = make_worker(
             session_factory, clean_table, {"job": lambda task, ctx: "ok"}, concurrency=4
         )
         worker.run(until_empty=True)
         later = enqueue(session_factory, clean_table, "job", {"n": 9})
         worker.run(until_empty=True)  # it still claims
-    finally:
-        with engine.begin() as connection:
-            connection.execute(text(f"DROP TRIGGER refuse ON {table}"))
-            connection.execute(text("DROP FUNCTION refuse_result()"))
     statuses = [fetch(session_factory, clean_table, i).status for i in [*accepted, later]]
     assert statuses == [TaskStatus.COMPLETED] * 4
     task = fetch(session_factory, clean_table, refused)

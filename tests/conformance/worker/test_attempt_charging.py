@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from processes import wait_for
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,16 +18,6 @@ from sqlalchemy_taskqueue.statements import UNSTARTED_RESCUE
 
 Factory = sessionmaker[Session]
 MakeWorker = Any
-
-
-@pytest.fixture
-def make_worker(new_worker: MakeWorker) -> MakeWorker:
-    """Every worker twin, polling quickly."""
-
-    def configured(factory: Any, model: type[Any], handlers: Any, **kw: Any) -> Any:
-        return new_worker(factory, model, handlers, poll_interval=0.05, **kw)
-
-    return configured
 
 
 def started_at(factory: Factory, model: type[Any], task_id: int) -> Any:

@@ -7,25 +7,14 @@ import logging
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
-from worker_harness import enqueue, fetch
+from worker_harness import completions_refused, enqueue, fetch
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
 from sqlalchemy_taskqueue.validation import MAX_ERROR_MESSAGE_LENGTH
 
 Factory = sessionmaker[Session]
 MakeWorker = Any
-
-
-@pytest.fixture
-def make_worker(new_worker: MakeWorker) -> MakeWorker:
-    """Every worker twin, polling quickly."""
-
-    def configured(factory: Any, model: type[Any], handlers: Any, **kw: Any) -> Any:
-        return new_worker(factory, model, handlers, poll_interval=0.05, **kw)
-
-    return configured
 
 
 def test_a_huge_error_message_is_stored_bounded_and_logged_once(
@@ -73,32 +62,13 @@ def test_database_errors_are_logged_without_statement_parameters(
 ) -> None:
     """A completion the database refuses is logged with its SQL but not with the
     results, ids and lease tokens it was sent with."""
-    table = clean_table.__tablename__
     enqueue(session_factory, clean_table, "job", {"refuse": True})
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "CREATE FUNCTION refuse_secret() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                "BEGIN IF NEW.status = 'completed' THEN "
-                "RAISE EXCEPTION 'storage quota exceeded'; END IF; RETURN NEW; END $$"
-            )
-        )
-        connection.execute(
-            text(
-                f"CREATE TRIGGER refuse BEFORE UPDATE ON {table} "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_secret()"
-            )
-        )
-    try:
+    with completions_refused(engine, clean_table, "storage quota exceeded"):
         worker = make_worker(
             session_factory, clean_table, {"job": lambda task, ctx: {"api_key": "s3cr3t-42"}}
         )
         with caplog.at_level(logging.INFO, logger="sqlalchemy_taskqueue"):
             worker.run(until_empty=True)
-    finally:
-        with engine.begin() as connection:
-            connection.execute(text(f"DROP TRIGGER refuse ON {table}"))
-            connection.execute(text("DROP FUNCTION refuse_secret()"))
     logged = caplog.text
     assert "storage quota exceeded" in logged  # the error is there ...
     assert "s3cr3t-42" not in logged and "[parameters:" not in logged  # ... its values not

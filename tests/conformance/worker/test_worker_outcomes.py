@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import text
-from worker_harness import Factory, MakeWorker, enqueue, fetch
+from worker_harness import Factory, MakeWorker, completions_refused, enqueue, fetch
 
 from sqlalchemy_taskqueue import TaskContext, TaskStatus
 
@@ -164,32 +164,15 @@ def test_a_result_nested_too_deep_for_json_fails_the_task(
 def test_an_outcome_the_database_refuses_does_not_block_the_others(
     make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any], engine: Any
 ) -> None:
-    table = clean_table.__tablename__
     refused = enqueue(session_factory, clean_table, "job", {"refuse": True})
     accepted = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(3)]
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "CREATE FUNCTION refuse_completion() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                "BEGIN IF NEW.status = 'completed' AND NEW.payload ? 'refuse' THEN "
-                "RAISE EXCEPTION 'storage quota exceeded'; END IF; RETURN NEW; END $$"
-            )
-        )
-        connection.execute(
-            text(
-                f"CREATE TRIGGER refuse BEFORE UPDATE ON {table} "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_completion()"
-            )
-        )
-    try:
+    with completions_refused(
+        engine, clean_table, "storage quota exceeded", refuse="NEW.payload ? 'refuse'"
+    ):
         worker = make_worker(
             session_factory, clean_table, {"job": lambda task, ctx: "ok"}, concurrency=4
         )
         worker.run(until_empty=True)
-    finally:
-        with engine.begin() as connection:
-            connection.execute(text(f"DROP TRIGGER refuse ON {table}"))
-            connection.execute(text("DROP FUNCTION refuse_completion()"))
     assert [fetch(session_factory, clean_table, i).status for i in accepted] == [
         TaskStatus.COMPLETED
     ] * 3

@@ -1,4 +1,4 @@
-"""Every test in this folder that takes ``make_worker`` runs against every worker twin:
+"""Every conformance test that takes ``make_worker`` runs against every worker twin:
 ``Worker``, ``AsyncWorker`` with plain handlers on its threads, and ``AsyncWorker`` with
 ``async def`` handlers."""
 
