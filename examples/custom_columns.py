@@ -20,7 +20,7 @@ from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relati
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository, TaskStatus, merge_table_args
 from sqlalchemy_taskqueue.migrations import create_task_table_v1
 
-from .shop import Base, Project, connect, migrate, seed_project
+from .shop import Base, Project, connect, create_sample_project, migrate
 
 
 class ProjectTask(TaskMixin, Base):
@@ -89,8 +89,8 @@ def main() -> None:
     migrate(engine)
     upgrade(engine)
     with Session(engine) as session, session.begin():
-        alpha = seed_project(session, f"alpha-{id(session)}", items=0)
-        beta = seed_project(session, f"beta-{id(session)}", items=0)
+        alpha = create_sample_project(session, f"alpha-{id(session)}", items=0)
+        beta = create_sample_project(session, f"beta-{id(session)}", items=0)
         enqueue_for_project(session, alpha, "reindex", "ada")
         enqueue_for_project(session, alpha, "export", "grace")
         enqueue_for_project(session, beta, "export", "ada")

@@ -25,7 +25,16 @@ from sqlalchemy.orm import Session
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository
 
-from .shop import Item, Notification, Project, Task, connect, migrate, run_and_show, seed_project
+from .shop import (
+    Item,
+    Notification,
+    Project,
+    Task,
+    connect,
+    create_sample_project,
+    migrate,
+    run_and_show,
+)
 
 DATA_EXPORT = "data_export"
 EXPORT_DIR = Path(os.environ.get("EXPORT_DIR", "exports"))
@@ -115,7 +124,7 @@ def main() -> None:
     engine = connect()
     migrate(engine)
     with Session(engine) as session, session.begin():
-        project = seed_project(session, f"export-demo-{os.getpid()}", items=250)
+        project = create_sample_project(session, f"export-demo-{os.getpid()}", items=250)
         task_id = request_export(session, project.id, "ada@example.com")
     print(f"enqueued export task {task_id}")
     run_and_show(engine, {DATA_EXPORT: make_export_handler(engine)}, task_id)

@@ -40,7 +40,7 @@ from sqlalchemy_taskqueue.status import FINISHED_STATUSES
 
 from .bulk_import import BULK_IMPORT, make_import_handler, request_import, write_sample_csv
 from .data_export import DATA_EXPORT, make_export_handler, request_export
-from .shop import Task, database_on_server, migrate, seed_project
+from .shop import Task, create_sample_project, database_on_server, migrate
 
 DEMO_DATABASE = "taskqueue_demo"
 TIME_LIMIT = 50.0
@@ -54,7 +54,7 @@ def enqueue_work(engine: Engine, workdir: Path) -> list[int]:
     ids: list[int] = []
     with Session(engine) as session, session.begin():
         projects = [
-            seed_project(session, name, items)
+            create_sample_project(session, name, items)
             for name, items in (("acme", 4000), ("globex", 1500), ("initech", 600))
         ]
         for project in projects:

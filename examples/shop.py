@@ -138,7 +138,7 @@ def migrate(engine: Engine) -> None:
     Base.metadata.create_all(engine, tables=APP_TABLES)
 
 
-def seed_project(session: Session, name: str, items: int) -> Project:
+def create_sample_project(session: Session, name: str, items: int) -> Project:
     """A project with ``items`` items."""
     project = Project(name=name)
     project.items = [

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .shop import Project, seed_project
+from .shop import Project, create_sample_project
 
 
 def export_email(body: Any) -> tuple[str | None, str | None]:
@@ -61,5 +61,5 @@ def demo_project(engine: Engine) -> None:
     """The project the examples' servers export (made once), announced on the console."""
     with Session(engine) as session, session.begin():
         project = session.query(Project).filter_by(name="web-demo").one_or_none()
-        project = project or seed_project(session, "web-demo", items=1000)
+        project = project or create_sample_project(session, "web-demo", items=1000)
         print(f"project {project.id} is ready: POST /projects/{project.id}/exports")

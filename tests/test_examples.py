@@ -32,7 +32,7 @@ from examples import (
     web_polling,
     web_polling_async,
 )
-from examples.shop import Item, Notification, Project, Task, migrate, seed_project
+from examples.shop import Item, Notification, Project, Task, create_sample_project, migrate
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus, Worker
 
 
@@ -78,7 +78,7 @@ def run_recorded(
 
 def test_data_export_runs_four_phases_and_writes_a_csv(app_engine: Engine, tmp_path: Path) -> None:
     with Session(app_engine) as session, session.begin():
-        project = seed_project(session, "acme", items=120)
+        project = create_sample_project(session, "acme", items=120)
         data_export.request_export(session, project.id, "ada@example.com")
     handler = data_export.make_export_handler(app_engine, tmp_path)
     result, progress = run_recorded(app_engine, handler, data_export.DATA_EXPORT)
@@ -259,7 +259,7 @@ def poll_until_exported(client: HttpClient, project_id: int, task_id: int) -> No
 
 def test_web_polling_over_http(app_engine: Engine, served: HttpClient, tmp_path: Path) -> None:
     with Session(app_engine) as session, session.begin():
-        project_id = seed_project(session, "web", items=50).id
+        project_id = create_sample_project(session, "web", items=50).id
     task_id = request_export_over_http(served, project_id)
 
     handlers = {data_export.DATA_EXPORT: data_export.make_export_handler(app_engine, tmp_path)}
@@ -296,7 +296,7 @@ def served_async(app_engine: Engine, handlers: Any = None) -> Iterator[HttpClien
 
 def test_async_web_polling_over_http(app_engine: Engine, tmp_path: Path) -> None:
     with Session(app_engine) as session, session.begin():
-        project_id = seed_project(session, "web-async", items=50).id
+        project_id = create_sample_project(session, "web-async", items=50).id
     with served_async(app_engine) as client:
         task_id = request_export_over_http(client, project_id)
         # a refused request writes nothing: still one task
@@ -312,7 +312,7 @@ def test_async_web_polling_over_http(app_engine: Engine, tmp_path: Path) -> None
 def test_web_polling_rolls_the_task_back_with_the_request(app_engine: Engine) -> None:
     app = web_polling.create_app(app_engine)
     with Session(app_engine) as session, session.begin():
-        seed_project(session, "rollback", items=1)
+        create_sample_project(session, "rollback", items=1)
     with Session(app_engine) as session:
         assert session.scalar(select(func.count()).select_from(Task)) == 0
     assert (
@@ -331,8 +331,8 @@ def test_custom_columns_migrate_and_join(app_engine: Engine) -> None:
         )
     assert diff == []
     with Session(app_engine) as session, session.begin():
-        alpha = seed_project(session, "alpha", items=0)
-        beta = seed_project(session, "beta", items=0)
+        alpha = create_sample_project(session, "alpha", items=0)
+        beta = create_sample_project(session, "beta", items=0)
         custom_columns.enqueue_for_project(session, alpha, "reindex", "ada")
         custom_columns.enqueue_for_project(session, alpha, "export", "grace")
         done = custom_columns.enqueue_for_project(session, beta, "export", "ada")
