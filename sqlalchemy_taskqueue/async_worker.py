@@ -4,10 +4,13 @@ It takes an ``async_sessionmaker`` and runs on one event loop: ``async def`` han
 run concurrently on the loop, plain functions in a thread pool of ``concurrency``
 threads, so neither blocks the other.  Options, leases, batched outcomes, rescue,
 timeouts, progress, prefetch and graceful shutdown are those of
-:class:`~sqlalchemy_taskqueue.Worker`; both are built on one shared core
-(:mod:`sqlalchemy_taskqueue.worker_base`), which runs each transaction body through
-``AsyncSession.run_sync`` here.  Idle workers wake on ``LISTEN/NOTIFY`` through asyncpg
-(the ``async`` extra) or psycopg 3.
+:class:`~sqlalchemy_taskqueue.Worker`: both run one loop, written once as steps that
+yield effects (:mod:`sqlalchemy_taskqueue._worker_core`), with the decisions and
+transaction bodies of :mod:`sqlalchemy_taskqueue.worker_base`.  This module is the
+asyncio driver of those steps: it performs each effect by awaiting (a transaction body
+runs through ``AsyncSession.run_sync``), and owns the event-loop tasks (slots,
+supervisor, progress writers), the thread pool and the signal handling.  Idle workers
+wake on ``LISTEN/NOTIFY`` through asyncpg (the ``async`` extra) or psycopg 3.
 
 Example::
 
@@ -52,7 +55,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -62,19 +65,16 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
+from . import _effects as effects
 from . import statements
+from ._worker_core import WorkerCore
 from .attempts import Attempt, Outcome
 from .exceptions import LeaseLostError
 from .handlers import HandlerSpec
-from .repository import TaskT, detached_in_claim_order
+from .repository import TaskT
 from .wakeup import ASYNC_LISTEN_DRIVERS, AsyncNotificationListener
 from .worker_base import (
-    DATABASE_ERRORS,
-    WRITE_ATTEMPTS,
-    WorkerBase,
-    Written,
     claim_connection_engine,
-    claim_worth_retrying,
     claims_without_session,
     is_coroutine_handler,
     logger,
@@ -170,7 +170,7 @@ class DaemonThreadPool(Executor):
                 future.set_result(result)
 
 
-class AsyncWorker(WorkerBase[TaskT]):
+class AsyncWorker(WorkerCore[TaskT]):
     """Runs handlers for claimed tasks on ``concurrency`` slots of one event loop.
 
     Takes exactly the options of :class:`~sqlalchemy_taskqueue.Worker`, with an
@@ -183,6 +183,10 @@ class AsyncWorker(WorkerBase[TaskT]):
         worker = AsyncWorker(async_sessionmaker(engine), Task, tasks, concurrency=16)
         await worker.run(until_empty=True)
     """
+
+    _wake: asyncio.Event
+    _slots: asyncio.Queue[Attempt | None]
+    _claim_connection: AsyncConnection | None
 
     def _prepare(self) -> None:
         if isinstance(self._session_factory, async_scoped_session):
@@ -197,7 +201,7 @@ class AsyncWorker(WorkerBase[TaskT]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: DaemonThreadPool | None = None
         self._abandoning = False  # the stop passed its deadline: wait for no database
-        self._claim_connection: AsyncConnection | None = None  # see _claim_only
+        self._claim_connection = None  # see WorkerCore._claim_only
         self._claims_directly = False
         self._loop_thread: int | None = None
         self._supervisor_stop = False
@@ -256,7 +260,7 @@ class AsyncWorker(WorkerBase[TaskT]):
             self._supervisor_wake = asyncio.Event()
             # held while a transaction writes outcomes or renews leases (see Worker)
             self._write_lock = asyncio.Lock()
-            self._slots: asyncio.Queue[Attempt | None] = asyncio.Queue()
+            self._slots = asyncio.Queue()
             self._supervisor_stop = self._slots_cancelled = self._abandoning = False
             self._pool = None
             self._loop_thread = threading.get_ident()
@@ -283,8 +287,8 @@ class AsyncWorker(WorkerBase[TaskT]):
             self._log_started(listener is not None)
             self._pool = DaemonThreadPool(self._concurrency, "taskqueue-slot")
             slots = [asyncio.ensure_future(self._slot_loop()) for _ in range(self._concurrency)]
-            supervisor = asyncio.ensure_future(self._supervise())
-            await self._claim_loop(until_empty)
+            supervisor = asyncio.ensure_future(self._drive(self._supervise()))
+            await self._drive(self._claim_loop(until_empty))
         except asyncio.CancelledError:
             self._stopping.set()  # the loop is being torn down: stop as gracefully as it allows
             raise
@@ -340,16 +344,47 @@ class AsyncWorker(WorkerBase[TaskT]):
         work.cancel()
         await asyncio.wait({work}, timeout=_UNWIND)
 
-    # ------------------------------------------------------------------ database
+    # ------------------------------------------------------------------ driver
 
-    async def _transaction(self, body: Callable[[Session], _R]) -> _R:
-        """Run ``body`` on the sync face of an ``AsyncSession`` of its own and commit; a
-        cancellation waits for the transaction to end (and its connection to return)."""
-        return await self._finish(self._transact(body))
+    async def _drive(self, steps: effects.Steps[_R]) -> _R:
+        """Run the worker's ``steps`` in this task, awaiting each effect as it comes."""
+        run = effects.Stepper(steps)
+        for effect in run:
+            try:
+                run.value = await self._perform(effect)
+            except BaseException as exc:  # a cancellation too: raised in the steps
+                run.error = exc
+        return run.result()
+
+    async def _perform(self, effect: effects.Effect[Any]) -> Any:
+        """Do what a step asks, awaiting it."""
+        if isinstance(effect, effects.Transaction):
+            transaction = self._transact(effect.body, claim_only=effect.claim_only)
+            return await (self._finish(transaction) if effect.shielded else transaction)
+        if isinstance(effect, effects.Locked):
+            async with self._write_lock:
+                return await self._drive(effect.steps)
+        if isinstance(effect, effects.Shielded):
+            return await self._finish(self._drive(effect.steps))
+        if isinstance(effect, effects.ClaimDirectly):
+            connection = cast(AsyncConnection, effect.connection)
+            return (await connection.execute(effect.statement, effect.params)).all()
+        if isinstance(effect, effects.Wait):
+            with contextlib.suppress(asyncio.TimeoutError):
+                event = cast(asyncio.Event, effect.event)
+                await asyncio.wait_for(event.wait(), max(effect.seconds, 0.0))
+        elif isinstance(effect, effects.Sleep):
+            await asyncio.sleep(effect.seconds)  # backing off from a failing database
+        elif isinstance(effect, effects.ProgressLanded):
+            await self._progress_landed(effect.task_id)
+        elif isinstance(effect, effects.CloseClaimConnection):
+            await self._close_claim_connection(discard=effect.discard)
+        return None
 
     async def _transact(self, body: Callable[[Session], _R], *, claim_only: bool = False) -> _R:
         """Run ``body`` on the sync face of an ``AsyncSession`` of its own and commit; with
-        ``claim_only``, on the worker's own connection where it may (``Worker._claim_only``)."""
+        ``claim_only``, on the worker's own connection where it may (see
+        ``WorkerCore._claim_only``)."""
         async with self._session_factory() as session:
             if not isinstance(session, AsyncSession):
                 raise TypeError(f"session_factory must make AsyncSessions, got {session!r}")
@@ -362,27 +397,6 @@ class AsyncWorker(WorkerBase[TaskT]):
                     await self._close_claim_connection(discard=True)
                 raise
             return result
-
-    async def _claim_only(self, free: int) -> list[Any]:
-        """See ``Worker._claim_only``."""
-        try:
-            return await self._claim_once(free)
-        except Exception as exc:
-            if not claim_worth_retrying(exc):
-                raise
-        return await self._claim_once(free)
-
-    async def _claim_once(self, free: int) -> list[Any]:
-        connection = self._claim_connection
-        if connection is None or not self._claims_directly:
-            return (await self._transact(self._settle_body([], free), claim_only=True))[1]
-        try:
-            stmt, params = self._claim_params(free)
-            rows = (await connection.execute(stmt, params)).all()
-        except BaseException:
-            await self._close_claim_connection(discard=True)
-            raise
-        return detached_in_claim_order(self._model, rows)
 
     async def _join_claim_connection(self, session: AsyncSession) -> bool:
         if self._claim_connection is None:
@@ -406,7 +420,8 @@ class AsyncWorker(WorkerBase[TaskT]):
         return True
 
     async def _close_claim_connection(self, *, discard: bool = False) -> None:
-        """See ``Worker._close_claim_connection``."""
+        """Give the claim connection back to the pool, or with ``discard`` close it for
+        good (see ``Worker._close_claim_connection``)."""
         connection, self._claim_connection = self._claim_connection, None
         if connection is not None:
             try:
@@ -415,18 +430,6 @@ class AsyncWorker(WorkerBase[TaskT]):
                 await connection.close()
             except Exception:  # already broken: nothing left to release
                 logger.debug("worker.claim_connection_close_failed", exc_info=True)
-
-    async def _write(self, body: Callable[[Session], _R]) -> _R:
-        """Run one write in its own transaction, retrying transient database errors."""
-        for attempt in range(WRITE_ATTEMPTS):
-            try:
-                return await self._transaction(body)
-            except DATABASE_ERRORS as exc:
-                delay = self._write_retry(attempt, exc)
-                if delay is None:
-                    raise
-                await asyncio.sleep(delay)  # backing off from a failing database
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _finish(self, work: Awaitable[_R]) -> _R:
         """Await ``work`` to its end even if the caller is cancelled meanwhile (a claim or
@@ -443,88 +446,6 @@ class AsyncWorker(WorkerBase[TaskT]):
             else:
                 await asyncio.wait([job])
             raise
-
-    # ------------------------------------------------------------------ claim loop
-
-    async def _wait_for_wake(self, seconds: float) -> None:
-        """Wait until woken (a free slot, a notification, a stop) or ``seconds`` pass."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(seconds, 0.0))
-
-    async def _claim_loop(self, until_empty: bool) -> None:
-        """Write finished outcomes and claim new tasks, one transaction per turn."""
-        next_rescue = 0.0
-        errors = 0
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                if time.monotonic() >= next_rescue:
-                    await self._rescue()
-                    next_rescue = time.monotonic() + self._rescue_every
-                free = self._free_slots()
-                claimed = await self._finish(self._settle_and_claim(free))
-                # empty only if a claim was tried: handlers may have finished meanwhile
-                empty = free > 0 and not claimed and self._drained()
-                if until_empty and empty and await self._rescue() == 0:
-                    return
-                errors = 0
-            except Exception:  # the database, the network, or a bug: keep the worker alive
-                errors += 1
-                delay = self._claim_failed(errors, until_empty)
-                if delay is None:
-                    raise
-                resume = time.monotonic() + delay
-                while not self._stopping.is_set() and time.monotonic() < resume:
-                    self._wake.clear()
-                    await self._wait_for_wake(resume - time.monotonic())
-                continue
-            if free > 0 and len(claimed) == free:
-                continue  # maybe more work: claim again once a slot frees
-            if not claimed and self._drained():
-                self.idle.set()
-            await self._wait_for_wake(self._idle_wait(next_rescue))
-            self.idle.clear()
-
-    async def _settle_and_claim(self, free: int) -> list[Any]:
-        """One transaction: write the outcomes that are ready, then claim ``free`` tasks.
-        Call it through :meth:`_finish`: a claim committed must be held, whatever
-        cancellation comes."""
-        written: Written = []
-        claimed: list[Any] = []
-        failure: Exception | None = None
-        async with self._write_lock:
-            outcomes = self._take_outcomes()
-            if not outcomes and free <= 0:
-                return []
-            try:
-                # (callers run this whole turn through _finish: not shielded twice)
-                if outcomes:
-                    written, claimed = await self._transact(self._settle_body(outcomes, free))
-                else:
-                    claimed = await self._claim_only(free)
-            except Exception as exc:
-                written, claimed = [], []  # the transaction rolled back: nothing was written
-                if self._settle_failed(exc, outcomes):
-                    written = await self._write_separately(outcomes)
-                failure = exc
-            except BaseException:
-                self._requeue(outcomes)
-                raise
-            self._settled(written)
-        return self._hand_out(written, claimed, failure, self._slots.put_nowait)
-
-    async def _write_separately(self, outcomes: list[Outcome]) -> Written:
-        """Write each outcome in its own transaction (see ``Worker``)."""
-        written: Written = []
-        for outcome in outcomes:
-            try:
-                written.extend(await self._write(self._lone_outcome_body(outcome)))
-            except Exception:
-                self._outcome_write_failed(outcome)
-        return written
-
-    async def _rescue(self) -> int:
-        return self._rescued(await self._transaction(self._rescue_body))
 
     # ------------------------------------------------------------------ slots
 
@@ -551,16 +472,9 @@ class AsyncWorker(WorkerBase[TaskT]):
 
     async def _execute(self, attempt: Attempt) -> Outcome | None:
         """Run the handler and say how the attempt ended (written later, in a batch)."""
-        start = self._start(attempt)
+        start = await self._drive(self._begin(attempt))
         if not isinstance(start, HandlerSpec):
             return start
-        if attempt.record_first:
-            try:
-                await self._write(self._start_body(attempt))
-            except DATABASE_ERRORS:
-                return Outcome(attempt, "release")  # runs later, once it can be recorded
-        if attempt.deadline is not None:
-            self._supervisor_wake.set()  # re-plan around the new deadline
         task, context, task_id = attempt.task, attempt.context, attempt.task_id
         call: asyncio.Future[Any]
         try:
@@ -656,7 +570,7 @@ class AsyncWorker(WorkerBase[TaskT]):
     ) -> bool:
         held = self._held.get(task_id)
         try:
-            await self._write(self._progress_body(task_id, progress, lease_token))
+            await self._drive(self._write(self._progress_body(task_id, progress, lease_token)))
         except LeaseLostError:
             if held is not None and held.task.lease_token == lease_token:
                 held.context.interrupt("the lease on this task was lost")
@@ -676,57 +590,6 @@ class AsyncWorker(WorkerBase[TaskT]):
         if writer is not None:
             await asyncio.wait([writer])
 
-    # ------------------------------------------------------------------ supervisor
-
-    async def _supervise(self) -> None:
-        """Heartbeats, timeouts, throttled progress and stale prefetched tasks."""
-        next_heartbeat = time.monotonic() + self._heartbeat
-        while not self._supervisor_stop:
-            wait = self._poll
-            try:
-                now = time.monotonic()
-                if now >= next_heartbeat:
-                    await self._renew_leases()
-                    if self._release_stale_waiting(now):
-                        self._wake.set()
-                    next_heartbeat = now + self._heartbeat
-                for attempt in self._expired(now):
-                    await self._time_out(attempt)
-                running = self._running()
-                for attempt in running:
-                    attempt.context.flush_progress(force=False)
-                wait = self._next_wake(next_heartbeat, running)
-            except Exception:  # keep heartbeating whatever happens
-                logger.exception("worker.supervisor_error")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._supervisor_wake.wait(), wait)
-            self._supervisor_wake.clear()
-
-    async def _renew_leases(self) -> None:
-        async with self._write_lock:
-            attempts = self._to_renew()
-            if not attempts:
-                return
-            try:
-                renewed = await self._write(self._renewal_body(attempts))
-            except DATABASE_ERRORS:
-                logger.exception("worker.heartbeat_failed (will retry)")
-                return
-            self._renewed(attempts, renewed)
-
-    async def _time_out(self, attempt: Attempt) -> None:
-        """Fail an attempt that passed its deadline; cancel its handler if it is async."""
-        outcome = self._timed_out(attempt)
-        self._cancel_handler(attempt)  # settled already: whatever it does now is discarded
-        await self._progress_landed(attempt.task_id)
-        try:
-            async with self._write_lock:
-                written = await self._write(self._outcomes_body([outcome]))
-        except DATABASE_ERRORS:
-            logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
-            return
-        self._report(written)
-
     # ------------------------------------------------------------------ start and stop
 
     async def _start_listener(self) -> AsyncNotificationListener | None:
@@ -734,13 +597,7 @@ class AsyncWorker(WorkerBase[TaskT]):
             return None
         async with self._session_factory() as session:
             bind = session.get_bind(mapper=self._model)
-        if bind.dialect.name != "postgresql":
-            return None
-        if bind.dialect.driver not in ASYNC_LISTEN_DRIVERS:
-            logger.warning(
-                "worker.polling driver=%s (LISTEN/NOTIFY wake-up needs asyncpg or psycopg)",
-                bind.dialect.driver,
-            )
+        if not self._may_listen(bind.dialect, ASYNC_LISTEN_DRIVERS):
             return None
         engine = bind if isinstance(bind, AsyncEngine) else AsyncEngine(bind.engine)
         channel = statements.notify_channel(self._table)
@@ -763,20 +620,7 @@ class AsyncWorker(WorkerBase[TaskT]):
         try:
             if listener is not None:
                 await listener.stop()
-            self._release_queued()
-            if self._busy:
-                logger.info("worker.stopping running=%d grace=%.1fs", self._busy, self._grace)
-            deadline = time.monotonic() + self._grace
-            while not self._abandoning:
-                flushed = await self._flush_outcomes()
-                if (flushed and not self._still_running()) or time.monotonic() >= deadline:
-                    break
-                self._wake.clear()
-                await self._wait_for_wake(min(deadline - time.monotonic(), 0.5))
-            for attempt in self._hand_back_leftovers():
-                self._cancel_handler(attempt)
-            if self._abandoning or not await self._flush_outcomes():
-                self._unwritten()
+            await self._drive(self._wind_down())
         finally:
             # discarded when abandoned (its state is unknown): SQLAlchemy gives a discarded
             # connection's goodbye a couple of seconds, then cuts it, instead of a reset
@@ -816,25 +660,6 @@ class AsyncWorker(WorkerBase[TaskT]):
                 "worker.abandoned tasks=%d (handlers that ignore cancellation keep running)",
                 len(pending),
             )
-
-    def _release_queued(self) -> None:
-        """Claimed tasks still waiting for a slot go straight back."""
-        while True:
-            try:
-                attempt = self._slots.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            if attempt is not None:
-                self._release_waiting(attempt)
-
-    async def _flush_outcomes(self) -> bool:
-        """Write the queued outcomes; ``False`` when the database could not be reached."""
-        try:
-            await self._finish(self._settle_and_claim(0))
-        except Exception:
-            logger.exception("worker.flush_failed (retrying until the grace period ends)")
-            return False
-        return True
 
     @contextlib.contextmanager
     def _signal_handlers(self, install: bool) -> Iterator[None]:

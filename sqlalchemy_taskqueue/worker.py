@@ -39,6 +39,12 @@ How it works:
   :data:`~sqlalchemy_taskqueue.worker_base.STOP_BOUND` of the stop request whatever the
   network does: the worker runs on threads of its own, and the thread that called
   ``run()`` only waits, handles signals, and gives up on a database that never answers.
+
+The loop itself is written once for this worker and
+:class:`~sqlalchemy_taskqueue.AsyncWorker`, as steps that yield effects
+(:mod:`sqlalchemy_taskqueue._worker_core`); this module is their threaded driver: it
+performs each effect by blocking the thread that runs the steps, and owns the threads
+(claim loop, slots, supervisor) and the signal handling.
 """
 
 from __future__ import annotations
@@ -52,24 +58,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, scoped_session
 
+from . import _effects as effects
 from . import statements
+from ._worker_core import WorkerCore
 from .attempts import Attempt, Outcome, WorkerStats
 from .exceptions import LeaseLostError
 from .handlers import HandlerSpec
-from .repository import TaskT, detached_in_claim_order
+from .repository import TaskT
 from .wakeup import LISTEN_DRIVERS, NotificationListener
 from .worker_base import (
-    DATABASE_ERRORS,
-    WRITE_ATTEMPTS,
-    WorkerBase,
-    Written,
     claim_connection_engine,
-    claim_worth_retrying,
     claims_without_session,
     is_coroutine_handler,
     logger,
@@ -84,7 +87,7 @@ _STOP_REQUESTED = "stop requested"
 _RUN_ENDED = "run ended"
 
 
-class Worker(WorkerBase[TaskT]):
+class Worker(WorkerCore[TaskT]):
     """Runs handlers for claimed tasks on ``concurrency`` slots.
 
     :param session_factory: a ``sessionmaker`` bound to the queue's database; the worker
@@ -128,6 +131,9 @@ class Worker(WorkerBase[TaskT]):
         worker.run()  # until SIGINT/SIGTERM or worker.stop()
     """
 
+    _slots: queue.SimpleQueue[Attempt | None]
+    _claim_connection: Connection | None
+
     def _prepare(self) -> None:
         if isinstance(self._session_factory, scoped_session):
             # its sessions are its scopes' (a thread's, a request's, a handler's): the
@@ -143,13 +149,12 @@ class Worker(WorkerBase[TaskT]):
                 "an async_sessionmaker goes with AsyncWorker"
             )
         self._wake = threading.Event()
-        self._supervisor_stop = threading.Event()
         self._supervisor_wake = threading.Event()
         # held while a transaction writes outcomes or renews leases: the two touch the
         # same rows in no fixed order, and a heartbeat must see outcomes already written
         self._write_lock = threading.Lock()
-        self._slots: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
-        self._claim_connection: Connection | None = None  # see _claim_only
+        self._slots = queue.SimpleQueue()
+        self._claim_connection = None  # see WorkerCore._claim_only
         self._claims_directly = False
         self._run_events: queue.SimpleQueue[str] | None = None  # see _await_run
         self._run_error: BaseException | None = None
@@ -257,7 +262,7 @@ class Worker(WorkerBase[TaskT]):
             listener = self._start_listener()
             slots: list[threading.Thread] = []
             supervisor: threading.Thread | None = None
-            self._supervisor_stop.clear()
+            self._supervisor_stop = False
             try:
                 self._log_started(listener is not None)  # from here a signal stops it gracefully
                 # started one by one inside the try: if one cannot start, those that did
@@ -269,10 +274,13 @@ class Worker(WorkerBase[TaskT]):
                     slot.start()
                     slots.append(slot)
                 supervisor = threading.Thread(
-                    target=self._supervise, name="taskqueue-supervisor", daemon=True
+                    target=self._drive,
+                    args=(self._supervise(),),
+                    name="taskqueue-supervisor",
+                    daemon=True,
                 )
                 supervisor.start()
-                self._claim_loop(until_empty)
+                self._drive(self._claim_loop(until_empty))
             finally:
                 self._shut_down(listener, slots, supervisor)
         except BaseException as exc:  # raised again by run(), on the caller's thread
@@ -281,11 +289,42 @@ class Worker(WorkerBase[TaskT]):
             self._end_run()
             events.put(_RUN_ENDED)
 
-    # ------------------------------------------------------------------ database
+    # ------------------------------------------------------------------ driver
+
+    def _drive(self, steps: effects.Steps[_R]) -> _R:
+        """Run the worker's ``steps`` on this thread, performing each effect as it comes."""
+        run = effects.Stepper(steps)
+        for effect in run:
+            try:
+                run.value = self._perform(effect)
+            except BaseException as exc:  # raised in the steps, where the effect was asked
+                run.error = exc
+        return run.result()
+
+    def _perform(self, effect: effects.Effect[Any]) -> Any:
+        """Do what a step asks, blocking this thread until it is done."""
+        if isinstance(effect, effects.Transaction):
+            return self._transaction(effect.body, claim_only=effect.claim_only)
+        if isinstance(effect, effects.Locked):
+            with self._write_lock:
+                return self._drive(effect.steps)
+        if isinstance(effect, effects.Shielded):  # nothing cancels a thread
+            return self._drive(effect.steps)
+        if isinstance(effect, effects.ClaimDirectly):
+            connection = cast(Connection, effect.connection)
+            return connection.execute(effect.statement, effect.params).all()
+        if isinstance(effect, effects.Wait):
+            cast(threading.Event, effect.event).wait(max(effect.seconds, 0.0))
+        elif isinstance(effect, effects.Sleep):
+            time.sleep(effect.seconds)  # backing off from a failing database
+        elif isinstance(effect, effects.CloseClaimConnection):
+            self._close_claim_connection(discard=effect.discard)
+        # ProgressLanded: a thread's progress write has landed when it returns
+        return None
 
     def _transaction(self, body: Callable[[Session], _R], *, claim_only: bool = False) -> _R:
         """Run ``body`` in a session of its own and commit; with ``claim_only``, on the
-        worker's own connection where it may (see :meth:`_claim_only`)."""
+        worker's own connection where it may (see ``WorkerCore._claim_only``)."""
         with self._session_factory() as session:
             joined = claim_only and self._join_claim_connection(session)
             try:
@@ -296,38 +335,6 @@ class Worker(WorkerBase[TaskT]):
                     self._close_claim_connection(discard=True)
                 raise
             return result
-
-    def _claim_only(self, free: int) -> list[Any]:
-        """A turn with nothing to acknowledge (every wake-up from idle).
-
-        It runs on a connection the worker keeps for such turns, in autocommit, where
-        :func:`~.worker_base.claim_connection_engine` allows it: the claim is one
-        statement, so it needs no ``BEGIN``/``COMMIT`` round trips and no pool check-out.
-        Where :func:`~.worker_base.claims_without_session` allows it too, the statement
-        runs straight on that connection, without a session.  The connection is
-        discarded on any error (never returned to the pool in an unknown state); after an
-        error of the database or its driver (a dead connection after a server restart or
-        a failover, a cancelled statement) the turn runs once more on a new one, as a
-        pool check-out with ``pool_pre_ping`` would.
-        """
-        try:
-            return self._claim_once(free)
-        except Exception as exc:
-            if not claim_worth_retrying(exc):
-                raise
-        return self._claim_once(free)
-
-    def _claim_once(self, free: int) -> list[Any]:
-        connection = self._claim_connection
-        if connection is None or not self._claims_directly:
-            return self._transaction(self._settle_body([], free), claim_only=True)[1]
-        try:
-            stmt, params = self._claim_params(free)
-            rows = connection.execute(stmt, params).all()
-        except BaseException:
-            self._close_claim_connection(discard=True)
-            raise
-        return detached_in_claim_order(self._model, rows)
 
     def _join_claim_connection(self, session: Session) -> bool:
         if self._claim_connection is None:
@@ -357,93 +364,6 @@ class Worker(WorkerBase[TaskT]):
             except Exception:  # already broken: nothing left to release
                 logger.debug("worker.claim_connection_close_failed", exc_info=True)
 
-    def _write(self, body: Callable[[Session], _R]) -> _R:
-        """Run one write in its own transaction, retrying transient database errors."""
-        for attempt in range(WRITE_ATTEMPTS):
-            try:
-                return self._transaction(body)
-            except DATABASE_ERRORS as exc:
-                delay = self._write_retry(attempt, exc)
-                if delay is None:
-                    raise
-                time.sleep(delay)  # backing off from a failing database, not synchronising
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    # ------------------------------------------------------------------ claim loop
-
-    def _claim_loop(self, until_empty: bool) -> None:
-        """Write finished outcomes and claim new tasks, one transaction per turn."""
-        next_rescue = 0.0
-        errors = 0
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                if time.monotonic() >= next_rescue:
-                    self._rescue()
-                    next_rescue = time.monotonic() + self._rescue_every
-                free = self._free_slots()
-                claimed = self._settle_and_claim(free)
-                # empty only if a claim was tried: handlers may have finished meanwhile
-                empty = free > 0 and not claimed and self._drained()
-                if until_empty and empty and self._rescue() == 0:
-                    return
-                errors = 0
-            except Exception:  # the database, the network, or a bug: keep the worker alive
-                errors += 1
-                delay = self._claim_failed(errors, until_empty)
-                if delay is None:
-                    raise
-                self._stopping.wait(delay)
-                continue
-            if free > 0 and len(claimed) == free:
-                continue  # maybe more work: claim again once a slot frees
-            if not claimed and self._drained():
-                self.idle.set()
-            self._wake.wait(self._idle_wait(next_rescue))
-            self.idle.clear()
-
-    def _settle_and_claim(self, free: int) -> list[Any]:
-        """One transaction: write the outcomes that are ready, then claim ``free`` tasks.
-
-        If the transaction fails, the outcomes stay queued for the next turn.
-        """
-        outcomes = self._take_outcomes()
-        if not outcomes and free <= 0:
-            return []
-        written: Written = []
-        claimed: list[Any] = []
-        failure: Exception | None = None
-        with self._write_lock:
-            try:
-                if outcomes:
-                    written, claimed = self._transaction(self._settle_body(outcomes, free))
-                else:
-                    claimed = self._claim_only(free)
-            except Exception as exc:
-                written, claimed = [], []  # the transaction rolled back: nothing was written
-                if self._settle_failed(exc, outcomes):
-                    written = self._write_separately(outcomes)
-                failure = exc
-            except BaseException:
-                self._requeue(outcomes)
-                raise
-            self._settled(written)
-        return self._hand_out(written, claimed, failure, self._slots.put)
-
-    def _write_separately(self, outcomes: list[Outcome]) -> Written:
-        """Write each outcome in its own transaction; one that fails is dropped (its lease
-        then expires and the task is rescued) instead of blocking the rest."""
-        written: Written = []
-        for outcome in outcomes:
-            try:
-                written.extend(self._write(self._lone_outcome_body(outcome)))
-            except Exception:
-                self._outcome_write_failed(outcome)
-        return written
-
-    def _rescue(self) -> int:
-        return self._rescued(self._transaction(self._rescue_body))
-
     # ------------------------------------------------------------------ slots
 
     def _slot_loop(self) -> None:
@@ -465,16 +385,9 @@ class Worker(WorkerBase[TaskT]):
 
     def _execute(self, attempt: Attempt) -> Outcome | None:
         """Run the handler and say how the attempt ended (written later, in a batch)."""
-        start = self._start(attempt)
+        start = self._drive(self._begin(attempt))
         if not isinstance(start, HandlerSpec):
             return start
-        if attempt.record_first:
-            try:
-                self._write(self._start_body(attempt))
-            except DATABASE_ERRORS:
-                return Outcome(attempt, "release")  # runs later, once it can be recorded
-        if attempt.deadline is not None:
-            self._supervisor_wake.set()  # re-plan around the new deadline
         try:
             result = start.function(attempt.task, attempt.context)
         except BaseException as exc:  # SystemExit from a handler fails the attempt too
@@ -483,60 +396,10 @@ class Worker(WorkerBase[TaskT]):
 
     def _write_progress(self, task_id: int, progress: int, lease_token: uuid.UUID) -> bool:
         try:
-            self._write(self._progress_body(task_id, progress, lease_token))
+            self._drive(self._write(self._progress_body(task_id, progress, lease_token)))
         except LeaseLostError:
             return False
         return True
-
-    # ------------------------------------------------------------------ supervisor
-
-    def _supervise(self) -> None:
-        """Heartbeats, timeouts, throttled progress and stale prefetched tasks, on one
-        background thread."""
-        next_heartbeat = time.monotonic() + self._heartbeat
-        while not self._supervisor_stop.is_set():
-            wait = self._poll
-            try:
-                now = time.monotonic()
-                if now >= next_heartbeat:
-                    self._renew_leases()
-                    if self._release_stale_waiting(now):
-                        self._wake.set()
-                    next_heartbeat = now + self._heartbeat
-                for attempt in self._expired(now):
-                    self._time_out(attempt)
-                running = self._running()
-                for attempt in running:
-                    attempt.context.flush_progress(force=False)
-                wait = self._next_wake(next_heartbeat, running)
-            except Exception:  # keep heartbeating whatever happens
-                logger.exception("worker.supervisor_error")
-            self._supervisor_wake.wait(wait)
-            self._supervisor_wake.clear()
-
-    def _renew_leases(self) -> None:
-        with self._write_lock:
-            attempts = self._to_renew()
-            if not attempts:
-                return
-            try:
-                renewed = self._write(self._renewal_body(attempts))
-            except DATABASE_ERRORS:
-                logger.exception("worker.heartbeat_failed (will retry)")
-                return
-            self._renewed(attempts, renewed)
-
-    def _time_out(self, attempt: Attempt) -> None:
-        """Fail an attempt that passed its deadline; its handler is asked to stop."""
-        outcome = self._timed_out(attempt)
-        try:
-            with self._write_lock:
-                written = self._write(self._outcomes_body([outcome]))
-        except DATABASE_ERRORS:
-            logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
-            return
-        # held until the handler returns: its slot stays busy till then
-        self._report(written)
 
     # ------------------------------------------------------------------ start and stop
 
@@ -545,13 +408,7 @@ class Worker(WorkerBase[TaskT]):
             return None
         with self._session_factory() as session:
             bind = session.get_bind(mapper=self._model)
-        if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
-            return None
-        if bind.dialect.driver not in LISTEN_DRIVERS:
-            logger.warning(
-                "worker.polling driver=%s (LISTEN/NOTIFY wake-up needs psycopg2 or psycopg)",
-                bind.dialect.driver,
-            )
+        if not isinstance(bind, Engine) or not self._may_listen(bind.dialect, LISTEN_DRIVERS):
             return None
         channel = statements.notify_channel(self._table)
         listener = NotificationListener(bind, channel, self._wake.set, listening=self.listening)
@@ -570,22 +427,10 @@ class Worker(WorkerBase[TaskT]):
         try:
             if listener is not None:
                 listener.stop()
-            self._release_queued()
-            if self._busy:
-                logger.info("worker.stopping running=%d grace=%.1fs", self._busy, self._grace)
-            deadline = time.monotonic() + self._grace
-            while True:
-                flushed = self._flush_outcomes()
-                if (flushed and not self._still_running()) or time.monotonic() >= deadline:
-                    break
-                self._wake.wait(min(max(deadline - time.monotonic(), 0.01), 0.5))
-                self._wake.clear()
-            self._hand_back_leftovers()
-            if not self._flush_outcomes():
-                self._unwritten()
+            self._drive(self._wind_down())
         finally:
             self._close_claim_connection()
-            self._supervisor_stop.set()
+            self._supervisor_stop = True
             self._supervisor_wake.set()
             if supervisor is not None:
                 supervisor.join(timeout=5)
@@ -594,25 +439,6 @@ class Worker(WorkerBase[TaskT]):
             for thread in slots:
                 thread.join(timeout=0.1)
             self._log_stopped()
-
-    def _release_queued(self) -> None:
-        """Claimed tasks still waiting for a slot go straight back."""
-        while True:
-            try:
-                attempt = self._slots.get_nowait()
-            except queue.Empty:
-                return
-            if attempt is not None:
-                self._release_waiting(attempt)
-
-    def _flush_outcomes(self) -> bool:
-        """Write the queued outcomes; ``False`` when the database could not be reached."""
-        try:
-            self._settle_and_claim(0)
-        except Exception:
-            logger.exception("worker.flush_failed (retrying until the grace period ends)")
-            return False
-        return True
 
     @contextmanager
     def _signal_handlers(self, install: bool) -> Iterator[None]:
