@@ -4,8 +4,10 @@ share: options, bookkeeping, every decision, and every transaction body.
 The two workers differ only in how they wait and how they reach the database: the
 threaded worker runs each transaction body on a ``Session`` directly, the async one runs
 the same body through ``AsyncSession.run_sync``.  Claiming, writing outcomes, renewing
-leases, deciding retries, timeouts, prefetch and hand-backs are written once, here, so
-the twins cannot drift apart.  Applications do not use this module directly.
+leases, deciding retries, timeouts, prefetch and hand-backs are written once, here, and
+so is the loop that runs them (:mod:`sqlalchemy_taskqueue._worker_core`, steps that
+yield effects, which each worker performs its own way), so the twins cannot drift
+apart.  Applications do not use this module directly.
 """
 
 from __future__ import annotations
@@ -117,7 +119,10 @@ class WorkerBase(Generic[TaskT]):
 
     Example::
 
-        class Worker(WorkerBase[TaskT]):  # each worker adds its own way of running
+        class WorkerCore(WorkerBase[TaskT]):  # the loop, as steps (_worker_core)
+            ...
+
+        class Worker(WorkerCore[TaskT]):  # performs the steps' effects on threads
             ...
     """
 
