@@ -82,6 +82,8 @@ __all__ = ["Worker", "WorkerStats"]
 
 _R = TypeVar("_R")
 
+#: The longest run()'s waiting thread waits before it checks for signals again.
+_SIGNAL_CHECK = 0.2
 #: What run()'s waiting thread is told (see Worker._await_run).
 _STOP_REQUESTED = "stop requested"
 _RUN_ENDED = "run ended"
@@ -237,11 +239,14 @@ class Worker(WorkerCore[TaskT]):
         while True:
             if deadline is None and self._stopping.is_set():
                 deadline = self._stop_deadline()
+            # never a long wait: a signal the kernel hands to another thread interrupts no
+            # wait of this one, and its handler runs only once this thread runs Python
+            wait = _SIGNAL_CHECK if deadline is None else deadline - time.monotonic()
             try:
-                event = events.get(
-                    timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                )
+                event = events.get(timeout=max(min(wait, _SIGNAL_CHECK), 0.0))
             except queue.Empty:
+                if deadline is None or time.monotonic() < deadline:
+                    continue
                 self._log_abandoned()
                 break
             except BaseException as exc:  # KeyboardInterrupt, or a host's handler raising

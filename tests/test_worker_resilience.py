@@ -536,3 +536,30 @@ def test_a_listener_that_cannot_start_its_thread_leaves_no_open_file(
         listener.start()
     monkeypatch.undo()
     assert len(list(Path("/proc/self/fd").iterdir())) == before  # its wake-up pipe closed
+
+
+def test_a_signal_the_kernel_hands_to_another_thread_still_stops_the_worker(
+    session_factory: sessionmaker[Session], clean_table: type[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process-directed signal may land on any thread (a slot, the claim loop inside
+    libpq): the thread that called ``run()`` must still run its handler soon, though no
+    wait of its own was interrupted."""
+    import signal
+
+    from sqlalchemy_taskqueue import Worker
+
+    worker = Worker(session_factory, clean_table, {"job": lambda task, ctx: None}, poll_interval=60)
+    signalled: list[float] = []
+
+    def strike() -> None:
+        wait_for(worker.idle.is_set, timeout=10)
+        signalled.append(time.monotonic())
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread
+
+    striker = threading.Thread(target=strike)
+    with caplog.at_level(logging.INFO, logger="sqlalchemy_taskqueue"):
+        striker.start()
+        worker.run()  # on the main thread: it installs the signal handlers
+    striker.join()
+    assert time.monotonic() - signalled[0] < 5  # the poll interval is a minute
+    assert "worker.shutdown_requested signal=SIGTERM" in caplog.text
