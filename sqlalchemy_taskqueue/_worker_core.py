@@ -79,6 +79,7 @@ from .repository import TaskT, detached_in_claim_order
 from .worker_base import (
     DATABASE_ERRORS,
     WRITE_ATTEMPTS,
+    SessionT,
     WorkerBase,
     Written,
     claim_worth_retrying,
@@ -88,7 +89,7 @@ from .worker_base import (
 _R = TypeVar("_R")
 
 
-class WorkerCore(WorkerBase[TaskT]):
+class WorkerCore(WorkerBase[TaskT, SessionT]):
     """The loop of both workers, as steps: a worker runs them with its ``_drive`` and
     does their effects with its ``_perform``."""
 

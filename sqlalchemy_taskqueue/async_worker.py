@@ -170,7 +170,7 @@ class DaemonThreadPool(Executor):
                 future.set_result(result)
 
 
-class AsyncWorker(WorkerCore[TaskT]):
+class AsyncWorker(WorkerCore[TaskT, AsyncSession]):
     """Runs handlers for claimed tasks on ``concurrency`` slots of one event loop.
 
     Takes exactly the options of :class:`~sqlalchemy_taskqueue.Worker`, with an

@@ -89,7 +89,7 @@ _STOP_REQUESTED = "stop requested"
 _RUN_ENDED = "run ended"
 
 
-class Worker(WorkerCore[TaskT]):
+class Worker(WorkerCore[TaskT, Session]):
     """Runs handlers for claimed tasks on ``concurrency`` slots.
 
     :param session_factory: a ``sessionmaker`` bound to the queue's database; the worker

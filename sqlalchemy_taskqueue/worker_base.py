@@ -107,12 +107,15 @@ EventHook = Callable[[str, Any, float], None]
 #: errors an async driver raises as they are (asyncpg: a refused connection).
 DATABASE_ERRORS = (SQLAlchemyError, TaskQueueError, OSError)
 _R = TypeVar("_R")
+#: The kind of session a worker makes: ``Session`` (``Worker``) or ``AsyncSession``
+#: (``AsyncWorker``), so a factory of the other kind is a type error.
+SessionT = TypeVar("SessionT")
 
 #: The outcome of a finished transaction that wrote outcomes: ``(outcome, event)`` pairs.
 Written = list[tuple[Outcome, str]]
 
 
-class WorkerBase(Generic[TaskT]):
+class WorkerBase(Generic[TaskT, SessionT]):
     """Options, bookkeeping and transaction bodies shared by the two workers.
 
     The parameters are documented on :class:`~sqlalchemy_taskqueue.Worker`.
@@ -128,7 +131,7 @@ class WorkerBase(Generic[TaskT]):
 
     def __init__(
         self,
-        session_factory: Callable[[], Any],
+        session_factory: Callable[[], SessionT],
         model: type[TaskT],
         handlers: Mapping[str, Handler] | HandlerRegistry[TaskT],
         *,

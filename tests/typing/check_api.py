@@ -10,7 +10,14 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
 from typing_extensions import assert_type
 
 from sqlalchemy_taskqueue import (
@@ -91,6 +98,15 @@ def worker_types(factory: sessionmaker[Session]) -> None:
     worker = Worker(factory, Task, registry, concurrency=2, lease_duration=30)
     assert_type(worker.task_types, list[str])
     worker.run(until_empty=True)
+
+
+def session_factories_of_the_wrong_kind(
+    factory: sessionmaker[Session], async_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    # refused at run time too; a type checker sees it first
+    Worker(async_factory, Task, {})  # type: ignore[arg-type]
+    AsyncWorker(factory, Task, {})  # type: ignore[arg-type]
+    Worker(scoped_session(factory), Task, {})
 
 
 async def async_worker_types(factory: async_sessionmaker[AsyncSession]) -> None:
