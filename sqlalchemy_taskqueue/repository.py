@@ -591,17 +591,22 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             done = repo.complete_tasks([(t.id, t.lease_token, {"ok": True}) for t in batch])
         """
         rows = list(completions)
+        results: list[str | None] = []
         for row in rows:
             if not isinstance(row, tuple) or len(row) != 3:
                 raise TypeError(f"completions must be (task_id, lease_token, result), got {row!r}")
             require_lease(row[0], row[1])
-            require_json("result", row[2], allow_none=True, max_bytes=self._max_result)
+            # checked and encoded in one pass: the text sent is the text checked
+            result = row[2]
+            results.append(
+                None if result is None else json_text("result", result, max_bytes=self._max_result)
+            )
         if not rows:
             return set()
         params = {
             "ids": [row[0] for row in rows],
             "tokens": [str(row[1]) for row in rows],
-            "results": [None if row[2] is None else json.dumps(row[2]) for row in rows],
+            "results": results,
         }
         stmt = statements.complete_many_statement(self._table)
         return {int(task_id) for task_id in self._session.execute(stmt, params).scalars()}
