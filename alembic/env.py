@@ -16,7 +16,11 @@ from sqlalchemy.orm import DeclarativeBase
 
 from alembic import context
 from sqlalchemy_taskqueue import TaskMixin
-from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, normalize_url, resolve_database_url
+from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+    DATABASE_URL_ENV,
+    normalize_url,
+    resolve_database_url,
+)
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

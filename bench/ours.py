@@ -13,7 +13,8 @@ from baseline import run_processes
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from sqlalchemy_taskqueue import TaskContext, TaskMixin, TaskRepository, Worker, statements
+from sqlalchemy_taskqueue import TaskContext, TaskMixin, TaskRepository, Worker
+from sqlalchemy_taskqueue.backends.postgresql import _statements as statements
 
 
 class Base(DeclarativeBase):

@@ -33,9 +33,12 @@ from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from sqlalchemy_taskqueue import TaskMixin
-from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, resolve_database_url
-from sqlalchemy_taskqueue.metrics import serve_worker_metrics
-from sqlalchemy_taskqueue.testing import throwaway_database
+from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+    DATABASE_URL_ENV,
+    resolve_database_url,
+)
+from sqlalchemy_taskqueue.contrib.prometheus import serve_worker_metrics
+from sqlalchemy_taskqueue.contrib.testing import throwaway_database
 
 
 class Base(DeclarativeBase):

@@ -39,7 +39,11 @@ from sqlalchemy.orm import (
 from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository, Worker
-from sqlalchemy_taskqueue.embedded import DATABASE_URL_ENV, normalize_url, resolve_database_url
+from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+    DATABASE_URL_ENV,
+    normalize_url,
+    resolve_database_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

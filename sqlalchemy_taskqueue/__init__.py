@@ -24,7 +24,6 @@ from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
 from .backoff import BackoffPolicy
-from .context import TaskContext
 from .exceptions import (
     InvalidTransitionError,
     LeaseLostError,
@@ -35,11 +34,10 @@ from .exceptions import (
     TaskTableError,
     UnsupportedDialectError,
 )
-from .handlers import HandlerRegistry
 from .models import TaskDataclassMixin, TaskMixin, merge_table_args, task_table_args
 from .repository import TaskRepository
 from .status import TaskStatus
-from .worker import Worker, WorkerStats
+from .worker import HandlerRegistry, TaskContext, Worker, WorkerStats
 
 __all__ = [
     "AsyncTaskRepository",
@@ -66,8 +64,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .async_repository import AsyncTaskRepository
-    from .async_worker import AsyncWorker
+    from .asyncio import AsyncTaskRepository, AsyncWorker
 
 try:  # the version is declared once, in pyproject.toml
     __version__ = _metadata.version("sqlalchemy-taskqueue")
@@ -77,12 +74,8 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - run from a source t
 
 def __getattr__(name: str) -> object:
     # the async twins need greenlet (the "async" extra), so they are imported on first use
-    if name == "AsyncTaskRepository":
-        from .async_repository import AsyncTaskRepository
+    if name in ("AsyncTaskRepository", "AsyncWorker"):
+        from . import asyncio
 
-        return AsyncTaskRepository
-    if name == "AsyncWorker":
-        from .async_worker import AsyncWorker
-
-        return AsyncWorker
+        return getattr(asyncio, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

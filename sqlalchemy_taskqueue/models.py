@@ -56,16 +56,16 @@ from sqlalchemy.schema import SchemaItem
 from sqlalchemy.sql.elements import conv
 from sqlalchemy.types import TypeDecorator
 
-from .exceptions import TaskTableError
-from .statements import (
+from ._json import JSONDocument
+from ._schema import (
     ACTIVE_DEDUPE_PREDICATE,
     CLAIM_ORDER,
     CLAIMABLE_PREDICATE,
     FINISHED_PREDICATE,
     LEASED_PREDICATE,
-    JSONDocument,
     partial_index,
 )
+from .exceptions import TaskTableError
 from .status import TaskStatus
 
 __all__ = [
@@ -103,8 +103,8 @@ class TaskStatusType(TypeDecorator[TaskStatus]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         """The text stored for a status (a :class:`TaskStatus` or its value).
 
-        >>> from sqlalchemy.dialects import postgresql
-        >>> TaskStatusType().process_bind_param(TaskStatus.FAILED, postgresql.dialect())
+        >>> from sqlalchemy.engine.default import DefaultDialect
+        >>> TaskStatusType().process_bind_param(TaskStatus.FAILED, DefaultDialect())
         'failed'
         """
         return None if value is None else TaskStatus(value).value
@@ -112,8 +112,8 @@ class TaskStatusType(TypeDecorator[TaskStatus]):
     def process_result_value(self, value: Any, dialect: Dialect) -> TaskStatus | None:
         """The :class:`TaskStatus` for the text read from the database.
 
-        >>> from sqlalchemy.dialects import postgresql
-        >>> TaskStatusType().process_result_value("failed", postgresql.dialect())
+        >>> from sqlalchemy.engine.default import DefaultDialect
+        >>> TaskStatusType().process_result_value("failed", DefaultDialect())
         <TaskStatus.FAILED: 'failed'>
         """
         if value is None:

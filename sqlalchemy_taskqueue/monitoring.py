@@ -26,15 +26,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
-from . import statements
+from ._validation import INT8_MAX, require_int, require_timedelta
 from .exceptions import wrap_database_errors
 from .status import TaskStatus
-from .validation import INT8_MAX, require_int, require_timedelta
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
 
 __all__ = [
     "FailedTask",
@@ -292,6 +294,11 @@ class TaskMonitoring:
     _session: Session
     _table: Table
 
+    if TYPE_CHECKING:
+
+        @property
+        def _backend(self) -> Backend: ...
+
     @wrap_database_errors
     def status_counts(self) -> list[StatusCount]:
         """Tasks per type and status.
@@ -300,7 +307,7 @@ class TaskMonitoring:
 
             {(c.task_type, c.status): c.count for c in repo.status_counts()}
         """
-        rows = self._session.execute(statements.status_counts_statement(self._table))
+        rows = self._backend.status_counts(self._session, self._table)
         return [StatusCount(row.type, TaskStatus(row.status), int(row.total)) for row in rows]
 
     @wrap_database_errors
@@ -311,7 +318,7 @@ class TaskMonitoring:
 
             [d for d in repo.queue_depth() if d.oldest_ready_seconds > 300]  # alert
         """
-        rows = self._session.execute(statements.queue_depth_statement(self._table))
+        rows = self._backend.queue_depth(self._session, self._table)
         return [
             QueueDepth(
                 row.type, int(row.ready), int(row.scheduled), float(row.oldest_ready_seconds)
@@ -330,8 +337,11 @@ class TaskMonitoring:
             repo.stuck_tasks(timedelta(minutes=30))
         """
         require_timedelta("running_longer_than", running_longer_than, allow_zero=False)
-        stmt = statements.stuck_tasks_statement(
-            self._table, running_longer_than=running_longer_than, limit=require_limit(limit)
+        rows = self._backend.stuck_tasks(
+            self._session,
+            self._table,
+            running_longer_than=running_longer_than,
+            limit=require_limit(limit),
         )
         return [
             StuckTask(
@@ -344,7 +354,7 @@ class TaskMonitoring:
                 int(row.progress),
                 bool(row.lease_expired),
             )
-            for row in self._session.execute(stmt)
+            for row in rows
         ]
 
     @wrap_database_errors
@@ -355,8 +365,10 @@ class TaskMonitoring:
 
             repo.processing_times(timedelta(hours=1))
         """
-        stmt = statements.processing_times_statement(
-            self._table, window=require_timedelta("window", window, allow_zero=False)
+        rows = self._backend.processing_times(
+            self._session,
+            self._table,
+            window=require_timedelta("window", window, allow_zero=False),
         )
         return [
             ProcessingTime(
@@ -365,7 +377,7 @@ class TaskMonitoring:
                 float(row.average_seconds or 0),
                 float(row.p95_seconds or 0),
             )
-            for row in self._session.execute(stmt)
+            for row in rows
         ]
 
     @wrap_database_errors
@@ -376,8 +388,10 @@ class TaskMonitoring:
 
             [r.task_type for r in repo.outcome_rates() if r.failure_rate > 0.05]
         """
-        stmt = statements.outcome_counts_statement(
-            self._table, window=require_timedelta("window", window, allow_zero=False)
+        rows = self._backend.outcome_counts(
+            self._session,
+            self._table,
+            window=require_timedelta("window", window, allow_zero=False),
         )
         seconds = window.total_seconds()
         return [
@@ -389,7 +403,7 @@ class TaskMonitoring:
                 int(row.retried),
                 seconds,
             )
-            for row in self._session.execute(stmt)
+            for row in rows
         ]
 
     @wrap_database_errors
@@ -405,8 +419,8 @@ class TaskMonitoring:
         """
         if task_type is not None and (not isinstance(task_type, str) or not task_type):
             raise ValueError(f"task_type must be a non-empty string, got {task_type!r}")
-        stmt = statements.recent_failures_statement(
-            self._table, limit=require_limit(limit), task_type=task_type
+        rows = self._backend.recent_failures(
+            self._session, self._table, limit=require_limit(limit), task_type=task_type
         )
         return [
             FailedTask(
@@ -417,7 +431,7 @@ class TaskMonitoring:
                 row.created_at,
                 row.completed_at,
             )
-            for row in self._session.execute(stmt)
+            for row in rows
         ]
 
     def queue_stats(

@@ -2,7 +2,8 @@
 
 :class:`TaskRepository` wraps an SQLAlchemy :class:`~sqlalchemy.orm.Session` and a task
 model.  Every method validates its arguments first (bad input raises and writes nothing),
-then runs one statement from :mod:`sqlalchemy_taskqueue.statements` in that session.  The
+then asks the database's backend (:mod:`sqlalchemy_taskqueue.backends`) for the queue
+operation, run in that session; a write that changed nothing is explained here.  The
 repository **never commits**: the caller's unit of work decides, so a task enqueued
 together with business rows is committed or rolled back together with them::
 
@@ -26,29 +27,17 @@ import operator
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
-from sqlalchemy import Insert, Table, Update, select
-from sqlalchemy.exc import IntegrityError, UnboundExecutionError
+from sqlalchemy import Table
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Session, scoped_session
 
-from . import statements
-from .backoff import DEFAULT_BACKOFF, BackoffPolicy
-from .durations import Duration
-from .exceptions import (
-    InvalidTransitionError,
-    LeaseLostError,
-    TaskNotFoundError,
-    TaskQueueError,
-    wrap_database_errors,
-)
-from .loading import detached_loader
-from .models import TaskDataclassMixin, TaskMixin, require_database_schema, task_table
-from .monitoring import TaskMonitoring
-from .status import ACTIVE_STATUSES, TaskStatus
-from .validation import (
+from ._loading import detached_loader
+from ._schema import CLAIM_ORDER, notify_channel
+from ._validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_MAX_RESULT_BYTES,
     INT4_MAX,
@@ -75,6 +64,20 @@ from .validation import (
     task_type_name,
     task_types_argument,
 )
+from .backends import backend_for
+from .backends.base import Backend, ClaimRequest
+from .backoff import DEFAULT_BACKOFF, BackoffPolicy
+from .durations import Duration
+from .exceptions import (
+    InvalidTransitionError,
+    LeaseLostError,
+    TaskNotFoundError,
+    TaskQueueError,
+    wrap_database_errors,
+)
+from .models import TaskDataclassMixin, TaskMixin, require_database_schema, task_table
+from .monitoring import TaskMonitoring
+from .status import ACTIVE_STATUSES, TaskStatus
 
 __all__ = [
     "DEFAULT_LEASE_DURATION",
@@ -199,12 +202,21 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ValueError(f"owner must be a non-empty string, got {owner!r}")
         self._owner = owner  # the default is made when first needed (claims only)
-        self._channel = statements.notify_channel(self._table) if notify else None
+        self._channel = notify_channel(self._table) if notify else None
+        self._backend_found: Backend | None = None
         try:
             bind = session.get_bind(mapper=model)
         except UnboundExecutionError:
-            return  # checked when the session is bound and first used
-        statements.require_supported_dialect(bind.dialect)
+            return  # found when the session is bound and first used
+        self._backend_found = backend_for(bind.dialect)
+
+    @property
+    def _backend(self) -> Backend:
+        """The backend of the database the session runs the model's statements on."""
+        if self._backend_found is None:
+            bind = self._session.get_bind(mapper=self._model)
+            self._backend_found = backend_for(bind.dialect)
+        return self._backend_found
 
     @property
     def session(self) -> Session:
@@ -246,7 +258,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
             repo.notify_channel  # 'taskqueue_tasks'
         """
-        return statements.notify_channel(self._table)
+        return notify_channel(self._table)
 
     # ------------------------------------------------------------------ enqueue
 
@@ -287,8 +299,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             timeout_seconds=timeout_seconds,
             columns=columns,
         )
-        stmt = _insert_statement(self._table, tuple(values), self._channel)
-        return int(self._session.execute(stmt, values).scalar_one())
+        return self._backend.insert_one(self._session, self._table, values, channel=self._channel)
 
     @wrap_database_errors
     def enqueue_many(
@@ -325,29 +336,15 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if not payload_list:
             return []
         # the whole batch in one encoder pass; one by one only to name a payload at fault
-        array = json_array_text(payload_list, max_bytes=self._max_payload)
-        if array is not None and len(array) <= _MAX_BATCH_CHARACTERS:
-            chunks: Iterable[str] = [array]
-        else:
-            texts = [
+        encoded: str | list[str] | None = json_array_text(payload_list, max_bytes=self._max_payload)
+        if encoded is None:
+            encoded = [
                 json_text(f"payload #{position}", payload, max_bytes=self._max_payload)
                 for position, payload in enumerate(payload_list)
             ]
-            chunks = _json_arrays(texts)
-        delayed = "run_delay" in shared
-        if _has_per_row_defaults(self._table, _columns(shared)):
-            rows = [{**shared, "payload": payload} for payload in payload_list]
-            stmt = statements.insert_rows_statement(self._table, delayed=delayed)
-            ids = [int(task_id) for task_id in self._session.execute(stmt, rows).scalars()]
-        else:
-            stmt = statements.insert_many_statement(self._table, _columns(shared), delayed=delayed)
-            ids = []
-            for chunk in chunks:  # one parameter per chunk, parsed by the server
-                result = self._session.execute(stmt, {**shared, "payloads": chunk})
-                ids.extend(sorted(int(task_id) for task_id in result.scalars()))
-        if self._channel is not None:
-            self._session.execute(statements.notify_statement(self._channel))
-        return ids
+        return self._backend.insert_many(
+            self._session, self._table, shared, payload_list, encoded, channel=self._channel
+        )
 
     @wrap_database_errors
     def enqueue_if_not_exists(
@@ -367,9 +364,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
         Returns ``(task_id, True)`` for a new task, ``(existing_id, False)`` when an
         active task of the same type holds the same dedupe key.  The key defaults to a
-        hash of the type and the canonical JSON of the payload.  Race-free: a unique
-        partial index and ``INSERT ... ON CONFLICT DO NOTHING`` arbitrate concurrent
-        callers, so exactly one of them creates the task.
+        hash of the type and the canonical JSON of the payload.  Race-free: the database
+        arbitrates concurrent callers (on PostgreSQL a unique partial index and
+        ``INSERT ... ON CONFLICT DO NOTHING``), so exactly one of them creates the task.
 
         Example::
 
@@ -393,22 +390,11 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         else:
             require_dedupe_key(dedupe_key)
         values["dedupe_key"] = dedupe_key
-        insert = statements.insert_if_absent_statement(
-            self._table,
-            _columns(values),
-            channel=self._channel,
-            delayed="run_delay" in values,
-            payload_text=True,
+        answer = self._backend.insert_if_absent(
+            self._session, self._table, values, channel=self._channel
         )
-        lookup = statements.active_dedupe_lookup_statement(self._table, values["type"], dedupe_key)
-        # Between a conflict and the lookup the holder may finish; then insert again.
-        for _ in range(5):
-            created = self._session.execute(insert, values).first()
-            if created is not None:
-                return int(created[0]), True
-            existing = self._session.execute(lookup).scalar_one_or_none()
-            if existing is not None:
-                return int(existing), False
+        if answer is not None:
+            return answer
         # a table without the partial unique index (a unique index over finished tasks
         # too, say) conflicts with tasks that are not active: name it, if so
         connection = self._session.connection(bind_arguments={"mapper": self._model})
@@ -485,14 +471,12 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         the session holds is detached at once, with what the ORM loaded along
         (relationships).
         """
-        stmt, params = self._claim_statement(
-            task_type, limit, lease_duration, relaxed_commit, starting
-        )
+        request = self._claim_request(task_type, limit, lease_duration, relaxed_commit, starting)
         model: Any = self._model  # a mapped class, hashable
         if own_session and detached_loader(model) is not None:
-            rows = self._session.execute(stmt, params, bind_arguments={"mapper": model})
-            return detached_in_claim_order(model, rows.all())
-        claimed = list(self._session.execute(_orm_claim(model, stmt), params).scalars().all())
+            rows = self._backend.claim(self._session, self._table, request)
+            return detached_in_claim_order(model, rows)
+        claimed = list(self._backend.claim(self._session, self._table, request, entity=model))
         if own_session:
             self._session.expunge_all()
         else:
@@ -500,28 +484,21 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
                 self._session.expunge(task)
         return _in_claim_order(claimed)
 
-    def _claim_statement(
+    def _claim_request(
         self,
         task_type: str | Sequence[str] | None,
         limit: int,
         lease_duration: Duration | None,
         relaxed_commit: bool,
         starting: int | None = None,
-    ) -> tuple[Update, dict[str, Any]]:
-        """The claim statement and its parameters, every argument checked (``starting``
-        is a worker's own count)."""
+    ) -> ClaimRequest:
+        """The claim, every argument checked (``starting`` is a worker's own count)."""
         require_bool("relaxed_commit", relaxed_commit)
         task_types = task_types_argument(task_type)
         require_int("limit", limit, minimum=1, maximum=INT4_MAX)  # bound as an integer
         lease = self._lease if lease_duration is None else lease_duration_argument(lease_duration)
-        return claim_statement_and_params(
-            self._table,
-            task_types,
-            limit,
-            lease,
-            self.owner,
-            relaxed_commit=relaxed_commit,
-            starting=starting,
+        return ClaimRequest(
+            task_types, limit, lease, self.owner, relaxed_commit=relaxed_commit, starting=starting
         )
 
     # ------------------------------------------------------------------ progress and outcome
@@ -551,12 +528,16 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         require_int("progress", progress, minimum=0, maximum=100)
         require_token(lease_token)
         require_bool("relaxed_commit", relaxed_commit)
-        stmt = statements.progress_statement(
-            self._table, fenced=lease_token is not None, relaxed_commit=relaxed_commit
-        )
-        params = {"task_id": task_id, "new_progress": progress}
-        allowed = (TaskStatus.IN_PROGRESS,) if lease_token else ACTIVE_STATUSES
-        self._guarded(stmt, params, "update progress of", allowed, lease_token)
+        if not self._backend.set_progress(
+            self._session,
+            self._table,
+            task_id,
+            progress,
+            lease_token,
+            relaxed_commit=relaxed_commit,
+        ):
+            allowed = (TaskStatus.IN_PROGRESS,) if lease_token else ACTIVE_STATUSES
+            self._explain_miss(task_id, "update progress of", allowed, lease_token)
 
     @wrap_database_errors
     def complete_task(
@@ -574,9 +555,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         require_task_id(task_id)
         require_token(lease_token)
         require_json("result", result, allow_none=True, max_bytes=self._max_result)
-        stmt = statements.complete_statement(self._table, fenced=lease_token is not None)
-        params = {"task_id": task_id, "new_result": result}
-        self._guarded(stmt, params, "complete", (TaskStatus.IN_PROGRESS,), lease_token)
+        if not self._backend.complete(self._session, self._table, task_id, result, lease_token):
+            self._explain_miss(task_id, "complete", (TaskStatus.IN_PROGRESS,), lease_token)
 
     @wrap_database_errors
     def complete_tasks(self, completions: Iterable[tuple[int, uuid.UUID, Any]]) -> set[int]:
@@ -603,13 +583,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             )
         if not rows:
             return set()
-        params = {
-            "ids": [row[0] for row in rows],
-            "tokens": [str(row[1]) for row in rows],
-            "results": results,
-        }
-        stmt = statements.complete_many_statement(self._table)
-        return {int(task_id) for task_id in self._session.execute(stmt, params).scalars()}
+        leases = [(row[0], row[1]) for row in rows]
+        return self._backend.complete_many(self._session, self._table, leases, results)
 
     @wrap_database_errors
     def fail_task(
@@ -638,12 +613,18 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         require_storable_text("error_message", error_message)
         require_bool("retry", retry)
         error_message = bounded_error_message(error_message)
-        stmt = statements.fail_statement(
-            self._table, fenced=lease_token is not None, backoff=self._backoff, retry=retry
+        status = self._backend.fail(
+            self._session,
+            self._table,
+            task_id,
+            error_message,
+            lease_token,
+            backoff=self._backoff,
+            retry=retry,
         )
-        params = {"task_id": task_id, "message": error_message}
-        row = self._guarded(stmt, params, "fail", (TaskStatus.IN_PROGRESS,), lease_token)
-        return TaskStatus(row[0])
+        if status is None:
+            self._explain_miss(task_id, "fail", (TaskStatus.IN_PROGRESS,), lease_token)
+        return status
 
     @wrap_database_errors
     def cancel_task(self, task_id: int) -> bool:
@@ -654,7 +635,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             repo.cancel_task(task_id)  # True
         """
         require_task_id(task_id)
-        if self._session.execute(statements.cancel_statement(self._table, task_id)).first():
+        if self._backend.cancel(self._session, self._table, task_id):
             return True
         self._require_exists(task_id)
         return False
@@ -671,14 +652,11 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             repo.retry_task(task_id)
         """
         require_task_id(task_id)
-        stmt = statements.retry_statement(
-            self._table, task_id=task_id, task_type=None, channel=self._channel
-        )
-        if self._retry(stmt):
+        if self._backend.retry(
+            self._session, self._table, task_id=task_id, task_type=None, channel=self._channel
+        ):
             return
-        holder = self._session.execute(
-            statements.duplicate_holder_statement(self._table, task_id)
-        ).scalar()
+        holder = self._backend.dedupe_holder(self._session, self._table, task_id)
         if holder is not None:
             raise InvalidTransitionError(
                 task_id,
@@ -700,10 +678,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if task_type is not None:
             require_task_type(task_type)
             task_type = task_type_name(task_type)
-        stmt = statements.retry_statement(
-            self._table, task_id=None, task_type=task_type, channel=self._channel
+        retried = self._backend.retry(
+            self._session, self._table, task_id=None, task_type=task_type, channel=self._channel
         )
-        return len(self._retry(stmt))
+        return len(retried)
 
     # ------------------------------------------------------------------ leases
 
@@ -726,9 +704,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if not pairs:
             return set()
         lease = self._lease if lease_duration is None else lease_duration_argument(lease_duration)
-        stmt = statements.renew_leases_statement(self._table)
-        params = {**_lease_arrays(pairs), "lease": lease}
-        return {int(task_id) for task_id in self._session.execute(stmt, params).scalars()}
+        return self._backend.renew_leases(self._session, self._table, pairs, lease)
 
     @wrap_database_errors
     def record_starts(self, leases: Iterable[tuple[int, uuid.UUID]]) -> set[int]:
@@ -745,10 +721,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         pairs = lease_pairs(leases)
         if not pairs:
             return set()
-        stmt = statements.record_starts_statement(self._table)
-        return {
-            int(task_id) for task_id in self._session.execute(stmt, _lease_arrays(pairs)).scalars()
-        }
+        return self._backend.record_starts(self._session, self._table, pairs)
 
     @wrap_database_errors
     def release_tasks(self, leases: Iterable[tuple[int, uuid.UUID]]) -> set[int]:
@@ -763,10 +736,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         pairs = lease_pairs(leases)
         if not pairs:
             return set()
-        stmt = statements.release_statement(self._table, self._channel)
-        return {
-            int(task_id) for task_id in self._session.execute(stmt, _lease_arrays(pairs)).scalars()
-        }
+        return self._backend.release(self._session, self._table, pairs, channel=self._channel)
 
     @wrap_database_errors
     def rescue_expired_leases(self, *, limit: int = 1000) -> dict[int, TaskStatus]:
@@ -780,8 +750,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             repo.rescue_expired_leases()  # {17: <TaskStatus.PENDING: 'pending'>}
         """
         require_int("limit", limit, minimum=1, maximum=INT8_MAX)
-        stmt = statements.rescue_statement(self._table, limit=limit, channel=self._channel)
-        return {int(row[0]): TaskStatus(row[1]) for row in self._session.execute(stmt)}
+        return self._backend.rescue(self._session, self._table, limit=limit, channel=self._channel)
 
     # ------------------------------------------------------------------ reads
 
@@ -814,9 +783,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if project_id is not None:
             match["project_id"] = project_id
         require_json("payload match", match, allow_none=False)
-        stmt = statements.progress_lookup_statement(self._table, task_type_name(task_type), match)
-        progress = self._session.execute(stmt).scalar_one_or_none()
-        return None if progress is None else int(progress)
+        return self._backend.progress_of(
+            self._session, self._table, task_type_name(task_type), match
+        )
 
     # ------------------------------------------------------------------ cleanup
 
@@ -843,10 +812,11 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         require_int("batch_size", batch_size, minimum=1, maximum=INT8_MAX)
         if max_batches is not None:
             require_int("max_batches", max_batches, minimum=1)
-        stmt = statements.purge_statement(self._table, older_than=older_than, batch_size=batch_size)
         total = batches = 0
         while True:
-            deleted = int(self._session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+            deleted = self._backend.purge(
+                self._session, self._table, older_than=older_than, batch_size=batch_size
+            )
             total += deleted
             batches += 1
             if deleted < batch_size or (max_batches is not None and batches >= max_batches):
@@ -861,8 +831,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             repo.count_old_tasks(timedelta(days=7))  # 1204
         """
         require_timedelta("older_than", older_than, allow_zero=True)
-        stmt = statements.purgeable_count_statement(self._table, older_than=older_than)
-        return int(self._session.execute(stmt).scalar_one())
+        return self._backend.count_purgeable(self._session, self._table, older_than=older_than)
 
     # ------------------------------------------------------------------ internals
 
@@ -877,10 +846,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         timeout_seconds: int | None,
         columns: Mapping[str, Any],
     ) -> dict[str, Any]:
-        """The parameters of one new task's row, every argument checked, for the
-        ``payload_text`` insert statements: the payload as the JSON text its check
-        produced, and no integer equal to its column's constant default (which the
-        statement writes itself, see :func:`statements.constant_defaults`)."""
+        """The parameters of one new task's row, every argument checked: the payload as
+        the JSON text its check produced."""
         values = self._shared_values(
             task_type,
             max_retries=max_retries,
@@ -890,9 +857,6 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             columns=columns,
         )
         values["payload"] = json_text("payload", payload, max_bytes=self._max_payload)
-        for name, default in _integer_constant_defaults(self._table):
-            if values.get(name) == default and type(values[name]) is int:
-                del values[name]  # the statement writes the default as a constant
         return values
 
     def _shared_values(
@@ -933,47 +897,6 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             values[name] = value
         return values
 
-    def _guarded(
-        self,
-        stmt: Any,
-        params: dict[str, Any],
-        action: str,
-        allowed: tuple[TaskStatus, ...],
-        lease_token: uuid.UUID | None,
-    ) -> Any:
-        """Run a state-guarded update; when it matched nothing, raise the reason."""
-        if lease_token is not None:
-            params["token"] = lease_token
-        row = self._session.execute(stmt, params).first()
-        if row is None:
-            self._explain_miss(params["task_id"], action, allowed, lease_token)
-        return row
-
-    def _retry(self, stmt: Update) -> list[int]:
-        """Run a retry statement; return the ids it put back in the queue.
-
-        The statement leaves failed a task whose dedupe key an active task holds, as far
-        as its snapshot shows.  A task that took the key later, in a transaction still
-        open then, is only seen by the unique index, which waits for that transaction
-        and, once it commits, refuses the retry.  So the statement runs in a savepoint:
-        on such a refusal nothing is changed, the caller's transaction stays usable, and
-        the statement runs again with a snapshot that sees the new holder (a fifth
-        collision is raised).
-        """
-        collisions = 0
-        while True:
-            savepoint = self._session.begin_nested()  # flushes the caller's changes first
-            try:
-                retried = [int(task_id) for task_id in self._session.execute(stmt).scalars()]
-            except IntegrityError:  # the unique index: an active task took a key meanwhile
-                savepoint.rollback()
-                collisions += 1
-                if collisions == 5:
-                    raise
-                continue
-            savepoint.commit()
-            return retried
-
     def _explain_miss(
         self,
         task_id: int,
@@ -981,7 +904,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         allowed: tuple[TaskStatus, ...],
         lease_token: uuid.UUID | None,
     ) -> NoReturn:
-        found = self._session.execute(statements.diagnose_statement(self._table, task_id)).first()
+        found = self._backend.diagnose(self._session, self._table, task_id)
         if found is None:
             raise TaskNotFoundError(task_id)
         status, current_token = found
@@ -992,111 +915,13 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         )
 
     def _require_exists(self, task_id: int) -> None:
-        found = self._session.execute(statements.diagnose_statement(self._table, task_id)).first()
-        if found is None:
+        if self._backend.diagnose(self._session, self._table, task_id) is None:
             raise TaskNotFoundError(task_id)
-
-
-@functools.cache
-def _insert_statement(table: Table, names: tuple[str, ...], channel: str | None) -> Insert:
-    """The ``enqueue`` statement for a row of parameters ``names`` (in any order)."""
-    return statements.insert_statement(
-        table, _columns(names), channel=channel, delayed="run_delay" in names, payload_text=True
-    )
-
-
-@functools.cache
-def _integer_constant_defaults(table: Table) -> tuple[tuple[str, int], ...]:
-    """The integer :func:`statements.constant_defaults` of ``table``."""
-    return tuple(
-        (name, value)
-        for name, value in statements.constant_defaults(table).items()
-        if type(value) is int
-    )
-
-
-def _columns(values: Iterable[str]) -> tuple[str, ...]:
-    """The table columns a row of insert parameters sets (``run_delay`` is not one)."""
-    return tuple(sorted(name for name in values if name != "run_delay"))
-
-
-#: Characters of payload JSON sent in one ``enqueue_many`` statement (PostgreSQL caps a
-#: single ``jsonb`` value at 256 MiB; four bytes per character at most).
-_MAX_BATCH_CHARACTERS = 32 * 1024 * 1024
-
-
-def _json_arrays(texts: Sequence[str]) -> Iterator[str]:
-    """The JSON texts as JSON array texts of at most :data:`_MAX_BATCH_CHARACTERS` each
-    (a single larger text stands alone)."""
-    chunk: list[str] = []
-    size = 0
-    for text in texts:
-        if chunk and size + len(text) > _MAX_BATCH_CHARACTERS:
-            yield "[" + ",".join(chunk) + "]"
-            chunk, size = [], 0
-        chunk.append(text)
-        size += len(text) + 1
-    yield "[" + ",".join(chunk) + "]"
-
-
-@functools.cache
-def _has_per_row_defaults(table: Table, columns: tuple[str, ...]) -> bool:
-    """Whether a column an insert setting ``columns`` (and the payload) leaves to its
-    default has a Python callable default, which an ``INSERT ... SELECT`` would call
-    once for all rows."""
-    return any(
-        column.default is not None and column.default.is_callable
-        for column in table.c
-        if column.name not in columns and column.name != "payload"
-    )
-
-
-def _lease_arrays(pairs: Sequence[tuple[int, uuid.UUID]]) -> dict[str, list[Any]]:
-    return {"ids": [pair[0] for pair in pairs], "tokens": [str(pair[1]) for pair in pairs]}
-
-
-def claim_statement_and_params(
-    table: Table,
-    task_types: Sequence[str] | None,
-    limit: int,
-    lease: timedelta,
-    owner: str,
-    *,
-    relaxed_commit: bool,
-    starting: int | None = None,
-) -> tuple[Update, dict[str, Any]]:
-    """The claim statement for ``task_types`` (``None``: any type) and its parameters,
-    for arguments already checked (a worker's own configuration, or a repository's).
-    With ``starting``, only the first ``starting`` tasks claimed are recorded as started
-    (the rest wait for a slot in the worker, see :meth:`TaskRepository.record_starts`).
-
-    Example::
-
-        stmt, params = claim_statement_and_params(
-            Task.__table__, ["export"], 10, timedelta(seconds=60), "w1", relaxed_commit=False
-        )
-    """
-    params: dict[str, Any] = {"limit": limit, "lease": lease, "owner": owner, "token": uuid.uuid4()}
-    if task_types is None:
-        type_filter: statements.TypeFilter = "any"
-    elif len(task_types) == 1:
-        type_filter, params["task_type"] = "one", task_types[0]
-    else:
-        type_filter, params["task_types"] = "many", list(task_types)
-    if starting is not None:
-        params["starting"] = starting
-    stmt = statements.claim_statement(
-        table,
-        type_filter=type_filter,
-        relaxed_commit=relaxed_commit,
-        prefetch=starting is not None,
-    )
-    return stmt, params
 
 
 def detached_in_claim_order(model: Any, rows: Sequence[Any]) -> list[Any]:
     """A claim statement's rows as detached ``model`` instances, in claim order, for a
-    model that has a :func:`~sqlalchemy_taskqueue.loading.detached_loader`.
+    model that has a :func:`~sqlalchemy_taskqueue._loading.detached_loader`.
 
     Example::
 
@@ -1112,16 +937,10 @@ def _claim_order_of_rows(table: Table) -> Callable[[Any], tuple[Any, ...]]:
     """The sort key putting rows of every column of ``table`` (in table order) in the
     order the claim picked them: what :func:`_in_claim_order` does for instances."""
     names = list(table.columns.keys())
-    return operator.itemgetter(*(names.index(name) for name in statements.CLAIM_ORDER))
+    return operator.itemgetter(*(names.index(name) for name in CLAIM_ORDER))
 
 
 def _in_claim_order(claimed: list[TaskT]) -> list[TaskT]:
     """``claimed`` in the order the claim picked them (``RETURNING`` does not keep it)."""
-    claimed.sort(key=operator.attrgetter(*statements.CLAIM_ORDER))
+    claimed.sort(key=operator.attrgetter(*CLAIM_ORDER))
     return claimed
-
-
-@functools.cache
-def _orm_claim(model: Any, stmt: Any) -> Any:
-    """The claim statement loading ``model`` instances (cached with the statement)."""
-    return select(model).from_statement(stmt).execution_options(populate_existing=True)

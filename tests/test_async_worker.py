@@ -30,7 +30,7 @@ from sqlalchemy.pool import NullPool
 from twins import async_url
 
 from sqlalchemy_taskqueue import AsyncWorker, TaskContext, TaskRepository, TaskStatus, Worker
-from sqlalchemy_taskqueue.async_worker import DaemonThreadPool
+from sqlalchemy_taskqueue.worker._asyncio import DaemonThreadPool
 
 Factory = sessionmaker[Session]
 T = TypeVar("T")

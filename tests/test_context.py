@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from sqlalchemy_taskqueue import TaskContext, TaskInterrupted
-from sqlalchemy_taskqueue.validation import BoolArgumentError, require_int
+from sqlalchemy_taskqueue._validation import BoolArgumentError, require_int
 
 
 def make_context(writer: object, interval: float = 0.0) -> tuple[TaskContext, threading.Event]:

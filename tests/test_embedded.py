@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from sqlalchemy_taskqueue.embedded import (
+from sqlalchemy_taskqueue.backends.postgresql._embedded import (
     mask_password,
     normalize_url,
     resolve_database_url,

@@ -22,8 +22,8 @@ from sqlalchemy_taskqueue import (
     TaskStatus,
     Worker,
 )
+from sqlalchemy_taskqueue._validation import MAX_DEDUPE_KEY_BYTES, RUN_AT_PAST_LIMIT
 from sqlalchemy_taskqueue.cli import cli
-from sqlalchemy_taskqueue.validation import MAX_DEDUPE_KEY_BYTES, RUN_AT_PAST_LIMIT
 
 Repo = TaskRepository[Any]
 HOSTILE = "'; DROP TABLE tasks; --"

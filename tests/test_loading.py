@@ -23,7 +23,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.exc import DetachedInstanceError
 
 from sqlalchemy_taskqueue import TaskDataclassMixin, TaskMixin, TaskRepository
-from sqlalchemy_taskqueue.loading import detached_loader
+from sqlalchemy_taskqueue._loading import detached_loader
 from sqlalchemy_taskqueue.repository import detached_in_claim_order
 
 
@@ -181,7 +181,7 @@ def test_claims_skip_the_session_only_for_plain_sessions_and_models(
     from sqlalchemy import event
     from sqlalchemy.orm import sessionmaker
 
-    from sqlalchemy_taskqueue.worker_base import claims_without_session
+    from sqlalchemy_taskqueue.worker._base import claims_without_session
 
     class OwnSession(Session):
         def execute(self, *args: Any, **kwargs: Any) -> Any:  # e.g. routing or auditing

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import TaskRepository, Worker
 from sqlalchemy_taskqueue.cli import cli
-from sqlalchemy_taskqueue.metrics import QueueCollector, serve_worker_metrics
+from sqlalchemy_taskqueue.contrib.prometheus import QueueCollector, serve_worker_metrics
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -76,7 +76,7 @@ def test_worker_and_queue_metrics_are_served(
 
 
 def test_a_scrape_survives_a_missing_table(session_factory: sessionmaker[Session]) -> None:
-    from sqlalchemy_taskqueue.cli.loading import model_for_table
+    from sqlalchemy_taskqueue.cli._loading import model_for_table
 
     server = serve_worker_metrics(
         0, session_factory, model_for_table("no_such_queue"), addr="127.0.0.1"
@@ -160,7 +160,7 @@ def test_without_a_cache_every_scrape_reads_the_queue(
 def test_a_failed_reading_is_cached_too(
     session_factory: sessionmaker[Session], engine: Engine
 ) -> None:
-    from sqlalchemy_taskqueue.cli.loading import model_for_table
+    from sqlalchemy_taskqueue.cli._loading import model_for_table
 
     model = model_for_table("no_such_queue")
     server = serve_worker_metrics(0, session_factory, model, cache_for=3600)

@@ -20,9 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
-from sqlalchemy_taskqueue.embedded import async_engine_arguments
-from sqlalchemy_taskqueue.wakeup import AsyncNotificationListener, NotificationListener
-from sqlalchemy_taskqueue.worker_base import STOP_BOUND
+from sqlalchemy_taskqueue.backends.postgresql._embedded import async_engine_arguments
+from sqlalchemy_taskqueue.backends.postgresql._wakeup import (
+    AsyncNotificationListener,
+    NotificationListener,
+)
+from sqlalchemy_taskqueue.worker._base import STOP_BOUND
 
 sys.path.insert(0, str(Path(__file__).parent))
 from processes import wait_for
@@ -338,7 +341,7 @@ def test_claims_run_through_the_session_when_it_has_execution_listeners(
 ) -> None:
     """A claim run straight on the worker's connection would skip the session's
     ``do_orm_execute`` listeners: with one, every claim goes through the session."""
-    from sqlalchemy_taskqueue import statements
+    from sqlalchemy_taskqueue.backends.postgresql import _statements as statements
 
     class ObservedSession(Session):
         pass

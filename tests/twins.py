@@ -36,9 +36,12 @@ from sqlalchemy_taskqueue import (
     TaskRepository,
     Worker,
 )
-from sqlalchemy_taskqueue.async_worker import DaemonThreadPool
-from sqlalchemy_taskqueue.connections import dispose_async_engine
-from sqlalchemy_taskqueue.embedded import async_driver_url, async_engine_arguments
+from sqlalchemy_taskqueue.backends.postgresql._connections import dispose_async_engine
+from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+    async_driver_url,
+    async_engine_arguments,
+)
+from sqlalchemy_taskqueue.worker._asyncio import DaemonThreadPool
 
 TWINS = ["sync", "async"]
 T = TypeVar("T")

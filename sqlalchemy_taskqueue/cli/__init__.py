@@ -21,8 +21,11 @@ def __getattr__(name: str) -> object:
 
 def _load() -> object:
     """Import every command module (each registers its commands on the group)."""
-    from . import operations, worker_command  # noqa: F401
-    from .group import cli
+    from . import (
+        _operations,  # noqa: F401
+        _worker_command,  # noqa: F401
+    )
+    from ._group import cli
 
     return cli
 

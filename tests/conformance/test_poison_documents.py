@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker_harness import MakeWorker, completions_refused, enqueue, fetch
 
 from sqlalchemy_taskqueue import TaskRepository, TaskStatus
+from sqlalchemy_taskqueue._json import UndecodableJSON
+from sqlalchemy_taskqueue._validation import MAX_JSON_DEPTH
 from sqlalchemy_taskqueue.cli import cli
-from sqlalchemy_taskqueue.statements import UndecodableJSON
-from sqlalchemy_taskqueue.validation import MAX_JSON_DEPTH
 
 Factory = sessionmaker[Session]
 

@@ -32,7 +32,7 @@ from scenarios import (
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from sqlalchemy_taskqueue.embedded import (
+from sqlalchemy_taskqueue.backends.postgresql._embedded import (
     DATABASE_URL_ENV,
     TEST_DATABASE_URL_ENV,
     mask_password,

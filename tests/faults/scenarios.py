@@ -31,7 +31,7 @@ from harness import (
 from processes import WorkerProcess
 from sqlalchemy import text
 
-from sqlalchemy_taskqueue.worker_base import STOP_BOUND
+from sqlalchemy_taskqueue.worker._base import STOP_BOUND
 
 #: Enough slots and prefetch that a kill finds tasks running, waiting and being written.
 FLEET_OPTIONS = ("--concurrency", "4", "--prefetch", "2")

@@ -22,7 +22,7 @@ from scenarios import (
     worker_sigkill,
 )
 
-from sqlalchemy_taskqueue.worker_base import STOP_BOUND
+from sqlalchemy_taskqueue.worker._base import STOP_BOUND
 
 pytestmark = pytest.mark.slow
 #: the worker processes: threaded ``Worker``s, or ``AsyncWorker``s (``taskqueue worker --async``)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from sqlalchemy_taskqueue.connections import (
+from sqlalchemy_taskqueue.backends.postgresql._connections import (
     CONNECT_TIMEOUT,
     STATEMENT_TIMEOUT,
     create_async_worker_engine,

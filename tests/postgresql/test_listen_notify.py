@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from twins import make_repository, running
 from worker_harness import MakeWorker, enqueue
 
-from sqlalchemy_taskqueue import TaskContext, statements
+from sqlalchemy_taskqueue import TaskContext
+from sqlalchemy_taskqueue._schema import notify_channel
+from sqlalchemy_taskqueue.backends.postgresql import _statements as statements
 
 
 def test_long_schema_qualified_names_get_a_valid_channel(session: Session) -> None:
     from sqlalchemy import MetaData, Table
-
-    from sqlalchemy_taskqueue.statements import notify_channel
 
     long_table = Table("t" * 46, MetaData(), schema="tenant_" + "s" * 20)
     other = Table("t" * 45 + "u", MetaData(), schema="tenant_" + "s" * 20)
@@ -43,7 +43,7 @@ def test_tasks_put_back_in_the_queue_wake_listening_workers(
     notification per transaction), unless made with ``notify=False``."""
     table = repo.model.__tablename__
     quiet = make_repository(session, repo.model, notify=notify)
-    listener = connect_listening(database_url, statements.notify_channel(repo.model.__table__))
+    listener = connect_listening(database_url, notify_channel(repo.model.__table__))
     try:
         ids = repo.enqueue_many("a", [{}, {}], max_retries=1)
         ids.append(repo.enqueue("a", {}, max_retries=0))

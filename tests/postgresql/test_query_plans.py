@@ -12,20 +12,22 @@ import pytest
 from plans import plan_on
 from sqlalchemy import Engine
 
-from sqlalchemy_taskqueue import statements
-from sqlalchemy_taskqueue.repository import claim_statement_and_params
+from sqlalchemy_taskqueue.backends.base import ClaimRequest
+from sqlalchemy_taskqueue.backends.postgresql import _statements as statements
+from sqlalchemy_taskqueue.backends.postgresql._backend import claim_statement_and_params
 
 
 def _claim_of(table: Any) -> tuple[Any, dict[str, Any]]:
     return claim_statement_and_params(
-        table, None, 400, timedelta(seconds=30), "w", relaxed_commit=False
+        table, ClaimRequest(None, 400, timedelta(seconds=30), "w", relaxed_commit=False)
     )
 
 
 def _prefetching_claim_of(table: Any) -> tuple[Any, dict[str, Any]]:
     """A worker's claim: 4 of the 400 go to free slots, the rest are prefetched."""
     return claim_statement_and_params(
-        table, None, 400, timedelta(seconds=30), "w", relaxed_commit=True, starting=4
+        table,
+        ClaimRequest(None, 400, timedelta(seconds=30), "w", relaxed_commit=True, starting=4),
     )
 
 

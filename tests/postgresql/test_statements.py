@@ -10,7 +10,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session
 
-from sqlalchemy_taskqueue import TaskMixin, TaskRepository, UnsupportedDialectError, statements
+from sqlalchemy_taskqueue import TaskMixin, TaskRepository, UnsupportedDialectError
+from sqlalchemy_taskqueue.backends.postgresql import _statements as statements
 from sqlalchemy_taskqueue.backoff import DEFAULT_BACKOFF
 
 

@@ -280,16 +280,3 @@ def test_enqueue_many_calls_python_column_defaults_once_per_row(
     finally:
         session.rollback()
         model.metadata.drop_all(engine)
-
-
-def test_enqueue_many_splits_huge_batches(
-    repo: Repo, session: Session, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from sqlalchemy_taskqueue import repository
-
-    monkeypatch.setattr(repository, "_MAX_BATCH_CHARACTERS", 40)  # a few payloads each
-    payloads = [{"n": n, "pad": "x" * 10} for n in range(10)]
-    ids = repo.enqueue_many("a", payloads)
-    session.commit()
-    assert ids == sorted(ids) and len(set(ids)) == 10
-    assert [repo.get_task(task_id).payload for task_id in ids] == payloads  # type: ignore[union-attr]

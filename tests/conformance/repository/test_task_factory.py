@@ -1,4 +1,4 @@
-"""``sqlalchemy_taskqueue.testing.task_factory``: task rows for an app's own tests, each
+"""``sqlalchemy_taskqueue.contrib.testing.task_factory``: task rows for an app's own tests, each
 as the queue would have left it in its status."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from repository_harness import Repo, claim
 from sqlalchemy.orm import Session
 
 from sqlalchemy_taskqueue import TaskStatus
-from sqlalchemy_taskqueue.testing import task_factory
+from sqlalchemy_taskqueue.contrib.testing import task_factory
 
 
 def test_task_factory_builds_rows_for_tests(repo: Repo, session: Session) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker_harness import enqueue, fetch
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
-from sqlalchemy_taskqueue.statements import UNSTARTED_RESCUE
+from sqlalchemy_taskqueue._schema import UNSTARTED_RESCUE
 
 Factory = sessionmaker[Session]
 MakeWorker = Any

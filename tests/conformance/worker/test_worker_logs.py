@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker_harness import completions_refused, enqueue, fetch
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository, TaskStatus
-from sqlalchemy_taskqueue.validation import MAX_ERROR_MESSAGE_LENGTH
+from sqlalchemy_taskqueue._validation import MAX_ERROR_MESSAGE_LENGTH
 
 Factory = sessionmaker[Session]
 MakeWorker = Any

@@ -11,17 +11,17 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
-from sqlalchemy_taskqueue.connections import (
+from sqlalchemy_taskqueue.backends.postgresql._connections import (
     create_async_worker_engine,
     create_worker_engine,
     dispose_async_engine,
     dispose_engine,
 )
-from sqlalchemy_taskqueue.embedded import async_driver_url, mask_password
+from sqlalchemy_taskqueue.backends.postgresql._embedded import async_driver_url, mask_password
 from sqlalchemy_taskqueue.worker import Worker
-from sqlalchemy_taskqueue.worker_base import MAX_CONCURRENCY, MAX_PREFETCH, is_coroutine_handler
+from sqlalchemy_taskqueue.worker._base import MAX_CONCURRENCY, MAX_PREFETCH, is_coroutine_handler
 
-from .group import (
+from ._group import (
     DURATION,
     POSITIVE_DURATION,
     cli,
@@ -29,7 +29,7 @@ from .group import (
     database_url_option,
     database_url_or_fail,
 )
-from .loading import load_worker_target
+from ._loading import load_worker_target
 
 __all__ = ["worker"]
 
@@ -166,7 +166,7 @@ def worker(
     engine = create_worker_engine(url, concurrency=concurrency)
     metrics_server = None
     if metrics_port is not None:
-        from sqlalchemy_taskqueue.metrics import serve_worker_metrics
+        from sqlalchemy_taskqueue.contrib.prometheus import serve_worker_metrics
 
         try:
             metrics_server = serve_worker_metrics(
@@ -229,7 +229,7 @@ def _run_async(
     try:
         from sqlalchemy.ext.asyncio import async_sessionmaker
 
-        from sqlalchemy_taskqueue.async_worker import AsyncWorker
+        from sqlalchemy_taskqueue.worker._asyncio import AsyncWorker
 
         make_url(async_driver_url(url)).get_dialect().import_dbapi()
         engine = create_async_worker_engine(url, concurrency=options["concurrency"])

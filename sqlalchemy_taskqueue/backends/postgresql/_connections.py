@@ -4,7 +4,7 @@ per driver, and a disposal that cannot hang.
 A worker whose network freezes (a partition, a dead load balancer, a proxy that stops
 forwarding without closing anything) must neither wait forever for an answer nor keep
 its process alive after a stop request.  The stop is bounded by the workers themselves,
-whatever the engine (see :data:`~sqlalchemy_taskqueue.worker_base.STOP_BOUND`); the
+whatever the engine (see :data:`~sqlalchemy_taskqueue.worker._base.STOP_BOUND`); the
 settings here make the waits fail by themselves too, so a worker that rides out such an
 outage finds out and reconnects instead of hanging until the network comes back.
 
@@ -13,7 +13,7 @@ outage finds out and reconnects instead of hanging until the network comes back.
 engine gets none of this unless it asks::
 
     from sqlalchemy import create_engine
-    from sqlalchemy_taskqueue.connections import worker_connect_args
+    from sqlalchemy_taskqueue.backends.postgresql._connections import worker_connect_args
 
     engine = create_engine(url, connect_args=worker_connect_args(url))
 
@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
-from .embedded import async_engine_arguments
+from ._embedded import async_engine_arguments
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -167,7 +167,7 @@ def create_async_worker_engine(url: str | URL, *, concurrency: int) -> AsyncEngi
     """The engine ``taskqueue worker --async`` runs an
     :class:`~sqlalchemy_taskqueue.AsyncWorker` on: the same database through asyncpg
     (or psycopg 3 for a ``postgresql+psycopg://`` URL, see
-    :func:`~sqlalchemy_taskqueue.embedded.async_engine_arguments`), with
+    :func:`~sqlalchemy_taskqueue.backends.postgresql._embedded.async_engine_arguments`), with
     :func:`worker_connect_args` applied; a ``ValueError`` names a URL parameter asyncpg
     cannot take.
 

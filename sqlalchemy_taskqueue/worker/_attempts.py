@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .context import TaskContext
+from ._context import TaskContext
 
 __all__ = ["Attempt", "Outcome", "WorkerStats"]
 

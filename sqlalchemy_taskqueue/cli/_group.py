@@ -11,13 +11,13 @@ from click.core import ParameterSource
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoSuchModuleError
 
-from sqlalchemy_taskqueue.durations import parse_duration
-from sqlalchemy_taskqueue.embedded import (
+from sqlalchemy_taskqueue.backends.postgresql._embedded import (
     DATABASE_URL_ENV,
     mask_password,
     normalize_url,
     require_encoded_password,
 )
+from sqlalchemy_taskqueue.durations import parse_duration
 
 __all__ = [
     "DURATION",

@@ -11,8 +11,8 @@ from typing import Any
 import click
 from sqlalchemy.orm import DeclarativeBase
 
-from sqlalchemy_taskqueue.handlers import HandlerRegistry
 from sqlalchemy_taskqueue.models import TaskMixin, task_table
+from sqlalchemy_taskqueue.worker._handlers import HandlerRegistry
 
 __all__ = ["load_model", "load_object", "load_worker_target", "model_for_table"]
 

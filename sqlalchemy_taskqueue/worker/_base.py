@@ -5,7 +5,7 @@ The two workers differ only in how they wait and how they reach the database: th
 threaded worker runs each transaction body on a ``Session`` directly, the async one runs
 the same body through ``AsyncSession.run_sync``.  Claiming, writing outcomes, renewing
 leases, deciding retries, timeouts, prefetch and hand-backs are written once, here, and
-so is the loop that runs them (:mod:`sqlalchemy_taskqueue._worker_core`, steps that
+so is the loop that runs them (:mod:`sqlalchemy_taskqueue.worker._core`, steps that
 yield effects, which each worker performs its own way), so the twins cannot drift
 apart.  Applications do not use this module directly.
 """
@@ -25,27 +25,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Engine, Update
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
-from .attempts import Attempt, Outcome, WorkerStats
-from .backoff import DEFAULT_BACKOFF, BackoffPolicy
-from .context import ProgressWriter, TaskContext
-from .durations import Duration, to_seconds
-from .exceptions import LeaseLostError, TaskInterrupted, TaskQueueError, TaskTableError
-from .handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
-from .loading import detached_loader
-from .models import require_database_schema, task_table
-from .repository import (
-    TaskRepository,
-    TaskT,
-    claim_statement_and_params,
-    default_owner,
-)
-from .statements import UNSTARTED_RESCUE, UndecodableJSON, is_permanent_error
-from .status import TaskStatus
-from .validation import (
+from sqlalchemy_taskqueue._json import UndecodableJSON
+from sqlalchemy_taskqueue._loading import detached_loader
+from sqlalchemy_taskqueue._schema import UNSTARTED_RESCUE
+from sqlalchemy_taskqueue._validation import (
     DEFAULT_MAX_RESULT_BYTES,
     bounded_error_message,
     lease_duration_argument,
@@ -55,6 +42,27 @@ from .validation import (
     require_size_limit,
     require_task_type,
 )
+from sqlalchemy_taskqueue.backends import is_driver_error, is_permanent_error
+from sqlalchemy_taskqueue.backends.base import ClaimRequest
+from sqlalchemy_taskqueue.backoff import DEFAULT_BACKOFF, BackoffPolicy
+from sqlalchemy_taskqueue.durations import Duration, to_seconds
+from sqlalchemy_taskqueue.exceptions import (
+    LeaseLostError,
+    TaskInterrupted,
+    TaskQueueError,
+    TaskTableError,
+)
+from sqlalchemy_taskqueue.models import require_database_schema, task_table
+from sqlalchemy_taskqueue.repository import (
+    TaskRepository,
+    TaskT,
+    default_owner,
+)
+from sqlalchemy_taskqueue.status import TaskStatus
+
+from ._attempts import Attempt, Outcome, WorkerStats
+from ._context import ProgressWriter, TaskContext
+from ._handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
 
 __all__ = ["DATABASE_ERRORS", "STOP_BOUND", "EventHook", "WorkerBase", "is_transient"]
 
@@ -104,7 +112,7 @@ _PREFETCH_PER_SLOT = 32
 
 EventHook = Callable[[str, Any, float], None]
 #: What a database write can raise: SQLAlchemy's errors, the library's, and the socket
-#: errors an async driver raises as they are (asyncpg: a refused connection).
+#: errors an async driver raises as they are (a refused connection, say).
 DATABASE_ERRORS = (SQLAlchemyError, TaskQueueError, OSError)
 _R = TypeVar("_R")
 #: The kind of session a worker makes: ``Session`` (``Worker``) or ``AsyncSession``
@@ -403,11 +411,10 @@ class WorkerBase(Generic[TaskT, SessionT]):
 
         return body
 
-    def _claim_params(self, free: int) -> tuple[Update, dict[str, Any]]:
+    def _claim_request(self, free: int) -> ClaimRequest:
         """The claim of a turn that only claims, run without a session (see
-        :func:`claims_without_session`); it commits without waiting for the WAL flush."""
-        return claim_statement_and_params(
-            self._table,
+        :func:`claims_without_session`); it commits without waiting for its log flush."""
+        return ClaimRequest(
             self._types,
             free,
             self._lease,
@@ -458,7 +465,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
 
     def _lone_outcome_body(self, outcome: Outcome) -> Callable[[Session], Written]:
         """One outcome of a batch the database refused, written alone.  A completion
-        refused for good (:func:`~.statements.is_permanent_error`: a result over the
+        refused for good (:func:`~sqlalchemy_taskqueue.backends.is_permanent_error`: a result over the
         database's own limits, say) fails its task instead, without a retry: the same
         result would be refused again, and dropping the outcome would leave the task to
         be rescued and run again for nothing."""
@@ -941,7 +948,7 @@ def claims_without_session(session: Session, model: Any) -> bool:
     connection, without a session: the factory makes plain ``Session`` objects (a class
     that overrides nothing, no execution options, no listeners on transactions or
     executions, which would not fire) and the model's instances are built without an ORM
-    query (:func:`~sqlalchemy_taskqueue.loading.detached_loader`).
+    query (:func:`~sqlalchemy_taskqueue._loading.detached_loader`).
 
     Example::
 
@@ -1003,7 +1010,7 @@ def claim_worth_retrying(exc: BaseException) -> bool:
     """
     if isinstance(exc, (DBAPIError, OSError)):
         return True
-    return type(exc).__module__.partition(".")[0] in ("asyncpg", "psycopg", "psycopg2")
+    return is_driver_error(exc)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .exceptions import TaskInterrupted
-from .validation import require_int
+from sqlalchemy_taskqueue._validation import require_int
+from sqlalchemy_taskqueue.exceptions import TaskInterrupted
 
 __all__ = ["ProgressWriter", "TaskContext"]
 

@@ -1,11 +1,10 @@
-"""Every SQL statement the queue runs, built with SQLAlchemy Core.
+"""Every SQL statement the PostgreSQL backend runs, built with SQLAlchemy Core.
 
-This module is the only place that knows about SQL dialects: the JSON column type, the
-partial-index predicates, ``FOR UPDATE SKIP LOCKED``, ``INSERT ... ON CONFLICT``,
-interval arithmetic, JSON containment and ``pg_notify``.  Each builder takes the queue's
+``FOR UPDATE SKIP LOCKED``, ``INSERT ... ON CONFLICT`` on the partial unique index,
+interval arithmetic, ``jsonb`` containment, arrays through ``unnest()`` and
+``pg_notify`` are written here.  Each builder takes the queue's
 :class:`~sqlalchemy.schema.Table` and plain values and returns an executable statement; it
-runs nothing.  A new backend (SQLite, MySQL 8 / MariaDB 10.6+) is added here and nowhere
-else.
+runs nothing (:mod:`._backend` runs them).
 
 All times come from the database clock (``now()``), so workers on machines with skewed
 clocks agree on leases and ``run_at``.
@@ -24,20 +23,17 @@ the values as parameters; batches pass arrays through ``unnest()``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
     ARRAY,
-    JSON,
     BigInteger,
     ColumnElement,
     Delete,
-    Index,
     Insert,
     Integer,
     Interval,
@@ -63,29 +59,22 @@ from sqlalchemy import (
     select,
     text,
     true,
-    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import ColumnDefault
-from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from .backoff import MAX_EXPONENT, BackoffPolicy
-from .exceptions import UnsupportedDialectError
-from .status import ACTIVE_STATUSES, FINISHED_STATUSES, TaskStatus
+from sqlalchemy_taskqueue._schema import (
+    ACTIVE_DEDUPE_PREDICATE,
+    CLAIM_ORDER,
+    UNSTARTED_RESCUE,
+)
+from sqlalchemy_taskqueue.backoff import MAX_EXPONENT, BackoffPolicy
+from sqlalchemy_taskqueue.status import ACTIVE_STATUSES, FINISHED_STATUSES, TaskStatus
 
 __all__ = [
-    "ACTIVE_DEDUPE_PREDICATE",
-    "CLAIMABLE_PREDICATE",
-    "FINISHED_PREDICATE",
-    "LEASED_PREDICATE",
-    "SUPPORTED_DIALECTS",
-    "UNSTARTED_RESCUE",
-    "JSONDocument",
-    "JSONDocumentType",
+    "CLAIM_ORDER",
     "TypeFilter",
-    "UndecodableJSON",
     "active_dedupe_lookup_statement",
     "cancel_statement",
     "claim_statement",
@@ -99,11 +88,10 @@ __all__ = [
     "insert_many_statement",
     "insert_rows_statement",
     "insert_statement",
+    "is_permanent_error",
     "listen_statement",
-    "notify_channel",
     "notify_statement",
     "outcome_counts_statement",
-    "partial_index",
     "payload_contains",
     "processing_times_statement",
     "progress_lookup_statement",
@@ -116,29 +104,11 @@ __all__ = [
     "relaxed_commit_statement",
     "release_statement",
     "renew_leases_statement",
-    "require_supported_dialect",
     "rescue_statement",
     "retry_statement",
     "status_counts_statement",
     "stuck_tasks_statement",
 ]
-
-SUPPORTED_DIALECTS = frozenset({"postgresql"})
-
-
-def require_supported_dialect(dialect: Dialect) -> None:
-    """Raise :class:`UnsupportedDialectError` unless the queue can run on ``dialect``.
-
-    Example::
-
-        require_supported_dialect(engine.dialect)  # raises UnsupportedDialectError on SQLite
-    """
-    if dialect.name not in SUPPORTED_DIALECTS:
-        raise UnsupportedDialectError(
-            f"sqlalchemy-taskqueue does not support the {dialect.name!r} dialect yet; "
-            f"supported: {', '.join(sorted(SUPPORTED_DIALECTS))}."
-        )
-
 
 #: SQLSTATE classes of errors that the same statement would meet again: data
 #: exceptions (a value too long, invalid JSON), integrity constraint violations, syntax
@@ -167,126 +137,6 @@ def is_permanent_error(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------- schema
 
 
-class UndecodableJSON:
-    """What a ``payload`` or ``result`` reads as when the stored document cannot be
-    decoded (nested too deep for Python's JSON decoder, or not JSON at all): the row
-    still loads, so one bad document never breaks a claim batch, a listing or
-    ``taskqueue show``.  A worker fails such a task at once, without running a handler
-    or retrying it.  (The repository refuses such documents before they are written;
-    they come from SQL written around it.)
-
-    >>> UndecodableJSON("RecursionError: maximum recursion depth exceeded")
-    <undecodable JSON: RecursionError: maximum recursion depth exceeded>
-    """
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: str) -> None:
-        self.error = error
-
-    def __repr__(self) -> str:
-        return f"<undecodable JSON: {self.error}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, UndecodableJSON) and other.error == self.error
-
-    def __hash__(self) -> int:
-        return hash(self.error)
-
-
-def _decode_json(text: Any) -> Any:
-    if not isinstance(text, str):  # decoded by the driver (read without our cast)
-        return text
-    try:
-        return json.loads(text)
-    except (RecursionError, ValueError) as exc:
-        return UndecodableJSON(f"{type(exc).__name__}: {exc}")
-
-
-class JSONDocumentType(TypeDecorator[Any]):
-    """JSONB on PostgreSQL (indexable, compact), JSON elsewhere.  Python ``None`` is
-    stored as SQL NULL, so an absent ``result`` is NULL rather than the JSON literal
-    ``null``.
-
-    Documents are read back as text and decoded here, row by row, instead of by the
-    driver inside its fetch: a document the decoder cannot take reads as
-    :class:`UndecodableJSON` and spoils only its own row (a driver's decoder raising
-    mid-fetch would lose every row of the result, a whole claim batch).
-
-    Example::
-
-        payload: Mapped[Any] = mapped_column(JSONDocumentType(), nullable=False)
-    """
-
-    impl = JSON(none_as_null=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        """JSONB on PostgreSQL, JSON elsewhere.
-
-        >>> type(JSONDocumentType().load_dialect_impl(postgresql.dialect())).__name__
-        '_PGJSONB'
-        """
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.JSONB(none_as_null=True))
-        return dialect.type_descriptor(JSON(none_as_null=True))
-
-    def column_expression(self, colexpr: ColumnElement[Any]) -> ColumnElement[Any]:
-        """The column read as text (``CAST(payload AS TEXT)``), decoded by
-        :meth:`result_processor`.
-
-        >>> from sqlalchemy import column
-        >>> print(JSONDocumentType().column_expression(column("payload")))
-        CAST(payload AS TEXT)
-        """
-        return type_coerce(cast(colexpr, Text), self)
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any]:
-        """Decodes the text of one document; see :class:`UndecodableJSON`.
-
-        >>> decode = JSONDocumentType().result_processor(postgresql.dialect(), None)
-        >>> decode('{"a": [1]}'), decode("[" * 100_000 + "]" * 100_000)
-        ({'a': [1]}, <undecodable JSON: RecursionError: maximum recursion depth exceeded while decoding a JSON array from a unicode string>)
-        """
-        return _decode_json
-
-
-#: The type of ``payload`` and ``result``.
-JSONDocument = JSONDocumentType()
-
-
-def _quoted_list(values: Sequence[str]) -> str:
-    return ", ".join(f"'{value}'" for value in values)
-
-
-#: Rows a worker may claim (``run_at`` is checked by the query, not the index predicate).
-CLAIMABLE_PREDICATE = f"status = '{TaskStatus.PENDING}'"
-#: The order claims pick due tasks in: lowest priority first, then oldest, then by id.
-CLAIM_ORDER = ("priority", "run_at", "id")
-#: Rows whose dedupe key must be unique per type.
-ACTIVE_DEDUPE_PREDICATE = f"dedupe_key IS NOT NULL AND status IN ({_quoted_list(ACTIVE_STATUSES)})"
-#: Rows holding a lease, looked up by expiry for rescue.
-LEASED_PREDICATE = f"status = '{TaskStatus.IN_PROGRESS}'"
-#: Rows that cleanup may delete, looked up by age.
-FINISHED_PREDICATE = f"status IN ({_quoted_list(FINISHED_STATUSES)})"
-
-
-def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
-    """An index restricted to the rows matching ``where`` (PostgreSQL and SQLite).
-
-    Example::
-
-        partial_index("ix_tasks_claimable", "priority", "run_at", "id", where=CLAIMABLE_PREDICATE)
-    """
-    return Index(
-        name,
-        *columns,
-        unique=unique,
-        postgresql_where=text(where),
-        sqlite_where=text(where),
-    )
-
-
 # --------------------------------------------------------------------------- time
 
 
@@ -300,28 +150,6 @@ def _after(seconds: ColumnElement[Any] | float) -> ColumnElement[Any]:
 
 
 # --------------------------------------------------------------------------- enqueue
-
-
-#: PostgreSQL identifiers (and so NOTIFY channels) are at most 63 bytes.
-_MAX_CHANNEL_BYTES = 63
-
-
-def notify_channel(table: Table) -> str:
-    """The LISTEN/NOTIFY channel on which tasks made claimable in ``table`` are announced.
-
-    ``taskqueue_<schema.table>``; a name too long for PostgreSQL keeps its start and
-    ends with a hash of the whole name, so it stays unique.
-
-    Example::
-
-        notify_channel(Task.__table__)  # 'taskqueue_tasks'
-    """
-    channel = f"taskqueue_{table.fullname}"
-    if len(channel.encode()) <= _MAX_CHANNEL_BYTES:
-        return channel
-    digest = hashlib.sha256(channel.encode()).hexdigest()[:16]
-    head = channel.encode()[: _MAX_CHANNEL_BYTES - len(digest) - 1].decode("utf-8", "ignore")
-    return f"{head}_{digest}"
 
 
 @functools.cache
@@ -338,7 +166,7 @@ def insert_statement(
     Parameters: one per name in ``columns``, plus ``run_delay`` (an interval added to the
     database clock for ``run_at``) when ``delayed``.  With ``payload_text`` the
     ``payload`` parameter is the payload's JSON text (as
-    :func:`~sqlalchemy_taskqueue.validation.json_text` returns it), which the server
+    :func:`~sqlalchemy_taskqueue._validation.json_text` returns it), which the server
     parses, so a payload already encoded to be checked is not encoded again.  The
     notification is sent from the same statement (``pg_notify`` in ``RETURNING``: one
     round trip) and PostgreSQL delivers it only when the enqueuing transaction commits.
@@ -386,7 +214,7 @@ def constant_defaults(table: Table) -> Mapping[str, Any]:
 
         constant_defaults(Task.__table__)["max_retries"]  # 3
     """
-    from .models import TaskStatusType  # models imports this module
+    from sqlalchemy_taskqueue.models import TaskStatusType  # models imports this module
 
     constants: dict[str, Any] = {}
     for column in table.c:
@@ -1077,14 +905,6 @@ def release_statement(table: Table, channel: str | None = None) -> Update:
         **_LEASE_CLEARED,
     )
     return _announcing(released, channel, table.c.id)
-
-
-#: The ``error_message`` of a task rescued without a charge: its worker stopped before
-#: the attempt started.  A worker starts such a task only once it has recorded the start,
-#: so a task that kills its worker is charged from its second crash on.
-UNSTARTED_RESCUE = (
-    "lease expired before the attempt started: its worker stopped (no retry was used)"
-)
 
 
 def rescue_statement(table: Table, *, limit: int, channel: str | None = None) -> Update:

@@ -36,13 +36,13 @@ How it works:
   tasks finish within ``shutdown_grace``, then hand the rest back to ``pending`` without
   using a retry.  A second signal exits at once (the leases expire and other workers
   rescue the tasks).  :meth:`Worker.run` returns within ``shutdown_grace`` plus
-  :data:`~sqlalchemy_taskqueue.worker_base.STOP_BOUND` of the stop request whatever the
+  :data:`~sqlalchemy_taskqueue.worker._base.STOP_BOUND` of the stop request whatever the
   network does: the worker runs on threads of its own, and the thread that called
   ``run()`` only waits, handles signals, and gives up on a database that never answers.
 
 The loop itself is written once for this worker and
 :class:`~sqlalchemy_taskqueue.AsyncWorker`, as steps that yield effects
-(:mod:`sqlalchemy_taskqueue._worker_core`); this module is their threaded driver: it
+(:mod:`sqlalchemy_taskqueue.worker._core`); this module is their threaded driver: it
 performs each effect by blocking the thread that runs the steps, and owns the threads
 (claim loop, slots, supervisor) and the signal handling.
 """
@@ -63,20 +63,21 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, scoped_session
 
+from sqlalchemy_taskqueue._schema import notify_channel
+from sqlalchemy_taskqueue.backends.base import Listener
+from sqlalchemy_taskqueue.exceptions import LeaseLostError
+from sqlalchemy_taskqueue.repository import TaskT
+
 from . import _effects as effects
-from . import statements
-from ._worker_core import WorkerCore
-from .attempts import Attempt, Outcome, WorkerStats
-from .exceptions import LeaseLostError
-from .handlers import HandlerSpec
-from .repository import TaskT
-from .wakeup import LISTEN_DRIVERS, NotificationListener
-from .worker_base import (
+from ._attempts import Attempt, Outcome, WorkerStats
+from ._base import (
     claim_connection_engine,
     claims_without_session,
     is_coroutine_handler,
     logger,
 )
+from ._core import WorkerCore
+from ._handlers import HandlerSpec
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -196,7 +197,7 @@ class Worker(WorkerCore[TaskT, Session]):
         last error.
 
         After a stop request it returns within ``shutdown_grace`` plus
-        :data:`~sqlalchemy_taskqueue.worker_base.STOP_BOUND` (5 s), whatever the
+        :data:`~sqlalchemy_taskqueue.worker._base.STOP_BOUND` (5 s), whatever the
         network does: the worker runs on threads of its own while the calling thread
         only waits, so it stays free to handle signals and to give up on a database that
         does not answer (``worker.stop_timed_out`` is logged; the tasks still held are
@@ -316,8 +317,7 @@ class Worker(WorkerCore[TaskT, Session]):
         if isinstance(effect, effects.Shielded):  # nothing cancels a thread
             return self._drive(effect.steps)
         if isinstance(effect, effects.ClaimDirectly):
-            connection = cast(Connection, effect.connection)
-            return connection.execute(effect.statement, effect.params).all()
+            return effect.run(cast(Connection, effect.connection))
         if isinstance(effect, effects.Wait):
             cast(threading.Event, effect.event).wait(max(effect.seconds, 0.0))
         elif isinstance(effect, effects.Sleep):
@@ -408,21 +408,24 @@ class Worker(WorkerCore[TaskT, Session]):
 
     # ------------------------------------------------------------------ start and stop
 
-    def _start_listener(self) -> NotificationListener | None:
+    def _start_listener(self) -> Listener | None:
         if not self._listen:
             return None
         with self._session_factory() as session:
             bind = session.get_bind(mapper=self._model)
-        if not isinstance(bind, Engine) or not self._may_listen(bind.dialect, LISTEN_DRIVERS):
+        if not isinstance(bind, Engine):
             return None
-        channel = statements.notify_channel(self._table)
-        listener = NotificationListener(bind, channel, self._wake.set, listening=self.listening)
+        backend = self._listening_backend(bind.dialect, asynchronous=False)
+        if backend is None:
+            return None
+        channel = notify_channel(self._table)
+        listener = backend.listener(bind, channel, self._wake.set, listening=self.listening)
         listener.start()
         return listener
 
     def _shut_down(
         self,
-        listener: NotificationListener | None,
+        listener: Listener | None,
         slots: list[threading.Thread],
         supervisor: threading.Thread | None,
     ) -> None:

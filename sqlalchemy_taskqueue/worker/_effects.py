@@ -1,6 +1,6 @@
 """What the worker's steps ask their driver to do: the effects, and :class:`Stepper`.
 
-The loop of both workers (:mod:`sqlalchemy_taskqueue._worker_core`) is written as
+The loop of both workers (:mod:`sqlalchemy_taskqueue.worker._core`) is written as
 generators that yield :class:`Effect` objects; ``yield from effect`` has the effect done
 and evaluates to its result (or raises its error there)::
 
@@ -22,11 +22,14 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
-from sqlalchemy import Update
+from sqlalchemy import Connection, Table
 from sqlalchemy.orm import Session
 
+from sqlalchemy_taskqueue.backends import backend_for
+from sqlalchemy_taskqueue.backends.base import ClaimRequest
+
 if TYPE_CHECKING:
-    from .attempts import Attempt
+    from ._attempts import Attempt
 
 _R = TypeVar("_R")
 
@@ -69,12 +72,17 @@ class Transaction(Effect[_R]):
 
 @dataclass(frozen=True)
 class ClaimDirectly(Effect[Sequence[Any]]):
-    """Run the claim ``statement`` straight on the claim ``connection`` (autocommit, no
-    session); the rows it returns."""
+    """Make the claim ``request`` straight on the claim ``connection`` (autocommit, no
+    session); the rows it returns.  The threaded driver calls :meth:`run` with the
+    connection, the asyncio driver hands it to ``AsyncConnection.run_sync``."""
 
     connection: Any
-    statement: Update
-    params: dict[str, Any]
+    table: Table
+    request: ClaimRequest
+
+    def run(self, connection: Connection) -> Sequence[Any]:
+        """The claim, made by the backend of the connection's database."""
+        return backend_for(connection.dialect).claim(connection, self.table, self.request)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import Engine
 
-from .statements import listen_statement
+from ._statements import listen_statement
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

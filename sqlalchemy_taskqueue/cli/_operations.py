@@ -24,16 +24,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from sqlalchemy_taskqueue.embedded import mask_password
+from sqlalchemy_taskqueue._json import UndecodableJSON
+from sqlalchemy_taskqueue._validation import MAX_JSON_DEPTH
+from sqlalchemy_taskqueue.backends.postgresql._embedded import mask_password
 from sqlalchemy_taskqueue.exceptions import TaskQueueDatabaseError, TaskQueueError
 from sqlalchemy_taskqueue.models import require_database_schema
 from sqlalchemy_taskqueue.monitoring import QueueStats
 from sqlalchemy_taskqueue.repository import TaskRepository
-from sqlalchemy_taskqueue.statements import UndecodableJSON
-from sqlalchemy_taskqueue.validation import MAX_JSON_DEPTH
 
-from .group import DURATION, POSITIVE_DURATION, cli, database_url_option, database_url_or_fail
-from .loading import load_model, model_for_table
+from ._group import DURATION, POSITIVE_DURATION, cli, database_url_option, database_url_or_fail
+from ._loading import load_model, model_for_table
 
 __all__ = ["open_repository"]
 

@@ -1,7 +1,7 @@
 """Handlers: the functions that do the work of each task type.
 
 A handler is called as ``handler(task, ctx)``; ``task`` is the claimed row and ``ctx`` a
-:class:`~sqlalchemy_taskqueue.context.TaskContext`.  Whatever it returns (a JSON value)
+:class:`~sqlalchemy_taskqueue.worker._context.TaskContext`.  Whatever it returns (a JSON value)
 is stored in the task's ``result``; an exception fails the attempt.
 
 Register handlers with a plain mapping, or with a :class:`HandlerRegistry`, which can
@@ -24,9 +24,9 @@ from typing import Any, Generic
 
 from typing_extensions import TypeVar
 
-from .durations import Duration, to_seconds
-from .models import task_table
-from .validation import task_type_name
+from sqlalchemy_taskqueue._validation import task_type_name
+from sqlalchemy_taskqueue.durations import Duration, to_seconds
+from sqlalchemy_taskqueue.models import task_table
 
 __all__ = ["Handler", "HandlerRegistry", "HandlerSpec", "normalize_handlers"]
 

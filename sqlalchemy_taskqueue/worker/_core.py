@@ -17,7 +17,7 @@ effect's result at its ``yield`` (or its exception, raised there)::
         rescued = yield from Transaction(self._rescue_body)
         return self._rescued(rescued)
 
-The effects are in :mod:`sqlalchemy_taskqueue._effects`.  A worker is a small driver:
+The effects are in :mod:`sqlalchemy_taskqueue.worker._effects`.  A worker is a small driver:
 ``Worker._perform`` does an effect by blocking its thread, ``AsyncWorker._perform`` by
 awaiting, and each runs the steps with a :class:`~._effects.Stepper`::
 
@@ -46,7 +46,7 @@ copy of every line to keep current.  Here there is one copy; only waiting and I/
 written twice, each in a few lines.
 
 Decisions, bookkeeping and transaction bodies live in
-:mod:`~sqlalchemy_taskqueue.worker_base`.  Applications do not use this module.
+:mod:`~sqlalchemy_taskqueue.worker._base`.  Applications do not use this module.
 """
 
 from __future__ import annotations
@@ -54,12 +54,26 @@ from __future__ import annotations
 import asyncio
 import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
+from sqlalchemy_taskqueue.backends import find_backend
+from sqlalchemy_taskqueue.backends.base import Backend
+from sqlalchemy_taskqueue.repository import TaskT, detached_in_claim_order
+
+from ._attempts import Attempt, Outcome
+from ._base import (
+    DATABASE_ERRORS,
+    WRITE_ATTEMPTS,
+    SessionT,
+    WorkerBase,
+    Written,
+    claim_worth_retrying,
+    logger,
+)
 from ._effects import (
     ClaimDirectly,
     CloseClaimConnection,
@@ -73,18 +87,7 @@ from ._effects import (
     Wait,
     WakeEvent,
 )
-from .attempts import Attempt, Outcome
-from .handlers import HandlerSpec
-from .repository import TaskT, detached_in_claim_order
-from .worker_base import (
-    DATABASE_ERRORS,
-    WRITE_ATTEMPTS,
-    SessionT,
-    WorkerBase,
-    Written,
-    claim_worth_retrying,
-    logger,
-)
+from ._handlers import HandlerSpec
 
 _R = TypeVar("_R")
 
@@ -204,7 +207,7 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
             _, claimed = yield from Transaction(body, claim_only=True, shielded=False)
             return claimed
         try:
-            rows = yield from ClaimDirectly(connection, *self._claim_params(free))
+            rows = yield from ClaimDirectly(connection, self._table, self._claim_request(free))
         except BaseException:
             yield from CloseClaimConnection(discard=True)
             raise
@@ -311,19 +314,22 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
 
     # ------------------------------------------------------------------ start and stop
 
-    def _may_listen(self, dialect: Dialect, drivers: Sequence[str]) -> bool:
-        """Whether the worker wakes on ``LISTEN/NOTIFY`` through ``dialect`` (one of
-        ``drivers``); where the driver cannot listen it says so, and polls."""
-        if dialect.name != "postgresql":
-            return False
+    def _listening_backend(self, dialect: Dialect, *, asynchronous: bool) -> Backend | None:
+        """The backend through which the worker wakes on notifications from ``dialect``'s
+        database, or ``None`` to poll: where the database has no channels, or where the
+        driver cannot listen (it says so)."""
+        backend = find_backend(dialect.name)
+        if backend is None or not backend.capabilities.listen:
+            return None
+        drivers = backend.async_listen_drivers if asynchronous else backend.listen_drivers
         if dialect.driver not in drivers:
             logger.warning(
-                "worker.polling driver=%s (LISTEN/NOTIFY wake-up needs %s)",
+                "worker.polling driver=%s (wake-up by notification needs %s)",
                 dialect.driver,
                 " or ".join(drivers),
             )
-            return False
-        return True
+            return None
+        return backend
 
     def _wind_down(self) -> Steps[None]:
         """Give running tasks the grace period, write their outcomes, hand back the rest.

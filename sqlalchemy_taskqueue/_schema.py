@@ -1,0 +1,85 @@
+"""What every backend's schema shares: the queue table's index predicates, the claim
+order and the wake-up channel name.
+
+The predicates are SQL text that every supported database reads the same way; a
+backend that has no partial indexes enforces their meaning its own way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from sqlalchemy import Index, Table
+
+from sqlalchemy_taskqueue.backends import partial_index_options
+from sqlalchemy_taskqueue.status import ACTIVE_STATUSES, FINISHED_STATUSES, TaskStatus
+
+__all__ = [
+    "ACTIVE_DEDUPE_PREDICATE",
+    "CLAIMABLE_PREDICATE",
+    "CLAIM_ORDER",
+    "FINISHED_PREDICATE",
+    "LEASED_PREDICATE",
+    "UNSTARTED_RESCUE",
+    "notify_channel",
+    "partial_index",
+]
+
+
+def _quoted_list(values: Sequence[str]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+#: Rows a worker may claim (``run_at`` is checked by the query, not the index predicate).
+CLAIMABLE_PREDICATE = f"status = '{TaskStatus.PENDING}'"
+#: The order claims pick due tasks in: lowest priority first, then oldest, then by id.
+CLAIM_ORDER = ("priority", "run_at", "id")
+#: Rows whose dedupe key must be unique per type.
+ACTIVE_DEDUPE_PREDICATE = f"dedupe_key IS NOT NULL AND status IN ({_quoted_list(ACTIVE_STATUSES)})"
+#: Rows holding a lease, looked up by expiry for rescue.
+LEASED_PREDICATE = f"status = '{TaskStatus.IN_PROGRESS}'"
+#: Rows that cleanup may delete, looked up by age.
+FINISHED_PREDICATE = f"status IN ({_quoted_list(FINISHED_STATUSES)})"
+
+#: The ``error_message`` of a task rescued without a charge: its worker stopped before
+#: the attempt started.  A worker starts such a task only once it has recorded the start,
+#: so a task that kills its worker is charged from its second crash on.
+UNSTARTED_RESCUE = (
+    "lease expired before the attempt started: its worker stopped (no retry was used)"
+)
+
+
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index restricted to the rows matching ``where`` on every database whose backend
+    supports partial indexes (elsewhere a plain index; such a backend enforces what a
+    partial unique index would in its own way).
+
+    Example::
+
+        partial_index("ix_tasks_claimable", "priority", "run_at", "id", where=CLAIMABLE_PREDICATE)
+    """
+    return Index(name, *columns, unique=unique, **partial_index_options(where))
+
+
+#: Channel names are identifiers on the databases that have channels: 63 bytes at most.
+_MAX_CHANNEL_BYTES = 63
+
+
+def notify_channel(table: Table) -> str:
+    """The wake-up channel on which tasks made claimable in ``table`` are announced (on
+    databases whose backend can listen).
+
+    ``taskqueue_<schema.table>``; a name longer than an identifier may be keeps its start
+    and ends with a hash of the whole name, so it stays unique.
+
+    Example::
+
+        notify_channel(Task.__table__)  # 'taskqueue_tasks'
+    """
+    channel = f"taskqueue_{table.fullname}"
+    if len(channel.encode()) <= _MAX_CHANNEL_BYTES:
+        return channel
+    digest = hashlib.sha256(channel.encode()).hexdigest()[:16]
+    head = channel.encode()[: _MAX_CHANNEL_BYTES - len(digest) - 1].decode("utf-8", "ignore")
+    return f"{head}_{digest}"

@@ -1,0 +1,596 @@
+"""The operation-level seam between the queue and a database.
+
+The repository, the monitoring queries, the workers and the command line never build
+SQL.  They validate their arguments, then ask the :class:`Backend` of the session's
+database for a queue operation: insert tasks, claim some, write outcomes, renew leases,
+rescue expired ones, read the monitoring figures.  Each database has its own package
+under :mod:`sqlalchemy_taskqueue.backends` with its statements, its schema details and its
+wake-up mechanism; :func:`~sqlalchemy_taskqueue.backends.backend_for` picks it by the
+dialect's name, and one conformance suite (``tests/conformance``) runs against each.
+
+A backend says what its database can do with :class:`Capabilities` rather than the code
+above it asking ``if dialect == ...``.  Everything here runs in the caller's session (or,
+for a worker's claim-only turns, on its own connection) and never commits.
+
+Operations whose write matched nothing return ``None``, ``False`` or leave ids out of
+the set they return; the repository then asks :meth:`Backend.diagnose` why, and raises
+the error a user can act on.  Rows handed back by the read operations carry the column
+names their docstrings list.
+
+Example::
+
+    from sqlalchemy_taskqueue.backends import backend_for
+
+    backend = backend_for(engine.dialect)
+    backend.capabilities.listen  # True on PostgreSQL
+    with Session(engine) as session, session.begin():
+        backend.rescue(session, Task.__table__, limit=100, channel=None)
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy import Connection, Engine, Row, Table
+from sqlalchemy.engine import URL, Dialect
+from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
+
+from sqlalchemy_taskqueue.backoff import BackoffPolicy
+from sqlalchemy_taskqueue.status import TaskStatus
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = [
+    "AsyncListener",
+    "Backend",
+    "Capabilities",
+    "ClaimRequest",
+    "Lease",
+    "Listener",
+]
+
+#: A task's lease as the worker holds it: ``(task_id, lease_token)``.
+Lease = tuple[int, uuid.UUID]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend's database can do, asked for instead of its name.
+
+    Example::
+
+        if backend_for(engine.dialect).capabilities.listen:
+            ...  # idle workers wait for notifications instead of polling
+    """
+
+    #: ``UPDATE ... RETURNING``: a claim is one statement (otherwise a locked select,
+    #: an update and a read, in one short transaction).
+    update_returning: bool
+    #: ``FOR UPDATE SKIP LOCKED``: concurrent claims pass each other's rows by.
+    skip_locked: bool
+    #: a notification channel wakes idle workers (otherwise they poll).
+    listen: bool
+    #: partial unique indexes enforce one active task per (type, dedupe key).
+    partial_indexes: bool
+    #: a transaction may commit without waiting for its log flush (claims, progress).
+    relaxed_commit: bool
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One claim, its arguments already checked.
+
+    :ivar task_types: the types to claim (``None``: any type).
+    :ivar limit: how many tasks at most.
+    :ivar lease: how long the lease lasts.
+    :ivar owner: written to ``lease_owner``.
+    :ivar relaxed_commit: the transaction only claims and may commit without waiting for
+        its log flush, where the database can.
+    :ivar starting: with a worker's prefetch, how many of the claimed tasks go straight to
+        a slot and are recorded as started (``None``: every one of them).
+
+    Example::
+
+        ClaimRequest(("export",), 10, timedelta(minutes=1), "w1", relaxed_commit=False)
+    """
+
+    task_types: Sequence[str] | None
+    limit: int
+    lease: timedelta
+    owner: str
+    relaxed_commit: bool = False
+    starting: int | None = None
+
+
+class Listener(Protocol):
+    """Wakes a threaded worker when tasks become claimable (see :meth:`Backend.listener`).
+
+    Example::
+
+        listener = backend.listener(engine, channel, wake.set)
+        listener.start()
+        ...
+        listener.stop()
+    """
+
+    def start(self) -> None:
+        """Begin listening, on a thread of the listener's own.
+
+        Example::
+
+            listener.start()
+        """
+
+    def stop(self) -> None:
+        """Stop listening and release the connection.
+
+        Example::
+
+            listener.stop()
+        """
+
+
+class AsyncListener(Protocol):
+    """Wakes an asyncio worker when tasks become claimable (see
+    :meth:`Backend.async_listener`).
+
+    Example::
+
+        listener = backend.async_listener(engine, channel, wake.set)
+        listener.start()
+        ...
+        await listener.stop()
+    """
+
+    def start(self) -> None:
+        """Begin listening, on a task of the running event loop.
+
+        Example::
+
+            listener.start()
+        """
+
+    async def stop(self) -> None:
+        """Stop listening and release the connection.
+
+        Example::
+
+            await listener.stop()
+        """
+
+
+class Backend(Protocol):
+    """The queue operations one database offers (one implementation per database).
+
+    ``session`` is the caller's ORM session: operations run in its transaction and never
+    commit.  ``table`` is the queue table; ``channel`` is the wake-up channel to announce
+    claimable tasks on, or ``None`` for no announcement.
+
+    Example::
+
+        backend = backend_for(session.get_bind().dialect)
+        task_id = backend.insert_one(session, Task.__table__, values, channel=None)
+    """
+
+    #: the SQLAlchemy dialect name this backend serves (``"postgresql"``).
+    name: str
+    #: what the database can do.
+    capabilities: Capabilities
+
+    # ------------------------------------------------------------------ schema
+
+    def json_type(self, dialect: Dialect) -> TypeEngine[Any]:
+        """The column type storing ``payload`` and ``result`` on this database.
+
+        Example::
+
+            backend.json_type(engine.dialect)  # JSONB(none_as_null=True)
+        """
+
+    def index_options(self, where: str) -> dict[str, Any]:
+        """Keyword arguments that make an :class:`~sqlalchemy.schema.Index` partial
+        (``WHERE where``) on this database; empty where indexes cannot be partial.
+
+        Example::
+
+            Index("ix", "run_at", **backend.index_options("status = 'pending'"))
+        """
+
+    # ------------------------------------------------------------------ enqueue
+
+    def insert_one(
+        self, session: Session, table: Table, values: Mapping[str, Any], *, channel: str | None
+    ) -> int:
+        """Insert one task (``payload`` as JSON text; ``run_delay`` a delay instead of
+        ``run_at``); its id.
+
+        Example::
+
+            backend.insert_one(session, Task.__table__, {"type": "t", "payload": "{}"}, channel=None)
+        """
+
+    def insert_many(
+        self,
+        session: Session,
+        table: Table,
+        shared: Mapping[str, Any],
+        payloads: Sequence[Any],
+        payload_json: str | Sequence[str],
+        *,
+        channel: str | None,
+    ) -> list[int]:
+        """Insert tasks sharing ``shared`` values, one per payload; ids in input order.
+        ``payload_json`` holds the same payloads, checked, as one JSON array text or as
+        one JSON text each, for a backend that sends them as text.
+
+        Example::
+
+            backend.insert_many(session, table, {"type": "t"}, [{}], "[{}]", channel=None)
+        """
+
+    def insert_if_absent(
+        self, session: Session, table: Table, values: Mapping[str, Any], *, channel: str | None
+    ) -> tuple[int, bool] | None:
+        """Insert unless an active task of the same type holds ``values["dedupe_key"]``:
+        ``(id, True)`` for a new task, ``(holder_id, False)`` otherwise, ``None`` when
+        no answer came after a few rounds (the holder kept finishing in between).  The
+        database arbitrates concurrent callers, so exactly one creates the task.
+
+        Example::
+
+            backend.insert_if_absent(session, table, {**values, "dedupe_key": "k"}, channel=None)
+        """
+
+    # ------------------------------------------------------------------ claim
+
+    def claim(
+        self,
+        executor: Session | Connection,
+        table: Table,
+        request: ClaimRequest,
+        *,
+        entity: Any = None,
+    ) -> Sequence[Any]:
+        """Claim due tasks, in any order (the caller sorts them by :attr:`claim_order`):
+        rows of every column of the table, or with ``entity`` (a mapped class; then
+        ``executor`` is a session) instances of it loaded through the ORM.
+        ``executor`` is a session, or a worker's own connection in autocommit.
+
+        Example::
+
+            rows = backend.claim(connection, table, ClaimRequest(None, 10, lease, "w1"))
+        """
+
+    #: the columns that order claims (the caller sorts claimed tasks by them).
+    claim_order: tuple[str, ...]
+
+    # ------------------------------------------------------------------ outcomes
+
+    def complete(
+        self, session: Session, table: Table, task_id: int, result: Any, token: uuid.UUID | None
+    ) -> bool:
+        """Complete an in-progress task (fenced by ``token`` unless ``None``).
+
+        Example::
+
+            backend.complete(session, table, 42, {"rows": 10}, token)
+        """
+
+    def complete_many(
+        self,
+        session: Session,
+        table: Table,
+        leases: Sequence[Lease],
+        results: Sequence[str | None],
+    ) -> set[int]:
+        """Complete leased tasks, each with its result as JSON text; the ids completed.
+
+        Example::
+
+            backend.complete_many(session, table, [(42, token)], ['{"rows": 10}'])
+        """
+
+    def fail(
+        self,
+        session: Session,
+        table: Table,
+        task_id: int,
+        message: str,
+        token: uuid.UUID | None,
+        *,
+        backoff: BackoffPolicy,
+        retry: bool,
+    ) -> TaskStatus | None:
+        """Record a failed attempt: back to pending after the backoff while retries
+        remain (and ``retry``), failed otherwise; the new status.
+
+        Example::
+
+            backend.fail(session, table, 42, "boom", token, backoff=DEFAULT_BACKOFF, retry=True)
+        """
+
+    def set_progress(
+        self,
+        session: Session,
+        table: Table,
+        task_id: int,
+        progress: int,
+        token: uuid.UUID | None,
+        *,
+        relaxed_commit: bool,
+    ) -> bool:
+        """Set an active task's progress (an in-progress one's, with ``token``).
+
+        Example::
+
+            backend.set_progress(session, table, 42, 50, token, relaxed_commit=True)
+        """
+
+    def renew_leases(
+        self, session: Session, table: Table, leases: Sequence[Lease], lease: timedelta
+    ) -> set[int]:
+        """Extend the leases still held; their ids.
+
+        Example::
+
+            backend.renew_leases(session, table, [(42, token)], timedelta(seconds=30))
+        """
+
+    def record_starts(self, session: Session, table: Table, leases: Sequence[Lease]) -> set[int]:
+        """Record that claimed tasks started running; the ids recorded.
+
+        Example::
+
+            backend.record_starts(session, table, [(42, token)])
+        """
+
+    def release(
+        self, session: Session, table: Table, leases: Sequence[Lease], *, channel: str | None
+    ) -> set[int]:
+        """Hand leased tasks back to pending without charging an attempt; their ids.
+
+        Example::
+
+            backend.release(session, table, [(42, token)], channel=None)
+        """
+
+    def rescue(
+        self, session: Session, table: Table, *, limit: int, channel: str | None
+    ) -> dict[int, TaskStatus]:
+        """Return tasks whose lease expired to the queue (or fail them when out of
+        retries): ``{task_id: new_status}``.
+
+        Example::
+
+            backend.rescue(session, table, limit=1000, channel=None)  # {17: TaskStatus.PENDING}
+        """
+
+    # ------------------------------------------------------------------ operator actions
+
+    def cancel(self, session: Session, table: Table, task_id: int) -> bool:
+        """Cancel a pending task.
+
+        Example::
+
+            backend.cancel(session, table, 42)  # True
+        """
+
+    def retry(
+        self,
+        session: Session,
+        table: Table,
+        *,
+        task_id: int | None,
+        task_type: str | None,
+        channel: str | None,
+    ) -> list[int]:
+        """Put failed tasks (one, those of a type, or all) back in the queue, except
+        those whose dedupe key an active task holds; the ids retried.
+
+        Example::
+
+            backend.retry(session, table, task_id=None, task_type="webhook", channel=None)
+        """
+
+    def dedupe_holder(self, session: Session, table: Table, task_id: int) -> int | None:
+        """The active task holding the dedupe key of failed task ``task_id``, if any.
+
+        Example::
+
+            backend.dedupe_holder(session, table, 42)  # 57
+        """
+
+    def diagnose(
+        self, session: Session, table: Table, task_id: int
+    ) -> tuple[str, uuid.UUID | None] | None:
+        """``(status, lease_token)`` of a task, ``None`` when there is no such task.
+
+        Example::
+
+            backend.diagnose(session, table, 42)  # ('completed', None)
+        """
+
+    def purge(
+        self, session: Session, table: Table, *, older_than: timedelta, batch_size: int
+    ) -> int:
+        """Delete up to ``batch_size`` tasks finished more than ``older_than`` ago.
+
+        Example::
+
+            backend.purge(session, table, older_than=timedelta(days=7), batch_size=1000)
+        """
+
+    def count_purgeable(self, session: Session, table: Table, *, older_than: timedelta) -> int:
+        """How many tasks :meth:`purge` would delete now.
+
+        Example::
+
+            backend.count_purgeable(session, table, older_than=timedelta(days=7))
+        """
+
+    def progress_of(
+        self, session: Session, table: Table, task_type: str, match: Mapping[str, Any]
+    ) -> int | None:
+        """Progress of the newest active task of ``task_type`` whose payload contains
+        ``match``.
+
+        Example::
+
+            backend.progress_of(session, table, "data_export", {"project_id": 7})  # 45
+        """
+
+    # ------------------------------------------------------------------ monitoring reads
+
+    def status_counts(self, session: Session, table: Table) -> Sequence[Row[Any]]:
+        """Rows ``(type, status, total)``.
+
+        Example::
+
+            backend.status_counts(session, table)  # [('email', 'pending', 3)]
+        """
+
+    def queue_depth(self, session: Session, table: Table) -> Sequence[Row[Any]]:
+        """Rows ``(type, ready, scheduled, oldest_ready_seconds)``.
+
+        Example::
+
+            backend.queue_depth(session, table)  # [('email', 3, 0, 1.5)]
+        """
+
+    def stuck_tasks(
+        self, session: Session, table: Table, *, running_longer_than: timedelta, limit: int
+    ) -> Sequence[Row[Any]]:
+        """Rows ``(id, type, started_at, lease_owner, lease_expires_at, retry_count,
+        progress, lease_expired)``.
+
+        Example::
+
+            backend.stuck_tasks(session, table, running_longer_than=timedelta(hours=1), limit=10)
+        """
+
+    def processing_times(
+        self, session: Session, table: Table, *, window: timedelta
+    ) -> Sequence[Row[Any]]:
+        """Rows ``(type, completed, average_seconds, p95_seconds)``.
+
+        Example::
+
+            backend.processing_times(session, table, window=timedelta(hours=1))
+        """
+
+    def outcome_counts(
+        self, session: Session, table: Table, *, window: timedelta
+    ) -> Sequence[Row[Any]]:
+        """Rows ``(type, completed, failed, cancelled, retried)``.
+
+        Example::
+
+            backend.outcome_counts(session, table, window=timedelta(hours=1))
+        """
+
+    def recent_failures(
+        self, session: Session, table: Table, *, limit: int, task_type: str | None
+    ) -> Sequence[Row[Any]]:
+        """Rows ``(id, type, error_message, retry_count, created_at, completed_at)``.
+
+        Example::
+
+            backend.recent_failures(session, table, limit=10, task_type=None)
+        """
+
+    # ------------------------------------------------------------------ wake-up
+
+    def announce(self, session: Session, channel: str) -> None:
+        """Wake idle workers listening on ``channel`` when the transaction commits.
+
+        Example::
+
+            backend.announce(session, "taskqueue_tasks")
+        """
+
+    listen_drivers: tuple[str, ...]
+    """Drivers (``dialect.driver``) through which a threaded worker can listen."""
+    async_listen_drivers: tuple[str, ...]
+    """Drivers through which an asyncio worker can listen."""
+
+    def listener(
+        self,
+        engine: Engine,
+        channel: str,
+        wake: Callable[[], None],
+        *,
+        listening: threading.Event | None = None,
+    ) -> Listener:
+        """A listener calling ``wake`` for each notification on ``channel`` (and after
+        it reconnects), for a threaded worker; it sets ``listening`` while it listens.
+
+        Example::
+
+            backend.listener(engine, "taskqueue_tasks", event.set).start()
+        """
+
+    def async_listener(
+        self,
+        engine: AsyncEngine,
+        channel: str,
+        wake: Callable[[], None],
+        *,
+        listening: threading.Event | None = None,
+    ) -> AsyncListener:
+        """The same for an asyncio worker.
+
+        Example::
+
+            backend.async_listener(engine, "taskqueue_tasks", event.set).start()
+        """
+
+    # ------------------------------------------------------------------ errors and connections
+
+    def is_permanent_error(self, exc: BaseException) -> bool:
+        """Whether the database refused a statement for good (a value too large, a
+        constraint), so retrying it cannot help.
+
+        Example::
+
+            backend.is_permanent_error(exc)  # True for a value over 255 MiB
+        """
+
+    def is_driver_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` comes from one of this database's drivers.
+
+        Example::
+
+            backend.is_driver_error(ConnectionError())  # False
+        """
+
+    def create_worker_engine(self, url: URL, *, concurrency: int) -> Engine:
+        """An engine for a ``taskqueue worker`` process: connect, keepalive and statement
+        timeouts so that a frozen network cannot hang it.
+
+        Example::
+
+            engine = backend.create_worker_engine(make_url(url), concurrency=8)
+        """
+
+    def create_async_worker_engine(self, url: URL, *, concurrency: int) -> AsyncEngine:
+        """The same for the asyncio worker.
+
+        Example::
+
+            engine = backend.create_async_worker_engine(make_url(url), concurrency=8)
+        """
+
+    def default_async_url(self, url: URL) -> URL:
+        """``url`` with this database's default async driver.
+
+        Example::
+
+            backend.default_async_url(make_url("postgresql://app@db/app"))
+        """
