@@ -33,12 +33,12 @@ import pgqueuer_rival
 import procrastinate_rival
 from sqlalchemy import Engine, create_engine, text
 
-from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+from sqlalchemy_taskqueue.contrib.testing import (
     DATABASE_URL_ENV,
     mask_password,
     resolve_database_url,
+    throwaway_database,
 )
-from sqlalchemy_taskqueue.contrib.testing import throwaway_database
 
 # The rival queues, each measured through its own API when installed; a column each.
 # Every module offers available, install, reset, enqueue_one_by_one, enqueue_bulk, fill,

@@ -33,12 +33,12 @@ from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from sqlalchemy_taskqueue import TaskMixin
-from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+from sqlalchemy_taskqueue.contrib.prometheus import serve_worker_metrics
+from sqlalchemy_taskqueue.contrib.testing import (
     DATABASE_URL_ENV,
     resolve_database_url,
+    throwaway_database,
 )
-from sqlalchemy_taskqueue.contrib.prometheus import serve_worker_metrics
-from sqlalchemy_taskqueue.contrib.testing import throwaway_database
 
 
 class Base(DeclarativeBase):

@@ -29,13 +29,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import BackoffPolicy, TaskRepository, TaskStatus, Worker
-from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+from sqlalchemy_taskqueue.cli._operations import stats_tables
+from sqlalchemy_taskqueue.contrib.testing import (
     DATABASE_URL_ENV,
     TEST_DATABASE_URL_ENV,
     mask_password,
     resolve_database_url,
 )
-from sqlalchemy_taskqueue.cli._operations import stats_tables
 from sqlalchemy_taskqueue.status import FINISHED_STATUSES
 
 from .bulk_import import BULK_IMPORT, make_import_handler, request_import, write_sample_csv

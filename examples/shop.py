@@ -39,7 +39,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository, Worker
-from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+from sqlalchemy_taskqueue.contrib.testing import (
     DATABASE_URL_ENV,
     normalize_url,
     resolve_database_url,

@@ -28,7 +28,9 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+
+from sqlalchemy_taskqueue.backends import backend_for
+from sqlalchemy_taskqueue.backends.base import Backend
 
 __all__ = [
     "create_task_table_v1",
@@ -40,16 +42,6 @@ __all__ = [
 _STATUSES_V1 = "'pending', 'in_progress', 'completed', 'failed', 'cancelled'"
 _ACTIVE_V1 = "'pending', 'in_progress'"
 _FINISHED_V1 = "'completed', 'failed', 'cancelled'"
-#: Storage parameters of a version-1 queue table: room on each page for updated rows
-#: (HOT for progress writes), and autovacuum that keeps up with an update-heavy table.
-_STORAGE_V1 = {
-    "fillfactor": "80",
-    "autovacuum_vacuum_scale_factor": "0.01",
-    "autovacuum_vacuum_threshold": "1000",
-    "autovacuum_analyze_scale_factor": "0.02",
-    "autovacuum_analyze_threshold": "1000",
-    "autovacuum_vacuum_cost_delay": "0",
-}
 
 
 def _op() -> Any:
@@ -58,10 +50,13 @@ def _op() -> Any:
     return op
 
 
+def _backend() -> Backend:
+    """The backend of the database the revision runs on (online or ``--sql``)."""
+    return backend_for(_op().get_context().dialect)
+
+
 def _json_v1() -> sa.types.TypeEngine[Any]:
-    return sa.JSON(none_as_null=True).with_variant(
-        postgresql.JSONB(none_as_null=True), "postgresql"
-    )
+    return _backend().json_type_v1()
 
 
 def _partial_index_v1(
@@ -79,8 +74,7 @@ def _partial_index_v1(
         columns,
         unique=unique,
         schema=schema,
-        postgresql_where=sa.text(where),
-        sqlite_where=sa.text(where),
+        **_backend().index_options_v1(where),
     )
 
 
@@ -171,22 +165,24 @@ def drop_task_table_v1(table_name: str, **table_kw: Any) -> None:
 
 
 def tune_task_table_v1(table_name: str, *, schema: str | None = None) -> None:
-    """Set the version-1 storage parameters on a queue table (PostgreSQL).
+    """Set the version-1 storage parameters of the database's backend on a queue table
+    (nothing where the backend has none).
 
-    ``fillfactor = 80`` leaves room on each page so that progress writes (``progress`` is
-    never indexed) can be HOT updates, and the other updates (claims, heartbeats,
-    outcomes change indexed columns) can still put the new row version on the same
-    page; per-table autovacuum thresholds make vacuum and analyze keep up with a table
-    whose rows change several times each.  Safe to run on a table
-    in use (it takes a brief lock; new settings apply to pages written from then on).
+    On PostgreSQL ``fillfactor = 80`` leaves room on each page so that progress writes
+    (``progress`` is never indexed) can be HOT updates, and the other updates (claims,
+    heartbeats, outcomes change indexed columns) can still put the new row version on
+    the same page; per-table autovacuum thresholds make vacuum and analyze keep up with
+    a table whose rows change several times each.  Safe to run on a table in use (it
+    takes a brief lock; new settings apply to pages written from then on).
 
     Example::
 
         def upgrade() -> None:
             tune_task_table_v1("tasks")
     """
-    settings = ", ".join(f"{name} = {value}" for name, value in _STORAGE_V1.items())
-    _op().execute(f"ALTER TABLE {_qualified(table_name, schema)} SET ({settings})")
+    qualified = _qualified(table_name, schema)
+    for statement in _backend().tune_statements_v1(qualified):
+        _op().execute(statement)
 
 
 def untune_task_table_v1(table_name: str, *, schema: str | None = None) -> None:
@@ -197,13 +193,14 @@ def untune_task_table_v1(table_name: str, *, schema: str | None = None) -> None:
         def downgrade() -> None:
             untune_task_table_v1("tasks")
     """
-    names = ", ".join(_STORAGE_V1)
-    _op().execute(f"ALTER TABLE {_qualified(table_name, schema)} RESET ({names})")
+    qualified = _qualified(table_name, schema)
+    for statement in _backend().untune_statements_v1(qualified):
+        _op().execute(statement)
 
 
 def _qualified(table_name: str, schema: str | None) -> str:
     if not isinstance(table_name, str) or not table_name:
         raise ValueError(f"table_name must be a non-empty string, got {table_name!r}")
-    preparer = _op().get_bind().dialect.identifier_preparer
+    preparer = _op().get_context().dialect.identifier_preparer
     name = preparer.quote(table_name)
     return name if schema is None else f"{preparer.quote_schema(schema)}.{name}"

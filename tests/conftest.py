@@ -16,12 +16,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository
-from sqlalchemy_taskqueue.backends.postgresql._embedded import (
-    DATABASE_URL_ENV,
-    TEST_DATABASE_URL_ENV,
-    resolve_database_url,
-)
-from sqlalchemy_taskqueue.contrib.testing import throwaway_database
+from sqlalchemy_taskqueue._urls import DATABASE_URL_ENV, TEST_DATABASE_URL_ENV
+from sqlalchemy_taskqueue.contrib.testing import resolve_database_url, throwaway_database
 
 # a sitecustomize for worker processes with a skewed clock: never import it here
 collect_ignore = ["faults/skewed_clock"]

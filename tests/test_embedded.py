@@ -10,12 +10,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from sqlalchemy_taskqueue.backends.postgresql._embedded import (
-    mask_password,
-    normalize_url,
-    resolve_database_url,
-    start_embedded_server,
-)
+from sqlalchemy_taskqueue._urls import mask_password, normalize_url
+from sqlalchemy_taskqueue.contrib.testing import resolve_database_url, start_embedded_server
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ from sqlalchemy_taskqueue import (
     TaskRepository,
     Worker,
 )
-from sqlalchemy_taskqueue.backends.postgresql._connections import dispose_async_engine
+from sqlalchemy_taskqueue._engines import dispose_async_engine
 from sqlalchemy_taskqueue.backends.postgresql._embedded import (
     async_driver_url,
     async_engine_arguments,

@@ -21,7 +21,7 @@ import pkgutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import URL, Dialect
 
 from sqlalchemy_taskqueue.exceptions import UnsupportedDialectError
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "backend_for",
+    "backend_for_url",
     "find_backend",
     "is_driver_error",
     "is_permanent_error",
@@ -62,6 +63,18 @@ def find_backend(dialect_name: str) -> Backend | None:
     module = importlib.import_module(f"{__name__}.{dialect_name}")
     backend: Backend = module.BACKEND
     return backend
+
+
+def backend_for_url(url: URL) -> Backend | None:
+    """The backend serving the database ``url`` names (by its scheme: ``postgres://``
+    is PostgreSQL's too), or ``None``.
+
+    Example::
+
+        backend_for_url(make_url("postgres://app@db/app"))  # the PostgreSQL backend
+    """
+    scheme = url.get_backend_name()
+    return next((backend for backend in _every_backend() if scheme in backend.url_schemes), None)
 
 
 def backend_for(dialect: Dialect) -> Backend:

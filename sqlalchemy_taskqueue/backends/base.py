@@ -183,6 +183,8 @@ class Backend(Protocol):
     name: str
     #: what the database can do.
     capabilities: Capabilities
+    #: URL schemes (``URL.get_backend_name()``) naming this database.
+    url_schemes: tuple[str, ...]
 
     # ------------------------------------------------------------------ schema
 
@@ -201,6 +203,41 @@ class Backend(Protocol):
         Example::
 
             Index("ix", "run_at", **backend.index_options("status = 'pending'"))
+        """
+
+    # ------------------------------------------------------------------ frozen migrations, version 1
+
+    def json_type_v1(self) -> TypeEngine[Any]:
+        """The JSON column type of a version-1 table (frozen, as every ``_v1``).
+
+        Example::
+
+            sa.Column("payload", backend.json_type_v1(), nullable=False)
+        """
+
+    def index_options_v1(self, where: str) -> dict[str, Any]:
+        """What makes an index of a version-1 table partial.
+
+        Example::
+
+            op.create_index("ix", "tasks", ["run_at"], **backend.index_options_v1(where))
+        """
+
+    def tune_statements_v1(self, qualified_table: str) -> list[str]:
+        """Statements setting a version-1 table's storage parameters (maybe none).
+
+        Example::
+
+            for statement in backend.tune_statements_v1('"tasks"'):
+                op.execute(statement)
+        """
+
+    def untune_statements_v1(self, qualified_table: str) -> list[str]:
+        """Statements resetting what :meth:`tune_statements_v1` set.
+
+        Example::
+
+            backend.untune_statements_v1('"tasks"')
         """
 
     # ------------------------------------------------------------------ enqueue
@@ -585,6 +622,14 @@ class Backend(Protocol):
         Example::
 
             engine = backend.create_async_worker_engine(make_url(url), concurrency=8)
+        """
+
+    def default_url(self, url: URL) -> URL:
+        """``url`` with this database's default driver when it names none.
+
+        Example::
+
+            backend.default_url(make_url("postgres://app@db/app"))  # postgresql+psycopg2://
         """
 
     def default_async_url(self, url: URL) -> URL:

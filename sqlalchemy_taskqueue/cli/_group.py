@@ -11,12 +11,13 @@ from click.core import ParameterSource
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoSuchModuleError
 
-from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+from sqlalchemy_taskqueue._urls import (
     DATABASE_URL_ENV,
     mask_password,
     normalize_url,
     require_encoded_password,
 )
+from sqlalchemy_taskqueue.backends import backend_for_url, supported_dialects
 from sqlalchemy_taskqueue.durations import parse_duration
 
 __all__ = [
@@ -114,9 +115,10 @@ def database_url_or_fail(database_url: str | None) -> str:
             param_hint="--database-url",
         ) from None
     parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql":
+    if backend_for_url(parsed) is None:
         raise click.BadParameter(
-            f"{masked!r} is a {parsed.get_backend_name()!r} URL; the queue runs on PostgreSQL",
+            f"{masked!r} is a {parsed.get_backend_name()!r} URL; the queue runs on "
+            f"{', '.join(supported_dialects())}",
             param_hint="--database-url",
         )
     try:

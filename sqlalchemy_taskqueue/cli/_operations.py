@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from sqlalchemy_taskqueue._json import UndecodableJSON
+from sqlalchemy_taskqueue._urls import mask_password
 from sqlalchemy_taskqueue._validation import MAX_JSON_DEPTH
-from sqlalchemy_taskqueue.backends.postgresql._embedded import mask_password
 from sqlalchemy_taskqueue.exceptions import TaskQueueDatabaseError, TaskQueueError
 from sqlalchemy_taskqueue.models import require_database_schema
 from sqlalchemy_taskqueue.monitoring import QueueStats

@@ -11,13 +11,14 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
-from sqlalchemy_taskqueue.backends.postgresql._connections import (
+from sqlalchemy_taskqueue._engines import (
     create_async_worker_engine,
     create_worker_engine,
     dispose_async_engine,
     dispose_engine,
+    url_backend,
 )
-from sqlalchemy_taskqueue.backends.postgresql._embedded import async_driver_url, mask_password
+from sqlalchemy_taskqueue._urls import mask_password
 from sqlalchemy_taskqueue.worker import Worker
 from sqlalchemy_taskqueue.worker._base import MAX_CONCURRENCY, MAX_PREFETCH, is_coroutine_handler
 
@@ -231,7 +232,7 @@ def _run_async(
 
         from sqlalchemy_taskqueue.worker._asyncio import AsyncWorker
 
-        make_url(async_driver_url(url)).get_dialect().import_dbapi()
+        url_backend(url).default_async_url(make_url(url)).get_dialect().import_dbapi()
         engine = create_async_worker_engine(url, concurrency=options["concurrency"])
     except ImportError as exc:
         raise click.UsageError(

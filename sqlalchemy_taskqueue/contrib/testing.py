@@ -17,6 +17,11 @@ drops it afterwards::
 
     with throwaway_database("postgresql+psycopg2://postgres@127.0.0.1/postgres") as url:
         engine = create_engine(url)
+
+:func:`resolve_database_url` finds a server for tests, examples and the demo: the URL in
+an environment variable (``TASKQUEUE_TEST_DATABASE_URL``, ``TASKQUEUE_DATABASE_URL``),
+else a local server, else an embedded one started from PyPI's ``pgserver`` (the
+``embedded`` extra); :func:`mask_password` prints a URL safely.
 """
 
 from __future__ import annotations
@@ -32,10 +37,29 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from sqlalchemy_taskqueue._urls import (
+    DATABASE_URL_ENV,
+    TEST_DATABASE_URL_ENV,
+    mask_password,
+    normalize_url,
+)
+from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+    resolve_database_url,
+    start_embedded_server,
+)
 from sqlalchemy_taskqueue.models import task_table
 from sqlalchemy_taskqueue.status import FINISHED_STATUSES, TaskStatus
 
-__all__ = ["task_factory", "throwaway_database"]
+__all__ = [
+    "DATABASE_URL_ENV",
+    "TEST_DATABASE_URL_ENV",
+    "mask_password",
+    "normalize_url",
+    "resolve_database_url",
+    "start_embedded_server",
+    "task_factory",
+    "throwaway_database",
+]
 
 
 def task_factory(model: type[Any], session: Session) -> Any:

@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
 from sqlalchemy_taskqueue import TaskRepository
-from sqlalchemy_taskqueue.backends.postgresql._embedded import normalize_url
+from sqlalchemy_taskqueue._urls import normalize_url
 from sqlalchemy_taskqueue.contrib.testing import throwaway_database
 
 sys.path.insert(0, str(Path(__file__).parents[1]))

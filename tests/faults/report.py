@@ -32,12 +32,8 @@ from scenarios import (
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from sqlalchemy_taskqueue.backends.postgresql._embedded import (
-    DATABASE_URL_ENV,
-    TEST_DATABASE_URL_ENV,
-    mask_password,
-    resolve_database_url,
-)
+from sqlalchemy_taskqueue._urls import DATABASE_URL_ENV, TEST_DATABASE_URL_ENV, mask_password
+from sqlalchemy_taskqueue.contrib.testing import resolve_database_url
 
 
 def describe_server(url: str) -> str:

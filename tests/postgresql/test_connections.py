@@ -10,13 +10,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from sqlalchemy_taskqueue._engines import dispose_async_engine, dispose_engine
 from sqlalchemy_taskqueue.backends.postgresql._connections import (
     CONNECT_TIMEOUT,
     STATEMENT_TIMEOUT,
     create_async_worker_engine,
     create_worker_engine,
-    dispose_async_engine,
-    dispose_engine,
     worker_connect_args,
 )
 

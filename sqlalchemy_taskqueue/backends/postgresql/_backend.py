@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Insert, Row, Table, select, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import URL, Dialect
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
@@ -35,8 +35,7 @@ from sqlalchemy_taskqueue.backends.base import (
 from sqlalchemy_taskqueue.backoff import BackoffPolicy
 from sqlalchemy_taskqueue.status import TaskStatus
 
-from . import _connections, _statements, _wakeup
-from ._embedded import async_driver_url
+from . import _connections, _embedded, _migrations, _statements, _wakeup
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -72,6 +71,7 @@ class PostgreSQLBackend:
         partial_indexes=True,
         relaxed_commit=True,
     )
+    url_schemes: tuple[str, ...] = ("postgresql", "postgres")
     claim_order: tuple[str, ...] = _statements.CLAIM_ORDER
     listen_drivers: tuple[str, ...] = _wakeup.LISTEN_DRIVERS
     async_listen_drivers: tuple[str, ...] = _wakeup.ASYNC_LISTEN_DRIVERS
@@ -95,6 +95,44 @@ class PostgreSQLBackend:
             Index("ix", "run_at", **backend.index_options("status = 'pending'"))
         """
         return {f"{self.name}_where": text(where)}
+
+    # ------------------------------------------------------------------ frozen migrations, version 1
+
+    def json_type_v1(self) -> TypeEngine[Any]:
+        """See :func:`._migrations.json_type_v1`.
+
+        Example::
+
+            sa.Column("payload", backend.json_type_v1(), nullable=False)
+        """
+        return _migrations.json_type_v1()
+
+    def index_options_v1(self, where: str) -> dict[str, Any]:
+        """See :func:`._migrations.index_options_v1`.
+
+        Example::
+
+            op.create_index("ix", "tasks", ["run_at"], **backend.index_options_v1(where))
+        """
+        return _migrations.index_options_v1(where)
+
+    def tune_statements_v1(self, qualified_table: str) -> list[str]:
+        """See :func:`._migrations.tune_statements_v1`.
+
+        Example::
+
+            backend.tune_statements_v1('"tasks"')  # ['ALTER TABLE "tasks" SET (fillfactor = 80, ...)']
+        """
+        return _migrations.tune_statements_v1(qualified_table)
+
+    def untune_statements_v1(self, qualified_table: str) -> list[str]:
+        """See :func:`._migrations.untune_statements_v1`.
+
+        Example::
+
+            backend.untune_statements_v1('"tasks"')
+        """
+        return _migrations.untune_statements_v1(qualified_table)
 
     # ------------------------------------------------------------------ enqueue
 
@@ -598,16 +636,23 @@ class PostgreSQLBackend:
         """
         return _connections.create_async_worker_engine(url, concurrency=concurrency)
 
-    def default_async_url(self, url: URL) -> URL:
-        """``url`` with asyncpg unless it names an async driver already.
+    def default_url(self, url: URL) -> URL:
+        """``url`` with psycopg2 when it names no driver.
 
         Example::
 
-            backend.default_async_url(make_url("postgresql://app@db/app"))
+            backend.default_url(make_url("postgres://app@db/app"))  # postgresql+psycopg2://
         """
-        from sqlalchemy.engine import make_url
+        return _embedded.default_url(url)
 
-        return make_url(async_driver_url(url))
+    def default_async_url(self, url: URL) -> URL:
+        """``url`` with asyncpg unless it names psycopg 3 (which is async too).
+
+        Example::
+
+            backend.default_async_url(make_url("postgresql://app@db/app"))  # +asyncpg
+        """
+        return make_url(_embedded.async_driver_url(url))
 
 
 def claim_statement_and_params(table: Table, request: ClaimRequest) -> tuple[Any, dict[str, Any]]:

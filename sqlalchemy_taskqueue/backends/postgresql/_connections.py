@@ -40,9 +40,7 @@ frozen): there the stop bound is what ends the worker.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine
@@ -55,12 +53,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECT_TIMEOUT",
-    "DISPOSE_TIMEOUT",
     "STATEMENT_TIMEOUT",
     "create_async_worker_engine",
     "create_worker_engine",
-    "dispose_async_engine",
-    "dispose_engine",
     "worker_connect_args",
 ]
 
@@ -71,8 +66,6 @@ CONNECT_TIMEOUT = 10
 #: Seconds a statement of the worker may run on the server, and a transaction of the
 #: worker may sit idle there (its session then ends, and with it the transaction's locks).
 STATEMENT_TIMEOUT = 30
-#: Seconds the command line waits for its engine's connections to close at exit.
-DISPOSE_TIMEOUT = 2.0
 
 #: TCP keepalives: first probe after 10 s of silence, then every 5 s, 3 unanswered end it.
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
@@ -190,43 +183,3 @@ def create_async_worker_engine(url: str | URL, *, concurrency: int) -> AsyncEngi
         pool_pre_ping=True,
         connect_args=connect_args,
     )
-
-
-def dispose_engine(engine: Engine, timeout: float = DISPOSE_TIMEOUT) -> bool:
-    """Close the engine's pooled connections, waiting at most ``timeout`` seconds;
-    ``False`` if they were still closing then (they are left to the process's exit).
-
-    Closing a connection sends the server a goodbye; over a frozen network that send
-    can block, so it happens on a daemon thread that is not waited for past ``timeout``.
-
-    Example::
-
-        dispose_engine(engine)
-    """
-    closing = threading.Thread(target=engine.dispose, name="taskqueue-dispose", daemon=True)
-    closing.start()
-    closing.join(timeout)
-    if closing.is_alive():
-        logger.warning("worker.dispose_timed_out after=%.1fs", timeout)
-        return False
-    return True
-
-
-async def dispose_async_engine(engine: AsyncEngine, timeout: float = DISPOSE_TIMEOUT) -> bool:
-    """Close the engine's pooled connections, waiting at most ``timeout`` seconds;
-    ``False`` if they had to be cut off.
-
-    asyncpg waits for the server to acknowledge a connection's close, without a limit:
-    over a frozen network ``await engine.dispose()`` would wait until the network
-    returns.  Cancelled at ``timeout``, asyncpg aborts the connection instead.
-
-    Example::
-
-        await dispose_async_engine(engine)
-    """
-    try:
-        await asyncio.wait_for(engine.dispose(), timeout)
-    except asyncio.TimeoutError:
-        logger.warning("worker.dispose_timed_out after=%.1fs", timeout)
-        return False
-    return True
