@@ -75,4 +75,5 @@ class BackoffPolicy:
         return min(self.cap_seconds, raw), min(self.cap_seconds, raw * (1 + self.jitter))
 
 
+#: The policy workers and repositories use unless given one: 2 s, 4 s, 8 s ... up to an hour.
 DEFAULT_BACKOFF = BackoffPolicy()

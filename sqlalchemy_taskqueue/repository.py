@@ -87,6 +87,7 @@ __all__ = [
     "default_owner",
 ]
 
+#: The task model a repository serves (a class mixing in TaskMixin or TaskDataclassMixin).
 TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
 
 #: Lease of a task claimed through the repository directly.  The worker renews its leases

@@ -19,9 +19,11 @@ drops it afterwards::
         engine = create_engine(url)
 
 :func:`resolve_database_url` finds a server for tests, examples and the demo: the URL in
-an environment variable (``TASKQUEUE_TEST_DATABASE_URL``, ``TASKQUEUE_DATABASE_URL``),
-else a local server, else an embedded one started from PyPI's ``pgserver`` (the
-``embedded`` extra); :func:`mask_password` prints a URL safely.
+an environment variable (``TEST_DATABASE_URL_ENV``, ``TASKQUEUE_TEST_DATABASE_URL``, or
+``DATABASE_URL_ENV``, ``TASKQUEUE_DATABASE_URL``), else a local server, else an embedded
+one started from PyPI's ``pgserver`` (the ``embedded`` extra, see
+:func:`start_embedded_server`); :func:`normalize_url` gives a URL its default driver and
+:func:`mask_password` prints it safely.
 """
 
 from __future__ import annotations
