@@ -16,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from alembic import context
 from sqlalchemy_taskqueue import TaskMixin
-from sqlalchemy_taskqueue.backends.postgresql._embedded import (
+from sqlalchemy_taskqueue.contrib.testing import (
     DATABASE_URL_ENV,
     normalize_url,
     resolve_database_url,

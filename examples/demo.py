@@ -28,8 +28,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from sqlalchemy_taskqueue import BackoffPolicy, TaskRepository, TaskStatus, Worker
-from sqlalchemy_taskqueue.cli._operations import stats_tables
+from sqlalchemy_taskqueue import BackoffPolicy, TaskStatus, Worker
+from sqlalchemy_taskqueue.cli import cli
 from sqlalchemy_taskqueue.contrib.testing import (
     DATABASE_URL_ENV,
     TEST_DATABASE_URL_ENV,
@@ -174,9 +174,9 @@ def main(
         thread.join(timeout=10)
 
     console.print(summary(rows))
-    with Session(engine) as session:
-        for rendered in stats_tables(TaskRepository(session, Task).queue_stats()):
-            console.print(rendered)
+    # what `taskqueue stats` prints, run in this process
+    url = engine.url.render_as_string(hide_password=False)
+    cli.main(["--database-url", url, "stats"], standalone_mode=False)
     exports = sorted((workdir / "exports").glob("*.csv"))
     console.print(f"{len(exports)} CSV exports written to {workdir / 'exports'}")
     ok = bool(rows) and all(row.status is TaskStatus.COMPLETED for row in rows.values())
