@@ -107,6 +107,27 @@ def require_task_type(task_type: Any, *, new: bool = False) -> None:
     require_storable_text("task_type", task_type)
 
 
+def require_schedule_name(name: Any) -> None:
+    """A non-empty string of at most :data:`MAX_TASK_TYPE_LENGTH` characters that the
+    database can store.
+
+    >>> require_schedule_name("nightly_report")
+    >>> require_schedule_name("")
+    Traceback (most recent call last):
+        ...
+    ValueError: schedule name must not be empty
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"schedule name must be a string, got {name!r}")
+    if not name.strip():
+        raise ValueError("schedule name must not be empty")
+    if len(name) > MAX_TASK_TYPE_LENGTH:
+        raise ValueError(
+            f"schedule name must be at most {MAX_TASK_TYPE_LENGTH} characters, got {len(name)}"
+        )
+    require_storable_text("schedule name", name)
+
+
 def task_type_name(task_type: str) -> str:
     """The text stored for a task type: the string value itself, also for an enum
     member whose ``str()`` is its name (a ``class TaskType(str, Enum)``).

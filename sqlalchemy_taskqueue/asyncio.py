@@ -185,3 +185,7 @@ class AsyncTaskRepository(Generic[TaskT]):
     outcome_rates = _awaitable(TaskRepository.outcome_rates)
     recent_failures = _awaitable(TaskRepository.recent_failures)
     queue_stats = _awaitable(TaskRepository.queue_stats)
+    schedules = _awaitable(TaskRepository.schedules)
+    pause_schedule = _awaitable(TaskRepository.pause_schedule)
+    resume_schedule = _awaitable(TaskRepository.resume_schedule)
+    run_schedule = _awaitable(TaskRepository.run_schedule)

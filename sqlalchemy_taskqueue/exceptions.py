@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 __all__ = [
     "InvalidTransitionError",
     "LeaseLostError",
+    "ScheduleNotFoundError",
     "TaskInterrupted",
     "TaskNotFoundError",
     "TaskQueueDatabaseError",
@@ -49,6 +50,20 @@ class TaskNotFoundError(TaskQueueError, LookupError):
         self.task_id = task_id
         if message is None and task_id is not None:
             message = f"No task with id {task_id} exists."
+        super().__init__(message)
+
+
+class ScheduleNotFoundError(TaskQueueError, LookupError):
+    """No schedule with that name exists (no worker carrying it has run yet)."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+        message = None
+        if name is not None:
+            message = (
+                f"No schedule named {name!r} exists; a schedule is recorded when a worker "
+                "whose registry declares it starts (taskqueue schedules lists them)."
+            )
         super().__init__(message)
 
 

@@ -33,10 +33,16 @@ from sqlalchemy_taskqueue.backends import backend_for
 from sqlalchemy_taskqueue.backends.base import Backend
 
 __all__ = [
+    "create_schedules_table_v1",
     "create_task_table_v1",
+    "create_task_table_v2",
+    "downgrade_task_table_v2_to_v1",
+    "drop_schedules_table_v1",
     "drop_task_table_v1",
+    "drop_task_table_v2",
     "tune_task_table_v1",
     "untune_task_table_v1",
+    "upgrade_task_table_v1_to_v2",
 ]
 
 _STATUSES_V1 = "'pending', 'in_progress', 'completed', 'failed', 'cancelled'"
@@ -162,6 +168,107 @@ def drop_task_table_v1(table_name: str, **table_kw: Any) -> None:
     if not isinstance(table_name, str) or not table_name:
         raise ValueError(f"table_name must be a non-empty string, got {table_name!r}")
     _op().drop_table(table_name, **table_kw)
+
+
+def create_schedules_table_v1(task_table_name: str, *, schema: str | None = None) -> None:
+    """Create the version-1 schedules table of a queue (``<task table>_schedules``): the
+    periodic schedules workers record and fire (see :mod:`sqlalchemy_taskqueue.scheduling`).
+
+    Example::
+
+        create_schedules_table_v1("tasks")
+    """
+    name = _schedules_name(task_table_name)
+    now = sa.text("now()")
+    _op().create_table(
+        name,
+        sa.Column("name", sa.Text, primary_key=True, comment="the schedule's unique name"),
+        sa.Column("task_type", sa.Text, nullable=False),
+        sa.Column("cron", sa.Text, nullable=True),
+        sa.Column("every_seconds", sa.Float, nullable=True),
+        sa.Column("timezone", sa.Text, nullable=False),
+        sa.Column("missed", sa.Text, nullable=False),
+        sa.Column("catch_up_seconds", sa.Float, nullable=False),
+        sa.Column("overlap", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("payload", _json_v1(), nullable=False),
+        sa.Column("priority", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("max_retries", sa.Integer, nullable=False, server_default=sa.text("3")),
+        sa.Column("columns", _json_v1(), nullable=False),
+        sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("next_fire_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_fire_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_task_id", sa.BigInteger, nullable=True),
+        sa.Column("carried_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=now),
+        sa.CheckConstraint(
+            "(cron IS NULL) <> (every_seconds IS NULL)", name=f"ck_{name}_cron_or_every"
+        ),
+        sa.CheckConstraint("missed IN ('latest', 'skip', 'all')", name=f"ck_{name}_missed"),
+        schema=schema,
+    )
+
+
+def drop_schedules_table_v1(task_table_name: str, *, schema: str | None = None) -> None:
+    """Drop a queue's version-1 schedules table.
+
+    Example::
+
+        drop_schedules_table_v1("tasks")
+    """
+    _op().drop_table(_schedules_name(task_table_name), schema=schema)
+
+
+def create_task_table_v2(table_name: str, *extra_columns: sa.Column[Any], **table_kw: Any) -> None:
+    """Create a version-2 queue: the version-1 task table and its schedules table.
+
+    Takes what :func:`create_task_table_v1` takes.
+
+    Example::
+
+        create_task_table_v2("tasks", sa.Column("project_id", sa.BigInteger))
+    """
+    create_task_table_v1(table_name, *extra_columns, **table_kw)
+    create_schedules_table_v1(table_name, schema=table_kw.get("schema"))
+
+
+def drop_task_table_v2(table_name: str, **table_kw: Any) -> None:
+    """Drop a version-2 queue (its schedules table, then its task table).
+
+    Example::
+
+        drop_task_table_v2("tasks")
+    """
+    drop_schedules_table_v1(table_name, schema=table_kw.get("schema"))
+    drop_task_table_v1(table_name, **table_kw)
+
+
+def upgrade_task_table_v1_to_v2(table_name: str, *, schema: str | None = None) -> None:
+    """Upgrade a version-1 queue to version 2: add its schedules table (the task table
+    and its rows are untouched; workers keep running meanwhile).
+
+    Example::
+
+        def upgrade() -> None:
+            upgrade_task_table_v1_to_v2("tasks")
+    """
+    create_schedules_table_v1(table_name, schema=schema)
+
+
+def downgrade_task_table_v2_to_v1(table_name: str, *, schema: str | None = None) -> None:
+    """Undo :func:`upgrade_task_table_v1_to_v2` (the schedules and their state are lost).
+
+    Example::
+
+        def downgrade() -> None:
+            downgrade_task_table_v2_to_v1("tasks")
+    """
+    drop_schedules_table_v1(table_name, schema=schema)
+
+
+def _schedules_name(task_table_name: str) -> str:
+    if not isinstance(task_table_name, str) or not task_table_name:
+        raise ValueError(f"table_name must be a non-empty string, got {task_table_name!r}")
+    return f"{task_table_name}_schedules"
 
 
 def tune_task_table_v1(table_name: str, *, schema: str | None = None) -> None:

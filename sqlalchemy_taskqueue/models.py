@@ -66,6 +66,7 @@ from ._schema import (
     partial_index,
 )
 from .exceptions import TaskTableError
+from .scheduling._table import schedules_table
 from .status import TaskStatus
 
 __all__ = [
@@ -526,6 +527,7 @@ def _require_queue_schema(cls: type[Any]) -> None:
     table = cls.__dict__.get("__table__")
     if isinstance(table, Table):
         require_queue_schema(cls.__name__, table)
+        schedules_table(table)  # the queue's own tables join the model's MetaData
 
 
 #: The columns :class:`TaskMixin` declares, which every queue table needs.

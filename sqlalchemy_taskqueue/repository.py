@@ -55,6 +55,7 @@ from ._validation import (
     require_json,
     require_lease,
     require_max_retries,
+    require_schedule_name,
     require_size_limit,
     require_storable_text,
     require_task_id,
@@ -71,12 +72,15 @@ from .durations import Duration
 from .exceptions import (
     InvalidTransitionError,
     LeaseLostError,
+    ScheduleNotFoundError,
     TaskNotFoundError,
     TaskQueueError,
     wrap_database_errors,
 )
 from .models import TaskDataclassMixin, TaskMixin, require_database_schema, task_table
 from .monitoring import TaskMonitoring
+from .scheduling._state import ScheduleState
+from .scheduling._table import schedules_table
 from .status import ACTIVE_STATUSES, TaskStatus
 
 __all__ = [
@@ -212,8 +216,18 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         self._backend_found = backend_for(bind.dialect)
 
     @property
+    def backend(self) -> Backend:
+        """The backend of the database the session runs the model's statements on
+        (:mod:`sqlalchemy_taskqueue.backends`).
+
+        Example::
+
+            repo.backend.capabilities.listen  # True on PostgreSQL
+        """
+        return self._backend
+
+    @property
     def _backend(self) -> Backend:
-        """The backend of the database the session runs the model's statements on."""
         if self._backend_found is None:
             bind = self._session.get_bind(mapper=self._model)
             self._backend_found = backend_for(bind.dialect)
@@ -833,6 +847,81 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         require_timedelta("older_than", older_than, allow_zero=True)
         return self._backend.count_purgeable(self._session, self._table, older_than=older_than)
+
+    # ------------------------------------------------------------------ schedules
+
+    @wrap_database_errors
+    def schedules(self) -> list[ScheduleState]:
+        """Every periodic schedule workers have recorded, by name: its definition, next
+        and last fire, and whether a worker still carries it (``orphaned`` otherwise).
+
+        Example::
+
+            for s in repo.schedules():
+                print(s.name, s.spec, s.next_fire_at, "paused" if s.paused else "")
+        """
+        table = schedules_table(self._table)
+        now = self._backend.clock(self._session)
+        rows = self._backend.schedules(self._session, table)
+        return [ScheduleState.from_row(row, now) for row in rows]
+
+    @wrap_database_errors
+    def pause_schedule(self, name: str) -> None:
+        """Stop a schedule from firing until :meth:`resume_schedule` (its tasks already
+        enqueued still run).
+
+        :raises ScheduleNotFoundError: no such schedule.
+
+        Example::
+
+            repo.pause_schedule("nightly_report")
+        """
+        self._set_paused(name, paused=True)
+
+    @wrap_database_errors
+    def resume_schedule(self, name: str) -> None:
+        """Let a paused schedule fire again; fires missed meanwhile follow its ``missed``
+        policy.
+
+        :raises ScheduleNotFoundError: no such schedule.
+
+        Example::
+
+            repo.resume_schedule("nightly_report")
+        """
+        self._set_paused(name, paused=False)
+
+    @wrap_database_errors
+    def run_schedule(self, name: str) -> int:
+        """Enqueue a schedule's task now, once, as its row defines it (payload, priority,
+        retries, columns), whether or not it is paused; returns the task's id.  The
+        schedule's own fire times are unchanged.
+
+        :raises ScheduleNotFoundError: no such schedule.
+
+        Example::
+
+            task_id = repo.run_schedule("nightly_report")
+        """
+        require_schedule_name(name)
+        table = schedules_table(self._table)
+        rows = self._backend.schedules(self._session, table, name)
+        if not rows:
+            raise ScheduleNotFoundError(name)
+        row = rows[0]
+        return self.enqueue(
+            row.task_type,
+            row.payload,
+            priority=row.priority,
+            max_retries=row.max_retries,
+            **row.columns,
+        )
+
+    def _set_paused(self, name: str, *, paused: bool) -> None:
+        require_schedule_name(name)
+        table = schedules_table(self._table)
+        if not self._backend.set_schedule_paused(self._session, table, name, paused):
+            raise ScheduleNotFoundError(name)
 
     # ------------------------------------------------------------------ internals
 

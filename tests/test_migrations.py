@@ -22,11 +22,23 @@ from sqlalchemy.orm import (
 )
 
 from alembic import command
-from sqlalchemy_taskqueue import TaskDataclassMixin, TaskMixin, merge_table_args
+from sqlalchemy_taskqueue import (
+    TaskDataclassMixin,
+    TaskMixin,
+    TaskRepository,
+    TaskStatus,
+    merge_table_args,
+)
 from sqlalchemy_taskqueue.migrations import (
+    create_schedules_table_v1,
     create_task_table_v1,
+    create_task_table_v2,
+    downgrade_task_table_v2_to_v1,
+    drop_schedules_table_v1,
     drop_task_table_v1,
+    drop_task_table_v2,
     tune_task_table_v1,
+    upgrade_task_table_v1_to_v2,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +79,7 @@ def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
     config = alembic_config(empty_database_url)
     command.upgrade(config, "head")
     inspector = sa.inspect(empty_engine)
-    assert "tasks" in inspector.get_table_names()
+    assert {"tasks", "tasks_schedules"} <= set(inspector.get_table_names())
     indexes = {index["name"]: index for index in inspector.get_indexes("tasks")}
     assert set(indexes) == {
         "ix_tasks_claimable",
@@ -88,6 +100,8 @@ def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
     assert "fillfactor=80" in storage_options(empty_engine)
     assert "autovacuum_vacuum_scale_factor=0.01" in storage_options(empty_engine)
 
+    command.downgrade(config, "0002_tune_tasks_table")
+    assert "tasks_schedules" not in sa.inspect(empty_engine).get_table_names()
     command.downgrade(config, "0001_create_tasks_table")
     assert storage_options(empty_engine) == []  # back to the server's defaults
     command.downgrade(config, "base")
@@ -148,7 +162,7 @@ def test_helper_with_extra_columns_matches_an_app_subclass(empty_engine: sa.Engi
                 sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
                 sa.Column("name", sa.Text, nullable=False),
             )
-            create_task_table_v1(
+            create_task_table_v2(
                 "app_tasks",
                 sa.Column("project_id", sa.BigInteger, sa.ForeignKey("projects.id"), nullable=True),
                 sa.Column("requested_by", sa.Text, nullable=True),
@@ -159,8 +173,10 @@ def test_helper_with_extra_columns_matches_an_app_subclass(empty_engine: sa.Engi
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            drop_task_table_v1("app_tasks")
-    assert "app_tasks" not in sa.inspect(empty_engine).get_table_names()
+            drop_task_table_v2("app_tasks")
+    assert not {"app_tasks", "app_tasks_schedules"} & set(
+        sa.inspect(empty_engine).get_table_names()
+    )
 
 
 class DataclassBase(MappedAsDataclass, DeclarativeBase):
@@ -177,7 +193,7 @@ def test_helper_matches_the_dataclass_flavour(empty_engine: sa.Engine) -> None:
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            create_task_table_v1("dc_tasks", sa.Column("tenant", sa.Text, nullable=False))
+            create_task_table_v2("dc_tasks", sa.Column("tenant", sa.Text, nullable=False))
     assert schema_diff(empty_engine, DataclassBase.metadata) == []
 
 
@@ -186,7 +202,7 @@ def test_a_drifted_table_is_reported(empty_engine: sa.Engine) -> None:
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            create_task_table_v1("tasks")
+            create_task_table_v2("tasks")
             operations.drop_index("ix_tasks_claimable", table_name="tasks")
     diff = schema_diff(empty_engine, DefaultBase.metadata)
     assert [entry[0] for entry in diff] == ["add_index"]
@@ -199,6 +215,16 @@ def test_helpers_reject_bad_table_names() -> None:
         drop_task_table_v1(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="table_name"):
         tune_task_table_v1("")
+    for helper in (
+        create_task_table_v2,
+        drop_task_table_v2,
+        create_schedules_table_v1,
+        drop_schedules_table_v1,
+        upgrade_task_table_v1_to_v2,
+        downgrade_task_table_v2_to_v1,
+    ):
+        with pytest.raises(ValueError, match="table_name"):
+            helper("")
 
 
 def test_a_bare_url_given_with_x_is_normalised_like_the_environment_variable(
@@ -212,3 +238,39 @@ def test_a_bare_url_given_with_x_is_normalised_like_the_environment_variable(
     config.attributes["configure_logger"] = False
     command.upgrade(config, "0001_create_tasks_table")
     assert "tasks" in sa.inspect(empty_engine).get_table_names()
+
+
+def test_a_populated_version_1_queue_upgrades_to_version_2_and_keeps_working(
+    empty_engine: sa.Engine,
+) -> None:
+    """An app that migrated with ``create_task_table_v1`` adds the schedules table with
+    ``upgrade_task_table_v1_to_v2``: its tasks stay as they were, the queue keeps working,
+    and the table matches the model (autogenerate finds nothing); the downgrade removes
+    the schedules table alone."""
+
+    def migrate(*steps: Any) -> None:
+        with empty_engine.begin() as connection:
+            operations = Operations(MigrationContext.configure(connection))
+            with Operations.context(operations.migration_context):
+                for step in steps:
+                    step()
+
+    migrate(lambda: create_task_table_v1("tasks"))
+    with sa.orm.Session(empty_engine) as session, session.begin():
+        repo = TaskRepository(session, DefaultTask)
+        done = repo.enqueue("report", {"n": 1})
+        waiting = repo.enqueue("report", {"n": 2})
+        claimed = repo.dequeue("report")
+        assert claimed is not None and claimed.id == done
+        repo.complete_task(done, lease_token=claimed.lease_token)
+
+    migrate(lambda: upgrade_task_table_v1_to_v2("tasks"))
+    assert schema_diff(empty_engine, DefaultBase.metadata) == []
+    with sa.orm.Session(empty_engine) as session, session.begin():
+        repo = TaskRepository(session, DefaultTask)
+        assert repo.get_task(done).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
+        assert repo.dequeue("report").id == waiting  # type: ignore[union-attr]
+        assert repo.schedules() == []
+
+    migrate(lambda: downgrade_task_table_v2_to_v1("tasks"))
+    assert set(sa.inspect(empty_engine).get_table_names()) == {"tasks"}

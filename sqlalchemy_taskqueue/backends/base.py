@@ -33,7 +33,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Engine, Row, Table
@@ -481,6 +481,87 @@ class Backend(Protocol):
         Example::
 
             backend.progress_of(session, table, "data_export", {"project_id": 7})  # 45
+        """
+
+    # ------------------------------------------------------------------ schedules
+
+    def clock(self, session: Session) -> datetime:
+        """The database clock (workers on machines with skewed clocks agree on it).
+
+        Example::
+
+            now = backend.clock(session)
+        """
+
+    def sync_schedules(
+        self, session: Session, table: Table, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Insert or update the schedules a worker carries (``table`` is the schedules
+        table; each row has every column of a definition and ``name`` and
+        ``next_fire_at``): the definition becomes the code's, ``carried_at`` now, and
+        ``next_fire_at`` the row's own unless the schedule is new or its timing changed.
+
+        Example::
+
+            backend.sync_schedules(session, schedules, [{"name": "report", ...}])
+        """
+
+    def due_schedules(
+        self, session: Session, table: Table, names: Sequence[str]
+    ) -> Sequence[Row[Any]]:
+        """Rows ``(name, next_fire_at, last_fire_at, last_task_id)`` of the schedules
+        among ``names`` that are due and not paused, each locked until the transaction
+        ends and skipped when another transaction holds it.
+
+        Example::
+
+            for row in backend.due_schedules(session, schedules, ["report"]): ...
+        """
+
+    def record_fire(
+        self,
+        session: Session,
+        table: Table,
+        name: str,
+        *,
+        next_fire_at: datetime,
+        last_fire_at: datetime | None,
+        last_task_id: int | None,
+    ) -> None:
+        """Record a schedule's fire.
+
+        Example::
+
+            backend.record_fire(session, schedules, "report", next_fire_at=t, last_fire_at=f, last_task_id=7)
+        """
+
+    def next_fire(
+        self, session: Session, table: Table, names: Sequence[str]
+    ) -> tuple[datetime | None, datetime]:
+        """The earliest next fire time among ``names`` (``None``: none to fire) and the
+        database clock.
+
+        Example::
+
+            soonest, now = backend.next_fire(session, schedules, ["report"])
+        """
+
+    def schedules(
+        self, session: Session, table: Table, name: str | None = None
+    ) -> Sequence[Row[Any]]:
+        """Every schedule's row (every column), or the named one's, by name.
+
+        Example::
+
+            backend.schedules(session, schedules)
+        """
+
+    def set_schedule_paused(self, session: Session, table: Table, name: str, paused: bool) -> bool:
+        """Pause or resume a schedule; ``False`` when there is no such schedule.
+
+        Example::
+
+            backend.set_schedule_paused(session, schedules, "report", True)
         """
 
     # ------------------------------------------------------------------ monitoring reads

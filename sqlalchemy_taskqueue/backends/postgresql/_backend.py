@@ -15,7 +15,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Insert, Row, Table, select, text
@@ -486,6 +486,98 @@ class PostgreSQLBackend:
         stmt = _statements.progress_lookup_statement(table, task_type, match)
         progress = session.execute(stmt).scalar_one_or_none()
         return None if progress is None else int(progress)
+
+    # ------------------------------------------------------------------ schedules
+
+    def clock(self, session: Session) -> datetime:
+        """``now()``: the transaction's start time.
+
+        Example::
+
+            now = backend.clock(session)
+        """
+        now: datetime = session.execute(_statements.clock_statement()).scalar_one()
+        return now
+
+    def sync_schedules(
+        self, session: Session, table: Table, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """One ``INSERT ... ON CONFLICT (name) DO UPDATE`` for all of them.
+
+        Example::
+
+            backend.sync_schedules(session, schedules, [{"name": "report", ...}])
+        """
+        if rows:
+            session.execute(_statements.sync_schedules_statement(table), list(rows))
+
+    def due_schedules(
+        self, session: Session, table: Table, names: Sequence[str]
+    ) -> Sequence[Row[Any]]:
+        """``SELECT ... FOR UPDATE SKIP LOCKED`` of the due ones.
+
+        Example::
+
+            backend.due_schedules(session, schedules, ["report"])
+        """
+        return session.execute(_statements.due_schedules_statement(table, names)).all()
+
+    def record_fire(
+        self,
+        session: Session,
+        table: Table,
+        name: str,
+        *,
+        next_fire_at: datetime,
+        last_fire_at: datetime | None,
+        last_task_id: int | None,
+    ) -> None:
+        """One ``UPDATE`` of the schedule's row.
+
+        Example::
+
+            backend.record_fire(session, schedules, "report", next_fire_at=t, last_fire_at=f, last_task_id=7)
+        """
+        params = {
+            "schedule": name,
+            "next_fire_at": next_fire_at,
+            "last_fire_at": last_fire_at,
+            "last_task_id": last_task_id,
+        }
+        session.execute(_statements.record_fire_statement(table), params)
+
+    def next_fire(
+        self, session: Session, table: Table, names: Sequence[str]
+    ) -> tuple[datetime | None, datetime]:
+        """``min(next_fire_at)`` and ``now()`` in one statement.
+
+        Example::
+
+            soonest, now = backend.next_fire(session, schedules, ["report"])
+        """
+        soonest, now = session.execute(_statements.next_fire_statement(table, names)).one()
+        return soonest, now
+
+    def schedules(
+        self, session: Session, table: Table, name: str | None = None
+    ) -> Sequence[Row[Any]]:
+        """The rows, by name.
+
+        Example::
+
+            backend.schedules(session, schedules)
+        """
+        return session.execute(_statements.schedules_statement(table, name)).all()
+
+    def set_schedule_paused(self, session: Session, table: Table, name: str, paused: bool) -> bool:
+        """One ``UPDATE ... RETURNING name``.
+
+        Example::
+
+            backend.set_schedule_paused(session, schedules, "report", True)
+        """
+        stmt = _statements.pause_schedule_statement(table, name, paused=paused)
+        return session.execute(stmt).first() is not None
 
     # ------------------------------------------------------------------ monitoring reads
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -1180,3 +1180,136 @@ def purgeable_count_statement(table: Table, *, older_than: timedelta) -> Select[
         count = session.execute(stmt).scalar_one()
     """
     return select(func.count()).select_from(table).where(_purgeable(table, older_than))
+
+
+# --------------------------------------------------------------------------- schedules
+
+#: The columns of a schedule's row that say when it fires: a change to one of them
+#: moves the schedule's next fire time (a change to its payload does not).
+_TIMING_COLUMNS = ("cron", "every_seconds", "timezone")
+
+
+def clock_statement() -> Select[Any]:
+    """The database clock (the transaction's start time, as every statement sees it).
+
+    Example::
+
+        now = session.execute(clock_statement()).scalar_one()
+    """
+    return select(_now())
+
+
+@functools.cache
+def sync_schedules_statement(table: Table) -> Insert:
+    """Insert or update the schedules a worker carries, one row of parameters each: the
+    definition is the code's, ``carried_at`` is now, and ``next_fire_at`` is the row's
+    own unless the schedule is new or its timing changed.
+
+    Example::
+
+        session.execute(sync_schedules_statement(schedules), rows)
+    """
+    stmt = postgresql.insert(table).values(carried_at=_now())
+    excluded = stmt.excluded
+    timing_changed = or_(
+        *(table.c[name].is_distinct_from(excluded[name]) for name in _TIMING_COLUMNS)
+    )
+    definition = {
+        column.name: excluded[column.name]
+        for column in table.c
+        if column.name
+        in (
+            "task_type",
+            "cron",
+            "every_seconds",
+            "timezone",
+            "missed",
+            "catch_up_seconds",
+            "overlap",
+            "payload",
+            "priority",
+            "max_retries",
+            "columns",
+        )
+    }
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c.name],
+        set_={
+            **definition,
+            "carried_at": _now(),
+            "next_fire_at": case(
+                (timing_changed, excluded.next_fire_at), else_=table.c.next_fire_at
+            ),
+        },
+    )
+
+
+def due_schedules_statement(table: Table, names: Sequence[str]) -> Select[Any]:
+    """The carried schedules due to fire, locked (``SKIP LOCKED``: a worker firing one
+    holds its row until it commits the fire and the tasks it enqueued together, so each
+    fire time is enqueued once however many workers look).
+
+    Example::
+
+        rows = session.execute(due_schedules_statement(schedules, ["report"])).all()
+    """
+    c = table.c
+    return (
+        select(c.name, c.next_fire_at, c.last_fire_at, c.last_task_id)
+        .where(c.name.in_(names), c.paused.is_(false()), c.next_fire_at <= _now())
+        .order_by(c.name)
+        .with_for_update(skip_locked=True)
+    )
+
+
+@functools.cache
+def record_fire_statement(table: Table) -> Update:
+    """Record a schedule's fire: its next fire time, last fire and last task.
+
+    Example::
+
+        session.execute(record_fire_statement(schedules), {"schedule": "report", ...})
+    """
+    c = table.c
+    return (
+        update(table)
+        .where(c.name == bindparam("schedule"))
+        .values(
+            next_fire_at=bindparam("next_fire_at"),
+            last_fire_at=bindparam("last_fire_at"),
+            last_task_id=bindparam("last_task_id"),
+        )
+    )
+
+
+def next_fire_statement(table: Table, names: Sequence[str]) -> Select[Any]:
+    """The earliest next fire time of the carried schedules that are not paused, and
+    the database clock.
+
+    Example::
+
+        soonest, now = session.execute(next_fire_statement(schedules, ["report"])).one()
+    """
+    c = table.c
+    return select(func.min(c.next_fire_at), _now()).where(c.name.in_(names), c.paused.is_(false()))
+
+
+def schedules_statement(table: Table, name: str | None = None) -> Select[Any]:
+    """Every schedule's row (or one), by name.
+
+    Example::
+
+        rows = session.execute(schedules_statement(schedules)).all()
+    """
+    stmt = select(table).order_by(table.c.name)
+    return stmt if name is None else stmt.where(table.c.name == name)
+
+
+def pause_schedule_statement(table: Table, name: str, *, paused: bool) -> Update:
+    """Pause or resume a schedule; returns its name when it exists.
+
+    Example::
+
+        found = session.execute(pause_schedule_statement(schedules, "report", paused=True))
+    """
+    return update(table).where(table.c.name == name).values(paused=paused).returning(table.c.name)

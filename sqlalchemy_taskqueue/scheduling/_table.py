@@ -1,0 +1,81 @@
+"""The schedules table: one row per periodic schedule, named after the task table.
+
+The table belongs to the task model's ``MetaData`` (it is declared with the model), so
+``Base.metadata.create_all(engine)`` creates it and Alembic's autogenerate sees it; a
+migration creates it with :func:`~sqlalchemy_taskqueue.migrations.create_schedules_table_v1`.
+Each row holds what the code declared (so operators can list and run a schedule without
+the handlers' code) and the firing state: the next fire time, the last one and its task.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    Table,
+    Text,
+    false,
+    text,
+)
+
+from sqlalchemy_taskqueue._json import JSONDocument
+
+__all__ = ["SCHEDULES_SUFFIX", "schedules_table", "schedules_table_name"]
+
+#: The schedules table of a task table ``tasks`` is ``tasks_schedules``.
+SCHEDULES_SUFFIX = "_schedules"
+
+
+def schedules_table_name(task_table_name: str) -> str:
+    """The name of the schedules table that goes with a task table.
+
+    >>> schedules_table_name("tasks")
+    'tasks_schedules'
+    """
+    return f"{task_table_name}{SCHEDULES_SUFFIX}"
+
+
+def schedules_table(task_table: Table) -> Table:
+    """The schedules table of ``task_table``, declared in its ``MetaData`` (once).
+
+    Example::
+
+        schedules_table(Task.__table__).name  # 'tasks_schedules'
+    """
+    name = schedules_table_name(task_table.name)
+    key = name if task_table.schema is None else f"{task_table.schema}.{name}"
+    existing = task_table.metadata.tables.get(key)
+    if existing is not None:
+        return existing
+    return Table(
+        name,
+        task_table.metadata,
+        Column("name", Text, primary_key=True, comment="the schedule's unique name"),
+        Column("task_type", Text, nullable=False),
+        Column("cron", Text, nullable=True),
+        Column("every_seconds", Float, nullable=True),
+        Column("timezone", Text, nullable=False),
+        Column("missed", Text, nullable=False),
+        Column("catch_up_seconds", Float, nullable=False),
+        Column("overlap", Boolean, nullable=False, server_default=false()),
+        Column("payload", JSONDocument, nullable=False),
+        Column("priority", Integer, nullable=False, server_default=text("0")),
+        Column("max_retries", Integer, nullable=False, server_default=text("3")),
+        Column("columns", JSONDocument, nullable=False),
+        Column("paused", Boolean, nullable=False, server_default=false()),
+        Column("next_fire_at", DateTime(timezone=True), nullable=True),
+        Column("last_fire_at", DateTime(timezone=True), nullable=True),
+        Column("last_task_id", BigInteger, nullable=True),
+        Column("carried_at", DateTime(timezone=True), nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+        CheckConstraint(
+            "(cron IS NULL) <> (every_seconds IS NULL)", name=f"ck_{name}_cron_or_every"
+        ),
+        CheckConstraint("missed IN ('latest', 'skip', 'all')", name=f"ck_{name}_missed"),
+        schema=task_table.schema,
+    )
