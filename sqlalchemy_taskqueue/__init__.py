@@ -27,6 +27,7 @@ from .backoff import BackoffPolicy
 from .exceptions import (
     InvalidTransitionError,
     LeaseLostError,
+    ScheduleNotFoundError,
     TaskInterrupted,
     TaskNotFoundError,
     TaskQueueDatabaseError,
@@ -46,6 +47,7 @@ __all__ = [
     "HandlerRegistry",
     "InvalidTransitionError",
     "LeaseLostError",
+    "ScheduleNotFoundError",
     "TaskContext",
     "TaskDataclassMixin",
     "TaskInterrupted",

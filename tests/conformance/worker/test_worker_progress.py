@@ -100,7 +100,8 @@ def test_a_failed_task_keeps_the_last_progress_it_reported(
 
     registry = HandlerRegistry(clean_table)
     registry.add("broken", broken)
-    registry.add("hung", hung, timeout=0.3)
+    # long enough for the handler to report 70 first, even on a loaded machine
+    registry.add("hung", hung, timeout=1.5)
     failed = enqueue(session_factory, clean_table, "broken", max_retries=0)
     timed_out = enqueue(session_factory, clean_table, "hung", max_retries=0)
     worker = make_worker(session_factory, clean_table, registry, progress_interval=3600)

@@ -1,0 +1,156 @@
+"""Periodic schedules as the code declares them: what is refused, and the fire times a
+schedule gives, computed with a fixed clock (time zones and daylight saving changes
+included, without waiting for March)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from sqlalchemy_taskqueue.scheduling import make_schedule
+
+UTC = timezone.utc
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"cron": "0 3 * *"}, ValueError, "schedule 'report': cron '0 3 \\* \\*' is not a cron"),
+        ({"cron": "61 * * * *"}, ValueError, "Bad minute"),
+        ({"cron": "0 3 * * *", "every": "1h"}, ValueError, "exactly one of cron= and every="),
+        ({}, ValueError, "exactly one of cron= and every="),
+        ({"every": timedelta(0)}, ValueError, "at least one second"),
+        ({"every": timedelta(milliseconds=500)}, ValueError, "at least one second"),
+        ({"every": "-5s"}, ValueError, "every: invalid duration"),
+        ({"every": 60}, TypeError, "every must be a timedelta or a duration"),
+        ({"every": "1h", "timezone": "Mars/Olympus"}, ValueError, "not a known IANA time zone"),
+        ({"every": "1h", "missed": "some"}, ValueError, "missed must be one of"),
+        ({"every": "1h", "catch_up": timedelta(days=30)}, ValueError, "at most 6 days"),
+        ({"every": "1h", "payload": {"when": datetime.now()}}, TypeError, "payload is not JSON"),
+        ({"every": "1h", "priority": 2**40}, ValueError, "priority"),
+        ({"every": "1h", "max_retries": -1}, ValueError, "max_retries"),
+        ({"every": "1h", "name": ""}, ValueError, "schedule name must not be empty"),
+        ({"every": "1h", "overlap": "yes"}, TypeError, "overlap must be True or False"),
+    ],
+)
+def test_a_bad_schedule_is_refused_naming_the_schedule_and_the_problem(
+    arguments: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message) as raised:
+        make_schedule("report", **arguments)
+    assert str(raised.value).startswith("schedule ")
+
+
+def test_the_name_defaults_to_the_task_type_and_the_definition_is_recorded() -> None:
+    schedule = make_schedule("purge", every="10m", payload={"older_than": "7d"})
+    assert schedule.name == "purge"
+    assert schedule.spec == "every 600s"
+    assert schedule.definition() == {
+        "task_type": "purge",
+        "cron": None,
+        "every_seconds": 600.0,
+        "timezone": "UTC",
+        "missed": "latest",
+        "catch_up_seconds": 86400.0,
+        "overlap": False,
+        "payload": {"older_than": "7d"},
+        "priority": 0,
+        "max_retries": 3,
+        "columns": {},
+    }
+
+
+def test_intervals_are_aligned_to_the_epoch_so_every_worker_agrees() -> None:
+    schedule = make_schedule("tick", every=timedelta(seconds=7))
+    after = datetime(2026, 12, 7, 12, 0, 0, 500_000, tzinfo=UTC)
+    fire = schedule.next_fire(after)
+    assert fire > after and fire - after <= timedelta(seconds=7)
+    assert fire.timestamp() % 7 == 0
+    assert schedule.next_fire(fire) == fire + timedelta(seconds=7)
+
+
+def test_cron_is_read_in_the_schedules_time_zone() -> None:
+    schedule = make_schedule("report", cron="0 3 * * *", timezone="Europe/Berlin")
+    fire = schedule.next_fire(datetime(2026, 12, 7, 12, 0, tzinfo=UTC))
+    assert fire == datetime(2026, 12, 8, 2, 0, tzinfo=UTC)  # 03:00 in Berlin (UTC+1)
+    assert fire.astimezone(BERLIN).hour == 3
+
+
+def test_six_fields_put_seconds_first() -> None:
+    schedule = make_schedule("fast", cron="*/15 * * * * *")
+    start = datetime(2026, 12, 7, 12, 0, 1, tzinfo=UTC)
+    assert schedule.next_fire(start) == datetime(2026, 12, 7, 12, 0, 15, tzinfo=UTC)
+
+
+def fires_between(schedule_cron: str, start: datetime, end: datetime) -> list[datetime]:
+    schedule = make_schedule("daily", cron=schedule_cron, timezone="Europe/Berlin")
+    fires, at = [], start
+    while (at := schedule.next_fire(at)) < end:
+        fires.append(at.astimezone(BERLIN))
+    return fires
+
+
+def test_a_daily_0230_fires_once_on_the_spring_forward_day() -> None:
+    # 2027-03-28: Berlin's clocks go from 02:00 to 03:00; 02:30 does not exist
+    fires = fires_between(
+        "30 2 * * *",
+        datetime(2027, 3, 27, 12, 0, tzinfo=BERLIN),
+        datetime(2027, 3, 29, 12, 0, tzinfo=BERLIN),
+    )
+    days = [fire.date().isoformat() for fire in fires]
+    assert days == ["2027-03-28", "2027-03-29"]
+    assert fires[0].hour == 3  # at the transition, as cron does
+
+
+def test_a_daily_0230_fires_once_on_the_fall_back_day() -> None:
+    # 2027-10-31: Berlin's clocks go from 03:00 back to 02:00; 02:30 happens twice
+    fires = fires_between(
+        "30 2 * * *",
+        datetime(2027, 10, 30, 12, 0, tzinfo=BERLIN),
+        datetime(2027, 11, 1, 12, 0, tzinfo=BERLIN),
+    )
+    assert [fire.date().isoformat() for fire in fires] == ["2027-10-31", "2027-11-01"]
+
+
+EVERY_10S = {"every": "10s"}
+AT = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def seconds(*values: int) -> list[datetime]:
+    return [AT + timedelta(seconds=value) for value in values]
+
+
+@pytest.mark.parametrize("missed", ["latest", "skip", "all"])
+def test_a_fire_on_time_is_enqueued_whatever_the_missed_policy(missed: Any) -> None:
+    schedule = make_schedule("tick", missed=missed, **EVERY_10S)
+    assert schedule.due_fires(AT, AT + timedelta(seconds=9)) == [AT]
+
+
+def test_nothing_is_due_before_the_next_fire_time() -> None:
+    schedule = make_schedule("tick", **EVERY_10S)
+    assert schedule.due_fires(AT, AT - timedelta(seconds=1)) == []
+
+
+@pytest.mark.parametrize(
+    ("missed", "expected"),
+    [("latest", seconds(30)), ("skip", []), ("all", seconds(0, 10, 20, 30))],
+)
+def test_missed_fires_follow_the_policy(missed: Any, expected: list[datetime]) -> None:
+    schedule = make_schedule("tick", missed=missed, **EVERY_10S)
+    assert schedule.due_fires(AT, AT + timedelta(seconds=35)) == expected
+
+
+def test_catching_up_stops_at_the_catch_up_window() -> None:
+    schedule = make_schedule("tick", missed="all", catch_up=timedelta(seconds=15), **EVERY_10S)
+    assert schedule.due_fires(AT, AT + timedelta(seconds=35)) == seconds(20, 30)
+
+
+def test_dedupe_keys_hold_back_a_pile_up_unless_overlap_is_allowed() -> None:
+    single = make_schedule("tick", **EVERY_10S)
+    overlapping = make_schedule("tick", overlap=True, **EVERY_10S)
+    assert single.dedupe_key(AT) == single.dedupe_key(AT + timedelta(seconds=10))
+    assert overlapping.dedupe_key(AT) != overlapping.dedupe_key(AT + timedelta(seconds=10))
