@@ -16,17 +16,13 @@ The export handler is the sync example's plain function: the ``AsyncWorker`` run
 in its thread pool, so its blocking database and file work never stalls the requests
 served on the loop.
 
-Run it from the root of the clone: ``python -m examples.web_polling_async`` (serves on
-http://127.0.0.1:8000), then in another terminal::
-
-    curl -X POST localhost:8000/projects/1/exports -H 'content-type: application/json' \\
-         -d '{"email": "ada@example.com"}'
-    curl localhost:8000/tasks/1      # repeat: progress moves 10 ... 90, then completed
-
-Knobs: ``--pace SECONDS`` (default 2): simulated work after each of the export's first
-three phases, so an export takes about 6 s and polling shows its progress move (0: full
-speed); ``--port`` (default 8000).  Ctrl-C stops the server and the worker; the
-example's database and folder (:mod:`examples.sandbox`) are removed.
+Run it from the root of the clone: ``python -m examples.web_polling_async``.  It serves
+on http://127.0.0.1:8000 and is polled with the ``curl`` commands shown in
+:mod:`examples.web_polling` (and printed at start).  Knobs, as there: ``--pace SECONDS``
+of simulated work after each of an export's first three phases (default 2, about 6 s
+an export, so polling shows progress move; 0 for full speed) and ``--port`` (8000).
+Ctrl-C shuts the app down, its worker handing back an unfinished export, and removes
+the example's database and folder (:mod:`examples.sandbox`).
 """
 
 from __future__ import annotations
