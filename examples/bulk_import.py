@@ -6,14 +6,19 @@
 * Rows are upserted (``ON CONFLICT DO NOTHING`` on project + SKU), so a retried or
   rescued import never duplicates what an earlier attempt already wrote.
 
-Run it: ``python -m examples.bulk_import``.
+Needs: a clone of the repository and the ``migrations`` extra
+(``pip install -e '.[migrations]'``).
+
+Run it from the root of the clone: ``python -m examples.bulk_import``.  It writes a
+CSV of 5,000 rows (5 of them broken) to a temporary folder, asks twice for its import
+(one task), runs a worker and prints the outcome.  It runs on a database of its own and
+a temporary folder, both removed at the end (:mod:`examples.sandbox`).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import os
 import random
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -26,7 +31,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy_taskqueue import TaskContext, TaskRepository
 
 from .data_export import pace
-from .shop import Item, Project, Task, connect, migrate, run_and_show
+from .sandbox import run, sandbox
+from .shop import Item, Project, Task, migrate, run_and_show
 
 BULK_IMPORT = "bulk_import"
 CHUNK = 100
@@ -135,23 +141,27 @@ def make_import_handler(engine: Engine) -> Any:
     return import_items
 
 
-def main() -> None:
-    engine = connect()
-    migrate(engine)
-    path = Path("exports") / f"items-{os.getpid()}.csv"
-    bad = write_sample_csv(path, 5000, bad_every=997)
-    with Session(engine) as session, session.begin():
-        project = Project(name=f"import-demo-{os.getpid()}")
-        session.add(project)
-        session.flush()
-        task_id, created = request_import(session, project.id, path)
-        again, created_again = request_import(session, project.id, path)
-    print(
-        f"import task {task_id} (created={created}); asking again gave {again} (created={created_again})"
-    )
-    handlers = {BULK_IMPORT: make_import_handler(engine)}
-    run_and_show(engine, handlers, task_id, note=f"({bad} bad rows in the file) ")
+def main(argv: list[str]) -> int:
+    """Import a sample CSV with a worker; 0 when the import completed."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    with sandbox("taskqueue_example_import", migrate) as box:
+        box.announce("examples.bulk_import")
+        path = box.folder / "items.csv"
+        bad = write_sample_csv(path, 5000, bad_every=997)
+        with Session(box.engine) as session, session.begin():
+            project = Project(name="import-demo")
+            session.add(project)
+            session.flush()
+            task_id, created = request_import(session, project.id, path)
+            again, created_again = request_import(session, project.id, path)
+        print(
+            f"import task {task_id} (created={created}); "
+            f"asking again gave {again} (created={created_again})"
+        )
+        handlers = {BULK_IMPORT: make_import_handler(box.engine)}
+        task = run_and_show(box.engine, handlers, task_id, note=f"({bad} bad rows in the file) ")
+    return 0 if task.result is not None else 1
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

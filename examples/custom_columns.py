@@ -5,7 +5,12 @@ index of its own (merged with the library's through ``merge_table_args``).  Its 
 created by a migration that calls the frozen helper with the extra columns, and the app
 queries tasks with ordinary ORM joins.
 
-Run it: ``python -m examples.custom_columns``.
+Needs: a clone of the repository and the ``migrations`` extra
+(``pip install -e '.[migrations]'``).
+
+Run it from the root of the clone: ``python -m examples.custom_columns``.  It migrates
+both queue tables, enqueues three tasks for two projects and prints what the joins
+find.  It runs on a database of its own, dropped at the end (:mod:`examples.sandbox`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relati
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository, TaskStatus, merge_table_args
 from sqlalchemy_taskqueue.migrations import create_task_table_v1
 
-from .shop import Base, Project, connect, create_sample_project, migrate
+from .sandbox import run, sandbox
+from .shop import Base, Project, create_sample_project, migrate
 
 
 class ProjectTask(TaskMixin, Base):
@@ -84,22 +90,29 @@ def tasks_requested_by(session: Session, user: str) -> list[ProjectTask]:
     return list(session.scalars(stmt))
 
 
-def main() -> None:
-    engine = connect()
+def migrate_both(engine: Engine) -> None:
+    """The shared schema, then the ``project_tasks`` revision."""
     migrate(engine)
     upgrade(engine)
-    with Session(engine) as session, session.begin():
-        alpha = create_sample_project(session, f"alpha-{id(session)}", items=0)
-        beta = create_sample_project(session, f"beta-{id(session)}", items=0)
-        enqueue_for_project(session, alpha, "reindex", "ada")
-        enqueue_for_project(session, alpha, "export", "grace")
-        enqueue_for_project(session, beta, "export", "ada")
-    with Session(engine) as session:
-        for name, count in active_tasks_per_project(session):
-            print(f"{name}: {count} active task(s)")
-        for task in tasks_requested_by(session, "ada"):
-            print(f"ada asked for {task.type} on {task.project.name} (task {task.id})")
+
+
+def main(argv: list[str]) -> int:
+    """Enqueue tasks with the app's columns and print what the ORM joins find."""
+    with sandbox("taskqueue_example_columns", migrate_both) as box:
+        box.announce("examples.custom_columns")
+        with Session(box.engine) as session, session.begin():
+            alpha = create_sample_project(session, "alpha", items=0)
+            beta = create_sample_project(session, "beta", items=0)
+            enqueue_for_project(session, alpha, "reindex", "ada")
+            enqueue_for_project(session, alpha, "export", "grace")
+            enqueue_for_project(session, beta, "export", "ada")
+        with Session(box.engine) as session:
+            for name, count in active_tasks_per_project(session):
+                print(f"{name}: {count} active task(s)")
+            for task in tasks_requested_by(session, "ada"):
+                print(f"ada asked for {task.type} on {task.project.name} (task {task.id})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -7,14 +7,20 @@ Phases and progress (what a polling client sees)::
     store the file   75 -> 90 %
     notify the user  95 %, then completed (100 %)
 
-Run it: ``python -m examples.data_export`` (enqueues an export and runs a worker).
+Needs: a clone of the repository and the ``migrations`` extra
+(``pip install -e '.[migrations]'``).
+
+Run it from the root of the clone: ``python -m examples.data_export``.  It enqueues an
+export of a sample project of 250 items, runs a worker until the export is done and
+prints the task's final state and the first lines of the CSV.  It runs on a database of
+its own and a temporary folder, both removed at the end (:mod:`examples.sandbox`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -25,19 +31,18 @@ from sqlalchemy.orm import Session
 
 from sqlalchemy_taskqueue import TaskContext, TaskRepository
 
+from .sandbox import run, sandbox
 from .shop import (
     Item,
     Notification,
     Project,
     Task,
-    connect,
     create_sample_project,
     migrate,
     run_and_show,
 )
 
 DATA_EXPORT = "data_export"
-EXPORT_DIR = Path(os.environ.get("EXPORT_DIR", "exports"))
 
 
 def request_export(
@@ -45,7 +50,8 @@ def request_export(
 ) -> int:
     """What a request handler does: enqueue in the request's own transaction.
 
-    ``pace`` (seconds per phase) slows the export down for the demo's progress bars.
+    ``pace`` (seconds of simulated work after each of the first three phases) slows the
+    export down, for the demo's progress bars and for a client polling its progress.
     """
     return TaskRepository(session, Task).enqueue(
         DATA_EXPORT, export_payload(project_id, user_email, pace=pace)
@@ -61,13 +67,15 @@ def export_payload(project_id: int, user_email: str | None, *, pace: float = 0) 
 
 
 def pace(ctx: TaskContext) -> None:
-    """Demo pacing: ``payload["pace"]`` seconds of simulated work per step (default none)."""
-    delay = float(ctx.payload.get("pace", 0))
-    if delay:
-        time.sleep(delay)
+    """Simulated work: ``payload["pace"]`` seconds per step (none by default), cut short
+    when the worker stops (the task is then handed back)."""
+    deadline = time.monotonic() + float(ctx.payload.get("pace", 0))
+    while (left := deadline - time.monotonic()) > 0:
+        ctx.raise_if_stopping()
+        time.sleep(min(left, 0.1))  # the simulated work itself
 
 
-def make_export_handler(engine: Engine, export_dir: Path = EXPORT_DIR) -> Any:
+def make_export_handler(engine: Engine, export_dir: Path) -> Any:
     """The handler, bound to the app's database and the folder exports are stored in."""
 
     def export_project(task: Any, ctx: TaskContext) -> dict[str, Any]:
@@ -120,15 +128,23 @@ def make_export_handler(engine: Engine, export_dir: Path = EXPORT_DIR) -> Any:
     return export_project
 
 
-def main() -> None:
-    engine = connect()
-    migrate(engine)
-    with Session(engine) as session, session.begin():
-        project = create_sample_project(session, f"export-demo-{os.getpid()}", items=250)
-        task_id = request_export(session, project.id, "ada@example.com")
-    print(f"enqueued export task {task_id}")
-    run_and_show(engine, {DATA_EXPORT: make_export_handler(engine)}, task_id)
+def main(argv: list[str]) -> int:
+    """Export a sample project with a worker; 0 when the export completed."""
+    with sandbox("taskqueue_example_export", migrate) as box:
+        box.announce("examples.data_export")
+        with Session(box.engine) as session, session.begin():
+            project = create_sample_project(session, "acme", items=250)
+            task_id = request_export(session, project.id, "ada@example.com")
+        print(f"enqueued export task {task_id}")
+        handlers = {DATA_EXPORT: make_export_handler(box.engine, box.folder)}
+        task = run_and_show(box.engine, handlers, task_id)
+        if task.result is None:
+            return 1
+        with Path(task.result["path"]).open(encoding="utf-8") as handle:
+            lines = [line.rstrip() for line in itertools.islice(handle, 3)]
+        print("the CSV begins:", *lines, sep="\n  ")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

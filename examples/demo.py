@@ -1,48 +1,56 @@
 """``make demo``: the whole life of a queue in under a minute.
 
-1. finds a database (``TASKQUEUE_DATABASE_URL``, a local PostgreSQL, or an embedded one
-   started from the ``pgserver`` wheel) and creates a fresh ``taskqueue_demo`` database;
+Needs: a clone of the repository and the ``migrations`` and ``cli`` extras, plus
+``embedded`` when no PostgreSQL server is at hand (``make demo`` installs the ``dev``
+extras, which hold them all; by hand: ``pip install -e '.[migrations,cli,embedded]'``
+and ``python -m examples.demo`` from the root of the clone).
+
+1. finds a server (``TASKQUEUE_DATABASE_URL``, a local PostgreSQL, or an embedded one
+   started from the ``pgserver`` wheel in a temporary folder) and creates a database of
+   its own on it, ``taskqueue_demo_<random hex>``, which the header names;
 2. migrates it with Alembic (``alembic upgrade head``);
 3. enqueues exports and imports (one import fails once and is retried with backoff; a
    duplicate import request is deduplicated);
 4. runs two workers and shows a live progress bar per task;
 5. prints each task's final status and the ``taskqueue stats`` tables.
+
+Its CSV files live in a temporary folder.  The database, the folder (and an embedded
+server) are removed at the end, also on Ctrl-C (:mod:`examples.sandbox`): nothing stays.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.live import Live
-from rich.logging import RichHandler
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
-from rich.table import Table
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import BackoffPolicy, TaskStatus, Worker
-from sqlalchemy_taskqueue.cli import cli
-from sqlalchemy_taskqueue.contrib.testing import (
-    DATABASE_URL_ENV,
-    TEST_DATABASE_URL_ENV,
-    mask_password,
-    resolve_database_url,
-)
 from sqlalchemy_taskqueue.status import FINISHED_STATUSES
 
 from .bulk_import import BULK_IMPORT, make_import_handler, request_import, write_sample_csv
 from .data_export import DATA_EXPORT, make_export_handler, request_export
-from .shop import Task, create_sample_project, database_on_server, migrate
+from .sandbox import Sandbox, missing_extra, run, sandbox
+from .shop import Task, create_sample_project, migrate
 
-DEMO_DATABASE = "taskqueue_demo"
+try:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.logging import RichHandler
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+    from rich.table import Table
+
+    from sqlalchemy_taskqueue.cli import cli
+except ImportError as exc:
+    raise missing_extra("examples.demo", "migrations,cli", exc) from None
+
+DEMO_DATABASE_PREFIX = "taskqueue_demo"
 TIME_LIMIT = 50.0
 
 # a wide console when piped (make demo in CI), the terminal's width otherwise
@@ -126,67 +134,64 @@ def summary(rows: dict[int, Any]) -> Table:
     return table
 
 
-def main(
-    server_url: str | None = None, database: str = DEMO_DATABASE, workdir: Path | None = None
-) -> int:
-    """Run the demo; returns the exit status (0 when every task completed).  Its files
-    (the CSVs imported and exported) go to ``workdir``, by default a new directory under
-    the system's temporary directory that is kept for you to look at."""
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-    )
-    started = time.monotonic()
-    server_url = server_url or resolve_database_url(DATABASE_URL_ENV, TEST_DATABASE_URL_ENV)
-    console.print(f"[bold]sqlalchemy-taskqueue demo[/] on {mask_password(server_url)}")
-    engine = create_engine(database_on_server(server_url, database, fresh=True), pool_size=10)
-    migrate(engine)
-    console.print("migrated: alembic upgrade head (tasks) + the example app's tables")
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="taskqueue-demo-"))
-    ids = enqueue_work(engine, workdir)
-    console.print(f"enqueued {len(ids)} tasks: {ids}")
-
-    factory = sessionmaker(engine)
+def start_workers(box: Sandbox) -> list[tuple[Worker, threading.Thread]]:
+    """Two workers of two slots each, on threads of their own."""
     handlers = {
-        DATA_EXPORT: make_export_handler(engine, workdir / "exports"),
-        BULK_IMPORT: make_import_handler(engine),
+        DATA_EXPORT: make_export_handler(box.engine, box.folder / "exports"),
+        BULK_IMPORT: make_import_handler(box.engine),
     }
-    workers = [
-        Worker(
-            factory,
+    running = []
+    for _ in range(2):
+        worker = Worker(
+            sessionmaker(box.engine),
             Task,
             handlers,
             concurrency=2,
             backoff=BackoffPolicy(base_seconds=0.5, jitter=0),
             progress_interval=0.1,
         )
-        for _ in range(2)
-    ]
-    threads = [threading.Thread(target=worker.run, daemon=True) for worker in workers]
-    for thread in threads:
+        thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
         thread.start()
-    rows = watch(engine, ids)
-    console.print()
-    for worker in workers:
-        worker.stop()
-    for thread in threads:
-        thread.join(timeout=10)
+        running.append((worker, thread))
+    return running
 
-    console.print(summary(rows))
-    # what `taskqueue stats` prints, run in this process
-    url = engine.url.render_as_string(hide_password=False)
-    cli.main(["--database-url", url, "stats"], standalone_mode=False)
-    exports = sorted((workdir / "exports").glob("*.csv"))
-    console.print(f"{len(exports)} CSV exports written to {workdir / 'exports'}")
-    ok = bool(rows) and all(row.status is TaskStatus.COMPLETED for row in rows.values())
-    console.print(
-        f"done in {time.monotonic() - started:.1f}s: "
-        + ("[green]all tasks completed[/]" if ok else "[red]some tasks did not complete[/]")
+
+def main(argv: list[str]) -> int:
+    """Run the demo; returns the exit status (0 when every task completed)."""
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
     )
-    engine.dispose()
+    started = time.monotonic()
+    with sandbox(DEMO_DATABASE_PREFIX, migrate) as box:
+        console.print(f"[bold]sqlalchemy-taskqueue demo[/] on {box.database}")
+        console.print("migrated: alembic upgrade head (tasks) + the example app's tables")
+        ids = enqueue_work(box.engine, box.folder)
+        console.print(f"enqueued {len(ids)} tasks: {ids}")
+        running = start_workers(box)
+        try:
+            rows = watch(box.engine, ids)
+        finally:
+            for worker, _ in running:
+                worker.stop()
+            for _, thread in running:
+                thread.join()
+        console.print()
+        console.print(summary(rows))
+        # what `taskqueue stats` prints, run in this process
+        url = box.engine.url.render_as_string(hide_password=False)
+        cli.main(["--database-url", url, "stats"], standalone_mode=False)
+        exports = sorted((box.folder / "exports").glob("*.csv"))
+        console.print(f"{len(exports)} CSV exports written to {box.folder / 'exports'}")
+        ok = bool(rows) and all(row.status is TaskStatus.COMPLETED for row in rows.values())
+        console.print(
+            f"done in {time.monotonic() - started:.1f}s: "
+            + ("[green]all tasks completed[/]" if ok else "[red]some tasks did not complete[/]")
+        )
+    console.print(f"dropped {box.database.rsplit('/', 1)[-1]} and removed {box.folder}")
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .shop import Project, create_sample_project
+from .shop import create_sample_project
+
+#: Seconds of simulated work after each of the export's first three phases, by default:
+#: an export then takes about 6 s, so polling ``GET /tasks/<id>`` sees progress move.
+DEFAULT_PACE = 2.0
 
 
 def export_email(body: Any) -> tuple[str | None, str | None]:
@@ -57,9 +62,40 @@ def progress_body(project_id: int, progress: int | None) -> dict[str, Any]:
     return {"project_id": project_id, "active": progress is not None, "progress": progress}
 
 
-def demo_project(engine: Engine) -> None:
-    """The project the examples' servers export (made once), announced on the console."""
+def web_options(example: str) -> argparse.ArgumentParser:
+    """The web examples' command line: ``--port`` and ``--pace``.
+
+    >>> web_options("examples.web_polling").parse_args(["--pace", "0.5"])
+    Namespace(port=8000, pace=0.5)
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {example}",
+        description="Serve the polling API on 127.0.0.1 with a worker; Ctrl-C stops both "
+        "and drops the example's database.",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000)")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=DEFAULT_PACE,
+        metavar="SECONDS",
+        help="simulated work after each of an export's first three phases, so that polling "
+        f"shows its progress move (default {DEFAULT_PACE}: about {3 * DEFAULT_PACE:.0f} s "
+        "an export; 0 for full speed)",
+    )
+    return parser
+
+
+def demo_project(engine: Engine, options: argparse.Namespace) -> int:
+    """The project the examples' servers export, with what to type to watch an export."""
     with Session(engine) as session, session.begin():
-        project = session.query(Project).filter_by(name="web-demo").one_or_none()
-        project = project or create_sample_project(session, "web-demo", items=1000)
-        print(f"project {project.id} is ready: POST /projects/{project.id}/exports")
+        project_id = create_sample_project(session, "web-demo", items=1000).id
+    base = f"http://127.0.0.1:{options.port}"
+    print(
+        f"project {project_id} is ready; an export takes about {3 * options.pace:.0f} s "
+        f"(--pace {options.pace}). In another terminal:\n"
+        f"  curl -X POST {base}/projects/{project_id}/exports\n"
+        f"  curl {base}/tasks/1    # again and again: progress moves, then completed (100)",
+        flush=True,
+    )
+    return project_id

@@ -1,4 +1,5 @@
-"""The runnable examples, exercised end to end on a database of their own."""
+"""The examples' parts (handlers, web apps, models), exercised on a database of the
+test's own; the commands as a person runs them are in test_example_commands.py."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from processes import wait_for
 from sqlalchemy import func, select
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.serving import make_server
 
@@ -28,7 +29,6 @@ from examples import (
     bulk_import,
     custom_columns,
     data_export,
-    demo,
     web_polling,
     web_polling_async,
 )
@@ -345,23 +345,3 @@ def test_custom_columns_migrate_and_join(app_engine: Engine) -> None:
             ("alpha", "reindex"),
             ("beta", "export"),
         ]
-
-
-@pytest.mark.slow
-def test_the_demo_runs_to_completion(
-    server_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    database = f"taskqueue_demo_test_{uuid.uuid4().hex[:8]}"
-    try:
-        assert demo.main(server_url, database, workdir=tmp_path) == 0
-    finally:
-        admin = sa.create_engine(
-            server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
-        )
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
-    output = capsys.readouterr().out
-    assert "all tasks completed" in output and "Final status" in output
-    assert "(created=False)" in output
-    assert make_url(server_url).database not in (None, database)
