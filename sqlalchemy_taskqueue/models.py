@@ -279,8 +279,8 @@ def claim_index_name(table_name: str) -> str:
 def task_table_args(table_name: str) -> tuple[SchemaItem, ...]:
     """The constraints and partial indexes of a queue table called ``table_name``.
 
-    >>> [item.name for item in task_table_args("tasks")][:2]
-    ['ck_tasks_status', 'ck_tasks_progress']
+    >>> ", ".join(item.name for item in task_table_args("tasks")[:2])
+    'ck_tasks_status, ck_tasks_progress'
     """
     statuses = ", ".join(f"'{status.value}'" for status in TaskStatus)
     return (
