@@ -14,7 +14,8 @@ from sqlalchemy import JSON, ColumnElement, Text, cast, type_coerce
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from sqlalchemy_taskqueue.backends import find_backend
+from sqlalchemy_taskqueue._autogenerate import RevisionRendered
+from sqlalchemy_taskqueue.backends import find_backend, supported_dialects
 
 __all__ = ["JSONDocument", "JSONDocumentType", "UndecodableJSON"]
 
@@ -55,7 +56,7 @@ def _decode_json(text: Any) -> Any:
         return UndecodableJSON(f"{type(exc).__name__}: {exc}")
 
 
-class JSONDocumentType(TypeDecorator[Any]):
+class JSONDocumentType(RevisionRendered, TypeDecorator[Any]):
     """The database's JSON type, as its backend chooses (:meth:`Backend.json_type
     <sqlalchemy_taskqueue.backends.base.Backend.json_type>`; SQLAlchemy's ``JSON`` where no
     backend serves the dialect).  Python ``None`` is stored as SQL NULL, so an absent ``result`` is NULL rather than the JSON literal
@@ -65,6 +66,9 @@ class JSONDocumentType(TypeDecorator[Any]):
     driver inside its fetch: a document the decoder cannot take reads as
     :class:`UndecodableJSON` and spoils only its own row (a driver's decoder raising
     mid-fetch would lose every row of the result, a whole claim batch).
+
+    Alembic's autogenerate writes it as the version-1 JSON type of every backend
+    (:meth:`revision_type`).
 
     Example::
 
@@ -105,6 +109,20 @@ class JSONDocumentType(TypeDecorator[Any]):
         ({'a': [1]}, <undecodable JSON: RecursionError: maximum recursion depth exceeded while decoding a JSON array from a unicode string>)
         """
         return _decode_json
+
+    def revision_type(self) -> TypeEngine[Any]:
+        """What a revision creates the column with: ``JSON``, with each backend's own
+        JSON type as its variant.
+
+        >>> JSONDocumentType().revision_type().with_variant  # doctest: +ELLIPSIS
+        <bound method TypeEngine.with_variant of JSON(none_as_null=True)...>
+        """
+        revision_type: TypeEngine[Any] = JSON(none_as_null=True)
+        backends = (find_backend(name) for name in supported_dialects())
+        for backend in filter(None, backends):
+            for dialect, variant in backend.json_type_v1()._variant_mapping.items():
+                revision_type = revision_type.with_variant(variant, dialect)
+        return revision_type
 
 
 #: The type of ``payload`` and ``result``.

@@ -54,8 +54,9 @@ from sqlalchemy.orm import Mapped, MappedAsDataclass, declared_attr, mapped_colu
 from sqlalchemy.orm.properties import MappedColumn
 from sqlalchemy.schema import SchemaItem
 from sqlalchemy.sql.elements import conv
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from ._autogenerate import RevisionRendered
 from ._json import JSONDocument
 from ._schema import (
     ACTIVE_DEDUPE_PREDICATE,
@@ -90,8 +91,9 @@ __all__ = [
 _STATUS_BY_VALUE = {status.value: status for status in TaskStatus}
 
 
-class TaskStatusType(TypeDecorator[TaskStatus]):
-    """Stores :class:`TaskStatus` as text and reads it back as the enum.
+class TaskStatusType(RevisionRendered, TypeDecorator[TaskStatus]):
+    """Stores :class:`TaskStatus` as text and reads it back as the enum.  Alembic's
+    autogenerate writes it as ``sa.Text()``.
 
     Example::
 
@@ -120,6 +122,14 @@ class TaskStatusType(TypeDecorator[TaskStatus]):
         if value is None:
             return None
         return _STATUS_BY_VALUE.get(value) or TaskStatus(value)  # ValueError if unknown
+
+    def revision_type(self) -> TypeEngine[Any]:
+        """``Text()``: what a revision creates the column with.
+
+        >>> TaskStatusType().revision_type()
+        Text()
+        """
+        return Text()
 
 
 def task_table(model: Any) -> Table:
@@ -270,8 +280,8 @@ def claim_index_name(table_name: str) -> str:
 def task_table_args(table_name: str) -> tuple[SchemaItem, ...]:
     """The constraints and partial indexes of a queue table called ``table_name``.
 
-    >>> [item.name for item in task_table_args("tasks")][:2]
-    ['ck_tasks_status', 'ck_tasks_progress']
+    >>> ", ".join(item.name for item in task_table_args("tasks")[:2])
+    'ck_tasks_status, ck_tasks_progress'
     """
     statuses = ", ".join(f"'{status.value}'" for status in TaskStatus)
     return (
