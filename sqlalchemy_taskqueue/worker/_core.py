@@ -110,8 +110,10 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
         """Write finished outcomes and claim new tasks, one transaction per turn."""
         next_rescue = 0.0
         errors = 0
+        failing_since = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
+            turn_began = time.monotonic()
             try:
                 if time.monotonic() >= next_rescue:
                     yield from self._rescue()
@@ -123,12 +125,13 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
                 if until_empty and empty and (yield from self._rescue()) == 0:
                     return
                 errors = 0
-            except Exception:  # the database, the network, or a bug: keep the worker alive
+            except Exception as exc:  # the database, the network, or a bug: keep the worker alive
                 errors += 1
-                delay = self._claim_failed(errors, until_empty)
-                if delay is None:
-                    raise
-                yield from self._back_off(delay)
+                if errors == 1:
+                    failing_since = turn_began
+                yield from self._back_off(
+                    self._claim_failed(exc, failing_since, errors, until_empty)
+                )
                 continue
             if free > 0 and len(claimed) == free:
                 continue  # maybe more work: claim again once a slot frees

@@ -78,6 +78,7 @@ from ._base import (
 )
 from ._core import WorkerCore
 from ._handlers import HandlerSpec
+from ._logging import default_logging
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -215,7 +216,7 @@ class Worker(WorkerCore[TaskT, Session]):
             target=self._run_turns, args=(until_empty, events), name="taskqueue-worker", daemon=True
         )
         try:
-            with self._signal_handlers(install_signal_handlers):
+            with default_logging(), self._signal_handlers(install_signal_handlers):
                 runner.start()
                 self._await_run(events)
         except BaseException:
@@ -409,11 +410,10 @@ class Worker(WorkerCore[TaskT, Session]):
     # ------------------------------------------------------------------ start and stop
 
     def _start_listener(self) -> Listener | None:
-        if not self._listen:
-            return None
         with self._session_factory() as session:
             bind = session.get_bind(mapper=self._model)
-        if not isinstance(bind, Engine):
+        self._note_database(bind)
+        if not self._listen or not isinstance(bind, Engine):
             return None
         backend = self._listening_backend(bind.dialect, asynchronous=False)
         if backend is None:
