@@ -55,6 +55,7 @@ from sqlalchemy_taskqueue.exceptions import (
     TaskTableError,
 )
 from sqlalchemy_taskqueue.models import require_database_schema, task_table
+from sqlalchemy_taskqueue.monitoring import QueueDepth
 from sqlalchemy_taskqueue.repository import (
     TaskRepository,
     TaskT,
@@ -70,6 +71,7 @@ __all__ = [
     "DATABASE_ERRORS",
     "MAX_RETRY_DELAY",
     "STOP_BOUND",
+    "UNHANDLED_CHECK_INTERVAL",
     "UNTIL_EMPTY_PATIENCE",
     "EventHook",
     "WorkerBase",
@@ -114,6 +116,9 @@ STOP_BOUND = 5.0
 #: 1); a worker run without ``until_empty`` retries for as long as it runs, as databases
 #: restart.
 UNTIL_EMPTY_PATIENCE = 30.0
+#: Seconds between two looks, while the worker is idle, for pending tasks of types it has
+#: no handler for (each such type is logged once, as ``worker.unhandled_types``).
+UNHANDLED_CHECK_INTERVAL = 60.0
 #: The longest wait between two claim turns while the database does not answer (the
 #: wait doubles from ``poll_interval`` at each failed turn).
 MAX_RETRY_DELAY = 30.0
@@ -268,6 +273,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
         self._is_running = False
         self._table_checked = False
         self._database = "the database"  # its masked URL once a run has looked it up
+        self._unhandled_reported: set[str] = set()  # see _unhandled_seen
         self.listening = threading.Event()  #: set while LISTEN is active
         self.idle = threading.Event()  #: set while the claim loop waits for work
         self._prepare()
@@ -393,6 +399,20 @@ class WorkerBase(Generic[TaskT, SessionT]):
         else:
             logger.exception("worker.claim_failed retry_in=%.1fs", delay)
         return delay
+
+    def _unhandled_seen(self, depth: Iterable[QueueDepth]) -> None:
+        """Log the pending task types, not logged before, that this worker neither
+        handles nor claims."""
+        known = set(self._types) | set(self._specs) | self._unhandled_reported
+        new = sorted({item.task_type for item in depth} - known)
+        if not new:
+            return
+        self._unhandled_reported.update(new)
+        logger.warning(
+            "worker.unhandled_types types=%s (pending tasks of these types wait for a worker "
+            "with a handler for them; this one has none, and does not claim them)",
+            ",".join(new),
+        )
 
     def _idle_wait(self, next_rescue: float) -> float:
         """Seconds the claim loop may wait for a wake-up: the poll interval, but never past

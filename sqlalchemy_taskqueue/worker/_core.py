@@ -67,6 +67,7 @@ from sqlalchemy_taskqueue.repository import TaskT, detached_in_claim_order
 from ._attempts import Attempt, Outcome
 from ._base import (
     DATABASE_ERRORS,
+    UNHANDLED_CHECK_INTERVAL,
     WRITE_ATTEMPTS,
     SessionT,
     WorkerBase,
@@ -111,6 +112,7 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
         next_rescue = 0.0
         errors = 0
         failing_since = 0.0
+        next_unhandled_check = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
             turn_began = time.monotonic()
@@ -122,6 +124,9 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
                 claimed = yield from Shielded(self._settle_and_claim(free))
                 # empty only if a claim was tried: handlers may have finished meanwhile
                 empty = free > 0 and not claimed and self._drained()
+                if empty and time.monotonic() >= next_unhandled_check:
+                    yield from self._report_unhandled()
+                    next_unhandled_check = time.monotonic() + UNHANDLED_CHECK_INTERVAL
                 if until_empty and empty and (yield from self._rescue()) == 0:
                     return
                 errors = 0
@@ -238,6 +243,13 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
                     raise
                 yield from Sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _report_unhandled(self) -> Steps[None]:
+        """Log, once per type, the types of pending tasks this worker has no handler for
+        (it never claims them: without another worker to run them they wait for ever)."""
+        self._unhandled_seen(
+            (yield from Transaction(lambda session: self._repository(session).queue_depth()))
+        )
 
     def _rescue(self) -> Steps[int]:
         return self._rescued((yield from Transaction(self._rescue_body)))
