@@ -143,9 +143,7 @@ def optional_dependency(extra: str, *modules: str, feature: str | None = None) -
     """
     try:
         yield
-    except MissingExtraError:
-        raise
-    except ImportError as exc:
+    except ImportError as exc:  # a MissingExtraError from inside too: said for ``feature``
         name = exc.name or ""
         if name.partition(".")[0] not in modules:
             raise

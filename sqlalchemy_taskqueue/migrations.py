@@ -46,7 +46,7 @@ _FINISHED_V1 = "'completed', 'failed', 'cancelled'"
 
 
 def _op() -> Any:
-    with optional_dependency("migrations", "alembic", feature="the migration helpers"):
+    with optional_dependency("migrations", "alembic", feature="sqlalchemy_taskqueue.migrations"):
         from alembic import op
 
     return op

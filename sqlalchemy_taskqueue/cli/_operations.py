@@ -275,8 +275,8 @@ def stats(
         out.print(rendered)
     if snapshot.unclaimed_types:
         out.print(
-            f"{UNCLAIMED_MARK}: tasks of this type are ready but no worker has claimed one "
-            "in the last hour; is a worker with a handler for it running?"
+            f"{UNCLAIMED_MARK}: ready tasks, none claimed in the last hour: "
+            "is a worker with a handler for this type running?"
         )
     if snapshot.stuck:
         out.print(f"{len(snapshot.stuck)} stuck task(s): run `taskqueue stuck` for details.")

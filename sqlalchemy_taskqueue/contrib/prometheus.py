@@ -40,7 +40,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy_taskqueue.durations import Duration, to_seconds
 from sqlalchemy_taskqueue.exceptions import TaskQueueError, optional_dependency
 
-with optional_dependency("metrics", "prometheus_client", feature="the Prometheus metrics"):
+with optional_dependency(
+    "metrics", "prometheus_client", feature="sqlalchemy_taskqueue.contrib.prometheus"
+):
     from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
     from prometheus_client.core import GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
