@@ -180,6 +180,7 @@ class AsyncTaskRepository(Generic[TaskT]):
     count_old_tasks = _awaitable(TaskRepository.count_old_tasks)
     status_counts = _awaitable(TaskRepository.status_counts)
     queue_depth = _awaitable(TaskRepository.queue_depth)
+    unclaimed_types = _awaitable(TaskRepository.unclaimed_types)
     stuck_tasks = _awaitable(TaskRepository.stuck_tasks)
     processing_times = _awaitable(TaskRepository.processing_times)
     outcome_rates = _awaitable(TaskRepository.outcome_rates)

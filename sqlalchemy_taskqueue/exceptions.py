@@ -14,7 +14,8 @@ Each class's docstring is its default message::
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 __all__ = [
     "InvalidTransitionError",
     "LeaseLostError",
+    "MissingExtraError",
     "ScheduleNotFoundError",
     "TaskInterrupted",
     "TaskNotFoundError",
@@ -29,6 +31,7 @@ __all__ = [
     "TaskQueueError",
     "TaskTableError",
     "UnsupportedDialectError",
+    "optional_dependency",
     "wrap_database_errors",
 ]
 
@@ -127,6 +130,40 @@ class TaskTableError(TaskQueueError):
 
 class TaskQueueDatabaseError(TaskQueueError):
     """The database refused a task queue statement; see ``__cause__`` for the driver error."""
+
+
+class MissingExtraError(TaskQueueError, ImportError):
+    """A feature needs an optional dependency that is not installed; install the extra it
+    belongs to."""
+
+    def __init__(self, extra: str, module: str | None = None, feature: str | None = None) -> None:
+        #: the extra to install (``"metrics"``: ``pip install 'sqlalchemy-taskqueue[metrics]'``)
+        self.extra = extra
+        missing = f" ({module} is not installed)" if module else ""
+        needs = feature or f"this needs the '{extra}' extra"
+        super().__init__(f"{needs}{missing}: pip install 'sqlalchemy-taskqueue[{extra}]'")
+        self.name = module
+
+
+@contextmanager
+def optional_dependency(extra: str, *modules: str, feature: str | None = None) -> Iterator[None]:
+    """Turn the ``ImportError`` of an optional dependency (one of ``modules``, or a module
+    inside one of them) into a one-line :class:`MissingExtraError` naming the ``extra``
+    to install; any other ``ImportError`` (a bug of ours, or of the app) leaves as it is.
+
+    Example::
+
+        with optional_dependency("metrics", "prometheus_client"):
+            import prometheus_client
+    """
+    try:
+        yield
+    except ImportError as exc:  # a MissingExtraError from inside too: said for ``feature``
+        name = exc.name or ""
+        if name.partition(".")[0] not in modules:
+            raise
+        message = None if feature is None else f"{feature} needs the '{extra}' extra"
+        raise MissingExtraError(extra, name, message) from exc
 
 
 class TaskInterrupted(TaskQueueError):

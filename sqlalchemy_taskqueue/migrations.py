@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from sqlalchemy_taskqueue.backends import backend_for
 from sqlalchemy_taskqueue.backends.base import Backend
+from sqlalchemy_taskqueue.exceptions import optional_dependency
 
 __all__ = [
     "create_schedules_table_v1",
@@ -51,7 +52,8 @@ _FINISHED_V1 = "'completed', 'failed', 'cancelled'"
 
 
 def _op() -> Any:
-    from alembic import op
+    with optional_dependency("migrations", "alembic", feature="sqlalchemy_taskqueue.migrations"):
+        from alembic import op
 
     return op
 

@@ -229,6 +229,9 @@ class QueueStats:
     stuck: list[StuckTask] = field(default_factory=list)
     window: timedelta = timedelta(hours=24)
     """The period the rates and run times cover."""
+    unclaimed_types: list[str] = field(default_factory=list)
+    """Types with ready tasks that no worker claimed in the last hour
+    (:meth:`TaskMonitoring.unclaimed_types`)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (datetimes as ISO strings, rates included).
@@ -255,6 +258,7 @@ class QueueStats:
                 "outcome_rates": rates,
                 "stuck": [asdict(item) for item in self.stuck],
                 "window_seconds": self.window.total_seconds(),
+                "unclaimed_types": list(self.unclaimed_types),
             }
         )
         return snapshot
@@ -325,6 +329,20 @@ class TaskMonitoring:
             )
             for row in rows
         ]
+
+    @wrap_database_errors
+    def unclaimed_types(self, since: timedelta = timedelta(hours=1)) -> list[str]:
+        """Task types with tasks ready to run that no worker has claimed within ``since``
+        (none of them in progress or started since): most likely no running worker has a
+        handler for them, and their tasks wait for ever.
+
+        Example::
+
+            for task_type in repo.unclaimed_types():
+                alert(f"no worker runs {task_type} tasks")
+        """
+        since = require_timedelta("since", since, allow_zero=False)
+        return self._backend.unclaimed_types(self._session, self._table, since=since)
 
     @wrap_database_errors
     def stuck_tasks(
@@ -452,4 +470,5 @@ class TaskMonitoring:
             outcome_rates=self.outcome_rates(window),
             stuck=self.stuck_tasks(running_longer_than),
             window=window,
+            unclaimed_types=self.unclaimed_types(),
         )

@@ -582,6 +582,16 @@ class Backend(Protocol):
             backend.queue_depth(session, table)  # [('email', 3, 0, 1.5)]
         """
 
+    def unclaimed_types(self, session: Session, table: Table, *, since: timedelta) -> list[str]:
+        """Task types, sorted, with tasks ready to run (pending, due) of which no task is in
+        progress or was started within ``since``: no running worker seems to handle them
+        (``taskqueue stats`` marks them).
+
+        Example::
+
+            backend.unclaimed_types(session, table, since=timedelta(hours=1))  # ['export']
+        """
+
     def stuck_tasks(
         self, session: Session, table: Table, *, running_longer_than: timedelta, limit: int
     ) -> Sequence[Row[Any]]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+from sqlalchemy_taskqueue.exceptions import MissingExtraError, optional_dependency
+
 __all__ = ["cli", "main"]
 
 
@@ -38,12 +40,9 @@ def main(argv: list[str] | None = None) -> None:
         main(["worker", "myapp.tasks:registry", "--concurrency", "8"])
     """
     try:
-        cli = _load()
-    except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        print(
-            f"taskqueue: the command line needs the 'cli' extra ({exc.name} is missing): "
-            "pip install 'sqlalchemy-taskqueue[cli]'",
-            file=sys.stderr,
-        )
+        with optional_dependency("cli", "click", "rich", feature="the taskqueue command"):
+            cli = _load()
+    except MissingExtraError as exc:
+        print(f"taskqueue: {exc}", file=sys.stderr)
         sys.exit(2)
     cli.main(args=argv, prog_name="taskqueue")  # type: ignore[attr-defined]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +21,8 @@ from sqlalchemy_taskqueue._urls import (
 )
 from sqlalchemy_taskqueue.backends import backend_for_url, supported_dialects
 from sqlalchemy_taskqueue.durations import parse_duration
+from sqlalchemy_taskqueue.exceptions import MissingExtraError, optional_dependency
+from sqlalchemy_taskqueue.worker._logging import LOG_FORMAT
 
 __all__ = [
     "DURATION",
@@ -27,9 +31,8 @@ __all__ = [
     "configure_logging",
     "database_url_option",
     "database_url_or_fail",
+    "extra_or_fail",
 ]
-
-LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
 
 class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
@@ -158,6 +161,23 @@ def cli(context: click.Context, database_url: str | None) -> None:
     Example: TASKQUEUE_DATABASE_URL=postgresql://app@db/app taskqueue stats
     """
     context.ensure_object(dict)["database_url"] = database_url
+
+
+@contextmanager
+def extra_or_fail(extra: str, *modules: str, feature: str) -> Iterator[None]:
+    """Exit 1 with one line naming the extra to install when the block fails to import
+    one of ``modules`` (an optional dependency of ``feature``).
+
+    Example::
+
+        with extra_or_fail("metrics", "prometheus_client", feature="--metrics-port"):
+            from sqlalchemy_taskqueue.contrib.prometheus import serve_worker_metrics
+    """
+    try:
+        with optional_dependency(extra, *modules, feature=feature):
+            yield
+    except MissingExtraError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def configure_logging(level: str) -> None:

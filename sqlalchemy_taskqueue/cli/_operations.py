@@ -38,6 +38,8 @@ from ._loading import load_model, model_for_table
 __all__ = ["open_repository"]
 
 TABLE_ENV = "TASKQUEUE_TABLE"
+#: How ``taskqueue stats`` marks a type with ready tasks that no worker claimed lately.
+UNCLAIMED_MARK = "(unclaimed)"
 
 
 def queue_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -188,12 +190,13 @@ def stats_tables(stats: QueueStats) -> list[Table]:
         by_type.setdefault(count.task_type, {})[count.status.value] = count.count
     statuses = ["pending", "in_progress", "completed", "failed", "cancelled"]
     depth = {item.task_type: item for item in stats.queue_depth}
+    unclaimed = set(stats.unclaimed_types)
     counts = _table(
         "Tasks by type and status",
         ["type", *statuses, "ready", "scheduled", "oldest ready (s)"],
         [
             [
-                task_type,
+                f"{task_type} {UNCLAIMED_MARK}" if task_type in unclaimed else task_type,
                 *(counts.get(status, 0) for status in statuses),
                 depth[task_type].ready if task_type in depth else 0,
                 depth[task_type].scheduled if task_type in depth else 0,
@@ -270,6 +273,11 @@ def stats(
     out = console()
     for rendered in stats_tables(snapshot):
         out.print(rendered)
+    if snapshot.unclaimed_types:
+        out.print(
+            f"{UNCLAIMED_MARK}: ready tasks, none claimed in the last hour: "
+            "is a worker with a handler for this type running?"
+        )
     if snapshot.stuck:
         out.print(f"{len(snapshot.stuck)} stuck task(s): run `taskqueue stuck` for details.")
 

@@ -19,6 +19,7 @@ from sqlalchemy_taskqueue._engines import (
     url_backend,
 )
 from sqlalchemy_taskqueue._urls import mask_password
+from sqlalchemy_taskqueue.exceptions import TaskQueueError
 from sqlalchemy_taskqueue.worker import Worker
 from sqlalchemy_taskqueue.worker._base import MAX_CONCURRENCY, MAX_PREFETCH, is_coroutine_handler
 
@@ -29,6 +30,7 @@ from ._group import (
     configure_logging,
     database_url_option,
     database_url_or_fail,
+    extra_or_fail,
 )
 from ._loading import load_worker_target
 
@@ -164,11 +166,12 @@ def worker(
     if types is not None and not task_types:
         raise click.BadParameter("name at least one task type", param_hint="--types")
     url = database_url_or_fail(database_url)
+    if metrics_port is not None:
+        with extra_or_fail("metrics", "prometheus_client", feature="--metrics-port"):
+            from sqlalchemy_taskqueue.contrib.prometheus import serve_worker_metrics
     engine = create_worker_engine(url, concurrency=concurrency)
     metrics_server = None
     if metrics_port is not None:
-        from sqlalchemy_taskqueue.contrib.prometheus import serve_worker_metrics
-
         try:
             metrics_server = serve_worker_metrics(
                 metrics_port,
@@ -211,9 +214,11 @@ def worker(
             except (TypeError, ValueError) as exc:
                 raise click.UsageError(str(exc)) from None
             runner.run(until_empty=until_empty)
-    except Exception as exc:  # only run(until_empty=True) gives up; it logged why
-        if isinstance(exc, click.ClickException):
-            raise
+    except click.ClickException:
+        raise
+    except TaskQueueError as exc:  # an unusable table, or a run until empty giving up
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
         raise click.ClickException(
             f"the worker stopped: {type(exc).__name__}: {str(exc).splitlines()[0]}"
         ) from None
@@ -228,16 +233,13 @@ def _run_async(
 ) -> None:
     """Run an AsyncWorker for ``handlers`` on a new event loop, through asyncpg."""
     try:
-        from sqlalchemy.ext.asyncio import async_sessionmaker
+        with extra_or_fail("async", "greenlet", "asyncpg", "psycopg", feature="--async"):
+            from sqlalchemy.ext.asyncio import async_sessionmaker
 
-        from sqlalchemy_taskqueue.worker._asyncio import AsyncWorker
+            from sqlalchemy_taskqueue.worker._asyncio import AsyncWorker
 
-        url_backend(url).default_async_url(make_url(url)).get_dialect().import_dbapi()
-        engine = create_async_worker_engine(url, concurrency=options["concurrency"])
-    except ImportError as exc:
-        raise click.UsageError(
-            f"--async needs asyncpg and greenlet (pip install 'sqlalchemy-taskqueue[async]'): {exc}"
-        ) from None
+            url_backend(url).default_async_url(make_url(url)).get_dialect().import_dbapi()
+            engine = create_async_worker_engine(url, concurrency=options["concurrency"])
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:

@@ -34,14 +34,18 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from sqlalchemy_taskqueue.durations import Duration, to_seconds
-from sqlalchemy_taskqueue.exceptions import TaskQueueError
+from sqlalchemy_taskqueue.exceptions import TaskQueueError, optional_dependency
+
+with optional_dependency(
+    "metrics", "prometheus_client", feature="sqlalchemy_taskqueue.contrib.prometheus"
+):
+    from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
 from sqlalchemy_taskqueue.models import task_table
 from sqlalchemy_taskqueue.monitoring import QueueDepth, StatusCount
 from sqlalchemy_taskqueue.repository import TaskRepository

@@ -80,6 +80,7 @@ from ._base import (
 )
 from ._core import WorkerCore
 from ._handlers import HandlerSpec
+from ._logging import default_logging
 
 __all__ = ["AsyncWorker"]
 
@@ -266,7 +267,7 @@ class AsyncWorker(WorkerCore[TaskT, AsyncSession]):
             self._pool = None
             self._loop_thread = threading.get_ident()
             self._loop = asyncio.get_running_loop()  # published last: stop() may use it now
-            with self._signal_handlers(install_signal_handlers):
+            with default_logging(), self._signal_handlers(install_signal_handlers):
                 work = asyncio.ensure_future(self._work(until_empty))
                 await self._await_work(work)
         finally:
@@ -594,10 +595,11 @@ class AsyncWorker(WorkerCore[TaskT, AsyncSession]):
     # ------------------------------------------------------------------ start and stop
 
     async def _start_listener(self) -> AsyncListener | None:
-        if not self._listen:
-            return None
         async with self._session_factory() as session:
             bind = session.get_bind(mapper=self._model)
+        self._note_database(bind)
+        if not self._listen:
+            return None
         backend = self._listening_backend(bind.dialect, asynchronous=True)
         if backend is None:
             return None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import sys
 import threading
 import time
 import traceback
@@ -31,7 +30,9 @@ from sqlalchemy.orm import Session
 
 from sqlalchemy_taskqueue._json import UndecodableJSON
 from sqlalchemy_taskqueue._loading import detached_loader
+from sqlalchemy_taskqueue._messages import error_line
 from sqlalchemy_taskqueue._schema import UNSTARTED_RESCUE
+from sqlalchemy_taskqueue._urls import mask_password
 from sqlalchemy_taskqueue._validation import (
     DEFAULT_MAX_RESULT_BYTES,
     bounded_error_message,
@@ -49,10 +50,12 @@ from sqlalchemy_taskqueue.durations import Duration, to_seconds
 from sqlalchemy_taskqueue.exceptions import (
     LeaseLostError,
     TaskInterrupted,
+    TaskQueueDatabaseError,
     TaskQueueError,
     TaskTableError,
 )
 from sqlalchemy_taskqueue.models import require_database_schema, task_table
+from sqlalchemy_taskqueue.monitoring import QueueDepth
 from sqlalchemy_taskqueue.repository import (
     TaskRepository,
     TaskT,
@@ -64,7 +67,16 @@ from ._attempts import Attempt, Outcome, WorkerStats
 from ._context import ProgressWriter, TaskContext
 from ._handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
 
-__all__ = ["DATABASE_ERRORS", "STOP_BOUND", "EventHook", "WorkerBase", "is_transient"]
+__all__ = [
+    "DATABASE_ERRORS",
+    "MAX_RETRY_DELAY",
+    "STOP_BOUND",
+    "UNHANDLED_CHECK_INTERVAL",
+    "UNTIL_EMPTY_PATIENCE",
+    "EventHook",
+    "WorkerBase",
+    "is_transient",
+]
 
 logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 
@@ -98,8 +110,18 @@ WRITE_ATTEMPTS = 5
 #: whatever still waits for the database is abandoned (its leases expire and other workers
 #: rescue its tasks, as after a second signal).
 STOP_BOUND = 5.0
-#: Consecutive failed turns after which ``run(until_empty=True)`` gives up and raises.
-UNTIL_EMPTY_ATTEMPTS = 5
+#: Seconds a run until empty (``run(until_empty=True)``, ``taskqueue worker --until-empty``)
+#: retries a database that does not answer before it gives up and raises
+#: :class:`~sqlalchemy_taskqueue.exceptions.TaskQueueDatabaseError` (the command exits
+#: 1); a worker run without ``until_empty`` retries for as long as it runs, as databases
+#: restart.
+UNTIL_EMPTY_PATIENCE = 30.0
+#: Seconds between two looks, while the worker is idle, for pending tasks of types it has
+#: no handler for (each such type is logged once, as ``worker.unhandled_types``).
+UNHANDLED_CHECK_INTERVAL = 60.0
+#: The longest wait between two claim turns while the database does not answer (the
+#: wait doubles from ``poll_interval`` at each failed turn).
+MAX_RETRY_DELAY = 30.0
 #: Most slots a worker may have (each is a thread, or a task on the event loop).
 MAX_CONCURRENCY = 1000
 #: Most tasks a worker may claim beyond its free slots: more would hoard the queue in
@@ -250,6 +272,8 @@ class WorkerBase(Generic[TaskT, SessionT]):
         self._signals_seen = 0
         self._is_running = False
         self._table_checked = False
+        self._database = "the database"  # its masked URL once a run has looked it up
+        self._unhandled_reported: set[str] = set()  # see _unhandled_seen
         self.listening = threading.Event()  #: set while LISTEN is active
         self.idle = threading.Event()  #: set while the claim loop waits for work
         self._prepare()
@@ -298,6 +322,12 @@ class WorkerBase(Generic[TaskT, SessionT]):
             self._signals_seen = 0
         self._stopping.clear()  # a stop request ends one run; the worker may run again
 
+    def _note_database(self, bind: Any) -> None:
+        """Remember the masked URL of the database the sessions reach (for messages)."""
+        url = getattr(bind, "url", None)
+        if url is not None:
+            self._database = mask_password(url)
+
     def _log_started(self, listening: bool) -> None:
         logger.info(
             "worker.started owner=%s types=%s concurrency=%d lease=%.1fs listen=%s",
@@ -332,21 +362,57 @@ class WorkerBase(Generic[TaskT, SessionT]):
         """Tasks the next claim may take: free slots plus the prefetch."""
         return self._concurrency + self._prefetch_now() - self._busy
 
-    def _claim_failed(self, errors: int, until_empty: bool) -> float | None:
-        """Log a failed claim turn: the delay before the next, or ``None`` when a batch
-        run gives up (it reports failure instead of waiting forever) or the queue's table
-        is unusable (missing or unmigrated: waiting cannot fix it).  Called while the
-        turn's exception is being handled."""
-        failure = sys.exc_info()[1]
+    def _claim_failed(
+        self, failure: Exception, failing_since: float, errors: int, until_empty: bool
+    ) -> float:
+        """Log a failed claim turn and return the delay before the next; raise instead when
+        waiting cannot help: the queue's table is unusable (missing or unmigrated: its
+        :class:`TaskTableError` names the table and the fix), or a run until empty has
+        seen the database fail for :data:`UNTIL_EMPTY_PATIENCE` seconds.  ``failing_since``
+        is when the first failed turn in a row began.  Called while ``failure`` is being
+        handled.
+
+        A database error is logged as one line (the masked URL, the next delay and the
+        driver's message), its traceback at DEBUG only; anything else (a bug) with its
+        traceback.
+        """
         if isinstance(failure, TaskTableError):
-            logger.error("worker.table_unusable %s", failure)
-            return None
-        if until_empty and errors >= UNTIL_EMPTY_ATTEMPTS:
-            logger.error("worker.giving_up errors=%d (run until empty)", errors)
-            return None
-        delay: float = min(self._poll * 2.0**errors, 30.0)
-        logger.exception("worker.claim_failed retry_in=%.1fs", delay)
+            raise failure  # the run raises it: its message names the table and the fix
+        delay: float = min(self._poll * 2.0**errors, MAX_RETRY_DELAY)
+        if until_empty:
+            left = failing_since + UNTIL_EMPTY_PATIENCE - time.monotonic()
+            if left <= 0:
+                raise TaskQueueDatabaseError(
+                    f"the database at {self._database} did not answer for "
+                    f"{UNTIL_EMPTY_PATIENCE:g}s, so the run until empty gives up: "
+                    f"{error_line(failure)}"
+                ) from failure
+            delay = min(delay, left)
+        if isinstance(failure, DATABASE_ERRORS):
+            logger.warning(
+                "worker.database_unavailable url=%s retry_in=%.1fs error=%s",
+                self._database,
+                delay,
+                error_line(failure),
+            )
+            logger.debug("worker.database_unavailable traceback", exc_info=True)
+        else:
+            logger.exception("worker.claim_failed retry_in=%.1fs", delay)
         return delay
+
+    def _unhandled_seen(self, depth: Iterable[QueueDepth]) -> None:
+        """Log the pending task types, not logged before, that this worker neither
+        handles nor claims."""
+        known = set(self._types) | set(self._specs) | self._unhandled_reported
+        new = sorted({item.task_type for item in depth} - known)
+        if not new:
+            return
+        self._unhandled_reported.update(new)
+        logger.warning(
+            "worker.unhandled_types types=%s (pending tasks of these types wait for a worker "
+            "with a handler for them; this one has none, and does not claim them)",
+            ",".join(new),
+        )
 
     def _idle_wait(self, next_rescue: float) -> float:
         """Seconds the claim loop may wait for a wake-up: the poll interval, but never past

@@ -67,6 +67,7 @@ from sqlalchemy_taskqueue.repository import TaskT, detached_in_claim_order
 from ._attempts import Attempt, Outcome
 from ._base import (
     DATABASE_ERRORS,
+    UNHANDLED_CHECK_INTERVAL,
     WRITE_ATTEMPTS,
     SessionT,
     WorkerBase,
@@ -110,8 +111,11 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
         """Write finished outcomes and claim new tasks, one transaction per turn."""
         next_rescue = 0.0
         errors = 0
+        failing_since = 0.0
+        next_unhandled_check = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
+            turn_began = time.monotonic()
             try:
                 if time.monotonic() >= next_rescue:
                     yield from self._rescue()
@@ -120,15 +124,19 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
                 claimed = yield from Shielded(self._settle_and_claim(free))
                 # empty only if a claim was tried: handlers may have finished meanwhile
                 empty = free > 0 and not claimed and self._drained()
+                if empty and time.monotonic() >= next_unhandled_check:
+                    yield from self._report_unhandled()
+                    next_unhandled_check = time.monotonic() + UNHANDLED_CHECK_INTERVAL
                 if until_empty and empty and (yield from self._rescue()) == 0:
                     return
                 errors = 0
-            except Exception:  # the database, the network, or a bug: keep the worker alive
+            except Exception as exc:  # the database, the network, or a bug: keep the worker alive
                 errors += 1
-                delay = self._claim_failed(errors, until_empty)
-                if delay is None:
-                    raise
-                yield from self._back_off(delay)
+                if errors == 1:
+                    failing_since = turn_began
+                yield from self._back_off(
+                    self._claim_failed(exc, failing_since, errors, until_empty)
+                )
                 continue
             if free > 0 and len(claimed) == free:
                 continue  # maybe more work: claim again once a slot frees
@@ -235,6 +243,13 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
                     raise
                 yield from Sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _report_unhandled(self) -> Steps[None]:
+        """Log, once per type, the types of pending tasks this worker has no handler for
+        (it never claims them: without another worker to run them they wait for ever)."""
+        self._unhandled_seen(
+            (yield from Transaction(lambda session: self._repository(session).queue_depth()))
+        )
 
     def _rescue(self) -> Steps[int]:
         return self._rescued((yield from Transaction(self._rescue_body)))

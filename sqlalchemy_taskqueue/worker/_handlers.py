@@ -18,6 +18,7 @@ MODULE:ATTR`` loads)::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic
@@ -28,7 +29,7 @@ from sqlalchemy_taskqueue._validation import task_type_name
 from sqlalchemy_taskqueue.durations import Duration, to_seconds
 from sqlalchemy_taskqueue.models import task_table
 
-__all__ = ["Handler", "HandlerRegistry", "HandlerSpec", "normalize_handlers"]
+__all__ = ["Handler", "HandlerRegistry", "HandlerSpec", "normalize_handlers", "require_handler"]
 
 #: ``handler(task, ctx) -> JSON result``.
 Handler = Callable[[Any, Any], Any]
@@ -97,8 +98,7 @@ class HandlerRegistry(Mapping[str, Handler], Generic[_TaskT]):
         """
         if not isinstance(task_type, str) or not task_type.strip():
             raise ValueError(f"task_type must be a non-empty string, got {task_type!r}")
-        if not callable(function):
-            raise TypeError(f"the handler for {task_type!r} is not callable: {function!r}")
+        require_handler(task_type, function)
         name = task_type_name(task_type)
         if name in self._specs:
             raise ValueError(f"a handler for {name!r} is already registered")
@@ -143,8 +143,7 @@ def normalize_handlers(
     for task_type, function in handlers.items():
         if not isinstance(task_type, str) or not task_type.strip():
             raise ValueError(f"task types must be non-empty strings, got {task_type!r}")
-        if not callable(function):
-            raise TypeError(f"the handler for {task_type!r} is not callable: {function!r}")
+        require_handler(task_type, function)
         registered = handlers.spec(task_type) if isinstance(handlers, HandlerRegistry) else None
         specs[task_type_name(task_type)] = registered or HandlerSpec(function)
     for key, timeout in (timeouts or {}).items():
@@ -155,6 +154,40 @@ def normalize_handlers(
             specs[task_type].function, to_seconds(f"timeout of {task_type!r}", timeout)
         )
     return specs
+
+
+def require_handler(task_type: str, function: Any) -> None:
+    """``TypeError`` naming the handler and the reason, unless ``function`` can be called
+    as ``handler(task, ctx)`` (a function, a method, a callable object or a
+    ``functools.partial``); one whose signature Python cannot read is let through.
+
+    >>> require_handler("email", lambda task, ctx: None)
+    >>> require_handler("email", lambda payload: None)
+    Traceback (most recent call last):
+    ...
+    TypeError: the handler for 'email' (<lambda>) cannot be called as handler(task, ctx): too many positional arguments
+    """
+    if not callable(function):
+        raise TypeError(f"the handler for {task_type!r} is not callable: {function!r}")
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # some builtins and C callables have none to read
+        return
+    try:
+        signature.bind(object(), object())
+    except TypeError as exc:
+        raise TypeError(
+            f"the handler for {task_type!r} ({_handler_name(function)}) cannot be called "
+            f"as handler(task, ctx): {exc}"
+        ) from None
+
+
+def _handler_name(function: Any) -> str:
+    """How a person finds the handler in their code: its qualified name, a partial's
+    function's, or a callable object's class."""
+    target = getattr(function, "func", function)  # functools.partial
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return str(name)
 
 
 def _key(task_type: Any) -> Any:

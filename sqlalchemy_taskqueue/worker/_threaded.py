@@ -78,6 +78,7 @@ from ._base import (
 )
 from ._core import WorkerCore
 from ._handlers import HandlerSpec
+from ._logging import default_logging
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -192,9 +193,14 @@ class Worker(WorkerCore[TaskT, Session]):
         Installs SIGINT/SIGTERM handlers when called on the main thread (restored on
         return) unless ``install_signal_handlers`` is false (the host application
         handles signals and calls :meth:`stop`); from other threads, use :meth:`stop`.
-        A running worker rides out database outages (it retries with backoff); with
-        ``until_empty`` it gives up after five failed turns in a row and raises the
-        last error.
+        A running worker rides out database outages (it retries with backoff, one
+        ``worker.database_unavailable`` line per retry); with ``until_empty`` it gives
+        up once the database has not answered for
+        :data:`~sqlalchemy_taskqueue.worker._base.UNTIL_EMPTY_PATIENCE` (30 s) and
+        raises :class:`~sqlalchemy_taskqueue.TaskQueueDatabaseError`.  A missing or
+        unmigrated queue table raises :class:`~sqlalchemy_taskqueue.TaskTableError` at
+        once.  When the application configured no logging, the worker's lines go to
+        stderr while it runs (see :mod:`sqlalchemy_taskqueue.worker._logging`).
 
         After a stop request it returns within ``shutdown_grace`` plus
         :data:`~sqlalchemy_taskqueue.worker._base.STOP_BOUND` (5 s), whatever the
@@ -215,7 +221,7 @@ class Worker(WorkerCore[TaskT, Session]):
             target=self._run_turns, args=(until_empty, events), name="taskqueue-worker", daemon=True
         )
         try:
-            with self._signal_handlers(install_signal_handlers):
+            with default_logging(), self._signal_handlers(install_signal_handlers):
                 runner.start()
                 self._await_run(events)
         except BaseException:
@@ -409,11 +415,10 @@ class Worker(WorkerCore[TaskT, Session]):
     # ------------------------------------------------------------------ start and stop
 
     def _start_listener(self) -> Listener | None:
-        if not self._listen:
-            return None
         with self._session_factory() as session:
             bind = session.get_bind(mapper=self._model)
-        if not isinstance(bind, Engine):
+        self._note_database(bind)
+        if not self._listen or not isinstance(bind, Engine):
             return None
         backend = self._listening_backend(bind.dialect, asynchronous=False)
         if backend is None:

@@ -154,3 +154,14 @@ def test_sqlite_is_refused_with_a_clear_error() -> None:
     with Session(engine) as session, pytest.raises(UnsupportedDialectError, match="sqlite"):
         TaskRepository(session, Task)
     assert postgresql.dialect.name == "postgresql"
+
+
+def test_unclaimed_types_reads_ready_tasks_and_recent_claims_per_type() -> None:
+    from datetime import timedelta
+
+    sql = pg(statements.unclaimed_types_statement(TABLE, since=timedelta(hours=1)))
+    assert sql.startswith("SELECT tasks.type FROM tasks WHERE tasks.status = %(status_1)s")
+    assert "tasks.run_at <= now() GROUP BY tasks.type HAVING NOT (EXISTS (SELECT claimed.id" in sql
+    assert "claimed.type = tasks.type" in sql
+    assert "claimed.started_at >= now() - %(" in sql
+    assert sql.endswith("ORDER BY tasks.type")

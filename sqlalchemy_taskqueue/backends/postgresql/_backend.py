@@ -599,6 +599,16 @@ class PostgreSQLBackend:
         """
         return session.execute(_statements.queue_depth_statement(table)).all()
 
+    def unclaimed_types(self, session: Session, table: Table, *, since: timedelta) -> list[str]:
+        """Types with ready tasks that no worker claimed within ``since``.
+
+        Example::
+
+            backend.unclaimed_types(session, table, since=timedelta(hours=1))  # ['export']
+        """
+        stmt = _statements.unclaimed_types_statement(table, since=since)
+        return list(session.execute(stmt).scalars())
+
     def stuck_tasks(
         self, session: Session, table: Table, *, running_longer_than: timedelta, limit: int
     ) -> Sequence[Row[Any]]:

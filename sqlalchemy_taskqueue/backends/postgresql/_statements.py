@@ -1030,6 +1030,42 @@ def queue_depth_statement(table: Table) -> Select[Any]:
     )
 
 
+def unclaimed_types_statement(table: Table, *, since: timedelta) -> Select[Any]:
+    """Task types with tasks ready to run that no worker has claimed within ``since``:
+    none of their tasks is in progress or started within it (a sign that no running
+    worker has a handler for them).
+
+    The pending rows are read through the partial claimable index; each such type's
+    recent claims by a scan of that type's rows, so this is for operators' commands,
+    not hot paths.
+
+    Example::
+
+        stmt = unclaimed_types_statement(Task.__table__, since=timedelta(hours=1))
+        types = session.execute(stmt).scalars().all()
+    """
+    c = table.c
+    claimed = table.alias("claimed")
+    recently_claimed = (
+        select(claimed.c.id)
+        .where(
+            claimed.c.type == c.type,
+            or_(
+                claimed.c.status == TaskStatus.IN_PROGRESS,
+                claimed.c.started_at >= _now() - since,
+            ),
+        )
+        .exists()
+    )
+    return (
+        select(c.type)
+        .where(c.status == TaskStatus.PENDING, c.run_at <= _now())
+        .group_by(c.type)
+        .having(~recently_claimed)
+        .order_by(c.type)
+    )
+
+
 def stuck_tasks_statement(
     table: Table, *, running_longer_than: timedelta, limit: int
 ) -> Select[Any]:

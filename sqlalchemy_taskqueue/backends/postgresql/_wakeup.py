@@ -29,11 +29,15 @@ import contextlib
 import logging
 import os
 import select
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import Engine
+
+from sqlalchemy_taskqueue._messages import error_line
+from sqlalchemy_taskqueue._urls import mask_password
 
 from ._statements import listen_statement
 
@@ -87,13 +91,19 @@ class _Listener(Generic[_EngineT]):
         """Report a lost connection (call from an ``except`` block) and make the caller
         poll at once; the delay after this one's retry."""
         self.listening.clear()
+        # one line when the connection is lost, the retries (the worker's claim loop says
+        # once per retry that the database does not answer) and tracebacks at DEBUG
+        level = logging.DEBUG if self._lost else logging.WARNING
         self._lost = True
-        logger.warning(
-            "listen.connection_lost channel=%s retry_in=%.1fs",
+        logger.log(
+            level,
+            "listen.connection_lost channel=%s url=%s retry_in=%.1fs error=%s",
             self._channel,
+            mask_password(getattr(self._engine, "url", "")),
             delay,
-            exc_info=True,
+            error_line(sys.exc_info()[1] or RuntimeError("unknown")),
         )
+        logger.debug("listen.connection_lost traceback", exc_info=True)
         self._on_notify()  # poll at once: something may have been missed
         return min(delay * 2, _MAX_RECONNECT_DELAY)
 
