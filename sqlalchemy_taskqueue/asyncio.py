@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session
 
 from ._validation import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RESULT_BYTES
+from .backends.base import Backend
 from .backoff import DEFAULT_BACKOFF, BackoffPolicy
 from .durations import Duration
 from .models import task_table
@@ -146,6 +147,17 @@ class AsyncTaskRepository(Generic[TaskT]):
             AsyncTaskRepository(session, Task).notify_channel  # 'taskqueue_tasks'
         """
         return self._sync.notify_channel
+
+    @property
+    def backend(self) -> Backend:
+        """The backend of the database the session runs the model's statements on
+        (:mod:`sqlalchemy_taskqueue.backends`).
+
+        Example::
+
+            repo.backend.capabilities.listen  # True on PostgreSQL
+        """
+        return self._sync.backend
 
     def sync_repository(self, session: Session) -> TaskRepository[TaskT]:
         """The synchronous twin bound to ``session`` (used inside ``run_sync``).

@@ -5,22 +5,24 @@ that the table a revision creates never changes when the library evolves.  Each 
 is frozen: a later schema change gets a new helper (``..._v2``) and an upgrade helper,
 never an edit to an old one.  Nothing here imports the live model.
 
-A revision for the default table, plus an app column::
+A revision for the default queue, plus an app column::
 
     import sqlalchemy as sa
-    from sqlalchemy_taskqueue.migrations import create_task_table_v1, drop_task_table_v1
+    from sqlalchemy_taskqueue.migrations import create_task_table_v2, drop_task_table_v2
 
     def upgrade() -> None:
-        create_task_table_v1(
+        create_task_table_v2(
             "tasks",
             sa.Column("project_id", sa.BigInteger, sa.ForeignKey("projects.id"), nullable=True),
         )
 
     def downgrade() -> None:
-        drop_task_table_v1("tasks")
+        drop_task_table_v2("tasks")
 
-The table matches :class:`~sqlalchemy_taskqueue.TaskMixin` at version 1 exactly, so
-``alembic revision --autogenerate`` finds nothing to change afterwards.
+Version 2 (the current one) is the task table and its schedules table; the tables match
+:class:`~sqlalchemy_taskqueue.TaskMixin` exactly, so ``alembic revision --autogenerate``
+finds nothing to change afterwards.  A database made at version 1 moves up with
+:func:`upgrade_task_table_v1_to_v2`.
 """
 
 from __future__ import annotations

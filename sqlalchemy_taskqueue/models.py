@@ -251,7 +251,7 @@ def require_database_schema(connection: Connection, table: Table) -> None:
     if missing == []:
         return
     schema = f", schema={table.schema!r}" if table.schema else ""
-    create = f"sqlalchemy_taskqueue.migrations.create_task_table_v1({table.name!r}{schema})"
+    create = f"sqlalchemy_taskqueue.migrations.create_task_table_v2({table.name!r}{schema})"
     if missing is None:
         message = (
             f"The queue table {table.fullname!r} does not exist in the database. Create it: "

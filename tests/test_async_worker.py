@@ -369,18 +369,18 @@ def test_an_async_handler_raising_before_its_first_await_fails_its_attempt(
 ) -> None:
     [task_id] = enqueue_many(session_factory, clean_table, "odd", 1)
 
-    async def takes_one_argument(task: Any) -> None:  # called with (task, ctx)
-        return None
+    async def raises_at_once(task: Any, ctx: TaskContext) -> None:
+        raise TypeError("refused before any await")
 
     async def body(factory: Any) -> None:
-        worker = AsyncWorker(factory, clean_table, {"odd": takes_one_argument})
+        worker = AsyncWorker(factory, clean_table, {"odd": raises_at_once})
         await worker.run(until_empty=True)
         assert worker.stats.retried == 1
 
     run_async(body)
     task = task_row(session_factory, clean_table, task_id)
     assert (task.status, task.retry_count) == (TaskStatus.PENDING, 1)
-    assert (task.error_message or "").startswith("TypeError:")
+    assert (task.error_message or "").startswith("TypeError: refused before any await")
 
 
 def test_a_handler_ignoring_its_cancellation_does_not_hang_shutdown(

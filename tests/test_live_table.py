@@ -72,7 +72,7 @@ def test_a_worker_on_a_missing_table_stops_at_once_naming_it(
     message = str(raised)
     assert "'live_never_created' does not exist" in message
     assert "alembic upgrade head" in message
-    assert "create_task_table_v1('live_never_created')" in message
+    assert "create_task_table_v2('live_never_created')" in message
 
 
 def test_a_worker_on_an_unmigrated_table_names_what_is_missing(
@@ -199,5 +199,5 @@ def test_the_worker_command_exits_at_once_on_a_missing_table(
     output = process.output()
     assert code == 1, output
     last = output.strip().splitlines()[-1]
-    assert last.startswith("Error: the worker stopped: TaskTableError: ")
-    assert "'proc_tasks' does not exist" in last and "alembic upgrade head" in last
+    assert last.startswith("Error: The queue table 'proc_tasks' does not exist")
+    assert "alembic upgrade head" in last

@@ -72,7 +72,13 @@ def test_columns_types_and_constraints() -> None:
 
 
 def test_two_queue_tables_live_in_one_metadata_with_their_own_index_names() -> None:
-    assert set(Base.metadata.tables) == {"tasks", "email_tasks"}
+    # each queue brings its auxiliary tables, named after its task table
+    assert set(Base.metadata.tables) == {
+        "tasks",
+        "tasks_schedules",
+        "email_tasks",
+        "email_tasks_schedules",
+    }
     assert index_names(Task) == {
         "ix_tasks_claimable",
         "uq_tasks_active_dedupe",

@@ -20,7 +20,11 @@ Example::
 
     tasks.schedule("purge", every=timedelta(minutes=10), payload={"older_than": "7d"})
 
-Cron expressions need the ``periodic`` extra (``cronsim``).
+Cron expressions need the ``periodic`` extra (``cronsim``).  ``DEFAULT_CATCH_UP`` (one
+day) is how far back ``missed="all"`` catches up unless told otherwise;
+``Missed`` is the type of the ``missed`` policy (``"latest"``, ``"skip"`` or ``"all"``);
+``ORPHANED_AFTER`` is how long a schedule no running worker carries is shown as
+orphaned rather than carried.
 """
 
 from __future__ import annotations
