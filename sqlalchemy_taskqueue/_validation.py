@@ -457,3 +457,46 @@ def require_aware(run_at: Any) -> datetime:
             f"run_at lies more than {MAX_DURATION.days} days ahead ({run_at:%Y-%m-%d})"
         )
     return run_at
+
+
+#: Columns the queue manages itself; ``enqueue(**columns)`` may not set them.
+MANAGED_COLUMNS = frozenset(
+    {
+        "id",
+        "type",
+        "payload",
+        "status",
+        "progress",
+        "priority",
+        "run_at",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "error_message",
+        "retry_count",
+        "max_retries",
+        "dedupe_key",
+        "result",
+        "lease_owner",
+        "lease_token",
+        "lease_expires_at",
+    }
+)
+
+
+def require_app_columns(model_name: str, table: Any, columns: Iterable[str]) -> None:
+    """``TypeError`` unless every name in ``columns`` is one of the model's own columns
+    of ``table`` (not one the queue manages).
+
+    Example::
+
+        require_app_columns("Task", Task.__table__, ["project_id"])
+    """
+    for name in columns:
+        if name in MANAGED_COLUMNS:
+            raise TypeError(f"enqueue() cannot set the queue-managed column {name!r}")
+        if name not in table.c:
+            raise TypeError(
+                f"{model_name} has no column {name!r} "
+                f"(columns: {', '.join(sorted(table.c.keys()))})"
+            )

@@ -48,6 +48,7 @@ from ._validation import (
     json_text,
     lease_duration_argument,
     lease_pairs,
+    require_app_columns,
     require_aware,
     require_bool,
     require_dedupe_key,
@@ -98,31 +99,6 @@ TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
 #: with a heartbeat and uses a shorter one; a hand-written loop should renew with
 #: :meth:`TaskRepository.renew_leases` or choose a lease longer than its longest task.
 DEFAULT_LEASE_DURATION = timedelta(minutes=5)
-
-
-#: Columns the queue manages itself; ``enqueue(**columns)`` may not set them.
-_MANAGED_COLUMNS = frozenset(
-    {
-        "id",
-        "type",
-        "payload",
-        "status",
-        "progress",
-        "priority",
-        "run_at",
-        "created_at",
-        "started_at",
-        "completed_at",
-        "error_message",
-        "retry_count",
-        "max_retries",
-        "dedupe_key",
-        "result",
-        "lease_owner",
-        "lease_token",
-        "lease_expires_at",
-    }
-)
 
 
 def default_owner() -> str:
@@ -976,15 +952,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         if timeout_seconds is not None:
             require_int("timeout_seconds", timeout_seconds, minimum=1, maximum=INT4_MAX)
             values["timeout_seconds"] = timeout_seconds
-        for name, value in columns.items():
-            if name in _MANAGED_COLUMNS:
-                raise TypeError(f"enqueue() cannot set the queue-managed column {name!r}")
-            if name not in self._table.c:
-                raise TypeError(
-                    f"{self._model.__name__} has no column {name!r} "
-                    f"(columns: {', '.join(sorted(self._table.c.keys()))})"
-                )
-            values[name] = value
+        require_app_columns(self._model.__name__, self._table, columns)
+        values.update(columns)
         return values
 
     def _explain_miss(

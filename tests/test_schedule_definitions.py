@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from sqlalchemy_taskqueue.scheduling import make_schedule
+from sqlalchemy_taskqueue.scheduling._schedule import LATE_GRACE
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -135,18 +136,59 @@ def test_nothing_is_due_before_the_next_fire_time() -> None:
     assert schedule.due_fires(AT, AT - timedelta(seconds=1)) == []
 
 
+HOURLY = {"every": timedelta(hours=1)}
+
+
+def hours(*values: int) -> list[datetime]:
+    return [AT + timedelta(hours=value) for value in values]
+
+
 @pytest.mark.parametrize(
     ("missed", "expected"),
-    [("latest", seconds(30)), ("skip", []), ("all", seconds(0, 10, 20, 30))],
+    [("latest", hours(3)), ("skip", []), ("all", hours(0, 1, 2, 3))],
 )
-def test_missed_fires_follow_the_policy(missed: Any, expected: list[datetime]) -> None:
+def test_fires_missed_while_no_worker_ran_follow_the_policy(
+    missed: Any, expected: list[datetime]
+) -> None:
+    schedule = make_schedule("tick", missed=missed, **HOURLY)
+    assert schedule.due_fires(AT, AT + timedelta(hours=3, minutes=30)) == expected
+
+
+@pytest.mark.parametrize("missed", ["latest", "skip", "all"])
+def test_late_fires_are_each_enqueued_whatever_the_policy(missed: Any) -> None:
+    """Workers busy, reconnecting or restarting for under a minute missed nothing."""
     schedule = make_schedule("tick", missed=missed, **EVERY_10S)
-    assert schedule.due_fires(AT, AT + timedelta(seconds=35)) == expected
+    assert LATE_GRACE == timedelta(minutes=1)
+    assert schedule.due_fires(AT, AT + timedelta(seconds=35)) == seconds(0, 10, 20, 30)
+
+
+@pytest.mark.parametrize(
+    ("missed", "expected"),
+    [("latest", seconds(60, 90)), ("skip", seconds(60, 90)), ("all", seconds(0, 30, 60, 90))],
+)
+def test_late_fires_stand_for_the_missed_ones_before_them(
+    missed: Any, expected: list[datetime]
+) -> None:
+    schedule = make_schedule("tick", missed=missed, every="30s")
+    assert schedule.due_fires(AT, AT + timedelta(seconds=100)) == expected
 
 
 def test_catching_up_stops_at_the_catch_up_window() -> None:
-    schedule = make_schedule("tick", missed="all", catch_up=timedelta(seconds=15), **EVERY_10S)
-    assert schedule.due_fires(AT, AT + timedelta(seconds=35)) == seconds(20, 30)
+    schedule = make_schedule(
+        "tick", missed="all", catch_up=timedelta(hours=2, minutes=15), **HOURLY
+    )
+    assert schedule.due_fires(AT, AT + timedelta(hours=3, minutes=30)) == hours(2, 3)
+
+
+def test_the_previous_fire_is_read_in_the_schedules_time_zone() -> None:
+    schedule = make_schedule("report", cron="30 2 * * *", timezone="Europe/Berlin")
+    before = datetime(2026, 3, 30, 0, 0, tzinfo=UTC)  # the day after spring-forward
+    # 02:30 did not exist that day: it fired at the transition, 03:00 CEST (01:00 UTC),
+    # as the forward direction has it
+    assert schedule.previous_fire(before) == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    assert schedule.previous_fire(datetime(2026, 1, 10, tzinfo=UTC)) == datetime(
+        2026, 1, 9, 1, 30, tzinfo=UTC
+    )
 
 
 def test_dedupe_keys_hold_back_a_pile_up_unless_overlap_is_allowed() -> None:

@@ -163,6 +163,21 @@ def as_coroutines(handlers: Any) -> Any:
             spec = handlers.spec(task_type)
             assert spec is not None
             wrapped.add(task_type, wrap(spec.function), timeout=spec.timeout_seconds)
+        for schedule in handlers.schedules:
+            wrapped.schedule(
+                schedule.task_type,
+                name=schedule.name,
+                cron=schedule.cron,
+                every=schedule.every,
+                payload=schedule.payload,
+                timezone=schedule.timezone,
+                missed=schedule.missed,
+                catch_up=schedule.catch_up,
+                priority=schedule.priority,
+                max_retries=schedule.max_retries,
+                overlap=schedule.overlap,
+                **schedule.columns,
+            )
         return wrapped
     if isinstance(handlers, dict):
         return {task_type: wrap(function) for task_type, function in handlers.items()}

@@ -35,7 +35,7 @@ from sqlalchemy_taskqueue.repository import TaskRepository
 from ._group import DURATION, POSITIVE_DURATION, cli, database_url_option, database_url_or_fail
 from ._loading import load_model, model_for_table
 
-__all__ = ["open_repository"]
+__all__ = ["json_option", "open_repository", "print_json", "print_table", "queue_options"]
 
 TABLE_ENV = "TASKQUEUE_TABLE"
 #: How ``taskqueue stats`` marks a type with ready tasks that no worker claimed lately.
@@ -170,7 +170,13 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
     return table
 
 
-def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print rows as a table under ``title``, or ``title: none`` when there are none.
+
+    Example::
+
+        print_table("Workers", ["id", "host"], [[1, "web-1"]])
+    """
     if rows:
         console().print(_table(title, columns, rows))
     else:
@@ -308,7 +314,7 @@ def stuck(
     if as_json:
         print_json([task.__dict__ for task in tasks])
         return
-    _print_table(
+    print_table(
         "Stuck tasks",
         ["id", "type", "started", "owner", "lease expires", "retries", "progress %"],
         [
@@ -354,7 +360,7 @@ def failed(
     if as_json:
         print_json([failure.__dict__ for failure in failures])
         return
-    _print_table(
+    print_table(
         "Failed tasks",
         ["id", "type", "failed at", "retries", "error"],
         [

@@ -42,6 +42,9 @@ DEFAULT_CATCH_UP = timedelta(days=1)
 MAX_CATCH_UP = timedelta(days=6)
 #: How many missed fires ``missed="all"`` enqueues at most in one go.
 MAX_CATCH_UP_FIRES = 10_000
+#: A fire enqueued less than this after its time is late, not missed: it is enqueued
+#: whatever the ``missed`` policy says.
+LATE_GRACE = timedelta(minutes=1)
 #: The shortest interval an ``every`` schedule may have.
 MIN_INTERVAL = timedelta(seconds=1)
 
@@ -116,39 +119,72 @@ class Schedule:
         fire: datetime = next(CronSim(self.cron, local))
         return fire.astimezone(timezone.utc)
 
+    def previous_fire(self, before: datetime) -> datetime:
+        """The last fire time strictly before ``before`` (an aware datetime), in UTC.
+
+        >>> s = make_schedule("t", every=timedelta(minutes=10))
+        >>> s.previous_fire(datetime(2026, 1, 1, 12, 10, tzinfo=timezone.utc))
+        datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+        """
+        if self.every is not None:
+            step = self.every / timedelta(microseconds=1)
+            elapsed = (before - _EPOCH) / timedelta(microseconds=1)
+            count = math.ceil(elapsed / step) - 1
+            return _EPOCH + timedelta(microseconds=count * step)
+        from cronsim import CronSim
+
+        assert self.cron is not None
+        fire: datetime = next(CronSim(self.cron, before.astimezone(self.zone), reverse=True))
+        return fire.astimezone(timezone.utc)
+
     def due_fires(self, next_fire_at: datetime, now: datetime) -> list[datetime]:
         """The fire times to enqueue now, given the fire time recorded as next
-        (``next_fire_at``, due: not after ``now``) and the database clock.
+        (``next_fire_at``, due when not after ``now``) and the database clock.
 
-        A fire is on time until the fire after it comes: then it was missed, and the
-        ``missed`` policy decides: ``"latest"`` enqueues the last due fire alone,
-        ``"skip"`` none of them, ``"all"`` each one within ``catch_up`` of ``now``.
+        A fire less than :data:`LATE_GRACE` old is late, not missed (the workers were
+        busy, reconnecting or restarting): it is enqueued whatever the policy.  Older
+        ones were missed while no worker ran, and the ``missed`` policy decides:
+        ``"latest"`` enqueues the last one alone (none when a late fire stands for
+        them), ``"skip"`` none, ``"all"`` each one within ``catch_up`` of ``now``.
 
-        >>> s = make_schedule("t", every="10s", missed="latest")
+        >>> s = make_schedule("t", every="1h", missed="latest")
         >>> at = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
         >>> s.due_fires(at, at + timedelta(seconds=5))  # on time
         [datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)]
-        >>> s.due_fires(at, at + timedelta(seconds=25))  # two missed: the latest
-        [datetime.datetime(2026, 1, 1, 12, 0, 20, tzinfo=datetime.timezone.utc)]
+        >>> s.due_fires(at, at + timedelta(hours=2, minutes=30))  # three missed: the latest
+        [datetime.datetime(2026, 1, 1, 14, 0, tzinfo=datetime.timezone.utc)]
         """
         if next_fire_at > now:
             return []
-        due = [next_fire_at]
-        oldest = now - self.catch_up
-        while len(due) <= MAX_CATCH_UP_FIRES:
-            following = self.next_fire(due[-1])
-            if following > now:
-                break
-            due.append(following)
-            if self.missed != "all" and len(due) > 2:
-                due = [due[0], due[-1]]  # only whether some were missed, and the last
-        if len(due) == 1:
-            return due
-        if self.missed == "latest":
-            return [due[-1]]
+        late_from = now - LATE_GRACE
+        first_late = next_fire_at if next_fire_at >= late_from else self._first_from(late_from)
+        late = self._fires_between(first_late, now, inclusive=True)
+        if next_fire_at >= late_from:
+            return late  # nothing was missed
         if self.missed == "skip":
-            return []
-        return [fire for fire in due if fire >= oldest]
+            return late
+        if self.missed == "latest":
+            return late or [self.previous_fire(late_from)]
+        oldest = max(next_fire_at, now - self.catch_up)
+        if oldest >= late_from:
+            return late
+        return self._fires_between(self._first_from(oldest), late_from) + late
+
+    def _first_from(self, moment: datetime) -> datetime:
+        """The first fire time at or after ``moment``."""
+        return self.next_fire(moment - timedelta(microseconds=1))
+
+    def _fires_between(
+        self, first: datetime, end: datetime, *, inclusive: bool = False
+    ) -> list[datetime]:
+        """Fire times from ``first`` (a fire time) up to ``end``, at most
+        :data:`MAX_CATCH_UP_FIRES` of them."""
+        fires: list[datetime] = []
+        fire = first
+        while (fire <= end if inclusive else fire < end) and len(fires) < MAX_CATCH_UP_FIRES:
+            fires.append(fire)
+            fire = self.next_fire(fire)
+        return fires
 
     def definition(self) -> dict[str, Any]:
         """What a schedule's row records of the code's declaration (for operators, who

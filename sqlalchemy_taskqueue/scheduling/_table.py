@@ -14,18 +14,26 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Connection,
     DateTime,
     Float,
     Integer,
     Table,
     Text,
     false,
+    inspect,
     text,
 )
 
 from sqlalchemy_taskqueue._json import JSONDocument
+from sqlalchemy_taskqueue.exceptions import TaskTableError
 
-__all__ = ["SCHEDULES_SUFFIX", "schedules_table", "schedules_table_name"]
+__all__ = [
+    "SCHEDULES_SUFFIX",
+    "require_schedules_table",
+    "schedules_table",
+    "schedules_table_name",
+]
 
 #: The schedules table of a task table ``tasks`` is ``tasks_schedules``.
 SCHEDULES_SUFFIX = "_schedules"
@@ -78,4 +86,28 @@ def schedules_table(task_table: Table) -> Table:
         ),
         CheckConstraint("missed IN ('latest', 'skip', 'all')", name=f"ck_{name}_missed"),
         schema=task_table.schema,
+    )
+
+
+def require_schedules_table(connection: Connection, task_table: Table) -> None:
+    """:class:`~sqlalchemy_taskqueue.exceptions.TaskTableError` with the fix, unless the
+    schedules table of ``task_table`` exists in the database (a queue created before
+    version 2 has none until it is upgraded).
+
+    Example::
+
+        with engine.connect() as connection:
+            require_schedules_table(connection, Task.__table__)
+    """
+    table = schedules_table(task_table)
+    if inspect(connection).has_table(table.name, schema=table.schema):
+        return
+    schema = f", schema={task_table.schema!r}" if task_table.schema else ""
+    raise TaskTableError(
+        table.fullname,
+        None,
+        f"The schedules table {table.fullname!r} does not exist in the database: the queue "
+        "predates periodic tasks. Upgrade it: `alembic upgrade head` with a revision that "
+        "calls sqlalchemy_taskqueue.migrations.upgrade_task_table_v1_to_v2("
+        f"{task_table.name!r}{schema}) (or Base.metadata.create_all(engine) without Alembic).",
     )

@@ -61,11 +61,13 @@ from sqlalchemy_taskqueue.repository import (
     TaskT,
     default_owner,
 )
+from sqlalchemy_taskqueue.scheduling._table import require_schedules_table
 from sqlalchemy_taskqueue.status import TaskStatus
 
 from ._attempts import Attempt, Outcome, WorkerStats
 from ._context import ProgressWriter, TaskContext
 from ._handlers import Handler, HandlerRegistry, HandlerSpec, normalize_handlers
+from ._schedules import ScheduleKeeper
 
 __all__ = [
     "DATABASE_ERRORS",
@@ -262,6 +264,12 @@ class WorkerBase(Generic[TaskT, SessionT]):
             )
         self.owner: str = owner or default_owner()
         self.stats = WorkerStats()
+        #: the periodic schedules of the registry, fired by the supervisor
+        self._schedules = ScheduleKeeper(
+            handlers.schedules if isinstance(handlers, HandlerRegistry) else (),
+            model.__name__,
+            self._table,
+        )
 
         #: set by a stop request; handlers see it through ``ctx.should_stop()``
         self._stopping = threading.Event()
@@ -315,6 +323,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
                 raise RuntimeError("this worker is already running")
             self._is_running = True
             self._table_checked = False  # by the first rescue of the run (_rescue_body)
+            self._schedules.restart()
 
     def _end_run(self) -> None:
         with self._lock:
@@ -562,6 +571,8 @@ class WorkerBase(Generic[TaskT, SessionT]):
             # the check to the next rescue
             connection = session.connection(bind_arguments={"mapper": self._model})
             require_database_schema(connection, self._table)
+            if self._schedules:
+                require_schedules_table(connection, self._table)
             self._table_checked = True
         return self._repository(session).rescue_expired_leases()
 
@@ -908,7 +919,10 @@ class WorkerBase(Generic[TaskT, SessionT]):
     def _next_wake(self, next_heartbeat: float, running: list[Attempt]) -> float:
         """Seconds until the supervisor has something to do."""
         deadlines = [a.deadline for a in running if a.deadline and not a.finished]
-        wait = min([next_heartbeat, *deadlines]) - time.monotonic()
+        now = time.monotonic()
+        wait = min([next_heartbeat, *deadlines]) - now
+        if self._table_checked:  # schedules fire once the run has checked their table
+            wait = min(wait, self._schedules.seconds_until_due(now))
         if self._progress_interval:  # also idle: a handler starting now may throttle a value
             wait = min(wait, self._progress_interval)
         return max(wait, 0.01)

@@ -252,7 +252,11 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
         )
 
     def _rescue(self) -> Steps[int]:
-        return self._rescued((yield from Transaction(self._rescue_body)))
+        checked = self._table_checked
+        rescued = yield from Transaction(self._rescue_body)
+        if not checked and self._schedules:
+            self._supervisor_wake.set()  # the tables are there: fire what is due
+        return self._rescued(rescued)
 
     # ------------------------------------------------------------------ slots
 
@@ -292,6 +296,8 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
                     next_heartbeat = now + self._heartbeat
                 for attempt in self._expired(now):
                     yield from self._time_out(attempt)
+                if self._table_checked and self._schedules.due(now):
+                    yield from self._fire_schedules()
                 running = self._running()
                 for attempt in running:
                     attempt.context.flush_progress(force=False)
@@ -300,6 +306,18 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
                 logger.exception("worker.supervisor_error")
             yield from Wait(self._supervisor_wake, wait)
             self._supervisor_wake.clear()
+
+    def _fire_schedules(self) -> Steps[None]:
+        """Fire the due schedules the worker carries, in one transaction; a turn that
+        fails changed nothing and is tried again later."""
+        try:
+            report = yield from Transaction(self._schedules.body(self._repository))
+        except Exception as exc:  # the database, or a bug: both retried with a back-off
+            self._schedules.failed(exc, from_database=isinstance(exc, DATABASE_ERRORS))
+            return
+        self._schedules.fired(report)
+        if report.enqueued:
+            self._wake.set()  # claim what was just enqueued without waiting for a notice
 
     def _renew_leases(self) -> Steps[None]:
         """Renew the leases of every attempt held (run it :class:`Locked`)."""

@@ -14,6 +14,11 @@ MODULE:ATTR`` loads)::
     def export(task, ctx):
         ctx.update_progress(50)
         return {"rows": 10}
+
+A registry also carries periodic schedules (:mod:`sqlalchemy_taskqueue.scheduling`)::
+
+    @tasks.periodic("nightly_report", cron="0 3 * * *", timezone="Europe/Berlin")
+    def nightly(task, ctx): ...
 """
 
 from __future__ import annotations
@@ -21,13 +26,20 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Generic
 
 from typing_extensions import TypeVar
 
-from sqlalchemy_taskqueue._validation import task_type_name
+from sqlalchemy_taskqueue._validation import require_app_columns, task_type_name
 from sqlalchemy_taskqueue.durations import Duration, to_seconds
 from sqlalchemy_taskqueue.models import task_table
+from sqlalchemy_taskqueue.scheduling._schedule import (
+    DEFAULT_CATCH_UP,
+    Missed,
+    Schedule,
+    make_schedule,
+)
 
 __all__ = ["Handler", "HandlerRegistry", "HandlerSpec", "normalize_handlers", "require_handler"]
 
@@ -73,6 +85,7 @@ class HandlerRegistry(Mapping[str, Handler], Generic[_TaskT]):
             task_table(model)
         self.model: type[_TaskT] | None = model
         self._specs: dict[str, HandlerSpec] = {}
+        self._schedules: dict[str, Schedule] = {}
 
     def handler(self, task_type: str, *, timeout: Duration | None = None) -> Callable[[_F], _F]:
         """Decorator registering ``function`` as the handler of ``task_type``.
@@ -104,6 +117,140 @@ class HandlerRegistry(Mapping[str, Handler], Generic[_TaskT]):
             raise ValueError(f"a handler for {name!r} is already registered")
         seconds = None if timeout is None else to_seconds(f"timeout of {name!r}", timeout)
         self._specs[name] = HandlerSpec(function, seconds)
+
+    def periodic(
+        self,
+        task_type: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | str | None = None,
+        name: str | None = None,
+        payload: Any = None,
+        timezone: str = "UTC",
+        missed: Missed = "latest",
+        catch_up: timedelta = DEFAULT_CATCH_UP,
+        priority: int = 0,
+        max_retries: int = 3,
+        overlap: bool = False,
+        timeout: Duration | None = None,
+        **columns: Any,
+    ) -> Callable[[_F], _F]:
+        """Decorator registering ``function`` as the handler of ``task_type`` and a
+        schedule that enqueues a task of that type on ``cron`` or ``every`` (see
+        :meth:`schedule` for the keywords).  The schedule is checked first, so a bad one
+        registers nothing.
+
+        Example::
+
+            @tasks.periodic("nightly_report", cron="0 3 * * *", timezone="Europe/Berlin")
+            def nightly(task, ctx):
+                ...
+        """
+        schedule = self._new_schedule(
+            task_type,
+            cron=cron,
+            every=every,
+            name=name,
+            payload=payload,
+            timezone=timezone,
+            missed=missed,
+            catch_up=catch_up,
+            priority=priority,
+            max_retries=max_retries,
+            overlap=overlap,
+            columns=columns,
+        )
+
+        def register(function: _F) -> _F:
+            self.add(task_type, function, timeout=timeout)
+            self._schedules[schedule.name] = schedule
+            return function
+
+        return register
+
+    def schedule(
+        self,
+        task_type: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | str | None = None,
+        name: str | None = None,
+        payload: Any = None,
+        timezone: str = "UTC",
+        missed: Missed = "latest",
+        catch_up: timedelta = DEFAULT_CATCH_UP,
+        priority: int = 0,
+        max_retries: int = 3,
+        overlap: bool = False,
+        **columns: Any,
+    ) -> Schedule:
+        """Schedule tasks of ``task_type`` (whose handler is registered separately, here
+        or in another worker's registry) and return the checked schedule.
+
+        :param cron: a cron expression: five fields, or six with seconds first, read in
+            ``timezone`` (daylight saving handled: a 02:30 daily fire happens once on the
+            days the clocks change).
+        :param every: an interval instead of ``cron``: a ``timedelta`` of at least a
+            second or a duration such as ``"10m"``; fires fall on multiples of it since
+            the Unix epoch, so every worker agrees on them.
+        :param name: the schedule's unique name (default: the task type).
+        :param payload: the JSON payload of each task (default ``{}``).
+        :param timezone: an IANA time zone name for ``cron``.
+        :param missed: fires missed while no worker ran: ``"latest"`` enqueues the last
+            one, ``"skip"`` none, ``"all"`` each one within ``catch_up`` (at most six days).
+        :param overlap: enqueue a fire even while the previous fire's task is pending or
+            running (by default such a fire is held back: no pile-up).
+        :param columns: values of the model's own columns for each task.
+        :raises ValueError, TypeError: a message naming the schedule and the problem; the
+            name is taken already; nothing is registered.
+
+        Example::
+
+            tasks.schedule("purge", every=timedelta(minutes=10), payload={"older_than": "7d"})
+        """
+        schedule = self._new_schedule(
+            task_type,
+            cron=cron,
+            every=every,
+            name=name,
+            payload=payload,
+            timezone=timezone,
+            missed=missed,
+            catch_up=catch_up,
+            priority=priority,
+            max_retries=max_retries,
+            overlap=overlap,
+            columns=columns,
+        )
+        self._schedules[schedule.name] = schedule
+        return schedule
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """The schedules registered here, by name.
+
+        Example::
+
+            [s.name for s in tasks.schedules]  # ['nightly_report', 'purge']
+        """
+        return [self._schedules[name] for name in sorted(self._schedules)]
+
+    def _new_schedule(
+        self, task_type: str, *, columns: Mapping[str, Any], **options: Any
+    ) -> Schedule:
+        """A checked schedule whose name is still free (and, with a model, whose columns
+        are the model's own)."""
+        schedule = make_schedule(task_type, columns=columns, **options)
+        if schedule.name in self._schedules:
+            raise ValueError(
+                f"schedule {schedule.name!r}: a schedule of that name is already registered"
+            )
+        if self.model is not None:
+            try:
+                require_app_columns(self.model.__name__, task_table(self.model), schedule.columns)
+            except TypeError as exc:
+                raise TypeError(f"schedule {schedule.name!r}: {exc}") from None
+        return schedule
 
     def spec(self, task_type: str) -> HandlerSpec | None:
         """The handler and timeout registered for ``task_type``, if any.
