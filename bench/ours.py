@@ -13,7 +13,7 @@ from baseline import run_processes
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from sqlalchemy_taskqueue import TaskContext, TaskMixin, TaskRepository, Worker
+from sqlalchemy_taskqueue import HandlerRegistry, TaskContext, TaskMixin, TaskRepository, Worker
 from sqlalchemy_taskqueue.backends.postgresql import _statements as statements
 
 
@@ -109,15 +109,22 @@ def enqueue_bulk(engine: Engine, count: int, batch: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def _work_until_empty(url: str, options: dict[str, Any]) -> None:
+def _work_until_empty(url: str, options: dict[str, Any], scheduled: bool) -> None:
     engine = create_engine(url, pool_size=options.get("concurrency", 4) + 4)
-    Worker(sessionmaker(engine), Task, {"noop": noop}, **options).run(until_empty=True)
+    registry = HandlerRegistry(Task)
+    registry.add("noop", noop)
+    if scheduled:  # fired by the worker as it drains: one more no-op task each second
+        registry.schedule("noop", name="bench_tick", every="1s")
+    Worker(sessionmaker(engine), Task, registry, **options).run(until_empty=True)
     engine.dispose()
 
 
-def drain(url: str, count: int, *, processes: int, **options: Any) -> float:
-    """Tasks per second for ``processes`` worker processes (``Worker(**options)``)."""
-    return count / run_processes(_work_until_empty, (url, options), processes)
+def drain(
+    url: str, count: int, *, processes: int, scheduled: bool = False, **options: Any
+) -> float:
+    """Tasks per second for ``processes`` worker processes (``Worker(**options)``), each
+    carrying an every-second schedule when ``scheduled``."""
+    return count / run_processes(_work_until_empty, (url, options, scheduled), processes)
 
 
 def wake_latencies(engine: Engine, samples: int, spacing: float) -> list[float]:

@@ -220,6 +220,16 @@ def measure(
         )
     )
     fill(tasks)
+    add(
+        Figure(
+            "drain, one process, default settings, an every-second schedule registered",
+            "tasks/s",
+            hand_one,
+            ours.drain(url, tasks, processes=1, scheduled=True),
+            target="within noise of the row above (firing costs a claim nothing)",
+        )
+    )
+    fill(tasks)
     hand_batch = baseline.drain(url, tasks, per_statement=100, processes=args.processes)
     best = {"concurrency": args.concurrency, "prefetch": args.prefetch}
     fill(tasks)

@@ -96,3 +96,30 @@ def oversized(task: Any, ctx: TaskContext) -> str:
     """Returns a result of ``payload["bytes"]`` bytes as JSON, over the worker's limit."""
     record(task, ctx)
     return "x" * (int(task.payload["bytes"]) - 2)
+
+
+#: The periodic process tests give the worker a schedule through the environment:
+#: ``every=1s;missed=latest;overlap=1`` (or ``cron=...``) declares ``tick`` with those
+#: options.  Without it the app has no schedule.
+SCHEDULE_ENV = "TASKQUEUE_TEST_SCHEDULE"
+
+
+def tick(task: Any, ctx: TaskContext) -> str:
+    """Records the call; returns the fire time it was enqueued for."""
+    record(task, ctx)
+    return str(task.run_at.isoformat())
+
+
+def _declare_schedule(spec: str) -> None:
+    options = dict(item.split("=", 1) for item in spec.split(";"))
+    tasks.periodic(
+        "tick",
+        every=options.get("every"),
+        cron=options.get("cron"),
+        missed=options.get("missed", "latest"),  # type: ignore[arg-type]
+        overlap=options.get("overlap") == "1",
+    )(tick)
+
+
+if os.environ.get(SCHEDULE_ENV):
+    _declare_schedule(os.environ[SCHEDULE_ENV])

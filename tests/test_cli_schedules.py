@@ -90,6 +90,7 @@ def test_pause_and_resume_by_name(
     assert run("schedules", "pause", "nightly") == (0, "schedule nightly paused\n")
     assert states(session_factory, model)["nightly"].paused
     code, output = run("schedules")
+    assert code == 0, output
     assert "paused" in next(line for line in output.splitlines() if "nightly" in line)
     assert run("schedules", "resume", "nightly") == (0, "schedule nightly resumed\n")
     assert not states(session_factory, model)["nightly"].paused
@@ -150,6 +151,7 @@ def test_an_orphaned_schedule_is_shown_as_such(run: Any, engine: Engine, model: 
             .values(carried_at=func.now() - ORPHANED_AFTER - timedelta(seconds=1))
         )
     code, output = run("schedules")
+    assert code == 0, output
     assert "orphaned" in next(line for line in output.splitlines() if "purge" in line)
     assert "active" in next(line for line in output.splitlines() if "nightly" in line)
 

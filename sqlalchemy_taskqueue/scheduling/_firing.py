@@ -23,12 +23,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy_taskqueue._validation import RUN_AT_PAST_LIMIT
 from sqlalchemy_taskqueue.backends.base import Backend
 from sqlalchemy_taskqueue.repository import TaskRepository
+from sqlalchemy_taskqueue.status import TaskStatus
 
 from ._schedule import Schedule, schedule_columns
 from ._table import schedules_table
 
 __all__ = ["FireReport", "fire_due_schedules", "sync_schedules"]
 
+_ACTIVE = {TaskStatus.PENDING.value, TaskStatus.IN_PROGRESS.value}
 #: A fire older than this is enqueued to run at once (``run_at`` now) rather than at its
 #: fire time, which the queue would refuse as too far in the past.
 _OLDEST_RUN_AT = RUN_AT_PAST_LIMIT - timedelta(hours=1)
@@ -97,13 +99,20 @@ def fire_due_schedules(repo: TaskRepository[Any], schedules: Mapping[str, Schedu
     for row in backend.due_schedules(session, table, names):
         schedule = schedules[row.name]
         last_fire, last_task = row.last_fire_at, row.last_task_id
+        # no pile-up: while the last fire's task is pending or running, fires wait
+        blocking = None if schedule.overlap else _active(backend, session, repo, last_task)
         for fire in schedule.due_fires(row.next_fire_at, now):
+            if blocking is not None:
+                held_back.append((schedule.name, fire, blocking))
+                continue
             task_id, created = _enqueue_fire(repo, schedule, fire, now)
-            if created:
-                enqueued.append((schedule.name, fire, task_id))
-                last_fire, last_task = fire, task_id
-            else:
+            if not created:  # this very fire is enqueued already (its task is active)
                 held_back.append((schedule.name, fire, task_id))
+                continue
+            enqueued.append((schedule.name, fire, task_id))
+            last_fire, last_task = fire, task_id
+            if not schedule.overlap:
+                blocking = task_id
         backend.record_fire(
             session,
             table,
@@ -127,6 +136,16 @@ def _enqueue_fire(
         run_at=run_at,
         **schedule_columns(schedule),
     )
+
+
+def _active(
+    backend: Backend, session: Session, repo: TaskRepository[Any], task_id: int | None
+) -> int | None:
+    """``task_id`` if that task is pending or running, else ``None``."""
+    if task_id is None:
+        return None
+    found = backend.diagnose(session, repo.model.__table__, task_id)
+    return task_id if found is not None and found[0] in _ACTIVE else None
 
 
 def _parts(repo: TaskRepository[Any]) -> tuple[Backend, Session, Table]:

@@ -209,16 +209,14 @@ class Schedule:
         }
 
     def dedupe_key(self, fire: datetime) -> str:
-        """The dedupe key of the task a fire enqueues: the schedule's name alone, so a
-        task still pending or running holds back the next fire (no pile-up), or with the
-        fire time when ``overlap`` lets fires run side by side.
+        """The dedupe key of the task a fire enqueues: the schedule's name and the fire
+        time (in UTC), so a task tells which fire enqueued it even after retries moved
+        its ``run_at``, and no fire is enqueued twice while its task is active.
 
         >>> make_schedule("t", every="1m").dedupe_key(datetime(2026, 1, 1, tzinfo=timezone.utc))
-        'schedule:t'
+        'schedule:t@2026-01-01T00:00:00+00:00'
         """
-        if self.overlap:
-            return f"schedule:{self.name}@{fire.astimezone(timezone.utc).isoformat()}"
-        return f"schedule:{self.name}"
+        return f"schedule:{self.name}@{fire.astimezone(timezone.utc).isoformat()}"
 
 
 def make_schedule(

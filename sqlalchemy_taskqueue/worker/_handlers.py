@@ -201,8 +201,9 @@ class HandlerRegistry(Mapping[str, Handler], Generic[_TaskT]):
         :param overlap: enqueue a fire even while the previous fire's task is pending or
             running (by default such a fire is held back: no pile-up).
         :param columns: values of the model's own columns for each task.
-        :raises ValueError, TypeError: a message naming the schedule and the problem; the
-            name is taken already; nothing is registered.
+        :raises ValueError: a value is wrong (or the name is taken), with a message
+            naming the schedule and the problem; nothing is registered.
+        :raises TypeError: a value of the wrong kind, likewise.
 
         Example::
 

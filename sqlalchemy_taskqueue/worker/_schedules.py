@@ -35,8 +35,11 @@ logger = logging.getLogger("sqlalchemy_taskqueue.worker")
 
 #: After a firing turn fails (the database is away), the next one is tried this much
 #: later, doubling up to :data:`_RETRY_MAX`.
-_RETRY_FIRST = 1.0
+_RETRY_FIRST = 0.5
 _RETRY_MAX = 30.0
+#: A schedule still due after a turn is being fired by another worker (its row was
+#: locked); look again this much later rather than at once.
+_PEER_FIRING = 0.2
 
 
 class ScheduleKeeper:
@@ -117,7 +120,7 @@ class ScheduleKeeper:
         until = self._next_carry - now
         if report.next_fire_at is not None:
             until = min(until, (report.next_fire_at - report.now).total_seconds())
-        self._next_turn = now + max(until, 0.0)
+        self._next_turn = now + (until if until > 0 else _PEER_FIRING)
 
     def failed(self, exc: BaseException, *, from_database: bool) -> None:
         """A turn that did not commit (nothing of it happened): try again later.

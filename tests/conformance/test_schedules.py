@@ -127,7 +127,7 @@ def test_a_due_schedule_fires_once_however_many_workers_race(
     assert sum(len(report.enqueued) for report in reports) == 1
     (task,) = tasks_of(session_factory, model)
     assert (task.type, task.payload, task.run_at) == ("tick", {"from": "schedule"}, due)
-    assert task.dedupe_key == "schedule:tick"
+    assert task.dedupe_key == f"schedule:tick@{due.isoformat()}"
     with session_factory() as session:
         (state,) = TaskRepository(session, model).schedules()
     assert (state.last_fire_at, state.last_task_id) == (due, task.id)

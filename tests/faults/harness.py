@@ -130,14 +130,18 @@ class FaultQueue:
         return ids
 
     def spawn(
-        self, *options: str, url: str | None = None, clock_skew: float | None = None
+        self,
+        *options: str,
+        url: str | None = None,
+        clock_skew: float | None = None,
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         """A worker on this queue (through ``url`` if given), its wall clock moved by
-        ``clock_skew`` seconds if given."""
+        ``clock_skew`` seconds if given, ``env`` added to its environment."""
         log = self.log_dir / f"worker-{len(self.workers)}.log"
-        env = None
+        env = dict(env or {})
         if clock_skew is not None:
-            env = {
+            env |= {
                 "PYTHONPATH": os.pathsep.join([str(SKEWED_CLOCK), str(Path(__file__).parents[1])]),
                 "TASKQUEUE_TEST_CLOCK_SKEW": str(clock_skew),
             }

@@ -22,6 +22,7 @@ from harness import TABLE_HEADER, FaultReport
 from scenarios import (
     frozen_network,
     idle_in_transaction,
+    periodic_schedule,
     poison_documents,
     server_restart,
     skewed_clocks,
@@ -99,6 +100,9 @@ def main() -> None:
         ),
         *both_twins(lambda work, twin: frozen_network(server_url, work, grace=5.0, twin=twin)),
         lambda work: skewed_clocks(server_url, work, tasks=size(1000)),
+        lambda work: periodic_schedule(
+            server_url, work, seconds=max(60 * args.scale, 20), kills=8, terminations=5
+        ),
         *(
             scenario
             for kind in ("payload", "result")
@@ -123,7 +127,7 @@ def main() -> None:
     for report in reports:
         print(report.json_line())
     if any(report.lost or report.completed_twice for report in reports):
-        sys.exit("a scenario lost a task or completed one twice")
+        sys.exit("a scenario lost a task (or a fire) or completed one twice (or enqueued it)")
 
 
 if __name__ == "__main__":

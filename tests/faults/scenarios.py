@@ -14,9 +14,10 @@ import re
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from harness import (
@@ -29,6 +30,7 @@ from harness import (
     wait_for,
 )
 from processes import WorkerProcess
+from queue_app import SCHEDULE_ENV
 from sqlalchemy import text
 
 from sqlalchemy_taskqueue.worker._base import STOP_BOUND
@@ -133,6 +135,108 @@ def terminate_backends(queue: FaultQueue, application: str) -> int:
                 {"application": application},
             ).all()
         )
+
+
+def periodic_schedule(
+    server_url: str,
+    work_dir: Path,
+    *,
+    seconds: float = 20.0,
+    kills: int = 4,
+    terminations: int = 3,
+    seed: int = 7,
+    overlap: bool = True,
+) -> FaultReport:
+    """Three workers (two threaded, one ``--async``) carry the same schedule, every
+    second (with ``overlap``: a fire is not held back by the last one's task, still
+    running when a kill interrupted it), for ``seconds``; meanwhile one at a time is SIGKILLed at a random
+    moment (firing, claiming, running) and replaced, ``kills`` times, and every database
+    connection of the fleet is terminated ``terminations`` times.
+
+    The figures are fire times, not tasks: ``tasks`` the fire times from the first fire
+    to the last, ``lost`` those with no task, ``completed_twice`` those with more than
+    one.  Recovery: the longest time from a fault until the next fire was enqueued.
+    """
+    rng = random.Random(seed)
+    application = f"tq-fault-{uuid.uuid4().hex[:8]}"
+    env = {SCHEDULE_ENV: f"every=1s;overlap={int(overlap)}"}
+    with fault_queue(server_url, work_dir) as queue:
+
+        def spawn(index: int) -> WorkerProcess:
+            twin = ("--async",) if index % 3 == 1 else ()
+            return queue.spawn(*twin, url=tagged(queue.url, application), env=env)
+
+        fleet = [spawn(index) for index in range(3)]
+        wait_for(lambda: fires(queue) > 0, timeout=60)
+        began = time.monotonic()
+        plan = sorted(
+            [("kill", rng.uniform(1, seconds - 1)) for _ in range(kills)]
+            + [("terminate", rng.uniform(1, seconds - 1)) for _ in range(terminations)],
+            key=lambda event: event[1],
+        )
+        struck: list[datetime] = []
+        spawned = len(fleet)
+        for kind, at in plan:
+            time.sleep(max(0.0, began + at - time.monotonic()))  # the fault schedule
+            if kind == "kill":
+                victim = fleet.pop(rng.randrange(len(fleet)))
+                victim.kill()
+                fleet.append(spawn(spawned))
+                spawned += 1
+            else:
+                terminate_backends(queue, application)
+            struck.append(queue.now())
+        time.sleep(max(0.0, began + seconds - time.monotonic()))  # the run's length
+        exits = queue.stop_workers()
+        counts = [int(count) for count in fire_counts(queue)]
+        recovery = max(
+            (
+                float(
+                    queue.scalar(
+                        "SELECT EXTRACT(EPOCH FROM min(created_at) - :at) FROM proc_tasks "
+                        "WHERE type = 'tick' AND created_at > :at",
+                        at=at,
+                    )
+                    or 0.0
+                )
+                for at in struck
+            ),
+            default=None,
+        )
+        runs = queue.scalar("SELECT count(*) - count(DISTINCT task_id) FROM proc_executions")
+        return FaultReport(
+            "periodic schedule (every 1 s, 3 workers) under SIGKILL and pg_terminate_backend",
+            tasks=len(counts),
+            faults=len(struck),
+            lost=counts.count(0),
+            completed_twice=sum(1 for count in counts if count > 1),
+            reexecutions=int(runs),
+            recovery_seconds=recovery,
+            notes=(
+                f"fire times, not tasks: {len(counts)} fires over {seconds:.0f} s, "
+                f"{counts.count(0)} missed, {sum(1 for c in counts if c > 1)} enqueued twice; "
+                f"{kills} kills, {terminations} rounds of terminations"
+            ),
+            details={"exits": exits, "counts": counts},
+        )
+
+
+def fires(queue: FaultQueue) -> int:
+    return int(queue.scalar("SELECT count(*) FROM proc_tasks WHERE type = 'tick'"))
+
+
+def fire_counts(queue: FaultQueue) -> list[int]:
+    """Tasks per fire time, every second from the first fire to the last (0: missed),
+    told by the tasks' dedupe keys (``schedule:tick@<fire time>``: retries move
+    ``run_at``, never the key)."""
+    with queue.engine.connect() as connection:
+        keys = connection.scalars(text("SELECT dedupe_key FROM proc_tasks WHERE type = 'tick'"))
+        per_fire = Counter(datetime.fromisoformat(key.split("@", 1)[1]) for key in keys)
+    if not per_fire:
+        return []
+    first, last = min(per_fire), max(per_fire)
+    seconds = int((last - first).total_seconds())
+    return [per_fire.get(first + timedelta(seconds=step), 0) for step in range(seconds + 1)]
 
 
 def server_restart(
