@@ -203,7 +203,7 @@ def test_a_worker_option_without_its_extra_names_it(module: str, option: str, ex
     [
         (
             "alembic",
-            "from sqlalchemy_taskqueue.migrations import create_task_table_v1\n"
+            "from sqlalchemy_taskqueue.migrations import create_task_table_v2\n"
             "create_task_table_v2('tasks')",
             "sqlalchemy_taskqueue.migrations needs the 'migrations' extra (alembic is not installed): "
             "pip install 'sqlalchemy-taskqueue[migrations]'",

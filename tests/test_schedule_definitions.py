@@ -9,7 +9,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from sqlalchemy_taskqueue import HandlerRegistry, TaskMixin
 from sqlalchemy_taskqueue.scheduling import make_schedule
 from sqlalchemy_taskqueue.scheduling._schedule import LATE_GRACE
 
@@ -196,3 +198,55 @@ def test_a_fires_dedupe_key_names_the_schedule_and_the_fire_time_in_utc() -> Non
     assert schedule.dedupe_key(AT) == "schedule:tick@2026-12-07T12:00:00+00:00"
     assert schedule.dedupe_key(AT.astimezone(BERLIN)) == schedule.dedupe_key(AT)
     assert schedule.dedupe_key(AT) != schedule.dedupe_key(AT + timedelta(seconds=10))
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ProjectTask(TaskMixin, Base):
+    __tablename__ = "definition_tasks"
+    project_id: Mapped[int | None] = mapped_column(nullable=True)
+
+
+def test_a_registry_refuses_a_schedule_name_taken_already() -> None:
+    tasks: HandlerRegistry[Any] = HandlerRegistry()
+    tasks.schedule("report", every="1h")
+    with pytest.raises(ValueError, match="schedule 'report': a schedule of that name is already"):
+        tasks.schedule("report", cron="0 3 * * *")
+    tasks.schedule("report", cron="0 3 * * *", name="nightly")  # another name is fine
+    assert [s.name for s in tasks.schedules] == ["nightly", "report"]
+
+
+def test_a_bad_periodic_declaration_registers_neither_handler_nor_schedule() -> None:
+    tasks: HandlerRegistry[Any] = HandlerRegistry()
+    with pytest.raises(ValueError, match="schedule 'report': timezone 'Mars/Olympus'"):
+        tasks.periodic("report", every="1h", timezone="Mars/Olympus")
+    assert list(tasks) == [] and tasks.schedules == []
+
+
+def test_periodic_registers_the_handler_and_its_schedule() -> None:
+    tasks = HandlerRegistry(ProjectTask)
+
+    @tasks.periodic("report", cron="0 3 * * *", timezone="Europe/Berlin", project_id=7)
+    def report(task: Any, ctx: Any) -> None: ...
+
+    assert tasks["report"] is report
+    [schedule] = tasks.schedules
+    assert (schedule.name, schedule.spec, schedule.timezone) == (
+        "report",
+        "0 3 * * *",
+        "Europe/Berlin",
+    )
+    assert dict(schedule.columns) == {"project_id": 7}
+    with pytest.raises(ValueError, match="a handler for 'report' is already registered"):
+        tasks.periodic("report", every="1h", name="hourly")(report)
+
+
+def test_a_schedule_setting_a_column_the_model_lacks_is_refused() -> None:
+    tasks = HandlerRegistry(ProjectTask)
+    with pytest.raises(TypeError, match="schedule 'report': ProjectTask has no column 'team_id'"):
+        tasks.schedule("report", every="1h", team_id=3)
+    with pytest.raises(TypeError, match="cannot set the queue-managed column 'status'"):
+        tasks.schedule("report", every="1h", status="completed")
+    assert tasks.schedules == []
