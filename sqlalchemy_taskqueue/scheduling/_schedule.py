@@ -107,17 +107,7 @@ class Schedule:
         >>> s.next_fire(datetime(2026, 1, 1, 12, 5, tzinfo=timezone.utc))
         datetime.datetime(2026, 1, 1, 12, 10, tzinfo=datetime.timezone.utc)
         """
-        if self.every is not None:
-            step = self.every / timedelta(microseconds=1)
-            elapsed = (after - _EPOCH) / timedelta(microseconds=1)
-            count = math.floor(elapsed / step) + 1
-            return _EPOCH + timedelta(microseconds=count * step)
-        from cronsim import CronSim
-
-        assert self.cron is not None
-        local = after.astimezone(self.zone)
-        fire: datetime = next(CronSim(self.cron, local))
-        return fire.astimezone(timezone.utc)
+        return self._neighbour(after, forward=True)
 
     def previous_fire(self, before: datetime) -> datetime:
         """The last fire time strictly before ``before`` (an aware datetime), in UTC.
@@ -126,15 +116,20 @@ class Schedule:
         >>> s.previous_fire(datetime(2026, 1, 1, 12, 10, tzinfo=timezone.utc))
         datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
         """
+        return self._neighbour(before, forward=False)
+
+    def _neighbour(self, moment: datetime, *, forward: bool) -> datetime:
+        """The fire time next to ``moment`` (strictly after it, or strictly before)."""
         if self.every is not None:
             step = self.every / timedelta(microseconds=1)
-            elapsed = (before - _EPOCH) / timedelta(microseconds=1)
-            count = math.ceil(elapsed / step) - 1
+            elapsed = (moment - _EPOCH) / timedelta(microseconds=1)
+            count = math.floor(elapsed / step) + 1 if forward else math.ceil(elapsed / step) - 1
             return _EPOCH + timedelta(microseconds=count * step)
         from cronsim import CronSim
 
         assert self.cron is not None
-        fire: datetime = next(CronSim(self.cron, before.astimezone(self.zone), reverse=True))
+        local = moment.astimezone(self.zone)
+        fire: datetime = next(CronSim(self.cron, local, reverse=not forward))
         return fire.astimezone(timezone.utc)
 
     def due_fires(self, next_fire_at: datetime, now: datetime) -> list[datetime]:
