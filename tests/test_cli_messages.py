@@ -214,6 +214,13 @@ def test_a_worker_option_without_its_extra_names_it(module: str, option: str, ex
             "sqlalchemy_taskqueue.contrib.prometheus needs the 'metrics' extra "
             "(prometheus_client is not installed): pip install 'sqlalchemy-taskqueue[metrics]'",
         ),
+        (
+            "cronsim",
+            "from sqlalchemy_taskqueue import HandlerRegistry\n"
+            "HandlerRegistry().schedule('report', cron='0 3 * * *')",
+            "a cron schedule needs the 'periodic' extra (cronsim is not installed): "
+            "pip install 'sqlalchemy-taskqueue[periodic]'",
+        ),
     ],
 )
 def test_a_library_feature_without_its_extra_names_it(module: str, code: str, message: str) -> None:

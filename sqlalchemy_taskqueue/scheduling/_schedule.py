@@ -30,6 +30,7 @@ from sqlalchemy_taskqueue._validation import (
     task_type_name,
 )
 from sqlalchemy_taskqueue.durations import parse_duration
+from sqlalchemy_taskqueue.exceptions import optional_dependency
 
 __all__ = ["DEFAULT_CATCH_UP", "Missed", "Schedule", "make_schedule"]
 
@@ -315,12 +316,8 @@ def _require_every(every: object) -> timedelta:
 def _require_cron(expression: object, zone: ZoneInfo) -> str:
     if not isinstance(expression, str):
         raise TypeError(f"cron must be a string such as '0 3 * * *', got {expression!r}")
-    try:
+    with optional_dependency("periodic", "cronsim", feature="a cron schedule"):
         from cronsim import CronSim, CronSimError
-    except ImportError:
-        raise ImportError(
-            "cron schedules need the 'periodic' extra: pip install 'sqlalchemy-taskqueue[periodic]'"
-        ) from None
     cleaned = " ".join(expression.split())
     try:
         next(CronSim(cleaned, datetime.now(zone)))
