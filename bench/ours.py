@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import threading
 import time
@@ -110,6 +111,7 @@ def enqueue_bulk(engine: Engine, count: int, batch: int) -> float:
 
 
 def _work_until_empty(url: str, options: dict[str, Any], scheduled: bool) -> None:
+    logging.basicConfig(level=logging.WARNING)  # the figures, not every worker's start and stop
     engine = create_engine(url, pool_size=options.get("concurrency", 4) + 4)
     registry = HandlerRegistry(Task)
     registry.add("noop", noop)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -330,6 +331,8 @@ def median_figure(runs: tuple[Figure, ...]) -> Figure:
 
 
 def main() -> None:
+    # the figures only: no worker's start, stop or per-task line (each costs the drain)
+    logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=20_000, help="tasks per drain")
     parser.add_argument("--processes", type=int, default=2, help="processes, best drain")

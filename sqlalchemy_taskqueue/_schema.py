@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from sqlalchemy import Index, Table
+from sqlalchemy import Connection, Index, Table, inspect
 
 from sqlalchemy_taskqueue.backends import partial_index_options
+from sqlalchemy_taskqueue.exceptions import TaskTableError
 from sqlalchemy_taskqueue.status import ACTIVE_STATUSES, FINISHED_STATUSES, TaskStatus
 
 __all__ = [
@@ -83,3 +84,30 @@ def notify_channel(table: Table) -> str:
     digest = hashlib.sha256(channel.encode()).hexdigest()[:16]
     head = channel.encode()[: _MAX_CHANNEL_BYTES - len(digest) - 1].decode("utf-8", "ignore")
     return f"{head}_{digest}"
+
+
+def require_auxiliary_table(
+    connection: Connection, table: Table, task_table: Table, *, lacking: str, upgrade: str
+) -> None:
+    """:class:`~sqlalchemy_taskqueue.exceptions.TaskTableError` with the fix, unless the
+    auxiliary ``table`` of ``task_table`` exists in the database: a queue created before
+    the version that added it ``lacking`` it, upgraded by the migration helper ``upgrade``.
+
+    Example::
+
+        require_auxiliary_table(
+            connection, schedules, Task.__table__,
+            lacking="periodic tasks", upgrade="upgrade_task_table_v1_to_v2",
+        )
+    """
+    if inspect(connection).has_table(table.name, schema=table.schema):
+        return
+    schema = f", schema={task_table.schema!r}" if task_table.schema else ""
+    raise TaskTableError(
+        table.fullname,
+        None,
+        f"The table {table.fullname!r} does not exist in the database: the queue predates "
+        f"{lacking}. Upgrade it: `alembic upgrade head` with a revision that calls "
+        f"sqlalchemy_taskqueue.migrations.{upgrade}({task_table.name!r}{schema}) "
+        "(or Base.metadata.create_all(engine) without Alembic).",
+    )

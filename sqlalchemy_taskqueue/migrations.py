@@ -8,21 +8,22 @@ never an edit to an old one.  Nothing here imports the live model.
 A revision for the default queue, plus an app column::
 
     import sqlalchemy as sa
-    from sqlalchemy_taskqueue.migrations import create_task_table_v2, drop_task_table_v2
+    from sqlalchemy_taskqueue.migrations import create_task_table_v3, drop_task_table_v3
 
     def upgrade() -> None:
-        create_task_table_v2(
+        create_task_table_v3(
             "tasks",
             sa.Column("project_id", sa.BigInteger, sa.ForeignKey("projects.id"), nullable=True),
         )
 
     def downgrade() -> None:
-        drop_task_table_v2("tasks")
+        drop_task_table_v3("tasks")
 
-Version 2 (the current one) is the task table and its schedules table; the tables match
-:class:`~sqlalchemy_taskqueue.TaskMixin` exactly, so ``alembic revision --autogenerate``
-finds nothing to change afterwards.  A database made at version 1 moves up with
-:func:`upgrade_task_table_v1_to_v2`.
+Version 3 (the current one) is the task table, its schedules table and its controls
+table; the tables match :class:`~sqlalchemy_taskqueue.TaskMixin` exactly, so ``alembic
+revision --autogenerate`` finds nothing to change afterwards.  A database made at an
+earlier version moves up with :func:`upgrade_task_table_v1_to_v2`, then
+:func:`upgrade_task_table_v2_to_v3`.
 """
 
 from __future__ import annotations
@@ -36,16 +37,22 @@ from sqlalchemy_taskqueue.backends.base import Backend
 from sqlalchemy_taskqueue.exceptions import optional_dependency
 
 __all__ = [
+    "create_controls_table_v1",
     "create_schedules_table_v1",
     "create_task_table_v1",
     "create_task_table_v2",
+    "create_task_table_v3",
     "downgrade_task_table_v2_to_v1",
+    "downgrade_task_table_v3_to_v2",
+    "drop_controls_table_v1",
     "drop_schedules_table_v1",
     "drop_task_table_v1",
     "drop_task_table_v2",
+    "drop_task_table_v3",
     "tune_task_table_v1",
     "untune_task_table_v1",
     "upgrade_task_table_v1_to_v2",
+    "upgrade_task_table_v2_to_v3",
 ]
 
 _STATUSES_V1 = "'pending', 'in_progress', 'completed', 'failed', 'cancelled'"
@@ -270,9 +277,101 @@ def downgrade_task_table_v2_to_v1(table_name: str, *, schema: str | None = None)
 
 
 def _schedules_name(task_table_name: str) -> str:
+    return _auxiliary_name(task_table_name, "_schedules")
+
+
+def _auxiliary_name(task_table_name: str, suffix: str) -> str:
     if not isinstance(task_table_name, str) or not task_table_name:
         raise ValueError(f"table_name must be a non-empty string, got {task_table_name!r}")
-    return f"{task_table_name}_schedules"
+    return f"{task_table_name}{suffix}"
+
+
+def create_controls_table_v1(task_table_name: str, *, schema: str | None = None) -> None:
+    """Create the version-1 controls table of a queue (``<task table>_controls``): the
+    pauses and rate limits operators set per task type.
+
+    Example::
+
+        create_controls_table_v1("tasks")
+    """
+    name = _auxiliary_name(task_table_name, "_controls")
+    _op().create_table(
+        name,
+        sa.Column("task_type", sa.Text, primary_key=True, comment="'' for the whole queue"),
+        sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("rate_limit", sa.Integer, nullable=True),
+        sa.Column("rate_period_seconds", sa.Float, nullable=True),
+        sa.Column("tokens", sa.Float, nullable=True),
+        sa.Column("refilled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        sa.CheckConstraint(
+            "(rate_limit IS NULL) = (rate_period_seconds IS NULL)", name=f"ck_{name}_rate"
+        ),
+        schema=schema,
+    )
+
+
+def drop_controls_table_v1(task_table_name: str, *, schema: str | None = None) -> None:
+    """Drop a queue's version-1 controls table.
+
+    Example::
+
+        drop_controls_table_v1("tasks")
+    """
+    _op().drop_table(_auxiliary_name(task_table_name, "_controls"), schema=schema)
+
+
+def create_task_table_v3(table_name: str, *extra_columns: sa.Column[Any], **table_kw: Any) -> None:
+    """Create a version-3 queue: the version-2 queue (task table and schedules table) and
+    its controls table.
+
+    Takes what :func:`create_task_table_v1` takes.
+
+    Example::
+
+        create_task_table_v3("tasks", sa.Column("project_id", sa.BigInteger))
+    """
+    create_task_table_v2(table_name, *extra_columns, **table_kw)
+    create_controls_table_v1(table_name, schema=table_kw.get("schema"))
+
+
+def drop_task_table_v3(table_name: str, **table_kw: Any) -> None:
+    """Drop a version-3 queue (its controls and schedules tables, then its task table).
+
+    Example::
+
+        drop_task_table_v3("tasks")
+    """
+    drop_controls_table_v1(table_name, schema=table_kw.get("schema"))
+    drop_task_table_v2(table_name, **table_kw)
+
+
+def upgrade_task_table_v2_to_v3(table_name: str, *, schema: str | None = None) -> None:
+    """Upgrade a version-2 queue to version 3: add its controls table (nothing else
+    changes; workers of the previous release keep running meanwhile).
+
+    Example::
+
+        def upgrade() -> None:
+            upgrade_task_table_v2_to_v3("tasks")
+    """
+    create_controls_table_v1(table_name, schema=schema)
+
+
+def downgrade_task_table_v3_to_v2(table_name: str, *, schema: str | None = None) -> None:
+    """Undo :func:`upgrade_task_table_v2_to_v3` (pauses and rate limits are lost).
+
+    Example::
+
+        def downgrade() -> None:
+            downgrade_task_table_v3_to_v2("tasks")
+    """
+    drop_controls_table_v1(table_name, schema=schema)
 
 
 def tune_task_table_v1(table_name: str, *, schema: str | None = None) -> None:

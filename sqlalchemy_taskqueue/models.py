@@ -57,6 +57,7 @@ from sqlalchemy.sql.elements import conv
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from ._autogenerate import RevisionRendered
+from ._controls import controls_table
 from ._json import JSONDocument
 from ._schema import (
     ACTIVE_DEDUPE_PREDICATE,
@@ -251,7 +252,7 @@ def require_database_schema(connection: Connection, table: Table) -> None:
     if missing == []:
         return
     schema = f", schema={table.schema!r}" if table.schema else ""
-    create = f"sqlalchemy_taskqueue.migrations.create_task_table_v2({table.name!r}{schema})"
+    create = f"sqlalchemy_taskqueue.migrations.create_task_table_v3({table.name!r}{schema})"
     if missing is None:
         message = (
             f"The queue table {table.fullname!r} does not exist in the database. Create it: "
@@ -538,6 +539,7 @@ def _require_queue_schema(cls: type[Any]) -> None:
     if isinstance(table, Table):
         require_queue_schema(cls.__name__, table)
         schedules_table(table)  # the queue's own tables join the model's MetaData
+        controls_table(table)
 
 
 #: The columns :class:`TaskMixin` declares, which every queue table needs.

@@ -35,6 +35,7 @@ from sqlalchemy import Table
 from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Session, scoped_session
 
+from ._controls import QUEUE_WIDE, WHOLE_QUEUE, controls_table
 from ._loading import detached_loader
 from ._schema import CLAIM_ORDER, notify_channel
 from ._validation import (
@@ -619,7 +620,16 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
 
     @wrap_database_errors
     def cancel_task(self, task_id: int) -> bool:
-        """Cancel a pending task; ``False`` when it has already started or finished.
+        """Cancel a pending or running task; ``False`` when it has already finished.
+
+        A running task becomes ``cancelled`` at once and its lease is revoked: its worker
+        finds the lease gone at its next heartbeat, tells the handler to stop
+        (``ctx.should_stop()`` turns true, ``ctx.raise_if_stopping()`` raises; an
+        ``async def`` handler is cancelled) and discards whatever outcome it comes back
+        with; any completion, failure or progress written with the old lease is refused.
+        A cancelled task is not retried.
+
+        :raises TaskNotFoundError: no such task.
 
         Example::
 
@@ -823,6 +833,61 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         """
         require_timedelta("older_than", older_than, allow_zero=True)
         return self._backend.count_purgeable(self._session, self._table, older_than=older_than)
+
+    # ------------------------------------------------------------------ flow controls
+
+    @wrap_database_errors
+    def pause(self, task_type: str | None = None) -> None:
+        """Stop claims of ``task_type`` (``None``: of every type) until :meth:`resume`.
+
+        Takes effect at every worker's next claim, with no restart; tasks already
+        running finish, and enqueueing goes on.  Pausing what is paused changes nothing.
+
+        Example::
+
+            repo.pause("data_export")
+            repo.session.commit()
+        """
+        self._backend.set_paused(self._session, self._controls, self._control_key(task_type), True)
+
+    @wrap_database_errors
+    def resume(self, task_type: str | None = None) -> None:
+        """Let claims of ``task_type`` (``None``: the whole queue) go on; idle workers are
+        woken when the transaction commits.  A type paused on its own stays paused when
+        the whole queue resumes.
+
+        Example::
+
+            repo.resume("data_export")
+            repo.session.commit()
+        """
+        self._backend.set_paused(self._session, self._controls, self._control_key(task_type), False)
+        if self._channel is not None:
+            self._backend.announce(self._session, self._channel)
+
+    @wrap_database_errors
+    def paused(self) -> list[str]:
+        """The paused task types, sorted; ``"*"`` when the whole queue is paused.
+
+        Example::
+
+            repo.paused()  # ['data_export']
+        """
+        return [
+            WHOLE_QUEUE if task_type == QUEUE_WIDE else task_type
+            for task_type in self._backend.paused_types(self._session, self._controls)
+        ]
+
+    @property
+    def _controls(self) -> Table:
+        return controls_table(self._table)
+
+    @staticmethod
+    def _control_key(task_type: str | None) -> str:
+        if task_type is None:
+            return QUEUE_WIDE
+        require_task_type(task_type, new=True)
+        return task_type_name(task_type)
 
     # ------------------------------------------------------------------ schedules
 

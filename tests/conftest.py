@@ -16,8 +16,10 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository
+from sqlalchemy_taskqueue._controls import controls_table
 from sqlalchemy_taskqueue._urls import DATABASE_URL_ENV, TEST_DATABASE_URL_ENV
 from sqlalchemy_taskqueue.contrib.testing import resolve_database_url, throwaway_database
+from sqlalchemy_taskqueue.scheduling._table import schedules_table
 
 # a sitecustomize for worker processes with a skewed clock: never import it here
 collect_ignore = ["faults/skewed_clock"]
@@ -109,10 +111,18 @@ def task_model(request: pytest.FixtureRequest, engine: Engine) -> Iterator[type[
 
 @pytest.fixture
 def clean_table(task_model: type[Any], engine: Engine) -> type[Any]:
-    """The module's task model, with its table emptied before the test."""
+    """The module's task model, with its table (and the queue's auxiliary tables: its
+    schedules, pauses and limits) emptied before the test."""
+    tables = ", ".join(table.name for table in queue_tables(task_model))
     with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {task_model.__tablename__} RESTART IDENTITY"))
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
     return task_model
+
+
+def queue_tables(model: type[Any]) -> list[Any]:
+    """The task table of ``model`` and the auxiliary tables of its queue."""
+    table = model.__table__
+    return [table, schedules_table(table), controls_table(table)]
 
 
 @pytest.fixture

@@ -98,6 +98,17 @@ def oversized(task: Any, ctx: TaskContext) -> str:
     return "x" * (int(task.payload["bytes"]) - 2)
 
 
+@tasks.handler("cancellable")
+def cancellable(task: Any, ctx: TaskContext) -> str:
+    """Works until asked to stop (at most a minute), as a well-behaved long task does."""
+    record(task, ctx)
+    deadline = time.monotonic() + 60
+    while not ctx.should_stop() and time.monotonic() < deadline:
+        time.sleep(0.02)  # simulated work between checks
+    record(task, ctx, note=f"stopped: {ctx.stop_reason}")
+    return "finished"
+
+
 #: The periodic process tests give the worker a schedule through the environment:
 #: ``every=1s;missed=latest;overlap=1`` (or ``cron=...``) declares ``tick`` with those
 #: options.  Without it the app has no schedule.

@@ -29,7 +29,14 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import NullPool
 from twins import async_url
 
-from sqlalchemy_taskqueue import AsyncWorker, TaskContext, TaskRepository, TaskStatus, Worker
+from sqlalchemy_taskqueue import (
+    AsyncTaskRepository,
+    AsyncWorker,
+    TaskContext,
+    TaskRepository,
+    TaskStatus,
+    Worker,
+)
 from sqlalchemy_taskqueue.worker._asyncio import DaemonThreadPool
 
 Factory = sessionmaker[Session]
@@ -551,3 +558,34 @@ def test_progress_writes_never_block_the_loop(
     assert returned_in and returned_in[0] < 0.5  # 100 reports, none waited for the database
     task = task_row(session_factory, clean_table, task_id)
     assert (task.status, task.progress) == (TaskStatus.COMPLETED, 100)
+
+
+def test_cancelling_a_running_task_cancels_its_async_def_handler(
+    run_async: Any, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    [task_id] = enqueue_many(session_factory, clean_table, "forever", 1)
+    started = threading.Event()
+
+    async def body(factory: Any) -> None:
+        cancelled = asyncio.Event()
+
+        async def forever(task: Any, ctx: TaskContext) -> None:
+            started.set()
+            try:
+                await asyncio.sleep(3600)  # never checks should_stop: only a cancel stops it
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        worker = AsyncWorker(factory, clean_table, {"forever": forever}, heartbeat_interval=0.2)
+        async with running(worker):
+            assert await asyncio.to_thread(started.wait, 10)
+            async with factory() as session:
+                repo = AsyncTaskRepository(session, clean_table)
+                assert await repo.cancel_task(task_id) is True
+                await session.commit()
+            await asyncio.wait_for(cancelled.wait(), 10)  # at the next heartbeat
+        assert worker.stats.lost_leases == 1 and worker.stats.failed == 0
+
+    run_async(body)
+    assert statuses(session_factory, clean_table, [task_id]) == [TaskStatus.CANCELLED]

@@ -130,7 +130,21 @@ def test_cancel(run: Any, repo: Repo, session: Session) -> None:
     session.commit()
     assert run("cancel", str(task_id)) == (0, f"task {task_id} cancelled\n")
     code, output = run("cancel", str(task_id))
-    assert code == 1 and "only pending tasks" in output
+    assert code == 1 and "only pending or running tasks" in output
+    assert repo.get_task(task_id).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_cancel_a_running_task(run: Any, repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("export", {})
+    session.commit()
+    assert repo.dequeue("export") is not None
+    session.commit()
+    code, output = run("cancel", str(task_id))
+    assert (code, output) == (
+        0,
+        f"task {task_id} cancelled (its worker stops it at its next heartbeat)\n",
+    )
+    session.expire_all()
     assert repo.get_task(task_id).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
 
 

@@ -30,15 +30,21 @@ from sqlalchemy_taskqueue import (
     merge_table_args,
 )
 from sqlalchemy_taskqueue.migrations import (
+    create_controls_table_v1,
     create_schedules_table_v1,
     create_task_table_v1,
     create_task_table_v2,
+    create_task_table_v3,
     downgrade_task_table_v2_to_v1,
+    downgrade_task_table_v3_to_v2,
+    drop_controls_table_v1,
     drop_schedules_table_v1,
     drop_task_table_v1,
     drop_task_table_v2,
+    drop_task_table_v3,
     tune_task_table_v1,
     upgrade_task_table_v1_to_v2,
+    upgrade_task_table_v2_to_v3,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +85,7 @@ def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
     config = alembic_config(empty_database_url)
     command.upgrade(config, "head")
     inspector = sa.inspect(empty_engine)
-    assert {"tasks", "tasks_schedules"} <= set(inspector.get_table_names())
+    assert {"tasks", "tasks_schedules", "tasks_controls"} <= set(inspector.get_table_names())
     indexes = {index["name"]: index for index in inspector.get_indexes("tasks")}
     assert set(indexes) == {
         "ix_tasks_claimable",
@@ -100,6 +106,8 @@ def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
     assert "fillfactor=80" in storage_options(empty_engine)
     assert "autovacuum_vacuum_scale_factor=0.01" in storage_options(empty_engine)
 
+    command.downgrade(config, "0003_add_schedules_table")
+    assert "tasks_controls" not in sa.inspect(empty_engine).get_table_names()
     command.downgrade(config, "0002_tune_tasks_table")
     assert "tasks_schedules" not in sa.inspect(empty_engine).get_table_names()
     command.downgrade(config, "0001_create_tasks_table")
@@ -162,7 +170,7 @@ def test_helper_with_extra_columns_matches_an_app_subclass(empty_engine: sa.Engi
                 sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
                 sa.Column("name", sa.Text, nullable=False),
             )
-            create_task_table_v2(
+            create_task_table_v3(
                 "app_tasks",
                 sa.Column("project_id", sa.BigInteger, sa.ForeignKey("projects.id"), nullable=True),
                 sa.Column("requested_by", sa.Text, nullable=True),
@@ -173,8 +181,8 @@ def test_helper_with_extra_columns_matches_an_app_subclass(empty_engine: sa.Engi
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            drop_task_table_v2("app_tasks")
-    assert not {"app_tasks", "app_tasks_schedules"} & set(
+            drop_task_table_v3("app_tasks")
+    assert not {"app_tasks", "app_tasks_schedules", "app_tasks_controls"} & set(
         sa.inspect(empty_engine).get_table_names()
     )
 
@@ -193,7 +201,7 @@ def test_helper_matches_the_dataclass_flavour(empty_engine: sa.Engine) -> None:
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            create_task_table_v2("dc_tasks", sa.Column("tenant", sa.Text, nullable=False))
+            create_task_table_v3("dc_tasks", sa.Column("tenant", sa.Text, nullable=False))
     assert schema_diff(empty_engine, DataclassBase.metadata) == []
 
 
@@ -202,7 +210,7 @@ def test_a_drifted_table_is_reported(empty_engine: sa.Engine) -> None:
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            create_task_table_v2("tasks")
+            create_task_table_v3("tasks")
             operations.drop_index("ix_tasks_claimable", table_name="tasks")
     diff = schema_diff(empty_engine, DefaultBase.metadata)
     assert [entry[0] for entry in diff] == ["add_index"]
@@ -222,6 +230,12 @@ def test_helpers_reject_bad_table_names() -> None:
         drop_schedules_table_v1,
         upgrade_task_table_v1_to_v2,
         downgrade_task_table_v2_to_v1,
+        create_task_table_v3,
+        drop_task_table_v3,
+        create_controls_table_v1,
+        drop_controls_table_v1,
+        upgrade_task_table_v2_to_v3,
+        downgrade_task_table_v3_to_v2,
     ):
         with pytest.raises(ValueError, match="table_name"):
             helper("")
@@ -240,37 +254,60 @@ def test_a_bare_url_given_with_x_is_normalised_like_the_environment_variable(
     assert "tasks" in sa.inspect(empty_engine).get_table_names()
 
 
-def test_a_populated_version_1_queue_upgrades_to_version_2_and_keeps_working(
+def migrate(engine: sa.Engine, *steps: Any) -> None:
+    """Run migration helpers as a revision would."""
+    with engine.begin() as connection:
+        operations = Operations(MigrationContext.configure(connection))
+        with Operations.context(operations.migration_context):
+            for step in steps:
+                step()
+
+
+def test_a_populated_version_1_queue_upgrades_to_the_current_version_and_keeps_working(
     empty_engine: sa.Engine,
 ) -> None:
     """An app that migrated with ``create_task_table_v1`` adds the schedules table with
-    ``upgrade_task_table_v1_to_v2``: its tasks stay as they were, the queue keeps working,
-    and the table matches the model (autogenerate finds nothing); the downgrade removes
-    the schedules table alone."""
-
-    def migrate(*steps: Any) -> None:
-        with empty_engine.begin() as connection:
-            operations = Operations(MigrationContext.configure(connection))
-            with Operations.context(operations.migration_context):
-                for step in steps:
-                    step()
-
-    migrate(lambda: create_task_table_v1("tasks"))
+    ``upgrade_task_table_v1_to_v2`` and the controls table with
+    ``upgrade_task_table_v2_to_v3``: its tasks stay as they were, the queue works, and the
+    tables match the model (autogenerate finds nothing); each downgrade removes its table
+    alone."""
+    migrate(empty_engine, lambda: create_task_table_v1("tasks"))
     with sa.orm.Session(empty_engine) as session, session.begin():
         repo = TaskRepository(session, DefaultTask)
-        done = repo.enqueue("report", {"n": 1})
-        waiting = repo.enqueue("report", {"n": 2})
-        claimed = repo.dequeue("report")
-        assert claimed is not None and claimed.id == done
-        repo.complete_task(done, lease_token=claimed.lease_token)
+        first = repo.enqueue("report", {"n": 1})
+        second = repo.enqueue("report", {"n": 2})
 
-    migrate(lambda: upgrade_task_table_v1_to_v2("tasks"))
+    migrate(empty_engine, lambda: upgrade_task_table_v1_to_v2("tasks"))
+    migrate(empty_engine, lambda: upgrade_task_table_v2_to_v3("tasks"))
     assert schema_diff(empty_engine, DefaultBase.metadata) == []
     with sa.orm.Session(empty_engine) as session, session.begin():
         repo = TaskRepository(session, DefaultTask)
-        assert repo.get_task(done).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
-        assert repo.dequeue("report").id == waiting  # type: ignore[union-attr]
-        assert repo.schedules() == []
+        claimed = repo.dequeue("report")
+        assert claimed is not None and claimed.id == first
+        repo.complete_task(first, lease_token=claimed.lease_token)
+        assert (repo.schedules(), repo.paused()) == ([], [])
+    with sa.orm.Session(empty_engine) as session, session.begin():
+        repo = TaskRepository(session, DefaultTask)
+        assert repo.get_task(first).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
+        assert repo.get_task(second).status is TaskStatus.PENDING  # type: ignore[union-attr]
 
-    migrate(lambda: downgrade_task_table_v2_to_v1("tasks"))
+    migrate(empty_engine, lambda: downgrade_task_table_v3_to_v2("tasks"))
+    assert set(sa.inspect(empty_engine).get_table_names()) == {"tasks", "tasks_schedules"}
+    migrate(empty_engine, lambda: downgrade_task_table_v2_to_v1("tasks"))
     assert set(sa.inspect(empty_engine).get_table_names()) == {"tasks"}
+
+
+def test_a_populated_version_2_queue_upgrades_to_version_3_with_its_pauses_working(
+    empty_engine: sa.Engine,
+) -> None:
+    migrate(empty_engine, lambda: create_task_table_v2("tasks"))
+    with sa.orm.Session(empty_engine) as session, session.begin():
+        TaskRepository(session, DefaultTask).enqueue_many("report", [{"n": 1}, {"n": 2}])
+    migrate(empty_engine, lambda: upgrade_task_table_v2_to_v3("tasks"))
+    assert schema_diff(empty_engine, DefaultBase.metadata) == []
+    with sa.orm.Session(empty_engine) as session, session.begin():
+        repo = TaskRepository(session, DefaultTask)
+        repo.pause("report")
+        assert repo.dequeue("report") is None
+        repo.resume("report")
+        assert repo.dequeue("report") is not None

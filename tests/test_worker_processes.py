@@ -250,3 +250,58 @@ def test_a_task_that_kills_its_worker_every_time_still_ends_failed(
     assert (task.status, task.retry_count) == (TaskStatus.FAILED, 2), task.error_message
     runs = [run for run in executions(session_factory) if run.task_id == killer]
     assert 2 <= len(runs) <= 4
+
+
+def test_cancelling_a_running_task_stops_its_handler_and_is_final(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    task_id = enqueue(session_factory, "cancellable", {})
+    worker = spawn("--lease", "4s", "--concurrency", "1")
+    wait_for(lambda: len(executions(session_factory)) == 1)  # its handler runs
+    with session_factory.begin() as session:
+        assert TaskRepository(session, Task).cancel_task(task_id) is True
+    # within a heartbeat (a quarter of the lease) the handler is told to stop
+    wait_for(lambda: len(executions(session_factory)) == 2, timeout=10)
+    wait_for(lambda: f"task.lease_lost id={task_id}" in worker.output())
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+    task = task_state(session_factory, task_id)
+    # what the handler returned afterwards was refused: no result, no retry
+    assert (task.status, task.result, task.retry_count) == (TaskStatus.CANCELLED, None, 0)
+    runs = executions(session_factory)
+    assert [run.attempt for run in runs] == [1, 1]
+    assert (runs[1].note or "").startswith("stopped: the lease on this task was lost")
+
+
+def test_a_pause_stops_new_starts_across_processes_and_a_resume_drains_the_rest(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    with session_factory() as session:
+        TaskRepository(session, Task).enqueue_many("work", [{"ms": 200}] * 60)
+        session.commit()
+    for _ in range(2):
+        spawn("--concurrency", "2", "--prefetch", "0")
+    wait_for(lambda: len(executions(session_factory)) >= 8)
+    with session_factory.begin() as session:
+        TaskRepository(session, Task).pause("work")
+    with session_factory() as session:
+        paused_at = session.scalar(select(func.clock_timestamp()))  # after the commit
+    # the tasks claimed before the pause finish; then nothing of the type starts
+    wait_for(lambda: count_status(session_factory, TaskStatus.IN_PROGRESS) == 0)
+    with session_factory() as session:
+        started_after = session.scalar(
+            select(func.count()).where(Task.type == "work", Task.started_at > paused_at)
+        )
+    assert started_after == 0
+    pending = count_status(session_factory, TaskStatus.PENDING)
+    assert pending > 0
+    with session_factory.begin() as session:
+        TaskRepository(session, Task).resume("work")
+    wait_for(lambda: count_status(session_factory, TaskStatus.COMPLETED) == 60, timeout=60)
+
+
+def count_status(factory: sessionmaker[Session], status: TaskStatus) -> int:
+    with factory() as session:
+        return int(
+            session.scalar(select(func.count()).select_from(Task).where(Task.status == status)) or 0
+        )

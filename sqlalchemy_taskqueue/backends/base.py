@@ -412,7 +412,7 @@ class Backend(Protocol):
     # ------------------------------------------------------------------ operator actions
 
     def cancel(self, session: Session, table: Table, task_id: int) -> bool:
-        """Cancel a pending task.
+        """Cancel a pending or running task (revoking a running one's lease).
 
         Example::
 
@@ -562,6 +562,25 @@ class Backend(Protocol):
         Example::
 
             backend.set_schedule_paused(session, schedules, "report", True)
+        """
+
+    # ------------------------------------------------------------------ flow controls
+
+    def set_paused(self, session: Session, table: Table, task_type: str, paused: bool) -> None:
+        """Pause or resume claims of ``task_type`` (``table``: the controls table;
+        ``task_type`` ``""``: the whole queue).
+
+        Example::
+
+            backend.set_paused(session, controls, "export", True)
+        """
+
+    def paused_types(self, session: Session, table: Table) -> list[str]:
+        """The task types whose claims are paused (``""``: the whole queue), sorted.
+
+        Example::
+
+            backend.paused_types(session, controls)  # ['export']
         """
 
     # ------------------------------------------------------------------ monitoring reads

@@ -31,6 +31,7 @@ from sqlalchemy_taskqueue.exceptions import TaskQueueDatabaseError, TaskQueueErr
 from sqlalchemy_taskqueue.models import require_database_schema
 from sqlalchemy_taskqueue.monitoring import QueueStats
 from sqlalchemy_taskqueue.repository import TaskRepository
+from sqlalchemy_taskqueue.status import TaskStatus
 
 from ._group import DURATION, POSITIVE_DURATION, cli, database_url_option, database_url_or_fail
 from ._loading import load_model, model_for_table
@@ -436,18 +437,23 @@ def retry(
 @click.argument("task_id", type=click.IntRange(min=1))
 @queue_options
 def cancel(task_id: int, database_url: str | None, table: str, model_reference: str | None) -> None:
-    """Cancel a pending task.
+    """Cancel a pending or running task (a running one's worker is told to stop).
 
     Example: taskqueue cancel 42
     """
     with open_repository(database_url, table, model_reference) as repo:
+        task = repo.get_task(task_id)
+        running = task is not None and task.status == TaskStatus.IN_PROGRESS
         if not repo.cancel_task(task_id):
             task = repo.get_task(task_id)
             status = task.status if task is not None else "gone"
             raise click.ClickException(
-                f"task {task_id} is {status}; only pending tasks can be cancelled"
+                f"task {task_id} is {status}; only pending or running tasks can be cancelled"
             )
-    click.echo(f"task {task_id} cancelled")
+    if running:
+        click.echo(f"task {task_id} cancelled (its worker stops it at its next heartbeat)")
+    else:
+        click.echo(f"task {task_id} cancelled")
 
 
 @cli.command()

@@ -21,12 +21,11 @@ from sqlalchemy import (
     Table,
     Text,
     false,
-    inspect,
     text,
 )
 
 from sqlalchemy_taskqueue._json import JSONDocument
-from sqlalchemy_taskqueue.exceptions import TaskTableError
+from sqlalchemy_taskqueue._schema import require_auxiliary_table
 
 __all__ = [
     "SCHEDULES_SUFFIX",
@@ -99,15 +98,10 @@ def require_schedules_table(connection: Connection, task_table: Table) -> None:
         with engine.connect() as connection:
             require_schedules_table(connection, Task.__table__)
     """
-    table = schedules_table(task_table)
-    if inspect(connection).has_table(table.name, schema=table.schema):
-        return
-    schema = f", schema={task_table.schema!r}" if task_table.schema else ""
-    raise TaskTableError(
-        table.fullname,
-        None,
-        f"The schedules table {table.fullname!r} does not exist in the database: the queue "
-        "predates periodic tasks. Upgrade it: `alembic upgrade head` with a revision that "
-        "calls sqlalchemy_taskqueue.migrations.upgrade_task_table_v1_to_v2("
-        f"{task_table.name!r}{schema}) (or Base.metadata.create_all(engine) without Alembic).",
+    require_auxiliary_table(
+        connection,
+        schedules_table(task_table),
+        task_table,
+        lacking="periodic tasks",
+        upgrade="upgrade_task_table_v1_to_v2",
     )

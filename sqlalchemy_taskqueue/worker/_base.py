@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
+from sqlalchemy_taskqueue._controls import require_controls_table
 from sqlalchemy_taskqueue._json import UndecodableJSON
 from sqlalchemy_taskqueue._loading import detached_loader
 from sqlalchemy_taskqueue._messages import error_line
@@ -571,6 +572,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
             # the check to the next rescue
             connection = session.connection(bind_arguments={"mapper": self._model})
             require_database_schema(connection, self._table)
+            require_controls_table(connection, self._table)  # claims read its pauses
             if self._schedules:
                 require_schedules_table(connection, self._table)
             self._table_checked = True
@@ -864,8 +866,8 @@ class WorkerBase(Generic[TaskT, SessionT]):
         attempt.context.interrupt("the lease on this task was lost")
         self.stats.add(lost_leases=1)
         logger.warning(
-            "task.lease_lost id=%d type=%s (rescued or changed by an operator; "
-            "this worker's outcome was not written)",
+            "task.lease_lost id=%d type=%s (cancelled by an operator, or rescued after "
+            "the lease expired; the handler is asked to stop and its outcome is not written)",
             attempt.task.id,
             attempt.task.type,
         )
@@ -876,8 +878,9 @@ class WorkerBase(Generic[TaskT, SessionT]):
         with self._lock:
             return [a for a in self._held.values() if not a.finished]
 
-    def _renewed(self, attempts: list[Attempt], renewed: set[int]) -> None:
-        """Report the attempts whose lease a renewal did not extend as lost."""
+    def _renewed(self, attempts: list[Attempt], renewed: set[int]) -> list[Attempt]:
+        """Report the attempts whose lease a renewal did not extend as lost (rescued
+        elsewhere, or cancelled by an operator), and return them."""
         with self._lock:
             lost = [
                 a
@@ -886,6 +889,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
             ]
         for attempt in lost:
             self._lease_lost(attempt)
+        return lost
 
     def _release_stale_waiting(self, now: float) -> bool:
         """Hand back claimed tasks that waited a whole lease for a slot (every slot is

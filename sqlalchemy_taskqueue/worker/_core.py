@@ -329,7 +329,8 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
         except DATABASE_ERRORS:
             logger.exception("worker.heartbeat_failed (will retry)")
             return
-        self._renewed(attempts, renewed)
+        for attempt in self._renewed(attempts, renewed):
+            self._cancel_handler(attempt)  # an ``async def`` one; a thread is only asked
 
     def _time_out(self, attempt: Attempt) -> Steps[None]:
         """Fail an attempt that passed its deadline; its handler is asked to stop (an

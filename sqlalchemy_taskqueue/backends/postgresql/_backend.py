@@ -382,7 +382,7 @@ class PostgreSQLBackend:
     # ------------------------------------------------------------------ operator actions
 
     def cancel(self, session: Session, table: Table, task_id: int) -> bool:
-        """Cancel a pending task.
+        """Cancel a pending or running task (a running one's lease revoked).
 
         Example::
 
@@ -578,6 +578,28 @@ class PostgreSQLBackend:
         """
         stmt = _statements.pause_schedule_statement(table, name, paused=paused)
         return session.execute(stmt).first() is not None
+
+    # ------------------------------------------------------------------ flow controls
+
+    def set_paused(self, session: Session, table: Table, task_type: str, paused: bool) -> None:
+        """One ``INSERT ... ON CONFLICT (task_type) DO UPDATE``.
+
+        Example::
+
+            backend.set_paused(session, controls, "export", True)
+        """
+        session.execute(
+            _statements.set_paused_statement(table), {"task_type": task_type, "paused": paused}
+        )
+
+    def paused_types(self, session: Session, table: Table) -> list[str]:
+        """One ``SELECT`` of the paused rows.
+
+        Example::
+
+            backend.paused_types(session, controls)  # ['export']
+        """
+        return list(session.scalars(_statements.paused_types_statement(table)))
 
     # ------------------------------------------------------------------ monitoring reads
 

@@ -49,6 +49,7 @@ from sqlalchemy import (
     case,
     cast,
     delete,
+    exists,
     false,
     func,
     insert,
@@ -64,6 +65,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import ColumnDefault
 
+from sqlalchemy_taskqueue._controls import QUEUE_WIDE, controls_table
 from sqlalchemy_taskqueue._schema import (
     ACTIVE_DEDUPE_PREDICATE,
     CLAIM_ORDER,
@@ -92,6 +94,7 @@ __all__ = [
     "listen_statement",
     "notify_statement",
     "outcome_counts_statement",
+    "paused_types_statement",
     "payload_contains",
     "processing_times_statement",
     "progress_lookup_statement",
@@ -106,6 +109,7 @@ __all__ = [
     "renew_leases_statement",
     "rescue_statement",
     "retry_statement",
+    "set_paused_statement",
     "status_counts_statement",
     "stuck_tasks_statement",
 ]
@@ -484,6 +488,7 @@ def claim_statement(
         c.status == TaskStatus.PENDING,
         c.run_at <= _now(),
         _type_filter(table, type_filter),
+        *_not_paused(table),
     ]
     if relaxed_commit:
         conditions.append(_relaxing_commit())
@@ -521,6 +526,18 @@ def claim_statement(
         )
         .returning(*c)
     )
+
+
+def _not_paused(table: Table) -> list[ColumnElement[bool]]:
+    """Claims skip paused types, and everything while the whole queue is paused: two
+    look-ups in the small controls table, each evaluated once per statement (a hashed
+    sub-plan and an init-plan), not once per row."""
+    controls = controls_table(table)
+    paused = controls.c.paused
+    return [
+        table.c.type.not_in(select(controls.c.task_type).where(paused)),
+        ~exists().where(paused, controls.c.task_type == QUEUE_WIDE),
+    ]
 
 
 def _picked_rows(table: Table, picked_ids: Select[Any]) -> ColumnElement[bool]:
@@ -763,7 +780,8 @@ def diagnose_statement(table: Table, task_id: int) -> Select[Any]:
 
 
 def cancel_statement(table: Table, task_id: int) -> Update:
-    """Cancel a task that has not started yet.
+    """Cancel a pending or running task; a running one's lease is revoked, so its worker
+    finds it gone at its next heartbeat and every write it makes afterwards is refused.
 
     Example::
 
@@ -772,8 +790,8 @@ def cancel_statement(table: Table, task_id: int) -> Update:
     c = table.c
     return (
         update(table)
-        .where(c.id == task_id, c.status == TaskStatus.PENDING)
-        .values(status=TaskStatus.CANCELLED, completed_at=_now())
+        .where(c.id == task_id, c.status.in_([TaskStatus.PENDING, TaskStatus.IN_PROGRESS]))
+        .values(status=TaskStatus.CANCELLED, completed_at=_now(), **_LEASE_CLEARED)
         .returning(c.id)
     )
 
@@ -1349,3 +1367,35 @@ def pause_schedule_statement(table: Table, name: str, *, paused: bool) -> Update
         found = session.execute(pause_schedule_statement(schedules, "report", paused=True))
     """
     return update(table).where(table.c.name == name).values(paused=paused).returning(table.c.name)
+
+
+# --------------------------------------------------------------------------- flow controls
+
+
+def set_paused_statement(table: Table) -> Insert:
+    """Pause or resume a type's claims (parameters ``task_type`` and ``paused``): the
+    controls row is made if there is none.
+
+    Example::
+
+        session.execute(set_paused_statement(controls), {"task_type": "export", "paused": True})
+    """
+    stmt = postgresql.insert(table).values(
+        task_type=bindparam("task_type", type_=table.c.task_type.type),
+        paused=bindparam("paused", type_=table.c.paused.type),
+        updated_at=_now(),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c.task_type],
+        set_={"paused": stmt.excluded.paused, "updated_at": _now()},
+    )
+
+
+def paused_types_statement(table: Table) -> Select[Any]:
+    """The task types whose claims are paused (``''``: the whole queue), sorted.
+
+    Example::
+
+        paused = session.scalars(paused_types_statement(controls)).all()
+    """
+    return select(table.c.task_type).where(table.c.paused).order_by(table.c.task_type)

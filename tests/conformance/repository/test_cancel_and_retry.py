@@ -1,4 +1,5 @@
-"""Operators' actions on tasks: ``cancel_task`` cancels a pending task only;
+"""Operators' actions on tasks: ``cancel_task`` cancels a pending or running task (a
+running one's lease revoked, so its worker's later writes are refused);
 ``retry_task`` and ``retry_failed_tasks`` put failed tasks back in the queue, due at
 once, but never beside an active task with the same dedupe key."""
 
@@ -8,22 +9,58 @@ import pytest
 from repository_harness import Repo, claim
 from sqlalchemy.orm import Session
 
-from sqlalchemy_taskqueue import InvalidTransitionError, TaskStatus
+from sqlalchemy_taskqueue import InvalidTransitionError, LeaseLostError, TaskStatus
 
 
-def test_cancel_task_only_cancels_pending(repo: Repo, session: Session) -> None:
+def test_cancel_task_cancels_a_pending_task_once(repo: Repo, session: Session) -> None:
     pending = repo.enqueue("a", {})
-    running = repo.enqueue("b", {})
     session.commit()
-    claim(repo, "b")
     assert repo.cancel_task(pending) is True
-    assert repo.cancel_task(pending) is False
-    assert repo.cancel_task(running) is False
+    assert repo.cancel_task(pending) is False  # finished: a clear no-op
     session.commit()
     cancelled = repo.get_task(pending)
     assert cancelled is not None and cancelled.status is TaskStatus.CANCELLED
     assert cancelled.completed_at is not None
     assert repo.dequeue("a") is None
+
+
+def test_cancelling_a_running_task_revokes_its_lease(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {}, max_retries=5)
+    session.commit()
+    task = claim(repo, "a")
+    token = task.lease_token
+    assert repo.cancel_task(task_id) is True
+    session.commit()
+    stored = repo.get_task(task_id)
+    assert stored is not None and stored.status is TaskStatus.CANCELLED
+    assert (stored.lease_token, stored.lease_expires_at) == (None, None)
+    assert stored.completed_at is not None
+    # the worker that held it: every write with its lease is refused, nothing changes
+    with pytest.raises(LeaseLostError):
+        repo.complete_task(task_id, result={"late": True}, lease_token=token)
+    with pytest.raises(LeaseLostError):
+        repo.fail_task(task_id, "late failure", lease_token=token)
+    with pytest.raises(LeaseLostError):
+        repo.update_progress(task_id, 90, lease_token=token)
+    session.rollback()
+    assert repo.complete_tasks([(task_id, token, None)]) == set()
+    assert repo.renew_leases([(task_id, token)]) == set()
+    session.commit()
+    after = repo.get_task(task_id)
+    assert after is not None
+    assert (after.status, after.result, after.retry_count) == (TaskStatus.CANCELLED, None, 0)
+    assert repo.dequeue("a") is None  # not retried
+    assert repo.cancel_task(task_id) is False
+
+
+def test_cancelling_a_finished_task_is_a_no_op(repo: Repo, session: Session) -> None:
+    task_id = repo.enqueue("a", {})
+    session.commit()
+    task = claim(repo, "a")
+    repo.complete_task(task_id, lease_token=task.lease_token)
+    session.commit()
+    assert repo.cancel_task(task_id) is False
+    assert repo.get_task(task_id).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
 
 
 def test_retry_task_requeues_a_failed_task(repo: Repo, session: Session) -> None:

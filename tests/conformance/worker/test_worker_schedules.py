@@ -149,7 +149,7 @@ def test_a_worker_with_schedules_on_a_queue_without_the_schedules_table_stops_na
     finally:
         table.create(engine)
     message = str(raised.value)
-    assert f"The schedules table {table.name!r} does not exist" in message
+    assert f"The table {table.name!r} does not exist" in message
     assert f"upgrade_task_table_v1_to_v2({model.__tablename__!r})" in message
 
 

@@ -1,0 +1,87 @@
+"""``taskqueue pause|resume [TYPE]`` and ``taskqueue limits``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqlalchemy_taskqueue import TaskRepository
+from sqlalchemy_taskqueue._controls import controls_table
+from sqlalchemy_taskqueue.cli import cli
+
+
+@pytest.fixture
+def run(database_url: str, clean_table: type[Any]) -> Any:
+    def invoke(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(
+            cli,
+            args,
+            env={
+                "TASKQUEUE_DATABASE_URL": database_url,
+                "TASKQUEUE_TABLE": clean_table.__tablename__,
+            },
+        )
+        return result.exit_code, result.output
+
+    return invoke
+
+
+def paused(factory: sessionmaker[Session], model: type[Any]) -> list[str]:
+    with factory() as session:
+        return TaskRepository(session, model).paused()
+
+
+def test_pause_and_resume_a_type(
+    run: Any, session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    assert run("pause", "export") == (
+        0,
+        "task type export paused: workers claim none of it until resumed\n",
+    )
+    assert paused(session_factory, clean_table) == ["export"]
+    code, output = run("limits")
+    assert code == 0 and "export" in output
+    assert run("resume", "export") == (0, "task type export resumed\n")
+    assert paused(session_factory, clean_table) == []
+    assert run("limits") == (0, "Paused: none\n")
+
+
+def test_pause_and_resume_the_whole_queue(
+    run: Any, session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    run("pause", "export")
+    code, output = run("pause")
+    assert code == 0 and output.startswith("the whole queue paused")
+    code, output = run("limits", "--json")
+    assert json.loads(output) == {"paused": ["*", "export"]}
+    assert "(the whole queue)" in run("limits")[1]
+    code, output = run("resume")
+    assert output == "the whole queue resumed\nstill paused on their own: export\n"
+    assert paused(session_factory, clean_table) == ["export"]
+
+
+def test_a_bad_type_name_is_a_usage_error_and_nothing_is_written(
+    run: Any, session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    code, output = run("pause", "x" * 300)
+    assert code == 2 and "at most 255 characters" in output
+    assert paused(session_factory, clean_table) == []
+
+
+def test_a_queue_without_the_controls_table_is_told_how_to_upgrade(
+    run: Any, engine: Engine, clean_table: type[Any]
+) -> None:
+    table = controls_table(clean_table.__table__)
+    table.drop(engine)
+    try:
+        for command in (["pause"], ["resume", "export"], ["limits"]):
+            code, output = run(*command)
+            assert code == 1, output
+            assert "upgrade_task_table_v2_to_v3" in output
+    finally:
+        table.create(engine)
