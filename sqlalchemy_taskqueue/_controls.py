@@ -4,20 +4,16 @@
 like the schedules table, and is created by
 :func:`~sqlalchemy_taskqueue.migrations.create_controls_table_v1`.  A row says whether
 claims of its type are paused; the row of the empty type name stands for the whole
-queue (task types are never empty).  Its rate-limit columns (a limit per period and a
-token bucket's state) are there for rate limits.
+queue (task types are never empty).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     Boolean,
-    CheckConstraint,
     Column,
     Connection,
     DateTime,
-    Float,
-    Integer,
     Table,
     Text,
     false,
@@ -69,14 +65,7 @@ def controls_table(task_table: Table) -> Table:
         task_table.metadata,
         Column("task_type", Text, primary_key=True, comment="'' for the whole queue"),
         Column("paused", Boolean, nullable=False, server_default=false()),
-        Column("rate_limit", Integer, nullable=True),
-        Column("rate_period_seconds", Float, nullable=True),
-        Column("tokens", Float, nullable=True),
-        Column("refilled_at", DateTime(timezone=True), nullable=True),
         Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
-        CheckConstraint(
-            "(rate_limit IS NULL) = (rate_period_seconds IS NULL)", name=f"ck_{name}_rate"
-        ),
         schema=task_table.schema,
     )
 
@@ -95,6 +84,6 @@ def require_controls_table(connection: Connection, task_table: Table) -> None:
         connection,
         controls_table(task_table),
         task_table,
-        lacking="pauses and rate limits",
+        lacking="pauses",
         upgrade="upgrade_task_table_v2_to_v3",
     )

@@ -76,8 +76,10 @@ def test_two_queue_tables_live_in_one_metadata_with_their_own_index_names() -> N
     assert set(Base.metadata.tables) == {
         "tasks",
         "tasks_schedules",
+        "tasks_controls",
         "email_tasks",
         "email_tasks_schedules",
+        "email_tasks_controls",
     }
     assert index_names(Task) == {
         "ix_tasks_claimable",
