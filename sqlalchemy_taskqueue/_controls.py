@@ -20,7 +20,7 @@ from sqlalchemy import (
     text,
 )
 
-from sqlalchemy_taskqueue._schema import require_auxiliary_table
+from sqlalchemy_taskqueue._schema import auxiliary_table, require_auxiliary_table
 
 __all__ = [
     "CONTROLS_SUFFIX",
@@ -55,18 +55,16 @@ def controls_table(task_table: Table) -> Table:
 
         controls_table(Task.__table__).name  # 'tasks_controls'
     """
-    name = controls_table_name(task_table.name)
-    key = name if task_table.schema is None else f"{task_table.schema}.{name}"
-    existing = task_table.metadata.tables.get(key)
-    if existing is not None:
-        return existing
-    return Table(
-        name,
-        task_table.metadata,
-        Column("task_type", Text, primary_key=True, comment="'' for the whole queue"),
-        Column("paused", Boolean, nullable=False, server_default=false()),
-        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
-        schema=task_table.schema,
+    return auxiliary_table(
+        task_table,
+        CONTROLS_SUFFIX,
+        lambda name: [
+            Column("task_type", Text, primary_key=True, comment="'' for the whole queue"),
+            Column("paused", Boolean, nullable=False, server_default=false()),
+            Column(
+                "updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+            ),
+        ],
     )
 
 

@@ -8,9 +8,10 @@ backend that has no partial indexes enforces their meaning its own way.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, Index, Table, inspect
+from sqlalchemy.schema import SchemaItem
 
 from sqlalchemy_taskqueue.backends import partial_index_options
 from sqlalchemy_taskqueue.exceptions import TaskTableError
@@ -111,3 +112,22 @@ def require_auxiliary_table(
         f"sqlalchemy_taskqueue.migrations.{upgrade}({task_table.name!r}{schema}) "
         "(or Base.metadata.create_all(engine) without Alembic).",
     )
+
+
+def auxiliary_table(
+    task_table: Table, suffix: str, items: Callable[[str], Sequence[SchemaItem]]
+) -> Table:
+    """The auxiliary table ``<task table><suffix>`` of a queue, declared in the task
+    table's ``MetaData`` the first time it is asked for, with the columns and
+    constraints ``items(name)`` gives, and found there afterwards.
+
+    Example::
+
+        auxiliary_table(Task.__table__, "_controls", lambda name: [Column("task_type", Text)])
+    """
+    name = f"{task_table.name}{suffix}"
+    key = name if task_table.schema is None else f"{task_table.schema}.{name}"
+    existing = task_table.metadata.tables.get(key)
+    if existing is not None:
+        return existing
+    return Table(name, task_table.metadata, *items(name), schema=task_table.schema)

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 
 from sqlalchemy_taskqueue._json import JSONDocument
-from sqlalchemy_taskqueue._schema import require_auxiliary_table
+from sqlalchemy_taskqueue._schema import auxiliary_table, require_auxiliary_table
 
 __all__ = [
     "SCHEDULES_SUFFIX",
@@ -54,37 +54,35 @@ def schedules_table(task_table: Table) -> Table:
 
         schedules_table(Task.__table__).name  # 'tasks_schedules'
     """
-    name = schedules_table_name(task_table.name)
-    key = name if task_table.schema is None else f"{task_table.schema}.{name}"
-    existing = task_table.metadata.tables.get(key)
-    if existing is not None:
-        return existing
-    return Table(
-        name,
-        task_table.metadata,
-        Column("name", Text, primary_key=True, comment="the schedule's unique name"),
-        Column("task_type", Text, nullable=False),
-        Column("cron", Text, nullable=True),
-        Column("every_seconds", Float, nullable=True),
-        Column("timezone", Text, nullable=False),
-        Column("missed", Text, nullable=False),
-        Column("catch_up_seconds", Float, nullable=False),
-        Column("overlap", Boolean, nullable=False, server_default=false()),
-        Column("payload", JSONDocument, nullable=False),
-        Column("priority", Integer, nullable=False, server_default=text("0")),
-        Column("max_retries", Integer, nullable=False, server_default=text("3")),
-        Column("columns", JSONDocument, nullable=False),
-        Column("paused", Boolean, nullable=False, server_default=false()),
-        Column("next_fire_at", DateTime(timezone=True), nullable=True),
-        Column("last_fire_at", DateTime(timezone=True), nullable=True),
-        Column("last_task_id", BigInteger, nullable=True),
-        Column("carried_at", DateTime(timezone=True), nullable=True),
-        Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
-        CheckConstraint(
-            "(cron IS NULL) <> (every_seconds IS NULL)", name=f"ck_{name}_cron_or_every"
-        ),
-        CheckConstraint("missed IN ('latest', 'skip', 'all')", name=f"ck_{name}_missed"),
-        schema=task_table.schema,
+    return auxiliary_table(
+        task_table,
+        SCHEDULES_SUFFIX,
+        lambda name: [
+            Column("name", Text, primary_key=True, comment="the schedule's unique name"),
+            Column("task_type", Text, nullable=False),
+            Column("cron", Text, nullable=True),
+            Column("every_seconds", Float, nullable=True),
+            Column("timezone", Text, nullable=False),
+            Column("missed", Text, nullable=False),
+            Column("catch_up_seconds", Float, nullable=False),
+            Column("overlap", Boolean, nullable=False, server_default=false()),
+            Column("payload", JSONDocument, nullable=False),
+            Column("priority", Integer, nullable=False, server_default=text("0")),
+            Column("max_retries", Integer, nullable=False, server_default=text("3")),
+            Column("columns", JSONDocument, nullable=False),
+            Column("paused", Boolean, nullable=False, server_default=false()),
+            Column("next_fire_at", DateTime(timezone=True), nullable=True),
+            Column("last_fire_at", DateTime(timezone=True), nullable=True),
+            Column("last_task_id", BigInteger, nullable=True),
+            Column("carried_at", DateTime(timezone=True), nullable=True),
+            Column(
+                "created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+            ),
+            CheckConstraint(
+                "(cron IS NULL) <> (every_seconds IS NULL)", name=f"ck_{name}_cron_or_every"
+            ),
+            CheckConstraint("missed IN ('latest', 'skip', 'all')", name=f"ck_{name}_missed"),
+        ],
     )
 
 
