@@ -13,7 +13,7 @@ when the earliest fire time it knows of has come.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,6 +46,8 @@ class FireReport:
     :ivar next_fire_at: the earliest fire time to come among the carried schedules
         (``None``: none, all paused).
     :ivar now: the database clock.
+    :ivar failed: ``(schedule name, error)`` of schedules whose fire failed (rolled back
+        alone; they stay due and are tried again at the next turn).
 
     Example::
 
@@ -57,6 +59,7 @@ class FireReport:
     held_back: list[tuple[str, datetime, int]]
     next_fire_at: datetime | None
     now: datetime
+    failed: list[tuple[str, BaseException]] = field(default_factory=list)
 
 
 def sync_schedules(repo: TaskRepository[Any], schedules: Sequence[Schedule]) -> None:
@@ -73,9 +76,9 @@ def sync_schedules(repo: TaskRepository[Any], schedules: Sequence[Schedule]) -> 
         return
     backend, session, table = _parts(repo)
     now = backend.clock(session)
-    rows = [
+    rows = [  # by name: every worker locks the rows in one order (no deadlock)
         {"name": schedule.name, "next_fire_at": schedule.next_fire(now), **schedule.definition()}
-        for schedule in schedules
+        for schedule in sorted(schedules, key=lambda schedule: schedule.name)
     ]
     backend.sync_schedules(session, table, rows)
 
@@ -96,33 +99,53 @@ def fire_due_schedules(repo: TaskRepository[Any], schedules: Mapping[str, Schedu
     if not names:
         return FireReport(enqueued, held_back, None, backend.clock(session))
     now = backend.clock(session)
+    failed: list[tuple[str, BaseException]] = []
     for row in backend.due_schedules(session, table, names):
         schedule = schedules[row.name]
-        last_fire, last_task = row.last_fire_at, row.last_task_id
-        # no pile-up: while the last fire's task is pending or running, fires wait
-        blocking = None if schedule.overlap else _active(backend, session, repo, last_task)
-        for fire in schedule.due_fires(row.next_fire_at, now):
-            if blocking is not None:
-                held_back.append((schedule.name, fire, blocking))
-                continue
-            task_id, created = _enqueue_fire(repo, schedule, fire, now)
-            if not created:  # this very fire is enqueued already (its task is active)
-                held_back.append((schedule.name, fire, task_id))
-                continue
-            enqueued.append((schedule.name, fire, task_id))
-            last_fire, last_task = fire, task_id
-            if not schedule.overlap:
-                blocking = task_id
-        backend.record_fire(
-            session,
-            table,
-            schedule.name,
-            next_fire_at=schedule.next_fire(now),
-            last_fire_at=last_fire,
-            last_task_id=last_task,
-        )
+        try:
+            with session.begin_nested():  # one schedule that cannot fire holds back no other
+                fired, waiting = _fire(repo, schedule, row, now)
+        except Exception as exc:  # rolled back to the savepoint: left due, tried next turn
+            failed.append((schedule.name, exc))
+            continue
+        enqueued += fired
+        held_back += waiting
     soonest, now = backend.next_fire(session, table, names)
-    return FireReport(enqueued, held_back, soonest, now)
+    return FireReport(enqueued, held_back, soonest, now, failed)
+
+
+def _fire(
+    repo: TaskRepository[Any], schedule: Schedule, row: Any, now: datetime
+) -> tuple[list[tuple[str, datetime, int]], list[tuple[str, datetime, int]]]:
+    """Enqueue the due fires of one locked schedule row and record them: the fires
+    enqueued and those held back."""
+    backend, session, table = _parts(repo)
+    enqueued: list[tuple[str, datetime, int]] = []
+    held_back: list[tuple[str, datetime, int]] = []
+    last_fire, last_task = row.last_fire_at, row.last_task_id
+    # no pile-up: while the last fire's task is pending or running, fires wait
+    blocking = None if schedule.overlap else _active(backend, session, repo, last_task)
+    for fire in schedule.due_fires(row.next_fire_at, now):
+        if blocking is not None:
+            held_back.append((schedule.name, fire, blocking))
+            continue
+        task_id, created = _enqueue_fire(repo, schedule, fire, now)
+        if not created:  # this very fire is enqueued already (its task is active)
+            held_back.append((schedule.name, fire, task_id))
+            continue
+        enqueued.append((schedule.name, fire, task_id))
+        last_fire, last_task = fire, task_id
+        if not schedule.overlap:
+            blocking = task_id
+    backend.record_fire(
+        session,
+        table,
+        schedule.name,
+        next_fire_at=schedule.next_fire(now),
+        last_fire_at=last_fire,
+        last_task_id=last_task,
+    )
+    return enqueued, held_back
 
 
 def _enqueue_fire(

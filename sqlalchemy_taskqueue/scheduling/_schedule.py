@@ -173,14 +173,17 @@ class Schedule:
     def _fires_between(
         self, first: datetime, end: datetime, *, inclusive: bool = False
     ) -> list[datetime]:
-        """Fire times from ``first`` (a fire time) up to ``end``, at most
-        :data:`MAX_CATCH_UP_FIRES` of them."""
-        fires: list[datetime] = []
-        fire = first
-        while (fire <= end if inclusive else fire < end) and len(fires) < MAX_CATCH_UP_FIRES:
-            fires.append(fire)
-            fire = self.next_fire(fire)
-        return fires
+        """Fire times from ``first`` (a fire time) up to ``end``: the newest
+        :data:`MAX_CATCH_UP_FIRES` of them when there are more (walked back from ``end``,
+        so the work is bounded however far back ``first`` lies)."""
+        newest: list[datetime] = []
+        fire = end + timedelta(microseconds=1) if inclusive else end
+        while len(newest) < MAX_CATCH_UP_FIRES:
+            fire = self.previous_fire(fire)
+            if fire < first:
+                break
+            newest.append(fire)
+        return newest[::-1]
 
     def definition(self) -> dict[str, Any]:
         """What a schedule's row records of the code's declaration (for operators, who

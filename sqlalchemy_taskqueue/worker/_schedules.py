@@ -62,6 +62,7 @@ class ScheduleKeeper:
                 raise TypeError(f"schedule {schedule.name!r}: {exc}") from None
         self._next_turn = 0.0
         self._next_carry = 0.0
+        self._carrying = False
         self._failures = 0
 
     def __bool__(self) -> bool:
@@ -86,22 +87,25 @@ class ScheduleKeeper:
         self, repository: Callable[[Session], TaskRepository[Any]]
     ) -> Callable[[Session], FireReport]:
         """The transaction body of one firing turn (records carrying when that is due)."""
-        carry = time.monotonic() >= self._next_carry
+        carry = self._carrying = time.monotonic() >= self._next_carry
         schedules = self.schedules
 
         def fire(session: Session) -> FireReport:
             repo = repository(session)
             if carry:
                 sync_schedules(repo, list(schedules.values()))
-            report = fire_due_schedules(repo, schedules)
-            if carry:
-                self._next_carry = time.monotonic() + CARRY_INTERVAL.total_seconds()
-            return report
+            return fire_due_schedules(repo, schedules)
 
         return fire
 
     def fired(self, report: FireReport) -> None:
         """Log what a committed turn did and plan the next one."""
+        if self._carrying:  # recorded now that it committed (a failed turn carries again)
+            self._next_carry = time.monotonic() + CARRY_INTERVAL.total_seconds()
+        for name, exc in report.failed:
+            logger.warning(
+                "schedule.fire_failed name=%s (tried again next turn): %s", name, error_line(exc)
+            )
         if self._failures:
             logger.info("schedule.firing_resumed after=%d failed turns", self._failures)
         self._failures = 0

@@ -242,3 +242,42 @@ def test_a_schedule_no_worker_carries_any_more_is_orphaned(
     with session_factory() as session:
         (state,) = TaskRepository(session, model).schedules()
     assert state.orphaned
+
+
+def test_a_schedule_that_cannot_fire_holds_back_no_other(
+    session_factory: sessionmaker[Session], engine: Engine, model: type[Any]
+) -> None:
+    big = make_schedule("big", payload={"blob": "x" * 500}, **EVERY)
+    small = make_schedule("small", **EVERY)
+    carry(session_factory, model, big, small)
+    make_due(engine, model, big)
+    due = make_due(engine, model, small)
+    with session_factory.begin() as session:  # a queue that refuses big's payload
+        repo = TaskRepository(session, model, max_payload_bytes=200)
+        report = fire_due_schedules(repo, {"big": big, "small": small})
+    assert [(name, fired) for name, fired, _ in report.enqueued] == [("small", due)]
+    assert [name for name, _ in report.failed] == ["big"]
+    assert "payload" in str(report.failed[0][1])
+    with session_factory() as session:
+        states = {s.name: s for s in TaskRepository(session, model).schedules()}
+    assert states["big"].next_fire_at is not None and states["big"].last_fire_at is None
+    assert states["small"].last_fire_at == due
+
+
+def test_a_new_timing_never_moves_the_next_fire_back_to_a_time_fired_already(
+    session_factory: sessionmaker[Session], engine: Engine, model: type[Any]
+) -> None:
+    """A worker with new code records the new timing while a peer, still on the old, has
+    just fired a later time: the row keeps its own next fire, so no time fires twice."""
+    old = make_schedule("tick", **EVERY)
+    carry(session_factory, model, old)
+    table = schedules_table(model.__table__)
+    with engine.begin() as connection:
+        before = connection.execute(select(table.c.next_fire_at)).scalar_one()
+        connection.execute(  # the peer's fire, committed while the new worker waited
+            update(table).values(last_fire_at=func.now() + timedelta(days=2))
+        )
+    carry(session_factory, model, make_schedule("tick", every=timedelta(minutes=7)))
+    with engine.connect() as connection:
+        row = connection.execute(select(table.c.next_fire_at, table.c.every_seconds)).one()
+    assert row.next_fire_at == before and row.every_seconds == 420.0

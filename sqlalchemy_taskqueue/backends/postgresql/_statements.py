@@ -1291,8 +1291,20 @@ def sync_schedules_statement(table: Table) -> Insert:
         set_={
             **definition,
             "carried_at": _now(),
+            # a new timing's first fire, unless a peer has fired that time already (its
+            # fire committed while this upsert waited for the row): never fire it twice
             "next_fire_at": case(
-                (timing_changed, excluded.next_fire_at), else_=table.c.next_fire_at
+                (
+                    and_(
+                        timing_changed,
+                        or_(
+                            table.c.last_fire_at.is_(None),
+                            excluded.next_fire_at > table.c.last_fire_at,
+                        ),
+                    ),
+                    excluded.next_fire_at,
+                ),
+                else_=table.c.next_fire_at,
             ),
         },
     )
