@@ -210,6 +210,9 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
 
     def _claim_once(self, free: int) -> Steps[list[Any]]:
         connection = self._claim_connection
+        if self._rate_limited:  # a budget's row lock must last the transaction: no autocommit
+            _, claimed = yield from Transaction(self._settle_body([], free), shielded=False)
+            return claimed
         if connection is None or not self._claims_directly:
             body = self._settle_body([], free)
             _, claimed = yield from Transaction(body, claim_only=True, shielded=False)
