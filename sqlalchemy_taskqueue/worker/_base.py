@@ -431,9 +431,17 @@ class WorkerBase(Generic[TaskT, SessionT]):
         the next rescue, so a worker waiting for notifications still rescues on time, nor
         past the moment a rate-limited type's budget allows more claims."""
         until = min(self._poll, next_rescue - time.monotonic())
-        if self._rate_retry_at is not None:
+        if self._rate_waiting():
+            assert self._rate_retry_at is not None
             until = min(until, self._rate_retry_at - time.monotonic())
         return max(until, 0.0)
+
+    def _rate_waiting(self) -> bool:
+        """Whether a rate-limited type's spent budget frees later (then the queue is not
+        empty for ``until_empty``); a moment passed is forgotten (no busy loop)."""
+        if self._rate_retry_at is not None and self._rate_retry_at <= time.monotonic():
+            self._rate_retry_at = None
+        return self._rate_retry_at is not None
 
     def _drained(self) -> bool:
         with self._lock:
@@ -484,8 +492,9 @@ class WorkerBase(Generic[TaskT, SessionT]):
                     self._types,
                     limit=free,
                     lease_duration=self._lease,
-                    # only claims: a claim lost in a crash is just claimed again
-                    relaxed_commit=not outcomes,
+                    # only claims: a claim lost in a crash is just claimed again (not so a
+                    # rate-limited one: its budget would forget the starts it counted)
+                    relaxed_commit=not outcomes and not self._rate_limited,
                     own_session=True,
                     starting=self._starting(),
                     rate_limited=self._rate_limited,

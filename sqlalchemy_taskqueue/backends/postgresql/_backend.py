@@ -856,12 +856,13 @@ def claim_statement_and_params(table: Table, request: ClaimRequest) -> tuple[Any
         type_filter, params["task_types"] = "many", list(task_types)
     if request.starting is not None:
         params["starting"] = request.starting
+    options = {"rate_limited": True} if request.rate_limited else {}  # one cache entry each
     stmt = _statements.claim_statement(
         table,
         type_filter=type_filter,
         relaxed_commit=request.relaxed_commit,
         prefetch=request.starting is not None,
-        rate_limited=request.rate_limited,
+        **options,
     )
     return stmt, params
 

@@ -51,3 +51,16 @@ def test_a_worker_claims_a_limited_type_only_within_its_budget(
             TaskRepository(session, clean_table).clear_rate_limit("webhook")
         # the worker learns of it at its next rescue (0.2 s here) and drains the rest
         wait_for(lambda: len(ran) == 10)
+
+
+def test_a_run_until_empty_waits_for_the_budget_instead_of_stopping_early(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    with session_factory.begin() as session:
+        repo = TaskRepository(session, clean_table)
+        repo.enqueue_many("webhook", [{"n": n} for n in range(5)])
+        repo.set_rate_limit("webhook", 2, per=timedelta(seconds=1))
+    ran: list[int] = []
+    worker = make_worker(session_factory, clean_table, {"webhook": lambda t, c: ran.append(t.id)})
+    worker.run(until_empty=True)  # 2, then 2 a second later, then the last one
+    assert len(ran) == 5
