@@ -129,6 +129,16 @@ def drain(
     return count / run_processes(_work_until_empty, (url, options, scheduled), processes)
 
 
+def rate_limit(engine: Engine, limit: int | None) -> None:
+    """Limit the no-op type to ``limit`` claims a second (``None``: lift the limit)."""
+    with Session(engine) as session, session.begin():
+        repo = TaskRepository(session, Task)
+        if limit is None:
+            repo.clear_rate_limit("noop")
+        else:
+            repo.set_rate_limit("noop", limit, per=timedelta(seconds=1))
+
+
 def wake_latencies(engine: Engine, samples: int, spacing: float) -> list[float]:
     """Seconds from each enqueuing commit to its handler starting, with an idle worker
     (default settings: LISTEN/NOTIFY) and tasks enqueued ``spacing`` seconds apart.

@@ -231,6 +231,18 @@ def measure(
         )
     )
     fill(tasks)
+    ours.rate_limit(engine, 10_000_000)  # far above the drain rate: the cost, not the limit
+    add(
+        Figure(
+            "drain, one process, default settings, a rate limit above the drain rate",
+            "tasks/s",
+            hand_one,
+            ours.drain(url, tasks, processes=1),
+            target=">= 0.7x the plain drain (the row above the schedule's)",
+        )
+    )
+    ours.rate_limit(engine, None)
+    fill(tasks)
     hand_batch = baseline.drain(url, tasks, per_statement=100, processes=args.processes)
     best = {"concurrency": args.concurrency, "prefetch": args.prefetch}
     fill(tasks)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
+from ._controls import RateLimit
 from .backoff import BackoffPolicy
 from .exceptions import (
     InvalidTransitionError,
@@ -47,6 +48,7 @@ __all__ = [
     "HandlerRegistry",
     "InvalidTransitionError",
     "LeaseLostError",
+    "RateLimit",
     "ScheduleNotFoundError",
     "TaskContext",
     "TaskDataclassMixin",

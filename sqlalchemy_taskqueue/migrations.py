@@ -288,21 +288,28 @@ def _auxiliary_name(task_table_name: str, suffix: str) -> str:
 
 def create_controls_table_v1(task_table_name: str, *, schema: str | None = None) -> None:
     """Create the version-1 controls table of a queue (``<task table>_controls``): the
-    pauses operators set per task type (and for the whole queue).
+    pauses and rate limits operators set per task type (and pauses of the whole queue).
 
     Example::
 
         create_controls_table_v1("tasks")
     """
+    name = _auxiliary_name(task_table_name, "_controls")
     _op().create_table(
-        _auxiliary_name(task_table_name, "_controls"),
+        name,
         sa.Column("task_type", sa.Text, primary_key=True, comment="'' for the whole queue"),
         sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("rate_limit", sa.Integer, nullable=True),
+        sa.Column("rate_period_seconds", sa.Float, nullable=True),
+        sa.Column("rate_starts", _json_v1(), nullable=True),
         sa.Column(
             "updated_at",
             sa.DateTime(timezone=True),
             nullable=False,
             server_default=sa.text("now()"),
+        ),
+        sa.CheckConstraint(
+            "(rate_limit IS NULL) = (rate_period_seconds IS NULL)", name=f"ck_{name}_rate"
         ),
         schema=schema,
     )
@@ -356,7 +363,7 @@ def upgrade_task_table_v2_to_v3(table_name: str, *, schema: str | None = None) -
 
 
 def downgrade_task_table_v3_to_v2(table_name: str, *, schema: str | None = None) -> None:
-    """Undo :func:`upgrade_task_table_v2_to_v3` (pauses are lost).
+    """Undo :func:`upgrade_task_table_v2_to_v3` (pauses and rate limits are lost).
 
     Example::
 

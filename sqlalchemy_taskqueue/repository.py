@@ -28,6 +28,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -35,7 +36,14 @@ from sqlalchemy import Table
 from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Session, scoped_session
 
-from ._controls import QUEUE_WIDE, WHOLE_QUEUE, controls_table
+from ._controls import (
+    QUEUE_WIDE,
+    WHOLE_QUEUE,
+    RateLimit,
+    controls_table,
+    recent_starts,
+    started,
+)
 from ._loading import detached_loader
 from ._schema import CLAIM_ORDER, notify_channel
 from ._validation import (
@@ -70,7 +78,7 @@ from ._validation import (
 from .backends import backend_for
 from .backends.base import Backend, ClaimRequest
 from .backoff import DEFAULT_BACKOFF, BackoffPolicy
-from .durations import Duration
+from .durations import Duration, to_seconds
 from .exceptions import (
     InvalidTransitionError,
     LeaseLostError,
@@ -96,6 +104,8 @@ __all__ = [
 #: The task model a repository serves (a class mixing in TaskMixin or TaskDataclassMixin).
 TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
 
+#: A rate-limited type whose budget another worker is reserving: look again this soon.
+RATE_BUDGET_BUSY_RETRY = 0.05
 #: Lease of a task claimed through the repository directly.  The worker renews its leases
 #: with a heartbeat and uses a shorter one; a hand-written loop should renew with
 #: :meth:`TaskRepository.renew_leases` or choose a lease longer than its longest task.
@@ -185,6 +195,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             raise ValueError(f"owner must be a non-empty string, got {owner!r}")
         self._owner = owner  # the default is made when first needed (claims only)
         self._channel = notify_channel(self._table) if notify else None
+        #: after a claim: when a rate-limited type's budget may allow more (seconds)
+        self._rate_retry_after: float | None = None
         self._backend_found: Backend | None = None
         try:
             bind = session.get_bind(mapper=model)
@@ -454,6 +466,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         relaxed_commit: bool,
         own_session: bool = False,
         starting: int | None = None,
+        rate_limited: Sequence[str] | None = None,
     ) -> list[TaskT]:
         """:meth:`dequeue_many`: the claimed tasks, detached, in claim order.
 
@@ -461,9 +474,38 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         are then built straight from the statement's rows where the mapping allows
         (:mod:`.loading`), skipping an ORM query's loading set-up; otherwise everything
         the session holds is detached at once, with what the ORM loaded along
-        (relationships).
+        (relationships).  ``rate_limited``: the rate-limited types among those claimed,
+        as the caller knows them (``None``: read them first); those are claimed first,
+        each within its budget and only into free slots (``starting``), then the rest
+        with one plain claim, which skips rate-limited types.
         """
         request = self._claim_request(task_type, limit, lease_duration, relaxed_commit, starting)
+        if rate_limited is None:  # the caller does not know: ask (a worker keeps its own)
+            rate_limited = self._rate_limited_types(request.task_types)
+        claimed: list[TaskT] = []
+        slots = limit if starting is None else min(starting, limit)
+        for limited_type in rate_limited:  # first: their budget is what holds them back
+            if slots - len(claimed) <= 0:
+                break
+            within = replace(
+                request,
+                task_types=(limited_type,),
+                limit=slots - len(claimed),
+                starting=None,  # no prefetch: a claim of a limited type is its start
+                rate_limited=True,
+            )
+            claimed += self._claim_within_budget(limited_type, within, own_session)
+        if len(claimed) < limit:
+            plain = replace(
+                request,
+                limit=limit - len(claimed),
+                starting=None if starting is None else max(starting - len(claimed), 0),
+            )
+            claimed += self._claim_rows(plain, own_session)
+        return claimed
+
+    def _claim_rows(self, request: ClaimRequest, own_session: bool) -> list[TaskT]:
+        """One claim statement: the claimed tasks, detached, in claim order."""
         model: Any = self._model  # a mapped class, hashable
         if own_session and detached_loader(model) is not None:
             rows = self._backend.claim(self._session, self._table, request)
@@ -475,6 +517,44 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             for task in claimed:
                 self._session.expunge(task)
         return _in_claim_order(claimed)
+
+    def _claim_within_budget(
+        self, task_type: str, request: ClaimRequest, own_session: bool
+    ) -> list[TaskT]:
+        """Claim up to ``request.limit`` tasks of a rate-limited type, no more than its
+        budget allows: its controls row is locked (skipped if another claim holds it),
+        the claims within the last period counted, and this claim's starts recorded, all
+        in the caller's transaction.  Sets ``_rate_retry_after`` (seconds until its budget may allow more)."""
+        budget = self._backend.lock_rate_budget(self._session, self._controls, task_type)
+        if budget is None:  # another worker is reserving it right now: look again soon
+            self._retry_rate_after(RATE_BUDGET_BUSY_RETRY)
+            return []
+        period = float(budget.rate_period_seconds)
+        now = float(budget.now)
+        kept = recent_starts(budget.rate_starts, now, period)
+        allowed = min(request.limit, int(budget.rate_limit) - started(kept))
+        claimed = (
+            self._claim_rows(replace(request, limit=allowed), own_session) if allowed > 0 else []
+        )
+        if claimed:
+            kept.append([now, len(claimed)])
+        self._backend.record_rate_starts(self._session, self._controls, task_type, kept)
+        if started(kept) >= int(budget.rate_limit):  # spent: frees as the oldest claim expires
+            self._retry_rate_after(max(min(at for at, _ in kept) + period - now, 0.0))
+        return claimed
+
+    def _retry_rate_after(self, seconds: float) -> None:
+        current = self._rate_retry_after
+        self._rate_retry_after = seconds if current is None else min(current, seconds)
+
+    def _rate_limited_types(self, task_types: Sequence[str] | None) -> list[str]:
+        """The rate-limited types among ``task_types`` (``None``: any), sorted."""
+        limited = [
+            row.task_type for row in self._backend.rate_limits(self._session, self._controls)
+        ]
+        if task_types is None:
+            return limited
+        return [name for name in limited if name in task_types]
 
     def _claim_request(
         self,
@@ -878,15 +958,69 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             for task_type in self._backend.paused_types(self._session, self._controls)
         ]
 
+    @wrap_database_errors
+    def set_rate_limit(self, task_type: str, limit: int, *, per: Duration) -> None:
+        """At most ``limit`` claims of ``task_type`` in any window of length ``per``,
+        counted across every worker (replacing any earlier limit of the type).
+
+        Enforced where tasks are claimed: a claim of a limited type locks its row in the
+        controls table, counts the claims of the last ``per`` and takes no more than the
+        rest of the budget.  Workers learn of a new limit within their rescue interval
+        and claim none of the type meanwhile.
+
+        Example::
+
+            repo.set_rate_limit("webhook", 20, per=timedelta(seconds=1))
+            repo.session.commit()
+        """
+        key = self._control_key(task_type, allow_queue=False)
+        require_int("limit", limit, minimum=1, maximum=INT4_MAX)
+        seconds = to_seconds("per", per)
+        self._backend.set_rate_limit(self._session, self._controls, key, limit, seconds)
+
+    @wrap_database_errors
+    def clear_rate_limit(self, task_type: str) -> bool:
+        """Lift the rate limit of ``task_type``; ``False`` when it had none.
+
+        Example::
+
+            repo.clear_rate_limit("webhook")
+        """
+        key = self._control_key(task_type, allow_queue=False)
+        return self._backend.clear_rate_limit(self._session, self._controls, key)
+
+    @wrap_database_errors
+    def rate_limits(self) -> list[RateLimit]:
+        """The rate-limited types, with how much of their budget is in use now.
+
+        Example::
+
+            [(r.task_type, r.limit, r.per, r.recent_starts) for r in repo.rate_limits()]
+        """
+        now = self._backend.clock(self._session).timestamp()
+        return [
+            RateLimit(
+                task_type=row.task_type,
+                limit=int(row.rate_limit),
+                per=timedelta(seconds=float(row.rate_period_seconds)),
+                recent_starts=started(
+                    recent_starts(row.rate_starts, now, float(row.rate_period_seconds))
+                ),
+                paused=bool(row.paused),
+            )
+            for row in self._backend.rate_limits(self._session, self._controls)
+        ]
+
     @property
     def _controls(self) -> Table:
         return controls_table(self._table)
 
     @staticmethod
-    def _control_key(task_type: str | None) -> str:
-        if task_type is None:
+    def _control_key(task_type: str | None, *, allow_queue: bool = True) -> str:
+        if task_type is None and allow_queue:
             return QUEUE_WIDE
         require_task_type(task_type, new=True)
+        assert task_type is not None  # checked just above
         return task_type_name(task_type)
 
     # ------------------------------------------------------------------ schedules

@@ -48,7 +48,7 @@ def test_pause_and_resume_a_type(
     assert code == 0 and "export" in output
     assert run("resume", "export") == (0, "task type export resumed\n")
     assert paused(session_factory, clean_table) == []
-    assert run("limits") == (0, "Paused: none\n")
+    assert run("limits") == (0, "Paused: none\nRate limits: none\n")
 
 
 def test_pause_and_resume_the_whole_queue(
@@ -58,7 +58,7 @@ def test_pause_and_resume_the_whole_queue(
     code, output = run("pause")
     assert code == 0 and output.startswith("the whole queue paused")
     code, output = run("limits", "--json")
-    assert json.loads(output) == {"paused": ["*", "export"]}
+    assert json.loads(output) == {"paused": ["*", "export"], "rate_limits": []}
     assert "(the whole queue)" in run("limits")[1]
     code, output = run("resume")
     assert output == "the whole queue resumed\nstill paused on their own: export\n"
@@ -85,3 +85,52 @@ def test_a_queue_without_the_controls_table_is_told_how_to_upgrade(
             assert "upgrade_task_table_v2_to_v3" in output
     finally:
         table.create(engine)
+
+
+def test_limit_sets_and_clears_a_rate_limit(
+    run: Any, session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    assert run("limit", "webhook", "20", "--per", "1s") == (
+        0,
+        "task type webhook: at most 20 claims per 1s\n",
+    )
+    with session_factory() as session:
+        [limit] = TaskRepository(session, clean_table).rate_limits()
+    assert (limit.task_type, limit.limit, limit.per.total_seconds()) == ("webhook", 20, 1.0)
+    code, output = run("limits")
+    assert code == 0 and "Rate limits" in output and "webhook" in output
+    code, output = run("limits", "--json")
+    assert json.loads(output)["rate_limits"] == [
+        {
+            "task_type": "webhook",
+            "limit": 20,
+            "per_seconds": 1.0,
+            "recent_starts": 0,
+            "at_limit": False,
+        }
+    ]
+    assert run("limit", "webhook", "--clear") == (0, "task type webhook: rate limit lifted\n")
+    assert run("limit", "webhook", "--clear") == (0, "task type webhook: rate limit none to lift\n")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["limit", "webhook", "20"], "LIMIT needs --per"),
+        (["limit", "webhook"], "give either LIMIT with --per, or --clear"),
+        (["limit", "webhook", "20", "--per", "1s", "--clear"], "give either LIMIT"),
+        (["limit", "webhook", "0", "--per", "1s"], "0 is not in the range"),
+        (["limit", "webhook", "5", "--per", "0s"], "--per"),
+    ],
+)
+def test_bad_limit_arguments_are_usage_errors(
+    run: Any,
+    arguments: list[str],
+    message: str,
+    session_factory: sessionmaker[Session],
+    clean_table: type[Any],
+) -> None:
+    code, output = run(*arguments)
+    assert code == 2 and message in output, output
+    with session_factory() as session:
+        assert TaskRepository(session, clean_table).rate_limits() == []

@@ -7,6 +7,7 @@ import socket
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +306,41 @@ def count_status(factory: sessionmaker[Session], status: TaskStatus) -> int:
         return int(
             session.scalar(select(func.count()).select_from(Task).where(Task.status == status)) or 0
         )
+
+
+def test_a_rate_limit_holds_across_worker_processes_and_is_nearly_used_up(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    """20 per second, 3 worker processes, 10 s: never more than 20 starts in any window
+    of a second (by the database clock, as the limit counts), and at least 90 % of the
+    200 allowed."""
+    with session_factory.begin() as session:
+        repo = TaskRepository(session, Task)
+        repo.enqueue_many("work", [{"ms": 2}] * 400)
+        repo.set_rate_limit("work", 20, per=timedelta(seconds=1))
+    workers = [spawn("--concurrency", "4") for _ in range(3)]
+    wait_for(lambda: count_status(session_factory, TaskStatus.COMPLETED) > 0)
+    with session_factory() as session:
+        first = session.scalar(select(func.min(Task.started_at)))
+    wait_for(lambda: db_seconds_since(session_factory, first) >= 10.5, timeout=30)
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+    assert [worker.wait(30) for worker in workers] == [0, 0, 0]
+    with session_factory() as session:
+        starts = list(
+            session.scalars(
+                select(Task.started_at)
+                .where(Task.started_at.is_not(None))
+                .order_by(Task.started_at)
+            )
+        )
+    second = timedelta(seconds=1)
+    busiest = max(sum(1 for other in starts if start - second < other <= start) for start in starts)
+    assert busiest <= 20
+    in_ten = sum(1 for start in starts if start < first + 10 * second)
+    assert in_ten >= 180, f"{in_ten} starts in 10 s (allowed: 200)"
+
+
+def db_seconds_since(factory: sessionmaker[Session], moment: Any) -> float:
+    with factory() as session:
+        return float(session.scalar(select(func.extract("epoch", func.now() - moment))) or 0.0)

@@ -1,4 +1,4 @@
-"""Pauses for the default ``tasks`` queue (schema version 3).
+"""Pauses and rate limits for the default ``tasks`` queue (schema version 3).
 
 Revision ID: 0004_add_controls_table
 Revises: 0003_add_schedules_table

@@ -95,6 +95,8 @@ class ClaimRequest:
         its log flush, where the database can.
     :ivar starting: with a worker's prefetch, how many of the claimed tasks go straight to
         a slot and are recorded as started (``None``: every one of them).
+    :ivar rate_limited: the claim takes rate-limited types, whose budget the caller has
+        reserved in this transaction (a plain claim skips them).
 
     Example::
 
@@ -107,6 +109,7 @@ class ClaimRequest:
     owner: str
     relaxed_commit: bool = False
     starting: int | None = None
+    rate_limited: bool = False
 
 
 class Listener(Protocol):
@@ -581,6 +584,55 @@ class Backend(Protocol):
         Example::
 
             backend.paused_types(session, controls)  # ['export']
+        """
+
+    def set_rate_limit(
+        self, session: Session, table: Table, task_type: str, limit: int, period_seconds: float
+    ) -> None:
+        """At most ``limit`` claims of ``task_type`` in any ``period_seconds`` (``table``:
+        the controls table).
+
+        Example::
+
+            backend.set_rate_limit(session, controls, "webhook", 20, 1.0)
+        """
+
+    def clear_rate_limit(self, session: Session, table: Table, task_type: str) -> bool:
+        """Lift the rate limit of ``task_type``; ``False`` when it had none.
+
+        Example::
+
+            backend.clear_rate_limit(session, controls, "webhook")
+        """
+
+    def rate_limits(self, session: Session, table: Table) -> Sequence[Row[Any]]:
+        """Rows ``(task_type, rate_limit, rate_period_seconds, rate_starts, paused)`` of
+        the rate-limited types.
+
+        Example::
+
+            backend.rate_limits(session, controls)
+        """
+
+    def lock_rate_budget(self, session: Session, table: Table, task_type: str) -> Row[Any] | None:
+        """Lock a rate-limited type's row for this transaction, unless another claim holds
+        it: ``(rate_limit, rate_period_seconds, rate_starts, now)`` with the database clock
+        in epoch seconds, or ``None`` (no limit, or locked).
+
+        Example::
+
+            row = backend.lock_rate_budget(session, controls, "webhook")
+        """
+
+    def record_rate_starts(
+        self, session: Session, table: Table, task_type: str, starts: list[list[float]]
+    ) -> None:
+        """Store the claims of a rate-limited type within its period (``[epoch seconds,
+        tasks]`` pairs).
+
+        Example::
+
+            backend.record_rate_starts(session, controls, "webhook", [[1765000000.5, 3]])
         """
 
     # ------------------------------------------------------------------ monitoring reads

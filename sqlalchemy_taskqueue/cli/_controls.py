@@ -1,14 +1,16 @@
-"""Flow-control commands: ``pause``, ``resume`` and ``limits``.
+"""Flow-control commands: ``pause``, ``resume``, ``limit`` and ``limits``.
 
 ``taskqueue pause [TYPE]`` stops claims of a type (of every type without one) at every
-worker's next claim; ``taskqueue resume [TYPE]`` lets them go on; ``taskqueue limits``
-shows what is paused.
+worker's next claim; ``taskqueue resume [TYPE]`` lets them go on; ``taskqueue limit TYPE
+LIMIT --per 1s`` rate-limits a type (``--clear`` lifts it); ``taskqueue limits`` shows
+the pauses and the rate limits, with the budget each has used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -16,10 +18,17 @@ import click
 from sqlalchemy_taskqueue._controls import WHOLE_QUEUE, require_controls_table
 from sqlalchemy_taskqueue.repository import TaskRepository
 
-from ._group import cli
-from ._operations import json_option, open_repository, print_json, print_table, queue_options
+from ._group import POSITIVE_DURATION, cli
+from ._operations import (
+    json_option,
+    open_repository,
+    print_json,
+    print_table,
+    queue_options,
+    span,
+)
 
-__all__ = ["limits", "pause", "resume"]
+__all__ = ["limit", "limits", "pause", "resume"]
 
 
 @cli.command()
@@ -56,24 +65,92 @@ def resume(
 
 
 @cli.command()
+@click.argument("task_type")
+@click.argument("rate", metavar="LIMIT", type=click.IntRange(min=1), required=False)
+@queue_options
+@click.option(
+    "--per",
+    type=POSITIVE_DURATION,
+    help="The window LIMIT counts claims in (e.g. 1s, 1m).",
+)
+@click.option("--clear", is_flag=True, help="Lift the type's rate limit.")
+def limit(
+    task_type: str,
+    rate: int | None,
+    database_url: str | None,
+    table: str,
+    model_reference: str | None,
+    per: timedelta | None,
+    clear: bool,
+) -> None:
+    """Allow at most LIMIT claims of TASK_TYPE in any window of --per, across every worker.
+
+    Example: taskqueue limit webhook 20 --per 1s
+    """
+    if clear == (rate is not None):
+        raise click.UsageError("give either LIMIT with --per, or --clear")
+    if rate is not None and per is None:
+        raise click.UsageError("LIMIT needs --per (e.g. --per 1s)")
+    with _controls_repository(database_url, table, model_reference) as repo:
+        if rate is None or per is None:
+            lifted = repo.clear_rate_limit(task_type)
+        else:
+            repo.set_rate_limit(task_type, rate, per=per)
+    if rate is None or per is None:
+        click.echo(f"task type {task_type}: rate limit {'lifted' if lifted else 'none to lift'}")
+    else:
+        click.echo(f"task type {task_type}: at most {rate} claims per {span(per)}")
+
+
+@cli.command()
 @queue_options
 @json_option
 def limits(
     database_url: str | None, table: str, model_reference: str | None, as_json: bool
 ) -> None:
-    """The queue's flow controls: what is paused.
+    """The queue's flow controls: what is paused, and each rate limit with the claims
+    it counted in its current window.
 
     Example: taskqueue limits --json
     """
     with _controls_repository(database_url, table, model_reference) as repo:
         paused = repo.paused()
+        rates = repo.rate_limits()
     if as_json:
-        print_json({"paused": paused})
+        print_json(
+            {
+                "paused": paused,
+                "rate_limits": [
+                    {
+                        "task_type": rate.task_type,
+                        "limit": rate.limit,
+                        "per_seconds": rate.per.total_seconds(),
+                        "recent_starts": rate.recent_starts,
+                        "at_limit": rate.at_limit,
+                    }
+                    for rate in rates
+                ],
+            }
+        )
         return
     print_table(
         "Paused",
         ["task type"],
         [["(the whole queue)" if name == WHOLE_QUEUE else name] for name in paused],
+    )
+    print_table(
+        "Rate limits",
+        ["task type", "limit", "per", "claims in window", "state"],
+        [
+            [
+                rate.task_type,
+                rate.limit,
+                span(rate.per),
+                rate.recent_starts,
+                "at limit" if rate.at_limit else "-",
+            ]
+            for rate in rates
+        ],
     )
 
 

@@ -36,7 +36,7 @@ from sqlalchemy_taskqueue.status import TaskStatus
 from ._group import DURATION, POSITIVE_DURATION, cli, database_url_option, database_url_or_fail
 from ._loading import load_model, model_for_table
 
-__all__ = ["json_option", "open_repository", "print_json", "print_table", "queue_options"]
+__all__ = ["json_option", "open_repository", "print_json", "print_table", "queue_options", "span"]
 
 TABLE_ENV = "TASKQUEUE_TABLE"
 #: How ``taskqueue stats`` marks a type with ready tasks that no worker claimed lately.
@@ -214,7 +214,7 @@ def stats_tables(stats: QueueStats) -> list[Table]:
     )
     times = {item.task_type: item for item in stats.processing_times}
     rates = _table(
-        f"Finished in the last {_span(stats.window)}",
+        f"Finished in the last {span(stats.window)}",
         [
             "type",
             "completed",
@@ -242,7 +242,7 @@ def stats_tables(stats: QueueStats) -> list[Table]:
     return [counts, rates]
 
 
-def _span(window: timedelta) -> str:
+def span(window: timedelta) -> str:
     """``90m``, ``24h``, ``7d``: a window as people write it."""
     seconds = int(window.total_seconds())
     for unit, size, smallest in (("d", 86400, 2 * 86400), ("h", 3600, 3600), ("m", 60, 60)):
@@ -487,7 +487,7 @@ def cleanup(
     if dry_run:
         with open_repository(database_url, table, model_reference) as repo:
             count = repo.count_old_tasks(older_than)
-        click.echo(f"would delete {count} finished task(s) older than {_span(older_than)}")
+        click.echo(f"would delete {count} finished task(s) older than {span(older_than)}")
         return
     total = 0
     checked = False
@@ -499,7 +499,7 @@ def cleanup(
         total += deleted
         if deleted < batch_size:
             break
-    click.echo(f"deleted {total} finished task(s) older than {_span(older_than)}")
+    click.echo(f"deleted {total} finished task(s) older than {span(older_than)}")
 
 
 @cli.command()

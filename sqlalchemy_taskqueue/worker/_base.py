@@ -281,6 +281,8 @@ class WorkerBase(Generic[TaskT, SessionT]):
         self._signals_seen = 0
         self._is_running = False
         self._table_checked = False
+        self._rate_limited: list[str] = []  # see _rescue_body
+        self._rate_retry_at: float | None = None  # when a spent budget may allow more
         self._database = "the database"  # its masked URL once a run has looked it up
         self._unhandled_reported: set[str] = set()  # see _unhandled_seen
         self.listening = threading.Event()  #: set while LISTEN is active
@@ -426,8 +428,20 @@ class WorkerBase(Generic[TaskT, SessionT]):
 
     def _idle_wait(self, next_rescue: float) -> float:
         """Seconds the claim loop may wait for a wake-up: the poll interval, but never past
-        the next rescue, so a worker waiting for notifications still rescues on time."""
-        return max(min(self._poll, next_rescue - time.monotonic()), 0.0)
+        the next rescue, so a worker waiting for notifications still rescues on time, nor
+        past the moment a rate-limited type's budget allows more claims."""
+        until = min(self._poll, next_rescue - time.monotonic())
+        if self._rate_waiting():
+            assert self._rate_retry_at is not None
+            until = min(until, self._rate_retry_at - time.monotonic())
+        return max(until, 0.0)
+
+    def _rate_waiting(self) -> bool:
+        """Whether a rate-limited type's spent budget frees later (then the queue is not
+        empty for ``until_empty``); a moment passed is forgotten (no busy loop)."""
+        if self._rate_retry_at is not None and self._rate_retry_at <= time.monotonic():
+            self._rate_retry_at = None
+        return self._rate_retry_at is not None
 
     def _drained(self) -> bool:
         with self._lock:
@@ -478,11 +492,15 @@ class WorkerBase(Generic[TaskT, SessionT]):
                     self._types,
                     limit=free,
                     lease_duration=self._lease,
-                    # only claims: a claim lost in a crash is just claimed again
-                    relaxed_commit=not outcomes,
+                    # only claims: a claim lost in a crash is just claimed again (not so a
+                    # rate-limited one: its budget would forget the starts it counted)
+                    relaxed_commit=not outcomes and not self._rate_limited,
                     own_session=True,
                     starting=self._starting(),
+                    rate_limited=self._rate_limited,
                 )
+                retry = repo._rate_retry_after
+                self._rate_retry_at = None if retry is None else time.monotonic() + retry
             return written, claimed
 
         return body
@@ -576,7 +594,11 @@ class WorkerBase(Generic[TaskT, SessionT]):
             if self._schedules:
                 require_schedules_table(connection, self._table)
             self._table_checked = True
-        return self._repository(session).rescue_expired_leases()
+        repo = self._repository(session)
+        # which of its types are rate-limited: those only a claim within budget takes
+        # (until a worker learns of a new limit, plain claims skip the type: never too many)
+        self._rate_limited = repo._rate_limited_types(self._types)
+        return repo.rescue_expired_leases()
 
     def _rescued(self, rescued: dict[int, TaskStatus]) -> int:
         for task_id, status in rescued.items():

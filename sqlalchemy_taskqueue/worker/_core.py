@@ -123,7 +123,7 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
                 free = self._free_slots()
                 claimed = yield from Shielded(self._settle_and_claim(free))
                 # empty only if a claim was tried: handlers may have finished meanwhile
-                empty = free > 0 and not claimed and self._drained()
+                empty = free > 0 and not claimed and self._drained() and not self._rate_waiting()
                 if empty and time.monotonic() >= next_unhandled_check:
                     yield from self._report_unhandled()
                     next_unhandled_check = time.monotonic() + UNHANDLED_CHECK_INTERVAL
@@ -210,6 +210,9 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
 
     def _claim_once(self, free: int) -> Steps[list[Any]]:
         connection = self._claim_connection
+        if self._rate_limited:  # a budget's row lock must last the transaction: no autocommit
+            _, claimed = yield from Transaction(self._settle_body([], free), shielded=False)
+            return claimed
         if connection is None or not self._claims_directly:
             body = self._settle_body([], free)
             _, claimed = yield from Transaction(body, claim_only=True, shielded=False)

@@ -601,6 +601,61 @@ class PostgreSQLBackend:
         """
         return list(session.scalars(_statements.paused_types_statement(table)))
 
+    def set_rate_limit(
+        self, session: Session, table: Table, task_type: str, limit: int, period_seconds: float
+    ) -> None:
+        """One ``INSERT ... ON CONFLICT (task_type) DO UPDATE``.
+
+        Example::
+
+            backend.set_rate_limit(session, controls, "webhook", 20, 1.0)
+        """
+        params = {
+            "task_type": task_type,
+            "rate_limit": limit,
+            "rate_period_seconds": period_seconds,
+        }
+        session.execute(_statements.set_rate_limit_statement(table), params)
+
+    def clear_rate_limit(self, session: Session, table: Table, task_type: str) -> bool:
+        """One ``UPDATE ... RETURNING``.
+
+        Example::
+
+            backend.clear_rate_limit(session, controls, "webhook")
+        """
+        stmt = _statements.clear_rate_limit_statement(table, task_type)
+        return session.execute(stmt).first() is not None
+
+    def rate_limits(self, session: Session, table: Table) -> Sequence[Row[Any]]:
+        """One ``SELECT``.
+
+        Example::
+
+            backend.rate_limits(session, controls)
+        """
+        return session.execute(_statements.rate_limits_statement(table)).all()
+
+    def lock_rate_budget(self, session: Session, table: Table, task_type: str) -> Row[Any] | None:
+        """``SELECT ... FOR UPDATE SKIP LOCKED``.
+
+        Example::
+
+            row = backend.lock_rate_budget(session, controls, "webhook")
+        """
+        return session.execute(_statements.lock_rate_budget_statement(table, task_type)).first()
+
+    def record_rate_starts(
+        self, session: Session, table: Table, task_type: str, starts: list[list[float]]
+    ) -> None:
+        """One ``UPDATE``.
+
+        Example::
+
+            backend.record_rate_starts(session, controls, "webhook", [[1765000000.5, 3]])
+        """
+        session.execute(_statements.record_rate_starts_statement(table, task_type, starts))
+
     # ------------------------------------------------------------------ monitoring reads
 
     def status_counts(self, session: Session, table: Table) -> Sequence[Row[Any]]:
@@ -801,11 +856,13 @@ def claim_statement_and_params(table: Table, request: ClaimRequest) -> tuple[Any
         type_filter, params["task_types"] = "many", list(task_types)
     if request.starting is not None:
         params["starting"] = request.starting
+    options = {"rate_limited": True} if request.rate_limited else {}  # one cache entry each
     stmt = _statements.claim_statement(
         table,
         type_filter=type_filter,
         relaxed_commit=request.relaxed_commit,
         prefetch=request.starting is not None,
+        **options,
     )
     return stmt, params
 

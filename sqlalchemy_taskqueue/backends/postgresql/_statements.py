@@ -34,6 +34,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Delete,
+    Float,
     Insert,
     Integer,
     Interval,
@@ -80,6 +81,7 @@ __all__ = [
     "active_dedupe_lookup_statement",
     "cancel_statement",
     "claim_statement",
+    "clear_rate_limit_statement",
     "complete_many_statement",
     "complete_statement",
     "constant_defaults",
@@ -92,6 +94,7 @@ __all__ = [
     "insert_statement",
     "is_permanent_error",
     "listen_statement",
+    "lock_rate_budget_statement",
     "notify_statement",
     "outcome_counts_statement",
     "paused_types_statement",
@@ -102,7 +105,9 @@ __all__ = [
     "purge_statement",
     "purgeable_count_statement",
     "queue_depth_statement",
+    "rate_limits_statement",
     "recent_failures_statement",
+    "record_rate_starts_statement",
     "record_starts_statement",
     "relaxed_commit_statement",
     "release_statement",
@@ -110,6 +115,7 @@ __all__ = [
     "rescue_statement",
     "retry_statement",
     "set_paused_statement",
+    "set_rate_limit_statement",
     "status_counts_statement",
     "stuck_tasks_statement",
 ]
@@ -449,7 +455,12 @@ TypeFilter = Literal["any", "one", "many"]
 
 @functools.cache
 def claim_statement(
-    table: Table, *, type_filter: TypeFilter, relaxed_commit: bool = False, prefetch: bool = False
+    table: Table,
+    *,
+    type_filter: TypeFilter,
+    relaxed_commit: bool = False,
+    prefetch: bool = False,
+    rate_limited: bool = False,
 ) -> Update:
     """Claim up to ``limit`` due tasks in one statement and return the claimed rows.
 
@@ -488,7 +499,7 @@ def claim_statement(
         c.status == TaskStatus.PENDING,
         c.run_at <= _now(),
         _type_filter(table, type_filter),
-        *_not_paused(table),
+        *_not_held(table, rate_limited=rate_limited),
     ]
     if relaxed_commit:
         conditions.append(_relaxing_commit())
@@ -528,15 +539,21 @@ def claim_statement(
     )
 
 
-def _not_paused(table: Table) -> list[ColumnElement[bool]]:
+def _not_held(table: Table, *, rate_limited: bool) -> list[ColumnElement[bool]]:
     """Claims skip paused types, and everything while the whole queue is paused: two
     look-ups in the small controls table, each evaluated once per statement (a hashed
-    sub-plan and an init-plan), not once per row."""
+    sub-plan and an init-plan), not once per row.  A plain claim also skips the
+    rate-limited types, which only a claim that reserved their budget takes
+    (``rate_limited``)."""
     controls = controls_table(table)
-    paused = controls.c.paused
+    held = (
+        controls.c.paused
+        if rate_limited
+        else or_(controls.c.paused, controls.c.rate_limit.is_not(None))
+    )
     return [
-        table.c.type.not_in(select(controls.c.task_type).where(paused)),
-        ~exists().where(paused, controls.c.task_type == QUEUE_WIDE),
+        table.c.type.not_in(select(controls.c.task_type).where(held)),
+        ~exists().where(controls.c.paused, controls.c.task_type == QUEUE_WIDE),
     ]
 
 
@@ -1411,3 +1428,94 @@ def paused_types_statement(table: Table) -> Select[Any]:
         paused = session.scalars(paused_types_statement(controls)).all()
     """
     return select(table.c.task_type).where(table.c.paused).order_by(table.c.task_type)
+
+
+def set_rate_limit_statement(table: Table) -> Insert:
+    """Limit a type's claims (parameters ``task_type``, ``rate_limit``,
+    ``rate_period_seconds``); the starts recorded so far are kept.
+
+    Example::
+
+        session.execute(set_rate_limit_statement(controls), {"task_type": "t", "rate_limit": 20, "rate_period_seconds": 1.0})
+    """
+    stmt = postgresql.insert(table).values(
+        task_type=bindparam("task_type", type_=table.c.task_type.type),
+        rate_limit=bindparam("rate_limit", type_=Integer),
+        rate_period_seconds=bindparam("rate_period_seconds", type_=Float),
+        updated_at=_now(),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c.task_type],
+        set_={
+            "rate_limit": stmt.excluded.rate_limit,
+            "rate_period_seconds": stmt.excluded.rate_period_seconds,
+            "updated_at": _now(),
+        },
+    )
+
+
+def clear_rate_limit_statement(table: Table, task_type: str) -> Update:
+    """Lift a type's rate limit (and forget its recorded starts).
+
+    Example::
+
+        cleared = session.execute(clear_rate_limit_statement(controls, "t")).first() is not None
+    """
+    c = table.c
+    return (
+        update(table)
+        .where(c.task_type == task_type, c.rate_limit.is_not(None))
+        .values(rate_limit=None, rate_period_seconds=None, rate_starts=None, updated_at=_now())
+        .returning(c.task_type)
+    )
+
+
+def rate_limits_statement(table: Table) -> Select[Any]:
+    """The rate-limited types, their limits and recorded starts, by type.
+
+    Example::
+
+        rows = session.execute(rate_limits_statement(controls)).all()
+    """
+    c = table.c
+    return (
+        select(c.task_type, c.rate_limit, c.rate_period_seconds, c.rate_starts, c.paused)
+        .where(c.rate_limit.is_not(None))
+        .order_by(c.task_type)
+    )
+
+
+def lock_rate_budget_statement(table: Table, task_type: str) -> Select[Any]:
+    """A rate-limited type's row, locked for this claim (``SKIP LOCKED``: another worker
+    reserving that type's budget right now is passed over, not waited for), with the
+    database clock as epoch seconds.
+
+    Example::
+
+        row = session.execute(lock_rate_budget_statement(controls, "t")).first()
+    """
+    c = table.c
+    return (
+        select(
+            c.rate_limit,
+            c.rate_period_seconds,
+            c.rate_starts,
+            func.extract("epoch", _now()).label("now"),
+        )
+        .where(c.task_type == task_type, c.rate_limit.is_not(None))
+        .with_for_update(skip_locked=True)
+    )
+
+
+def record_rate_starts_statement(table: Table, task_type: str, starts: list[list[float]]) -> Update:
+    """Record a rate-limited type's claims within its period (``[epoch seconds, tasks]``).
+
+    Example::
+
+        session.execute(record_rate_starts_statement(controls, "t", [[1765000000.5, 3]]))
+    """
+    return (
+        update(table)
+        .where(table.c.task_type == task_type)
+        .values(rate_starts=starts, updated_at=_now())
+    )
