@@ -28,6 +28,7 @@ example's database and folder (:mod:`examples.sandbox`) are removed.
 
 from __future__ import annotations
 
+import socketserver
 import threading
 from typing import Any
 
@@ -43,6 +44,7 @@ from .web_api import can_exist, demo_project, export_email, progress_body, task_
 
 try:
     from flask import Flask, request
+    from werkzeug.serving import make_server
 except ImportError as exc:
     raise missing_extra("examples.web_polling", "migrations,web", exc) from None
 
@@ -95,8 +97,11 @@ def main(argv: list[str]) -> int:
         worker = Worker(sessionmaker(box.engine), Task, handlers)
         thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
         thread.start()
+        server = make_server("127.0.0.1", options.port, create_app(box.engine, pace=options.pace))
+        if isinstance(server, socketserver.ThreadingMixIn):  # it is: threaded by default
+            server.block_on_close = False  # Ctrl-C never waits for a client's open connection
         try:
-            create_app(box.engine, pace=options.pace).run(host="127.0.0.1", port=options.port)
+            server.serve_forever()  # returns on Ctrl-C
         finally:
             worker.stop()
             thread.join()
