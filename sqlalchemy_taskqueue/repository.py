@@ -26,6 +26,7 @@ import json
 import operator
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -104,6 +105,11 @@ __all__ = [
 #: The task model a repository serves (a class mixing in TaskMixin or TaskDataclassMixin).
 TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
 
+#: How long a repository trusts the list of rate-limited types it read (per process and
+#: queue), so that claims do not read it every time.
+RATE_LIMITS_REREAD = 1.0
+#: ``(bind, table) -> (read again after, the rate-limited types)``.
+_RATE_LIMITED_SEEN: dict[tuple[int, str], tuple[float, list[str]]] = {}
 #: A rate-limited type whose budget another worker is reserving: look again this soon.
 RATE_BUDGET_BUSY_RETRY = 0.05
 #: Lease of a task claimed through the repository directly.  The worker renews its leases
@@ -480,8 +486,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         with one plain claim, which skips rate-limited types.
         """
         request = self._claim_request(task_type, limit, lease_duration, relaxed_commit, starting)
-        if rate_limited is None:  # the caller does not know: ask (a worker keeps its own)
-            rate_limited = self._rate_limited_types(request.task_types)
+        if rate_limited is None:  # the caller does not know (a worker keeps its own)
+            rate_limited = self._recently_rate_limited(request.task_types)
         claimed: list[TaskT] = []
         slots = limit if starting is None else min(starting, limit)
         for limited_type in rate_limited:  # first: their budget is what holds them back
@@ -552,9 +558,31 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         limited = [
             row.task_type for row in self._backend.rate_limits(self._session, self._controls)
         ]
+        _RATE_LIMITED_SEEN[self._rate_cache_key()] = (
+            time.monotonic() + RATE_LIMITS_REREAD,
+            limited,
+        )
         if task_types is None:
             return limited
         return [name for name in limited if name in task_types]
+
+    def _recently_rate_limited(self, task_types: Sequence[str] | None) -> list[str]:
+        """:meth:`_rate_limited_types`, read at most every :data:`RATE_LIMITS_REREAD`
+        seconds per process and queue, so a claim does not pay a statement for it.  A stale
+        answer is safe: plain claims leave out every type limited now, so the worst a stale
+        list does is claim a type that has just been limited a moment later, or try a
+        lifted limit's budget and find none."""
+        seen = _RATE_LIMITED_SEEN.get(self._rate_cache_key())
+        if seen is None or seen[0] <= time.monotonic():
+            return self._rate_limited_types(task_types)
+        limited = seen[1]
+        return limited if task_types is None else [n for n in limited if n in task_types]
+
+    def _rate_cache_key(self) -> tuple[int, str]:
+        return (id(self._session.get_bind(mapper=self._model)), self._table.fullname)
+
+    def _forget_rate_limits(self) -> None:
+        _RATE_LIMITED_SEEN.pop(self._rate_cache_key(), None)
 
     def _claim_request(
         self,
@@ -977,6 +1005,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         require_int("limit", limit, minimum=1, maximum=INT4_MAX)
         seconds = to_seconds("per", per)
         self._backend.set_rate_limit(self._session, self._controls, key, limit, seconds)
+        self._forget_rate_limits()
 
     @wrap_database_errors
     def clear_rate_limit(self, task_type: str) -> bool:
@@ -987,6 +1016,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             repo.clear_rate_limit("webhook")
         """
         key = self._control_key(task_type, allow_queue=False)
+        self._forget_rate_limits()
         return self._backend.clear_rate_limit(self._session, self._controls, key)
 
     @wrap_database_errors
