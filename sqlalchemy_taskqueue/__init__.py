@@ -23,6 +23,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
+from ._concurrency import KeyAtLimit
 from ._controls import RateLimit
 from .backoff import BackoffPolicy
 from .exceptions import (
@@ -47,6 +48,7 @@ __all__ = [
     "BackoffPolicy",
     "HandlerRegistry",
     "InvalidTransitionError",
+    "KeyAtLimit",
     "LeaseLostError",
     "RateLimit",
     "ScheduleNotFoundError",

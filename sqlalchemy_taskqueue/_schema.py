@@ -22,6 +22,7 @@ __all__ = [
     "CLAIMABLE_PREDICATE",
     "CLAIM_ORDER",
     "FINISHED_PREDICATE",
+    "KEYED_CLAIMABLE_PREDICATE",
     "LEASED_PREDICATE",
     "UNSTARTED_RESCUE",
     "notify_channel",
@@ -33,8 +34,11 @@ def _quoted_list(values: Sequence[str]) -> str:
     return ", ".join(f"'{value}'" for value in values)
 
 
-#: Rows a worker may claim (``run_at`` is checked by the query, not the index predicate).
-CLAIMABLE_PREDICATE = f"status = '{TaskStatus.PENDING}'"
+#: Rows a worker may claim without a concurrency slot (``run_at`` is checked by the
+#: query, not the index predicate).
+CLAIMABLE_PREDICATE = f"status = '{TaskStatus.PENDING}' AND concurrency_key IS NULL"
+#: Rows a worker may claim once it holds a free slot of their concurrency key.
+KEYED_CLAIMABLE_PREDICATE = f"status = '{TaskStatus.PENDING}' AND concurrency_key IS NOT NULL"
 #: The order claims pick due tasks in: lowest priority first, then oldest, then by id.
 CLAIM_ORDER = ("priority", "run_at", "id")
 #: Rows whose dedupe key must be unique per type.

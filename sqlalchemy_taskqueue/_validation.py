@@ -480,6 +480,8 @@ MANAGED_COLUMNS = frozenset(
         "lease_owner",
         "lease_token",
         "lease_expires_at",
+        "concurrency_key",
+        "concurrency_limit",
     }
 )
 

@@ -204,6 +204,7 @@ class AsyncTaskRepository(Generic[TaskT]):
     set_rate_limit = _awaitable(TaskRepository.set_rate_limit)
     clear_rate_limit = _awaitable(TaskRepository.clear_rate_limit)
     rate_limits = _awaitable(TaskRepository.rate_limits)
+    keys_at_limit = _awaitable(TaskRepository.keys_at_limit)
     schedules = _awaitable(TaskRepository.schedules)
     pause_schedule = _awaitable(TaskRepository.pause_schedule)
     resume_schedule = _awaitable(TaskRepository.resume_schedule)

@@ -8,22 +8,23 @@ never an edit to an old one.  Nothing here imports the live model.
 A revision for the default queue, plus an app column::
 
     import sqlalchemy as sa
-    from sqlalchemy_taskqueue.migrations import create_task_table_v3, drop_task_table_v3
+    from sqlalchemy_taskqueue.migrations import create_task_table_v4, drop_task_table_v4
 
     def upgrade() -> None:
-        create_task_table_v3(
+        create_task_table_v4(
             "tasks",
             sa.Column("project_id", sa.BigInteger, sa.ForeignKey("projects.id"), nullable=True),
         )
 
     def downgrade() -> None:
-        drop_task_table_v3("tasks")
+        drop_task_table_v4("tasks")
 
-Version 3 (the current one) is the task table, its schedules table and its controls
-table; the tables match :class:`~sqlalchemy_taskqueue.TaskMixin` exactly, so ``alembic
-revision --autogenerate`` finds nothing to change afterwards.  A database made at an
-earlier version moves up with :func:`upgrade_task_table_v1_to_v2`, then
-:func:`upgrade_task_table_v2_to_v3`.
+Version 4 (the current one) is the task table with its concurrency columns, its
+schedules table, its controls table and its key slots table; the tables match
+:class:`~sqlalchemy_taskqueue.TaskMixin` exactly, so ``alembic revision --autogenerate``
+finds nothing to change afterwards.  A database made at an earlier version moves up
+with :func:`upgrade_task_table_v1_to_v2`, then :func:`upgrade_task_table_v2_to_v3`, then
+:func:`upgrade_task_table_v3_to_v4`.
 """
 
 from __future__ import annotations
@@ -38,21 +39,27 @@ from sqlalchemy_taskqueue.exceptions import optional_dependency
 
 __all__ = [
     "create_controls_table_v1",
+    "create_key_slots_table_v1",
     "create_schedules_table_v1",
     "create_task_table_v1",
     "create_task_table_v2",
     "create_task_table_v3",
+    "create_task_table_v4",
     "downgrade_task_table_v2_to_v1",
     "downgrade_task_table_v3_to_v2",
+    "downgrade_task_table_v4_to_v3",
     "drop_controls_table_v1",
+    "drop_key_slots_table_v1",
     "drop_schedules_table_v1",
     "drop_task_table_v1",
     "drop_task_table_v2",
     "drop_task_table_v3",
+    "drop_task_table_v4",
     "tune_task_table_v1",
     "untune_task_table_v1",
     "upgrade_task_table_v1_to_v2",
     "upgrade_task_table_v2_to_v3",
+    "upgrade_task_table_v3_to_v4",
 ]
 
 _STATUSES_V1 = "'pending', 'in_progress', 'completed', 'failed', 'cancelled'"
@@ -281,9 +288,13 @@ def _schedules_name(task_table_name: str) -> str:
 
 
 def _auxiliary_name(task_table_name: str, suffix: str) -> str:
-    if not isinstance(task_table_name, str) or not task_table_name:
-        raise ValueError(f"table_name must be a non-empty string, got {task_table_name!r}")
+    _require_table_name(task_table_name)
     return f"{task_table_name}{suffix}"
+
+
+def _require_table_name(table_name: str) -> None:
+    if not isinstance(table_name, str) or not table_name:
+        raise ValueError(f"table_name must be a non-empty string, got {table_name!r}")
 
 
 def create_controls_table_v1(task_table_name: str, *, schema: str | None = None) -> None:
@@ -371,6 +382,132 @@ def downgrade_task_table_v3_to_v2(table_name: str, *, schema: str | None = None)
             downgrade_task_table_v3_to_v2("tasks")
     """
     drop_controls_table_v1(table_name, schema=schema)
+
+
+def create_key_slots_table_v1(task_table_name: str, *, schema: str | None = None) -> None:
+    """Create the version-1 key slots table of a queue (``<task table>_key_slots``): one
+    row per slot of each concurrency key, naming the task that holds it.
+
+    Example::
+
+        create_key_slots_table_v1("tasks")
+    """
+    _op().create_table(
+        _auxiliary_name(task_table_name, "_key_slots"),
+        sa.Column("concurrency_key", sa.Text, primary_key=True),
+        sa.Column("slot", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("task_id", sa.BigInteger, nullable=True, comment="the task holding the slot"),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
+        schema=schema,
+    )
+
+
+def drop_key_slots_table_v1(task_table_name: str, *, schema: str | None = None) -> None:
+    """Drop a queue's version-1 key slots table.
+
+    Example::
+
+        drop_key_slots_table_v1("tasks")
+    """
+    _op().drop_table(_auxiliary_name(task_table_name, "_key_slots"), schema=schema)
+
+
+_CONCURRENCY_CHECK_V4 = (
+    "(concurrency_key IS NULL) = (concurrency_limit IS NULL) "
+    "AND (concurrency_limit IS NULL OR concurrency_limit > 0)"
+)
+
+
+def create_task_table_v4(table_name: str, *extra_columns: sa.Column[Any], **table_kw: Any) -> None:
+    """Create a version-4 queue: the version-3 queue upgraded as
+    :func:`upgrade_task_table_v3_to_v4` does (concurrency columns, claim indexes, key
+    slots table).
+
+    Takes what :func:`create_task_table_v1` takes.
+
+    Example::
+
+        create_task_table_v4("tasks", sa.Column("project_id", sa.BigInteger))
+    """
+    create_task_table_v3(table_name, *extra_columns, **table_kw)
+    upgrade_task_table_v3_to_v4(table_name, schema=table_kw.get("schema"))
+
+
+def drop_task_table_v4(table_name: str, **table_kw: Any) -> None:
+    """Drop a version-4 queue (its auxiliary tables, then its task table).
+
+    Example::
+
+        drop_task_table_v4("tasks")
+    """
+    drop_key_slots_table_v1(table_name, schema=table_kw.get("schema"))
+    drop_task_table_v3(table_name, **table_kw)
+
+
+def upgrade_task_table_v3_to_v4(table_name: str, *, schema: str | None = None) -> None:
+    """Upgrade a version-3 queue to version 4: per-key concurrency limits.
+
+    Adds the nullable columns ``concurrency_key`` and ``concurrency_limit`` with their
+    check constraint, rebuilds the claim index ``ix_<table>_claimable`` over pending
+    tasks without a key, adds ``ix_<table>_keyed_claimable`` over pending tasks with
+    one, and creates the key slots table.  Existing tasks have no key and stay as they
+    are.  Building the indexes locks the table for writes for a moment per hundred
+    thousand rows; stop the workers of the previous release first (they would claim
+    keyed tasks without taking a slot).
+
+    Example::
+
+        def upgrade() -> None:
+            upgrade_task_table_v3_to_v4("tasks")
+    """
+    _require_table_name(table_name)
+    op = _op()
+    op.add_column(table_name, sa.Column("concurrency_key", sa.Text, nullable=True), schema=schema)
+    op.add_column(
+        table_name, sa.Column("concurrency_limit", sa.Integer, nullable=True), schema=schema
+    )
+    op.create_check_constraint(
+        f"ck_{table_name}_concurrency", table_name, _CONCURRENCY_CHECK_V4, schema=schema
+    )
+    op.drop_index(f"ix_{table_name}_claimable", table_name=table_name, schema=schema)
+    for name, keyed in (
+        (f"ix_{table_name}_claimable", "NULL"),
+        (f"ix_{table_name}_keyed_claimable", "NOT NULL"),
+    ):
+        _partial_index_v1(
+            table_name,
+            name,
+            ["priority", "run_at", "id"],
+            f"status = 'pending' AND concurrency_key IS {keyed}",
+            schema=schema,
+        )
+    create_key_slots_table_v1(table_name, schema=schema)
+
+
+def downgrade_task_table_v4_to_v3(table_name: str, *, schema: str | None = None) -> None:
+    """Undo :func:`upgrade_task_table_v3_to_v4`: concurrency keys and slots are lost (tasks
+    that had a key become ordinary tasks).
+
+    Example::
+
+        def downgrade() -> None:
+            downgrade_task_table_v4_to_v3("tasks")
+    """
+    _require_table_name(table_name)
+    op = _op()
+    drop_key_slots_table_v1(table_name, schema=schema)
+    op.drop_index(f"ix_{table_name}_keyed_claimable", table_name=table_name, schema=schema)
+    op.drop_index(f"ix_{table_name}_claimable", table_name=table_name, schema=schema)
+    _partial_index_v1(
+        table_name,
+        f"ix_{table_name}_claimable",
+        ["priority", "run_at", "id"],
+        "status = 'pending'",
+        schema=schema,
+    )
+    op.drop_constraint(f"ck_{table_name}_concurrency", table_name, type_="check", schema=schema)
+    op.drop_column(table_name, "concurrency_limit", schema=schema)
+    op.drop_column(table_name, "concurrency_key", schema=schema)
 
 
 def tune_task_table_v1(table_name: str, *, schema: str | None = None) -> None:

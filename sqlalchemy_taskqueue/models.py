@@ -57,6 +57,7 @@ from sqlalchemy.sql.elements import conv
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from ._autogenerate import RevisionRendered
+from ._concurrency import key_slots_table
 from ._controls import controls_table
 from ._json import JSONDocument
 from ._schema import (
@@ -64,6 +65,7 @@ from ._schema import (
     CLAIM_ORDER,
     CLAIMABLE_PREDICATE,
     FINISHED_PREDICATE,
+    KEYED_CLAIMABLE_PREDICATE,
     LEASED_PREDICATE,
     partial_index,
 )
@@ -252,7 +254,7 @@ def require_database_schema(connection: Connection, table: Table) -> None:
     if missing == []:
         return
     schema = f", schema={table.schema!r}" if table.schema else ""
-    create = f"sqlalchemy_taskqueue.migrations.create_task_table_v3({table.name!r}{schema})"
+    create = f"sqlalchemy_taskqueue.migrations.create_task_table_v4({table.name!r}{schema})"
     if missing is None:
         message = (
             f"The queue table {table.fullname!r} does not exist in the database. Create it: "
@@ -278,6 +280,22 @@ def claim_index_name(table_name: str) -> str:
     return f"ix_{table_name}_claimable"
 
 
+def keyed_claim_index_name(table_name: str) -> str:
+    """Name of the partial index the claim walks for tasks with a concurrency key.
+
+    >>> keyed_claim_index_name("tasks")
+    'ix_tasks_keyed_claimable'
+    """
+    return f"ix_{table_name}_keyed_claimable"
+
+
+#: A task has a concurrency key and a positive limit, or neither.
+CONCURRENCY_CHECK = (
+    "(concurrency_key IS NULL) = (concurrency_limit IS NULL) "
+    "AND (concurrency_limit IS NULL OR concurrency_limit > 0)"
+)
+
+
 def task_table_args(table_name: str) -> tuple[SchemaItem, ...]:
     """The constraints and partial indexes of a queue table called ``table_name``.
 
@@ -293,7 +311,11 @@ def task_table_args(table_name: str) -> tuple[SchemaItem, ...]:
         CheckConstraint(
             "retry_count >= 0 AND max_retries >= 0", name=conv(f"ck_{table_name}_retries")
         ),
+        CheckConstraint(CONCURRENCY_CHECK, name=conv(f"ck_{table_name}_concurrency")),
         partial_index(claim_index_name(table_name), *CLAIM_ORDER, where=CLAIMABLE_PREDICATE),
+        partial_index(
+            keyed_claim_index_name(table_name), *CLAIM_ORDER, where=KEYED_CLAIMABLE_PREDICATE
+        ),
         partial_index(
             f"uq_{table_name}_active_dedupe",
             "type",
@@ -466,6 +488,10 @@ class TaskMixin:
     """Unique to one claim; writes carrying an older token are refused."""
     lease_expires_at: Mapped[datetime | None] = _PLAIN.timestamp(-81)
     """The task is rescued once this passes without a heartbeat."""
+    concurrency_key: Mapped[str | None] = _PLAIN.nullable_text(-80)
+    """Tasks sharing this key run at most ``concurrency_limit`` at a time, fleet-wide."""
+    concurrency_limit: Mapped[int | None] = _PLAIN.nullable_int(-79)
+    """How many tasks of ``concurrency_key`` may be in progress at once."""
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
@@ -517,6 +543,8 @@ class TaskDataclassMixin(MappedAsDataclass):
     lease_owner: Mapped[str | None] = _DATACLASS.nullable_text(-83)
     lease_token: Mapped[uuid.UUID | None] = _DATACLASS.lease_token()
     lease_expires_at: Mapped[datetime | None] = _DATACLASS.timestamp(-81)
+    concurrency_key: Mapped[str | None] = _DATACLASS.nullable_text(-80)
+    concurrency_limit: Mapped[int | None] = _DATACLASS.nullable_int(-79)
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
@@ -540,6 +568,7 @@ def _require_queue_schema(cls: type[Any]) -> None:
         require_queue_schema(cls.__name__, table)
         schedules_table(table)  # the queue's own tables join the model's MetaData
         controls_table(table)
+        key_slots_table(table)
 
 
 #: The columns :class:`TaskMixin` declares, which every queue table needs.

@@ -37,6 +37,7 @@ from sqlalchemy import Table
 from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Session, scoped_session
 
+from ._concurrency import KeyAtLimit, concurrency_values
 from ._controls import (
     QUEUE_WIDE,
     WHOLE_QUEUE,
@@ -110,6 +111,11 @@ TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
 RATE_LIMITS_REREAD = 1.0
 #: ``(bind, table) -> (read again after, the rate-limited types)``.
 _RATE_LIMITED_SEEN: dict[tuple[int, str], tuple[float, list[str]]] = {}
+#: ``(bind, table)`` of the queues known to have used concurrency keys: their claims take
+#: key slots (a queue's key slots are never removed, so once known, always so).
+_KEYED_QUEUES: set[tuple[int, str]] = set()
+#: ``(bind, table) -> read again after``, for queues found without keys.
+_UNKEYED_SEEN: dict[tuple[int, str], float] = {}
 #: A rate-limited type whose budget another worker is reserving: look again this soon.
 RATE_BUDGET_BUSY_RETRY = 0.05
 #: Lease of a task claimed through the repository directly.  The worker renews its leases
@@ -283,6 +289,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         priority: int = 0,
         run_at: datetime | timedelta | None = None,
         timeout_seconds: int | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int = 1,
         **columns: Any,
     ) -> int:
         """Add a task and return its id; it becomes visible when the caller commits.
@@ -294,11 +302,15 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         :param run_at: an aware datetime, or a delay as a ``timedelta``; not claimable
             before then.
         :param timeout_seconds: per-task limit on one attempt, enforced by the worker.
+        :param concurrency_key: tasks sharing this key run at most ``concurrency_limit``
+            at a time, across every worker and process (``None``: no such limit).
+        :param concurrency_limit: how many tasks of ``concurrency_key`` may run at once.
         :param columns: values for the application's own columns.
 
         Example::
 
             task_id = repo.enqueue("data_export", {"project_id": 7}, priority=-1)
+            repo.enqueue("sync_account", {"id": 7}, concurrency_key="account:7")
         """
         values = self._row_values(
             task_type,
@@ -307,8 +319,10 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             priority=priority,
             run_at=run_at,
             timeout_seconds=timeout_seconds,
+            concurrency=concurrency_values(concurrency_key, concurrency_limit),
             columns=columns,
         )
+        self._add_key_slots(values)
         return self._backend.insert_one(self._session, self._table, values, channel=self._channel)
 
     @wrap_database_errors
@@ -322,11 +336,14 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         priority: int = 0,
         run_at: datetime | timedelta | None = None,
         timeout_seconds: int | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int = 1,
         **columns: Any,
     ) -> list[int]:
         """Add many tasks of one type in a single multi-row ``INSERT``; ids in input order.
 
-        Every payload is validated before anything is written.
+        Every payload is validated before anything is written.  The keywords are those
+        of :meth:`enqueue`, shared by every task of the batch.
 
         Example::
 
@@ -340,6 +357,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             priority=priority,
             run_at=run_at,
             timeout_seconds=timeout_seconds,
+            concurrency=concurrency_values(concurrency_key, concurrency_limit),
             columns=columns,
         )
         payload_list = list(payloads)
@@ -352,6 +370,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
                 json_text(f"payload #{position}", payload, max_bytes=self._max_payload)
                 for position, payload in enumerate(payload_list)
             ]
+        self._add_key_slots(shared)
         return self._backend.insert_many(
             self._session, self._table, shared, payload_list, encoded, channel=self._channel
         )
@@ -368,6 +387,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         priority: int = 0,
         run_at: datetime | timedelta | None = None,
         timeout_seconds: int | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int = 1,
         **columns: Any,
     ) -> tuple[int, bool]:
         """Add a task unless an equivalent one is pending or in progress.
@@ -389,6 +410,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             priority=priority,
             run_at=run_at,
             timeout_seconds=timeout_seconds,
+            concurrency=concurrency_values(concurrency_key, concurrency_limit),
             columns=columns,
         )
         if dedupe_key is None:
@@ -400,6 +422,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         else:
             require_dedupe_key(dedupe_key)
         values["dedupe_key"] = dedupe_key
+        self._add_key_slots(values)
         answer = self._backend.insert_if_absent(
             self._session, self._table, values, channel=self._channel
         )
@@ -473,6 +496,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         own_session: bool = False,
         starting: int | None = None,
         rate_limited: Sequence[str] | None = None,
+        keyed: bool | None = None,
     ) -> list[TaskT]:
         """:meth:`dequeue_many`: the claimed tasks, detached, in claim order.
 
@@ -483,11 +507,16 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         (relationships).  ``rate_limited``: the rate-limited types among those claimed,
         as the caller knows them (``None``: read them first); those are claimed first,
         each within its budget and only into free slots (``starting``), then the rest
-        with one plain claim, which skips rate-limited types.
+        with one plain claim, which skips rate-limited types.  ``keyed``: whether the
+        queue has tasks with concurrency keys, whose claims take key slots (``None``:
+        read it).
         """
         request = self._claim_request(task_type, limit, lease_duration, relaxed_commit, starting)
         if rate_limited is None:  # the caller does not know (a worker keeps its own)
             rate_limited = self._recently_rate_limited(request.task_types)
+        if keyed is None:
+            keyed = self._uses_keys()
+        request = replace(request, keyed=keyed)
         claimed: list[TaskT] = []
         slots = limit if starting is None else min(starting, limit)
         for limited_type in rate_limited:  # first: their budget is what holds them back
@@ -577,6 +606,21 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             return self._rate_limited_types(task_types)
         limited = seen[1]
         return limited if task_types is None else [n for n in limited if n in task_types]
+
+    def _uses_keys(self, *, fresh: bool = False) -> bool:
+        """Whether the queue has ever had a task with a concurrency key.  Once it has, it
+        always has (key slots are never removed); until then the answer is read again at
+        most every :data:`RATE_LIMITS_REREAD` seconds (``fresh``: now)."""
+        cache_key = self._rate_cache_key()
+        if cache_key in _KEYED_QUEUES:
+            return True
+        if not fresh and _UNKEYED_SEEN.get(cache_key, 0.0) > time.monotonic():
+            return False
+        if self._backend.has_key_slots(self._session, self._table):
+            _KEYED_QUEUES.add(cache_key)
+            return True
+        _UNKEYED_SEEN[cache_key] = time.monotonic() + RATE_LIMITS_REREAD
+        return False
 
     def _rate_cache_key(self) -> tuple[int, str]:
         return (id(self._session.get_bind(mapper=self._model)), self._table.fullname)
@@ -859,7 +903,12 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             repo.rescue_expired_leases()  # {17: <TaskStatus.PENDING: 'pending'>}
         """
         require_int("limit", limit, minimum=1, maximum=INT8_MAX)
-        return self._backend.rescue(self._session, self._table, limit=limit, channel=self._channel)
+        rescued = self._backend.rescue(
+            self._session, self._table, limit=limit, channel=self._channel
+        )
+        if self._uses_keys():
+            self._backend.free_orphaned_slots(self._session, self._table)
+        return rescued
 
     # ------------------------------------------------------------------ reads
 
@@ -1041,6 +1090,27 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             for row in self._backend.rate_limits(self._session, self._controls)
         ]
 
+    @wrap_database_errors
+    def keys_at_limit(self) -> list[KeyAtLimit]:
+        """The concurrency keys whose every slot is taken now, by key, with how many of
+        their due tasks wait for a slot.
+
+        Example::
+
+            [(k.concurrency_key, k.running, k.waiting) for k in repo.keys_at_limit()]
+        """
+        if not self._uses_keys(fresh=True):
+            return []
+        return [
+            KeyAtLimit(
+                concurrency_key=row.concurrency_key,
+                limit=int(row.slot_limit),
+                running=int(row.running),
+                waiting=int(row.waiting),
+            )
+            for row in self._backend.keys_at_limit(self._session, self._table)
+        ]
+
     @property
     def _controls(self) -> Table:
         return controls_table(self._table)
@@ -1139,6 +1209,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         priority: int,
         run_at: datetime | timedelta | None,
         timeout_seconds: int | None,
+        concurrency: Mapping[str, Any],
         columns: Mapping[str, Any],
     ) -> dict[str, Any]:
         """The parameters of one new task's row, every argument checked: the payload as
@@ -1149,6 +1220,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             priority=priority,
             run_at=run_at,
             timeout_seconds=timeout_seconds,
+            concurrency=concurrency,
             columns=columns,
         )
         values["payload"] = json_text("payload", payload, max_bytes=self._max_payload)
@@ -1162,9 +1234,11 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         priority: int,
         run_at: datetime | timedelta | None,
         timeout_seconds: int | None,
+        concurrency: Mapping[str, Any],
         columns: Mapping[str, Any],
     ) -> dict[str, Any]:
-        """The parameters new tasks share (all but the payload), every argument checked."""
+        """The parameters new tasks share (all but the payload), every argument checked
+        (``concurrency``: what :func:`concurrency_values` returned)."""
         require_task_type(task_type, new=True)
         require_max_retries(max_retries)
         require_int("priority", priority, minimum=INT4_MIN, maximum=INT4_MAX)
@@ -1182,8 +1256,20 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             require_int("timeout_seconds", timeout_seconds, minimum=1, maximum=INT4_MAX)
             values["timeout_seconds"] = timeout_seconds
         require_app_columns(self._model.__name__, self._table, columns)
+        values.update(concurrency)
         values.update(columns)
         return values
+
+    def _add_key_slots(self, values: Mapping[str, Any]) -> None:
+        """The slots of the new tasks' concurrency key, if they have one, before they are
+        inserted (in the caller's transaction)."""
+        key = values.get("concurrency_key")
+        if key is None:
+            return
+        self._backend.add_key_slots(
+            self._session, self._table, {key: int(values["concurrency_limit"])}
+        )
+        _KEYED_QUEUES.add(self._rate_cache_key())
 
     def _explain_miss(
         self,
@@ -1225,10 +1311,15 @@ def _claim_order_of_rows(table: Table) -> Callable[[Any], tuple[Any, ...]]:
     """The sort key putting rows of every column of ``table`` (in table order) in the
     order the claim picked them: what :func:`_in_claim_order` does for instances."""
     names = list(table.columns.keys())
-    return operator.itemgetter(*(names.index(name) for name in CLAIM_ORDER))
+    started_at = names.index("started_at")
+    in_order = operator.itemgetter(*(names.index(name) for name in CLAIM_ORDER))
+    return lambda row: (row[started_at] is None, in_order(row))
 
 
 def _in_claim_order(claimed: list[TaskT]) -> list[TaskT]:
-    """``claimed`` in the order the claim picked them (``RETURNING`` does not keep it)."""
-    claimed.sort(key=operator.attrgetter(*CLAIM_ORDER))
+    """``claimed`` in the order the claim picked them (``RETURNING`` does not keep it):
+    the tasks it started first (with a worker's prefetch, those go straight to free
+    slots; among them the keyed tasks, which hold a key slot), then the rest."""
+    in_order = operator.attrgetter(*CLAIM_ORDER)
+    claimed.sort(key=lambda task: (task.started_at is None, in_order(task)))
     return claimed

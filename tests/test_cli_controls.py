@@ -1,4 +1,5 @@
-"""``taskqueue pause|resume [TYPE]`` and ``taskqueue limits``."""
+"""``taskqueue pause|resume [TYPE]``, ``taskqueue limit``, ``taskqueue limits`` and the
+concurrency options of ``taskqueue enqueue``."""
 
 from __future__ import annotations
 
@@ -48,7 +49,10 @@ def test_pause_and_resume_a_type(
     assert code == 0 and "export" in output
     assert run("resume", "export") == (0, "task type export resumed\n")
     assert paused(session_factory, clean_table) == []
-    assert run("limits") == (0, "Paused: none\nRate limits: none\n")
+    assert run("limits") == (
+        0,
+        "Paused: none\nRate limits: none\nConcurrency keys at their limit: none\n",
+    )
 
 
 def test_pause_and_resume_the_whole_queue(
@@ -58,7 +62,7 @@ def test_pause_and_resume_the_whole_queue(
     code, output = run("pause")
     assert code == 0 and output.startswith("the whole queue paused")
     code, output = run("limits", "--json")
-    assert json.loads(output) == {"paused": ["*", "export"], "rate_limits": []}
+    assert json.loads(output) == {"paused": ["*", "export"], "rate_limits": [], "keys_at_limit": []}
     assert "(the whole queue)" in run("limits")[1]
     code, output = run("resume")
     assert output == "the whole queue resumed\nstill paused on their own: export\n"
@@ -134,3 +138,44 @@ def test_bad_limit_arguments_are_usage_errors(
     assert code == 2 and message in output, output
     with session_factory() as session:
         assert TaskRepository(session, clean_table).rate_limits() == []
+
+
+def test_enqueue_takes_a_concurrency_key_and_limits_shows_the_keys_at_their_limit(
+    run: Any, session_factory: sessionmaker[Session], clean_table: type[Any]
+) -> None:
+    for _ in range(3):
+        code, output = run(
+            "enqueue", "sync", "--concurrency-key", "account:7", "--concurrency-limit", "2"
+        )
+        assert code == 0, output
+    with session_factory() as session:
+        repo = TaskRepository(session, clean_table)
+        assert len(repo.dequeue_many(limit=10)) == 2
+        session.commit()
+    code, output = run("limits")
+    assert code == 0 and "Concurrency keys at their limit" in output and "account:7" in output
+    code, output = run("limits", "--json")
+    assert json.loads(output)["keys_at_limit"] == [
+        {"concurrency_key": "account:7", "limit": 2, "running": 2, "waiting": 1}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--concurrency-key", ""], "concurrency_key must be a non-empty string"),
+        (["--concurrency-key", "a", "--concurrency-limit", "0"], "concurrency_limit must be"),
+        (["--concurrency-limit", "x"], "'x' is not a valid integer"),
+    ],
+)
+def test_bad_concurrency_options_are_usage_errors_and_nothing_is_enqueued(
+    run: Any,
+    arguments: list[str],
+    message: str,
+    session_factory: sessionmaker[Session],
+    clean_table: type[Any],
+) -> None:
+    code, output = run("enqueue", "sync", *arguments)
+    assert code == 2 and message in output, output
+    with session_factory() as session:
+        assert TaskRepository(session, clean_table).status_counts() == []

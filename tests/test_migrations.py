@@ -31,20 +31,26 @@ from sqlalchemy_taskqueue import (
 )
 from sqlalchemy_taskqueue.migrations import (
     create_controls_table_v1,
+    create_key_slots_table_v1,
     create_schedules_table_v1,
     create_task_table_v1,
     create_task_table_v2,
     create_task_table_v3,
+    create_task_table_v4,
     downgrade_task_table_v2_to_v1,
     downgrade_task_table_v3_to_v2,
+    downgrade_task_table_v4_to_v3,
     drop_controls_table_v1,
+    drop_key_slots_table_v1,
     drop_schedules_table_v1,
     drop_task_table_v1,
     drop_task_table_v2,
     drop_task_table_v3,
+    drop_task_table_v4,
     tune_task_table_v1,
     upgrade_task_table_v1_to_v2,
     upgrade_task_table_v2_to_v3,
+    upgrade_task_table_v3_to_v4,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,10 +91,13 @@ def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
     config = alembic_config(empty_database_url)
     command.upgrade(config, "head")
     inspector = sa.inspect(empty_engine)
-    assert {"tasks", "tasks_schedules", "tasks_controls"} <= set(inspector.get_table_names())
+    assert {"tasks", "tasks_schedules", "tasks_controls", "tasks_key_slots"} <= set(
+        inspector.get_table_names()
+    )
     indexes = {index["name"]: index for index in inspector.get_indexes("tasks")}
     assert set(indexes) == {
         "ix_tasks_claimable",
+        "ix_tasks_keyed_claimable",
         "uq_tasks_active_dedupe",
         "ix_tasks_lease_expiry",
         "ix_tasks_finished",
@@ -100,12 +109,22 @@ def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
     assert str(columns["payload"]["type"]) == "JSONB"
     assert columns["run_at"]["type"].timezone is True
     checks = {check["name"] for check in inspector.get_check_constraints("tasks")}
-    assert checks == {"ck_tasks_status", "ck_tasks_progress", "ck_tasks_retries"}
+    assert checks == {
+        "ck_tasks_status",
+        "ck_tasks_progress",
+        "ck_tasks_retries",
+        "ck_tasks_concurrency",
+    }
 
     assert schema_diff(empty_engine, DefaultBase.metadata) == []
     assert "fillfactor=80" in storage_options(empty_engine)
     assert "autovacuum_vacuum_scale_factor=0.01" in storage_options(empty_engine)
 
+    command.downgrade(config, "0004_add_controls_table")
+    assert "tasks_key_slots" not in sa.inspect(empty_engine).get_table_names()
+    assert "concurrency_key" not in {
+        c["name"] for c in sa.inspect(empty_engine).get_columns("tasks")
+    }
     command.downgrade(config, "0003_add_schedules_table")
     assert "tasks_controls" not in sa.inspect(empty_engine).get_table_names()
     command.downgrade(config, "0002_tune_tasks_table")
@@ -170,7 +189,7 @@ def test_helper_with_extra_columns_matches_an_app_subclass(empty_engine: sa.Engi
                 sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
                 sa.Column("name", sa.Text, nullable=False),
             )
-            create_task_table_v3(
+            create_task_table_v4(
                 "app_tasks",
                 sa.Column("project_id", sa.BigInteger, sa.ForeignKey("projects.id"), nullable=True),
                 sa.Column("requested_by", sa.Text, nullable=True),
@@ -181,10 +200,13 @@ def test_helper_with_extra_columns_matches_an_app_subclass(empty_engine: sa.Engi
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            drop_task_table_v3("app_tasks")
-    assert not {"app_tasks", "app_tasks_schedules", "app_tasks_controls"} & set(
-        sa.inspect(empty_engine).get_table_names()
-    )
+            drop_task_table_v4("app_tasks")
+    assert not {
+        "app_tasks",
+        "app_tasks_schedules",
+        "app_tasks_controls",
+        "app_tasks_key_slots",
+    } & set(sa.inspect(empty_engine).get_table_names())
 
 
 class DataclassBase(MappedAsDataclass, DeclarativeBase):
@@ -201,7 +223,7 @@ def test_helper_matches_the_dataclass_flavour(empty_engine: sa.Engine) -> None:
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            create_task_table_v3("dc_tasks", sa.Column("tenant", sa.Text, nullable=False))
+            create_task_table_v4("dc_tasks", sa.Column("tenant", sa.Text, nullable=False))
     assert schema_diff(empty_engine, DataclassBase.metadata) == []
 
 
@@ -210,7 +232,7 @@ def test_a_drifted_table_is_reported(empty_engine: sa.Engine) -> None:
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            create_task_table_v3("tasks")
+            create_task_table_v4("tasks")
             operations.drop_index("ix_tasks_claimable", table_name="tasks")
     diff = schema_diff(empty_engine, DefaultBase.metadata)
     assert [entry[0] for entry in diff] == ["add_index"]
@@ -236,6 +258,12 @@ def test_helpers_reject_bad_table_names() -> None:
         drop_controls_table_v1,
         upgrade_task_table_v2_to_v3,
         downgrade_task_table_v3_to_v2,
+        create_task_table_v4,
+        drop_task_table_v4,
+        create_key_slots_table_v1,
+        drop_key_slots_table_v1,
+        upgrade_task_table_v3_to_v4,
+        downgrade_task_table_v4_to_v3,
     ):
         with pytest.raises(ValueError, match="table_name"):
             helper("")
@@ -263,47 +291,96 @@ def migrate(engine: sa.Engine, *steps: Any) -> None:
                 step()
 
 
+def insert_pending(engine: sa.Engine, *numbers: int) -> list[int]:
+    """Tasks enqueued by the release that created the table: plain rows (the current
+    model has columns an older table lacks)."""
+    with engine.begin() as connection:
+        return [
+            connection.execute(
+                sa.text(
+                    "INSERT INTO tasks (type, payload) VALUES ('report', CAST(:payload AS jsonb)) "
+                    "RETURNING id"
+                ),
+                {"payload": f'{{"n": {n}}}'},
+            ).scalar_one()
+            for n in numbers
+        ]
+
+
 def test_a_populated_version_1_queue_upgrades_to_the_current_version_and_keeps_working(
     empty_engine: sa.Engine,
 ) -> None:
     """An app that migrated with ``create_task_table_v1`` adds the schedules table with
-    ``upgrade_task_table_v1_to_v2`` and the controls table with
-    ``upgrade_task_table_v2_to_v3``: its tasks stay as they were, the queue works, and the
-    tables match the model (autogenerate finds nothing); each downgrade removes its table
-    alone."""
+    ``upgrade_task_table_v1_to_v2``, the controls table with ``upgrade_task_table_v2_to_v3``
+    and concurrency keys with ``upgrade_task_table_v3_to_v4``: its tasks stay as they
+    were, the queue works, and the tables match the model (autogenerate finds nothing);
+    each downgrade removes what its upgrade added."""
     migrate(empty_engine, lambda: create_task_table_v1("tasks"))
-    with sa.orm.Session(empty_engine) as session, session.begin():
-        repo = TaskRepository(session, DefaultTask)
-        first = repo.enqueue("report", {"n": 1})
-        second = repo.enqueue("report", {"n": 2})
+    first, second = insert_pending(empty_engine, 1, 2)
 
     migrate(empty_engine, lambda: upgrade_task_table_v1_to_v2("tasks"))
     migrate(empty_engine, lambda: upgrade_task_table_v2_to_v3("tasks"))
+    migrate(empty_engine, lambda: upgrade_task_table_v3_to_v4("tasks"))
     assert schema_diff(empty_engine, DefaultBase.metadata) == []
     with sa.orm.Session(empty_engine) as session, session.begin():
         repo = TaskRepository(session, DefaultTask)
         claimed = repo.dequeue("report")
         assert claimed is not None and claimed.id == first
         repo.complete_task(first, lease_token=claimed.lease_token)
-        assert (repo.schedules(), repo.paused()) == ([], [])
+        assert (repo.schedules(), repo.paused(), repo.keys_at_limit()) == ([], [], [])
     with sa.orm.Session(empty_engine) as session, session.begin():
         repo = TaskRepository(session, DefaultTask)
         assert repo.get_task(first).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
         assert repo.get_task(second).status is TaskStatus.PENDING  # type: ignore[union-attr]
 
+    migrate(empty_engine, lambda: downgrade_task_table_v4_to_v3("tasks"))
+    assert set(sa.inspect(empty_engine).get_table_names()) == {
+        "tasks",
+        "tasks_schedules",
+        "tasks_controls",
+    }
     migrate(empty_engine, lambda: downgrade_task_table_v3_to_v2("tasks"))
     assert set(sa.inspect(empty_engine).get_table_names()) == {"tasks", "tasks_schedules"}
     migrate(empty_engine, lambda: downgrade_task_table_v2_to_v1("tasks"))
     assert set(sa.inspect(empty_engine).get_table_names()) == {"tasks"}
 
 
+def test_a_populated_version_3_queue_upgrades_to_version_4_with_its_keys_working(
+    empty_engine: sa.Engine,
+) -> None:
+    """The tasks of a version-3 queue keep their order and are claimed as before; tasks
+    enqueued with a key after the upgrade hold its slot while they run; the downgrade
+    restores the version-3 claim index."""
+    migrate(empty_engine, lambda: create_task_table_v3("tasks"))
+    old = insert_pending(empty_engine, 1, 2)
+    migrate(empty_engine, lambda: upgrade_task_table_v3_to_v4("tasks"))
+    assert schema_diff(empty_engine, DefaultBase.metadata) == []
+    with sa.orm.Session(empty_engine) as session, session.begin():
+        repo = TaskRepository(session, DefaultTask)
+        repo.enqueue_many("sync", [{"n": 1}, {"n": 2}], concurrency_key="account:7")
+    with sa.orm.Session(empty_engine) as session, session.begin():
+        repo = TaskRepository(session, DefaultTask)
+        claimed = repo.dequeue_many(limit=10)
+        assert sorted(task.id for task in claimed if task.concurrency_key is None) == old
+        assert [task.concurrency_key for task in claimed if task.concurrency_key] == ["account:7"]
+        assert [(k.concurrency_key, k.running, k.waiting) for k in repo.keys_at_limit()] == [
+            ("account:7", 1, 1)
+        ]
+    migrate(empty_engine, lambda: downgrade_task_table_v4_to_v3("tasks"))
+    predicate = {
+        index["name"]: str(index["dialect_options"]["postgresql_where"])
+        for index in sa.inspect(empty_engine).get_indexes("tasks")
+    }["ix_tasks_claimable"]
+    assert "concurrency_key" not in predicate
+
+
 def test_a_populated_version_2_queue_upgrades_to_version_3_with_its_pauses_working(
     empty_engine: sa.Engine,
 ) -> None:
     migrate(empty_engine, lambda: create_task_table_v2("tasks"))
-    with sa.orm.Session(empty_engine) as session, session.begin():
-        TaskRepository(session, DefaultTask).enqueue_many("report", [{"n": 1}, {"n": 2}])
+    insert_pending(empty_engine, 1, 2)
     migrate(empty_engine, lambda: upgrade_task_table_v2_to_v3("tasks"))
+    migrate(empty_engine, lambda: upgrade_task_table_v3_to_v4("tasks"))
     assert schema_diff(empty_engine, DefaultBase.metadata) == []
     with sa.orm.Session(empty_engine) as session, session.begin():
         repo = TaskRepository(session, DefaultTask)

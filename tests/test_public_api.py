@@ -193,6 +193,8 @@ def test_the_enqueue_methods_take_the_same_options() -> None:
         "priority",
         "run_at",
         "timeout_seconds",
+        "concurrency_key",
+        "concurrency_limit",
         "columns",
     ]
     for repository in (TaskRepository, AsyncTaskRepository):

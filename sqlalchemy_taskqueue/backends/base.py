@@ -97,6 +97,9 @@ class ClaimRequest:
         a slot and are recorded as started (``None``: every one of them).
     :ivar rate_limited: the claim takes rate-limited types, whose budget the caller has
         reserved in this transaction (a plain claim skips them).
+    :ivar keyed: the claim also takes tasks with a concurrency key, each with a free
+        slot of its key, and only into free slots (``starting``); without it the claim
+        never takes a keyed task.
 
     Example::
 
@@ -110,6 +113,7 @@ class ClaimRequest:
     relaxed_commit: bool = False
     starting: int | None = None
     rate_limited: bool = False
+    keyed: bool = False
 
 
 class Listener(Protocol):
@@ -633,6 +637,44 @@ class Backend(Protocol):
         Example::
 
             backend.record_rate_starts(session, controls, "webhook", [[1765000000.5, 3]])
+        """
+
+    # ------------------------------------------------------------------ concurrency keys
+
+    def add_key_slots(self, session: Session, table: Table, limits: Mapping[str, int]) -> None:
+        """Give each concurrency key at least as many slots as its limit (``table``: the
+        task table), in the caller's transaction.
+
+        Example::
+
+            backend.add_key_slots(session, table, {"customer:42": 1})
+        """
+
+    def has_key_slots(self, session: Session, table: Table) -> bool:
+        """Whether any concurrency key was ever used in the queue (claims of such a
+        queue must take key slots).
+
+        Example::
+
+            backend.has_key_slots(session, table)  # False
+        """
+
+    def free_orphaned_slots(self, session: Session, table: Table) -> list[str]:
+        """Free the slots held by tasks that are no longer in progress without the library
+        having freed them (a row deleted or changed by hand); their keys.
+
+        Example::
+
+            backend.free_orphaned_slots(session, table)  # []
+        """
+
+    def keys_at_limit(self, session: Session, table: Table) -> Sequence[Row[Any]]:
+        """Rows ``(concurrency_key, slot_limit, running, waiting)`` of the keys whose
+        every slot is taken.
+
+        Example::
+
+            backend.keys_at_limit(session, table)
         """
 
     # ------------------------------------------------------------------ monitoring reads

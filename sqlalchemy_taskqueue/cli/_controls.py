@@ -3,7 +3,8 @@
 ``taskqueue pause [TYPE]`` stops claims of a type (of every type without one) at every
 worker's next claim; ``taskqueue resume [TYPE]`` lets them go on; ``taskqueue limit TYPE
 LIMIT --per 1s`` rate-limits a type (``--clear`` lifts it); ``taskqueue limits`` shows
-the pauses and the rate limits, with the budget each has used.
+the pauses, the rate limits with the budget each has used, and the concurrency keys
+whose every slot is taken.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import click
 
+from sqlalchemy_taskqueue._concurrency import require_key_slots_table
 from sqlalchemy_taskqueue._controls import WHOLE_QUEUE, require_controls_table
 from sqlalchemy_taskqueue.repository import TaskRepository
 
@@ -108,14 +110,15 @@ def limit(
 def limits(
     database_url: str | None, table: str, model_reference: str | None, as_json: bool
 ) -> None:
-    """The queue's flow controls: what is paused, and each rate limit with the claims
-    it counted in its current window.
+    """The queue's flow controls: what is paused, each rate limit with the claims it
+    counted in its current window, and the concurrency keys at their limit.
 
     Example: taskqueue limits --json
     """
     with _controls_repository(database_url, table, model_reference) as repo:
         paused = repo.paused()
         rates = repo.rate_limits()
+        full = repo.keys_at_limit()
     if as_json:
         print_json(
             {
@@ -129,6 +132,15 @@ def limits(
                         "at_limit": rate.at_limit,
                     }
                     for rate in rates
+                ],
+                "keys_at_limit": [
+                    {
+                        "concurrency_key": key.concurrency_key,
+                        "limit": key.limit,
+                        "running": key.running,
+                        "waiting": key.waiting,
+                    }
+                    for key in full
                 ],
             }
         )
@@ -152,6 +164,11 @@ def limits(
             for rate in rates
         ],
     )
+    print_table(
+        "Concurrency keys at their limit",
+        ["key", "limit", "running", "waiting"],
+        [[key.concurrency_key, key.limit, key.running, key.waiting] for key in full],
+    )
 
 
 @contextmanager
@@ -159,7 +176,9 @@ def _controls_repository(
     database_url: str | None, table: str, model_reference: str | None
 ) -> Iterator[TaskRepository[Any]]:
     with open_repository(database_url, table, model_reference) as repo:
-        require_controls_table(repo.session.connection(), repo.model.__table__)
+        connection = repo.session.connection()
+        require_controls_table(connection, repo.model.__table__)
+        require_key_slots_table(connection, repo.model.__table__)
         yield repo
 
 

@@ -516,6 +516,18 @@ def cleanup(
 )
 @click.option("--delay", type=DURATION, default=None, help="Not claimable before this delay.")
 @click.option("--unique", is_flag=True, help="Skip when an equal task is already active.")
+@click.option(
+    "--concurrency-key",
+    default=None,
+    help="Tasks sharing this key run at most --concurrency-limit at a time.",
+)
+@click.option(
+    "--concurrency-limit",
+    type=int,
+    default=1,
+    show_default=True,
+    help="How many tasks of --concurrency-key may run at once.",
+)
 def enqueue(
     task_type: str,
     database_url: str | None,
@@ -526,10 +538,12 @@ def enqueue(
     max_retries: int,
     delay: timedelta | None,
     unique: bool,
+    concurrency_key: str | None,
+    concurrency_limit: int,
 ) -> None:
     """Add a task (prints its id).
 
-    Example: taskqueue enqueue data_export --payload '{"project_id": 7}'
+    Example: taskqueue enqueue sync_account --payload '{"id": 7}' --concurrency-key account:7
     """
     try:
         value = json.loads(payload)
@@ -540,7 +554,13 @@ def enqueue(
             f"nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
             param_hint="--payload",
         ) from None
-    options: dict[str, Any] = {"priority": priority, "max_retries": max_retries, "run_at": delay}
+    options: dict[str, Any] = {
+        "priority": priority,
+        "max_retries": max_retries,
+        "run_at": delay,
+        "concurrency_key": concurrency_key,
+        "concurrency_limit": concurrency_limit,
+    }
     try:
         with open_repository(database_url, table, model_reference) as repo:
             if unique:

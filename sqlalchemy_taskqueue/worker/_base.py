@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
+from sqlalchemy_taskqueue._concurrency import require_key_slots_table
 from sqlalchemy_taskqueue._controls import require_controls_table
 from sqlalchemy_taskqueue._json import UndecodableJSON
 from sqlalchemy_taskqueue._loading import detached_loader
@@ -282,6 +283,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
         self._is_running = False
         self._table_checked = False
         self._rate_limited: list[str] = []  # see _rescue_body
+        self._keyed = False  # whether the queue uses concurrency keys: see _rescue_body
         self._rate_retry_at: float | None = None  # when a spent budget may allow more
         self._database = "the database"  # its masked URL once a run has looked it up
         self._unhandled_reported: set[str] = set()  # see _unhandled_seen
@@ -498,6 +500,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
                     own_session=True,
                     starting=self._starting(),
                     rate_limited=self._rate_limited,
+                    keyed=self._keyed,
                 )
                 retry = repo._rate_retry_after
                 self._rate_retry_at = None if retry is None else time.monotonic() + retry
@@ -515,6 +518,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
             self.owner,
             relaxed_commit=True,
             starting=self._starting(),
+            keyed=self._keyed,
         )
 
     def _starting(self) -> int:
@@ -591,6 +595,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
             connection = session.connection(bind_arguments={"mapper": self._model})
             require_database_schema(connection, self._table)
             require_controls_table(connection, self._table)  # claims read its pauses
+            require_key_slots_table(connection, self._table)  # and keyed claims its slots
             if self._schedules:
                 require_schedules_table(connection, self._table)
             self._table_checked = True
@@ -598,7 +603,14 @@ class WorkerBase(Generic[TaskT, SessionT]):
         # which of its types are rate-limited: those only a claim within budget takes
         # (until a worker learns of a new limit, plain claims skip the type: never too many)
         self._rate_limited = repo._rate_limited_types(self._types)
+        self._keyed = repo._uses_keys(fresh=True)
         return repo.rescue_expired_leases()
+
+    def _keys_body(self, session: Session) -> bool:
+        """Whether the queue has begun to use concurrency keys since this worker last
+        looked (an empty turn asks: a keyed task is claimed only by a keyed claim)."""
+        self._keyed = self._repository(session)._uses_keys(fresh=True)
+        return self._keyed
 
     def _rescued(self, rescued: dict[int, TaskStatus]) -> int:
         for task_id, status in rescued.items():

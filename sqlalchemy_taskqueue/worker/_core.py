@@ -124,6 +124,8 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
                 claimed = yield from Shielded(self._settle_and_claim(free))
                 # empty only if a claim was tried: handlers may have finished meanwhile
                 empty = free > 0 and not claimed and self._drained() and not self._rate_waiting()
+                if empty and not self._keyed and (yield from Transaction(self._keys_body)):
+                    continue  # the first keyed tasks of the queue: claim them now
                 if empty and time.monotonic() >= next_unhandled_check:
                     yield from self._report_unhandled()
                     next_unhandled_check = time.monotonic() + UNHANDLED_CHECK_INTERVAL

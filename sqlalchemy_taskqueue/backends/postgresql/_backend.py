@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Insert, Row, Table, select, text
+from sqlalchemy import Connection, Engine, Insert, Row, Table, exists, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
+from sqlalchemy_taskqueue._concurrency import key_slots_table
 from sqlalchemy_taskqueue.backends.base import (
     AsyncListener,
     Capabilities,
@@ -35,7 +36,7 @@ from sqlalchemy_taskqueue.backends.base import (
 from sqlalchemy_taskqueue.backoff import BackoffPolicy
 from sqlalchemy_taskqueue.status import TaskStatus
 
-from . import _connections, _embedded, _migrations, _statements, _wakeup
+from . import _connections, _embedded, _key_slots, _migrations, _statements, _wakeup
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -627,6 +628,46 @@ class PostgreSQLBackend:
         stmt = _statements.clear_rate_limit_statement(table, task_type)
         return session.execute(stmt).first() is not None
 
+    def add_key_slots(self, session: Session, table: Table, limits: Mapping[str, int]) -> None:
+        """One ``INSERT ... SELECT ... generate_series ... ON CONFLICT DO NOTHING``.
+
+        Example::
+
+            backend.add_key_slots(session, table, {"customer:42": 1})
+        """
+        keys = sorted(limits)  # one order for every writer
+        params = {"keys": keys, "limits": [limits[key] for key in keys]}
+        session.execute(_key_slots.add_key_slots_statement(table), params)
+
+    def has_key_slots(self, session: Session, table: Table) -> bool:
+        """``SELECT EXISTS (...)`` on the key slots table.
+
+        Example::
+
+            backend.has_key_slots(session, table)  # False
+        """
+        slots = key_slots_table(table)
+        return bool(session.execute(select(exists().select_from(slots))).scalar())
+
+    def free_orphaned_slots(self, session: Session, table: Table) -> list[str]:
+        """One ``UPDATE``.
+
+        Example::
+
+            backend.free_orphaned_slots(session, table)  # []
+        """
+        stmt = _key_slots.free_orphaned_slots_statement(table)
+        return sorted(set(session.execute(stmt).scalars()))
+
+    def keys_at_limit(self, session: Session, table: Table) -> Sequence[Row[Any]]:
+        """One ``SELECT`` grouping the slots by key.
+
+        Example::
+
+            backend.keys_at_limit(session, table)
+        """
+        return session.execute(_key_slots.keys_at_limit_statement(table)).all()
+
     def rate_limits(self, session: Session, table: Table) -> Sequence[Row[Any]]:
         """One ``SELECT``.
 
@@ -856,7 +897,8 @@ def claim_statement_and_params(table: Table, request: ClaimRequest) -> tuple[Any
         type_filter, params["task_types"] = "many", list(task_types)
     if request.starting is not None:
         params["starting"] = request.starting
-    options = {"rate_limited": True} if request.rate_limited else {}  # one cache entry each
+    # only options that differ from the defaults: one cache entry per variant
+    options = {name: True for name in ("rate_limited", "keyed") if getattr(request, name)}
     stmt = _statements.claim_statement(
         table,
         type_filter=type_filter,

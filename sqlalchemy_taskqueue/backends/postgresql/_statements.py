@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
     ARRAY,
+    CTE,
     BigInteger,
     ColumnElement,
     Delete,
@@ -72,6 +73,7 @@ from sqlalchemy_taskqueue._schema import (
     CLAIM_ORDER,
     UNSTARTED_RESCUE,
 )
+from sqlalchemy_taskqueue.backends.postgresql._key_slots import freeing_slots, keyed_claim_ids
 from sqlalchemy_taskqueue.backoff import MAX_EXPONENT, BackoffPolicy
 from sqlalchemy_taskqueue.status import ACTIVE_STATUSES, FINISHED_STATUSES, TaskStatus
 
@@ -274,9 +276,14 @@ def _announcing(stmt: _DML, channel: str | None, *columns: ColumnElement[Any]) -
     made claimable there (``pg_notify`` is called once per returned row, so a statement
     that changes nothing announces nothing; PostgreSQL sends one notification per
     transaction for identical ones)."""
+    return stmt.returning(*_announced(channel, *columns))
+
+
+def _announced(channel: str | None, *columns: ColumnElement[Any]) -> list[ColumnElement[Any]]:
+    """``columns`` and, with ``channel``, the ``pg_notify`` call of :func:`_announcing`."""
     if channel is None:
-        return stmt.returning(*columns)
-    return stmt.returning(*columns, func.pg_notify(_text_constant(channel), literal_column("''")))
+        return list(columns)
+    return [*columns, func.pg_notify(_text_constant(channel), literal_column("''"))]
 
 
 def _text_constant(value: str) -> ColumnElement[Any]:
@@ -461,6 +468,7 @@ def claim_statement(
     relaxed_commit: bool = False,
     prefetch: bool = False,
     rate_limited: bool = False,
+    keyed: bool = False,
 ) -> Update:
     """Claim up to ``limit`` due tasks in one statement and return the claimed rows.
 
@@ -469,8 +477,9 @@ def claim_statement(
     :func:`relaxed_commit_statement` does (evaluated once, before the scan), saving a
     round trip for transactions that only claim.
 
-    1. The sub-select picks the due pending rows, lowest ``priority`` first, then oldest
-       ``run_at``, then ``id``; it walks the partial claimable index in that order.
+    1. The sub-select picks the due pending rows without a concurrency key, lowest
+       ``priority`` first, then oldest ``run_at``, then ``id``; it walks the partial
+       claimable index in that order.
     2. ``FOR UPDATE SKIP LOCKED`` passes over rows another worker is claiming right now,
        so concurrent workers never wait for or double-claim one another.
     3. The ``UPDATE`` marks the picked rows ``in_progress`` and stamps the lease: owner,
@@ -481,6 +490,11 @@ def claim_statement(
        slots, are started; the rest wait in the worker and are started later
        (:func:`record_starts_statement`).  A rescue charges an attempt only to a started
        task.
+    5. With ``keyed``, tasks with a concurrency key come first: as many as there are
+       free key slots for them (:func:`._key_slots.keyed_claim_ids`), never more than
+       ``starting`` (a keyed task is only claimed to start at once: it would hold its
+       key's slot while it waited); the tasks without a key fill the rest of ``limit``.
+       Without ``keyed`` the statement never claims a keyed task.
 
     Example::
 
@@ -495,6 +509,8 @@ def claim_statement(
         claimed = session.execute(stmt, params).all()
     """
     c = table.c
+    limit: ColumnElement[Any] = bindparam("limit", type_=Integer)
+    starting = bindparam("starting", type_=Integer)
     conditions = [
         c.status == TaskStatus.PENDING,
         c.run_at <= _now(),
@@ -503,21 +519,30 @@ def claim_statement(
     ]
     if relaxed_commit:
         conditions.append(_relaxing_commit())
-    claimable = (
+    keyed_ids: CTE | None = None
+    plain_limit = limit
+    if keyed:
+        keyed_limit = func.least(limit, starting) if prefetch else limit
+        keyed_ids = keyed_claim_ids(table, conditions, keyed_limit).cte("keyed")
+        plain_limit = limit - select(func.count()).select_from(keyed_ids).scalar_subquery()
+    claimable: Select[Any] = (
         select(c.id)
-        .where(*conditions)
+        .where(*conditions, c.concurrency_key.is_(None))
         .order_by(*(c[name] for name in CLAIM_ORDER))
-        .limit(bindparam("limit", type_=Integer))
+        .limit(plain_limit)
         .with_for_update(skip_locked=True)
     )
+    if keyed_ids is not None:
+        # the keyed ids first: a prefetching claim starts them (they count in `starting`)
+        both = select(keyed_ids.c.task_id.label("id")).union_all(claimable.subquery().select())
+        claimable = select(both.subquery("claimable").c.id)
     started: ColumnElement[Any] = _now()
     if prefetch:
         # the picked ids once (a CTE), in claim order: the first `starting` are started
         picked = select(func.array(claimable.correlate(None).scalar_subquery()).label("ids"))
         ids = cast(select(picked.cte("picked").c.ids).scalar_subquery(), ARRAY(BigInteger))
-        starting = bindparam("starting", type_=Integer)
         started = case(
-            (starting >= bindparam("limit", type_=Integer), _now()),  # nothing prefetched
+            (starting >= limit, _now()),  # nothing prefetched
             (func.array_position(ids, c.id) <= starting, _now()),
             else_=null(),
         )
@@ -599,7 +624,7 @@ def _completed_values(table: Table, result: Any) -> dict[str, Any]:
 
 
 @functools.cache
-def complete_statement(table: Table, *, fenced: bool) -> Update:
+def complete_statement(table: Table, *, fenced: bool) -> Select[Any]:
     """Mark an in-progress task completed (progress 100) with a JSON result.
 
     Parameters: ``task_id``, ``new_result`` and, when ``fenced``, ``token``.
@@ -611,12 +636,8 @@ def complete_statement(table: Table, *, fenced: bool) -> Update:
         completed = session.execute(stmt, params).first() is not None
     """
     result = bindparam("new_result", type_=table.c.result.type)
-    return (
-        update(table)
-        .where(_owned(table, fenced=fenced))
-        .values(**_completed_values(table, result))
-        .returning(table.c.id)
-    )
+    completed = update(table).where(_owned(table, fenced=fenced))
+    return freeing_slots(table, completed.values(**_completed_values(table, result)), table.c.id)
 
 
 def _leases(table: Table, *, with_results: bool = False) -> Any:
@@ -644,7 +665,7 @@ def _update_leased(table: Table, leases: Any) -> Update:
 
 
 @functools.cache
-def complete_many_statement(table: Table) -> Update:
+def complete_many_statement(table: Table) -> Select[Any]:
     """Complete a batch of leased tasks in one statement; returns the ids completed.
 
     Parameters: ``ids``, ``tokens`` (text) and ``results`` (JSON text or NULL), arrays
@@ -656,11 +677,8 @@ def complete_many_statement(table: Table) -> Update:
         done = set(session.execute(complete_many_statement(Task.__table__), params).scalars())
     """
     leases = _leases(table, with_results=True)
-    return (
-        _update_leased(table, leases)
-        .values(**_completed_values(table, leases.c.result))
-        .returning(table.c.id)
-    )
+    completed = _update_leased(table, leases).values(**_completed_values(table, leases.c.result))
+    return freeing_slots(table, completed, table.c.id)
 
 
 def _failure_values(
@@ -720,7 +738,7 @@ def _failure_values(
 @functools.cache
 def fail_statement(
     table: Table, *, fenced: bool, backoff: BackoffPolicy, retry: bool = True
-) -> Update:
+) -> Select[Any]:
     """Record a failed attempt: back to ``pending`` with backoff, or ``failed``.
 
     Parameters: ``task_id``, ``message`` and, when ``fenced``, ``token``.
@@ -732,12 +750,9 @@ def fail_statement(
         new_status = session.execute(stmt, params).scalar_one()
     """
     message = bindparam("message", type_=Text)
-    return (
-        update(table)
-        .where(_owned(table, fenced=fenced))
-        .values(**_failure_values(table, message, backoff, retry=retry))
-        .returning(table.c.status)
-    )
+    failed = update(table).where(_owned(table, fenced=fenced))
+    values = _failure_values(table, message, backoff, retry=retry)
+    return freeing_slots(table, failed.values(**values), table.c.status)
 
 
 @functools.cache
@@ -796,7 +811,7 @@ def diagnose_statement(table: Table, task_id: int) -> Select[Any]:
     return select(table.c.status, table.c.lease_token).where(table.c.id == task_id)
 
 
-def cancel_statement(table: Table, task_id: int) -> Update:
+def cancel_statement(table: Table, task_id: int) -> Select[Any]:
     """Cancel a pending or running task; a running one's lease is revoked, so its worker
     finds it gone at its next heartbeat and every write it makes afterwards is refused.
 
@@ -805,12 +820,12 @@ def cancel_statement(table: Table, task_id: int) -> Update:
         cancelled = session.execute(cancel_statement(Task.__table__, 42)).first() is not None
     """
     c = table.c
-    return (
+    cancelled = (
         update(table)
         .where(c.id == task_id, c.status.in_([TaskStatus.PENDING, TaskStatus.IN_PROGRESS]))
         .values(status=TaskStatus.CANCELLED, completed_at=_now(), **_LEASE_CLEARED)
-        .returning(c.id)
     )
+    return freeing_slots(table, cancelled, c.id)
 
 
 def retry_statement(
@@ -918,7 +933,7 @@ def renew_leases_statement(table: Table) -> Update:
 
 
 @functools.cache
-def release_statement(table: Table, channel: str | None = None) -> Update:
+def release_statement(table: Table, channel: str | None = None) -> Select[Any]:
     """Hand unfinished tasks back to ``pending`` without consuming a retry (shutdown).
 
     The task is due at once and keeps its place in the queue (its ``run_at``), as a
@@ -939,10 +954,10 @@ def release_statement(table: Table, channel: str | None = None) -> Update:
         lease_owner=None,
         **_LEASE_CLEARED,
     )
-    return _announcing(released, channel, table.c.id)
+    return freeing_slots(table, released, *_announced(channel, table.c.id))
 
 
-def rescue_statement(table: Table, *, limit: int, channel: str | None = None) -> Update:
+def rescue_statement(table: Table, *, limit: int, channel: str | None = None) -> Select[Any]:
     """Return tasks whose lease expired to the queue, consuming a retry if they started.
 
     A worker that dies (``kill -9``, lost machine, lost connection) stops renewing its
@@ -972,7 +987,7 @@ def rescue_statement(table: Table, *, limit: int, channel: str | None = None) ->
         table, literal(message, Text), None, retry=True, unstarted_message=UNSTARTED_RESCUE
     )
     rescued = update(table).where(_picked_rows(table, expired)).values(**values)
-    return _announcing(rescued, channel, c.id, c.status)
+    return freeing_slots(table, rescued, *_announced(channel, c.id, c.status))
 
 
 # --------------------------------------------------------------------------- reads
