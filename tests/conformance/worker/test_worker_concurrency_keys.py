@@ -76,6 +76,7 @@ def test_a_keyed_task_is_never_claimed_to_wait_for_a_slot(
         "plain": lambda task, ctx: ran.append("plain"),
     }
     worker = make_worker(session_factory, clean_table, handlers, concurrency=1, prefetch=5)
+
     def keyed_in_progress() -> int:
         with session_factory() as session:
             table = clean_table.__table__
