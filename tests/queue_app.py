@@ -109,6 +109,16 @@ def cancellable(task: Any, ctx: TaskContext) -> str:
     return "finished"
 
 
+@tasks.handler("keyed")
+def keyed(task: Any, ctx: TaskContext) -> None:
+    """Records its start and its end (each by the database clock), working
+    ``payload["ms"]`` milliseconds in between: the intervals tell how many tasks of a
+    concurrency key ran at once."""
+    record(task, ctx, note="start")
+    time.sleep(task.payload["ms"] / 1000)  # simulated work
+    record(task, ctx, note="end")
+
+
 #: The periodic process tests give the worker a schedule through the environment:
 #: ``every=1s;missed=latest;overlap=1`` (or ``cron=...``) declares ``tick`` with those
 #: options.  Without it the app has no schedule.

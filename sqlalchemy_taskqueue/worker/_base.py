@@ -59,6 +59,7 @@ from sqlalchemy_taskqueue.exceptions import (
 from sqlalchemy_taskqueue.models import require_database_schema, task_table
 from sqlalchemy_taskqueue.monitoring import QueueDepth
 from sqlalchemy_taskqueue.repository import (
+    RATE_BUDGET_BUSY_RETRY,
     TaskRepository,
     TaskT,
     default_owner,
@@ -503,7 +504,11 @@ class WorkerBase(Generic[TaskT, SessionT]):
                     keyed=self._keyed,
                 )
                 retry = repo._rate_retry_after
-                self._rate_retry_at = None if retry is None else time.monotonic() + retry
+                # at least a moment ahead: a budget found spent keeps the queue from
+                # counting as empty until the next claim, even one freeing right now
+                self._rate_retry_at = (
+                    None if retry is None else time.monotonic() + max(retry, RATE_BUDGET_BUSY_RETRY)
+                )
             return written, claimed
 
         return body
