@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from sqlalchemy_taskqueue import HandlerRegistry, TaskContext, TaskMixin, TaskRepository, Worker
+from sqlalchemy_taskqueue._concurrency import key_slots_table
 from sqlalchemy_taskqueue.backends.postgresql import _statements as statements
 
 
@@ -31,17 +32,27 @@ def noop(task: Any, ctx: TaskContext) -> None:
 
 
 def reset(engine: Engine) -> None:
+    """Empty the queue: its tasks, and the slots of concurrency keys it used (a queue
+    that has used keys claims through them from then on)."""
+    slots = key_slots_table(Task.__table__).name
     with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {Task.__tablename__} RESTART IDENTITY"))
+        connection.execute(text(f"TRUNCATE {Task.__tablename__}, {slots} RESTART IDENTITY"))
 
 
-def fill(engine: Engine, count: int) -> None:
-    """``count`` pending no-op tasks in an emptied table, analysed as autovacuum would."""
+def fill(engine: Engine, count: int, *, keys: int = 0) -> None:
+    """``count`` pending no-op tasks in an emptied table, analysed as autovacuum would;
+    with ``keys``, spread over that many concurrency keys of limit 1, in runs of 10
+    tasks of one key (as a queue fills when each key's work arrives in small batches)."""
     reset(engine)
     with Session(engine) as session:
         repo = TaskRepository(session, Task)
-        for first in range(0, count, 10_000):
-            repo.enqueue_many("noop", [{"n": n} for n in range(first, min(first + 10_000, count))])
+        chunk = 10 if keys else 10_000
+        for number, first in enumerate(range(0, count, chunk)):
+            payloads = [{"n": n} for n in range(first, min(first + chunk, count))]
+            if keys:
+                repo.enqueue_many("noop", payloads, concurrency_key=f"key-{number % keys}")
+            else:
+                repo.enqueue_many("noop", payloads)
         session.commit()
     analyse(engine)
 
@@ -211,14 +222,15 @@ def add_finished_rows(engine: Engine, count: int) -> None:
     analyse(engine)
 
 
-def claim_plan(engine: Engine) -> str:
-    """``EXPLAIN ANALYZE`` of the claim statement, rolled back."""
-    stmt = statements.claim_statement(Task.__table__, type_filter="one")
+def claim_plan(engine: Engine, *, keyed: bool = False) -> str:
+    """``EXPLAIN ANALYZE`` of the claim statement (``keyed``: of a queue that uses
+    concurrency keys, claiming 4), rolled back."""
+    stmt = statements.claim_statement(Task.__table__, type_filter="one", keyed=keyed)
     compiled = stmt.compile(dialect=engine.dialect)
     params = {
         **compiled.params,
         "task_type": "noop",
-        "limit": 1,
+        "limit": 4 if keyed else 1,
         "lease": timedelta(seconds=60),
         "owner": "bench",
         "token": "00000000-0000-0000-0000-000000000000",

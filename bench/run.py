@@ -242,6 +242,18 @@ def measure(
         )
     )
     ours.rate_limit(engine, None)
+    ours.fill(engine, tasks, keys=100)
+    baseline.quiesce(url)
+    add(
+        Figure(
+            "drain, one process, default settings, every task under one of 100 "
+            "concurrency keys of limit 1",
+            "tasks/s",
+            hand_one,
+            ours.drain(url, tasks, processes=1),
+            target=">= 0.7x the plain drain (the row above the schedule's)",
+        )
+    )
     fill(tasks)
     hand_batch = baseline.drain(url, tasks, per_statement=100, processes=args.processes)
     best = {"concurrency": args.concurrency, "prefetch": args.prefetch}
@@ -306,6 +318,8 @@ def measure(
     ours.fill(engine, 100_000)
     backlog = ours.claim_latency(engine, claims) * 1000
     add(Figure("claim latency, 100,000 pending rows", "ms", empty, backlog, False))
+    ours.fill(engine, 100_000, keys=100)
+    keyed_plan = ours.claim_plan(engine, keyed=True)
 
     ours.fill(engine, 4)
     with engine.connect() as connection:
@@ -320,6 +334,7 @@ def measure(
         )
     )
     print(f"\nclaim plan with {args.finished_rows:,} finished rows:\n{plan}")
+    print(f"\nkeyed claim plan, 100,000 pending tasks over 100 keys:\n{keyed_plan}")
     return figures
 
 

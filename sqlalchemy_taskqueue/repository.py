@@ -111,11 +111,9 @@ TaskT = TypeVar("TaskT", bound="TaskMixin | TaskDataclassMixin")
 RATE_LIMITS_REREAD = 1.0
 #: ``(bind, table) -> (read again after, the rate-limited types)``.
 _RATE_LIMITED_SEEN: dict[tuple[int, str], tuple[float, list[str]]] = {}
-#: ``(bind, table)`` of the queues known to have used concurrency keys: their claims take
-#: key slots (a queue's key slots are never removed, so once known, always so).
-_KEYED_QUEUES: set[tuple[int, str]] = set()
-#: ``(bind, table) -> read again after``, for queues found without keys.
-_UNKEYED_SEEN: dict[tuple[int, str], float] = {}
+#: ``(bind, table) -> (read again after, whether the queue has used concurrency keys)``:
+#: the claims of a queue that has take key slots.
+_KEYS_SEEN: dict[tuple[int, str], tuple[float, bool]] = {}
 #: A rate-limited type whose budget another worker is reserving: look again this soon.
 RATE_BUDGET_BUSY_RETRY = 0.05
 #: Lease of a task claimed through the repository directly.  The worker renews its leases
@@ -608,19 +606,17 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         return limited if task_types is None else [n for n in limited if n in task_types]
 
     def _uses_keys(self, *, fresh: bool = False) -> bool:
-        """Whether the queue has ever had a task with a concurrency key.  Once it has, it
-        always has (key slots are never removed); until then the answer is read again at
-        most every :data:`RATE_LIMITS_REREAD` seconds (``fresh``: now)."""
+        """Whether the queue has had tasks with a concurrency key (it keeps their keys'
+        slots), read at most every :data:`RATE_LIMITS_REREAD` seconds per process and
+        queue (``fresh``: now).  A stale answer is safe: a claim that does not take key
+        slots never claims a keyed task."""
         cache_key = self._rate_cache_key()
-        if cache_key in _KEYED_QUEUES:
-            return True
-        if not fresh and _UNKEYED_SEEN.get(cache_key, 0.0) > time.monotonic():
-            return False
-        if self._backend.has_key_slots(self._session, self._table):
-            _KEYED_QUEUES.add(cache_key)
-            return True
-        _UNKEYED_SEEN[cache_key] = time.monotonic() + RATE_LIMITS_REREAD
-        return False
+        seen = _KEYS_SEEN.get(cache_key)
+        if not fresh and seen is not None and seen[0] > time.monotonic():
+            return seen[1]
+        keyed = self._backend.has_key_slots(self._session, self._table)
+        _KEYS_SEEN[cache_key] = (time.monotonic() + RATE_LIMITS_REREAD, keyed)
+        return keyed
 
     def _rate_cache_key(self) -> tuple[int, str]:
         return (id(self._session.get_bind(mapper=self._model)), self._table.fullname)
@@ -1269,7 +1265,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         self._backend.add_key_slots(
             self._session, self._table, {key: int(values["concurrency_limit"])}
         )
-        _KEYED_QUEUES.add(self._rate_cache_key())
+        _KEYS_SEEN[self._rate_cache_key()] = (time.monotonic() + RATE_LIMITS_REREAD, True)
 
     def _explain_miss(
         self,

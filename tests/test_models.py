@@ -67,6 +67,7 @@ def test_columns_types_and_constraints() -> None:
         "ck_tasks_status",
         "ck_tasks_progress",
         "ck_tasks_retries",
+        "ck_tasks_concurrency",
     }
     assert not any("progress" in index.columns for index in table.indexes)
 
@@ -77,12 +78,15 @@ def test_two_queue_tables_live_in_one_metadata_with_their_own_index_names() -> N
         "tasks",
         "tasks_schedules",
         "tasks_controls",
+        "tasks_key_slots",
         "email_tasks",
         "email_tasks_schedules",
         "email_tasks_controls",
+        "email_tasks_key_slots",
     }
     assert index_names(Task) == {
         "ix_tasks_claimable",
+        "ix_tasks_keyed_claimable",
         "uq_tasks_active_dedupe",
         "ix_tasks_lease_expiry",
         "ix_tasks_finished",

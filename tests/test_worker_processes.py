@@ -18,6 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy_taskqueue import TaskRepository, TaskStatus
 
 sys.path.insert(0, str(Path(__file__).parent))
+from keyed_runs import (
+    KEY_LIMITS,
+    Run,
+    enqueue_keyed,
+    keyed_runs,
+    keys_over_their_limit,
+    most_at_once,
+)
 from processes import WorkerProcess, wait_for
 from queue_app import Base, Execution, Task
 
@@ -346,56 +354,14 @@ def db_seconds_since(factory: sessionmaker[Session], moment: Any) -> float:
         return float(session.scalar(select(func.extract("epoch", func.now() - moment))) or 0.0)
 
 
-def enqueue_keyed(factory: sessionmaker[Session], tasks: int, ms: int) -> dict[str, int]:
-    """``tasks`` tasks interleaved over 10 keys of limit 1 and 5 keys of limit 3; the
-    limit of each key."""
-    limits = {**{f"one-{n}": 1 for n in range(10)}, **{f"three-{n}": 3 for n in range(5)}}
-    keys = list(limits)
-    with factory.begin() as session:
-        repo = TaskRepository(session, Task)
-        for n in range(tasks):
-            key = keys[n % len(keys)]
-            repo.enqueue("keyed", {"ms": ms}, concurrency_key=key, concurrency_limit=limits[key])
-    return limits
-
-
-def handler_intervals(factory: sessionmaker[Session], cut_off: Any = None) -> list[Any]:
-    """``(key, start, end, pid)`` of every handler call, by the database clock, from the
-    start and end the ``keyed`` handler records; a call whose process was killed ends at
-    ``cut_off``."""
+def runs_of_keyed(factory: sessionmaker[Session], killed_at: Any = None) -> list[Run]:
     with factory() as session:
-        rows = session.execute(
-            select(
-                Execution.task_id, Execution.attempt, Execution.pid, Execution.note, Execution.at
-            )
-        ).all()
-        keys = {row[0]: row[1] for row in session.execute(select(Task.id, Task.concurrency_key))}
-    starts = {(r.task_id, r.attempt, r.pid): r.at for r in rows if r.note == "start"}
-    ends = {(r.task_id, r.attempt, r.pid): r.at for r in rows if r.note == "end"}
-    return [
-        (keys[task_id], start, ends.get((task_id, attempt, pid), cut_off), pid)
-        for (task_id, attempt, pid), start in starts.items()
-    ]
+        return keyed_runs(session, killed_at)
 
 
-def most_at_once(intervals: list[Any]) -> int:
-    """The most intervals open at one instant (one that ends as another starts does not
-    overlap it)."""
-    events = sorted(
-        [(start, 1) for _, start, _, _ in intervals] + [(end, -1) for _, _, end, _ in intervals]
-    )
-    most = running = 0
-    for _, step in events:
-        running += step
-        most = max(most, running)
-    return most
-
-
-def assert_within_limits(intervals: list[Any], limits: dict[str, int]) -> None:
-    for key, limit in limits.items():
-        mine = [interval for interval in intervals if interval[0] == key]
-        assert most_at_once(mine) <= limit, f"{key}: {most_at_once(mine)} at once (limit {limit})"
-    assert most_at_once(intervals) >= 8  # different keys do run side by side
+def assert_within_limits(runs: list[Run], limits: dict[str, int]) -> None:
+    assert keys_over_their_limit(runs, limits) == {}
+    assert most_at_once(runs) >= 8  # different keys do run side by side
 
 
 def test_concurrency_keys_hold_across_worker_processes(
@@ -403,14 +369,16 @@ def test_concurrency_keys_hold_across_worker_processes(
 ) -> None:
     """4 processes x 8 slots, 400 tasks over 15 keys: no key ever runs more tasks at once
     than its limit, while the keys together keep many slots busy."""
-    limits = enqueue_keyed(session_factory, 400, ms=30)
+    with session_factory.begin() as session:
+        enqueue_keyed(session, 400, ms=(30, 30))
+    limits = KEY_LIMITS
     workers = [spawn("--concurrency", "8", "--until-empty") for _ in range(4)]
     for worker in workers:
         assert worker.wait(120) == 0, worker.output()
     assert count_status(session_factory, TaskStatus.COMPLETED) == 400
-    intervals = handler_intervals(session_factory)
-    assert len(intervals) == 400 and all(end is not None for _, _, end, _ in intervals)
-    assert_within_limits(intervals, limits)
+    runs = runs_of_keyed(session_factory)
+    assert len(runs) == 400 and all(run.end is not None for run in runs)
+    assert_within_limits(runs, limits)
 
 
 def test_a_killed_worker_keeps_its_keys_slots_only_until_its_leases_expire(
@@ -421,34 +389,34 @@ def test_a_killed_worker_keeps_its_keys_slots_only_until_its_leases_expire(
     expire and a rescue frees them, within lease + rescue interval; then the keys run
     again and everything completes."""
     lease = 2.0
-    limits = enqueue_keyed(session_factory, 300, ms=150)
+    with session_factory.begin() as session:
+        enqueue_keyed(session, 300, ms=(150, 150))
+    limits = KEY_LIMITS
     doomed = spawn("--concurrency", "8", "--lease", f"{lease}s")
 
-    def running_in_doomed() -> list[Any]:
-        return [
-            i for i in handler_intervals(session_factory) if i[3] == doomed.pid and i[2] is None
-        ]
+    def running_in_doomed() -> list[Run]:
+        return [r for r in runs_of_keyed(session_factory) if r.pid == doomed.pid and r.end is None]
 
     # the doomed worker starts alone and takes keys of limit 1; a worker that frees a
     # slot claims again in the same transaction, so it tends to keep its keys
-    wait_for(lambda: any(limits[key] == 1 for key, *_ in running_in_doomed()))
+    wait_for(lambda: any(limits[run.key] == 1 for run in running_in_doomed()))
     others = [spawn("--concurrency", "8", "--lease", f"{lease}s") for _ in range(3)]
     wait_for(lambda: all(worker.started() for worker in others))
-    wait_for(lambda: any(limits[key] == 1 for key, *_ in running_in_doomed()))
+    wait_for(lambda: any(limits[run.key] == 1 for run in running_in_doomed()))
     doomed.process.send_signal(signal.SIGKILL)
     assert doomed.wait(10) == -signal.SIGKILL
     with session_factory() as session:
         killed_at = session.scalar(select(func.clock_timestamp()))
-    held = {key for key, *_ in running_in_doomed() if limits[key] == 1}
+    held = {run.key for run in running_in_doomed() if limits[run.key] == 1}
     assert held
     wait_for(lambda: count_status(session_factory, TaskStatus.COMPLETED) == 300, timeout=120)
     for worker in others:
         worker.signal(signal.SIGTERM)
     assert [worker.wait(30) for worker in others] == [0, 0, 0]
-    intervals = handler_intervals(session_factory, cut_off=killed_at)
-    assert_within_limits(intervals, limits)
+    runs = runs_of_keyed(session_factory, {doomed.pid: killed_at})
+    assert_within_limits(runs, limits)
     # the slots a killed call held came back within a lease and a rescue interval
     # (a quarter lease by default), plus the time to notice and claim
     for key in held:
-        resumed = min(start for k, start, _, pid in intervals if k == key and start > killed_at)
+        resumed = min(run.start for run in runs if run.key == key and run.start > killed_at)
         assert (resumed - killed_at).total_seconds() <= lease * 1.25 + 2.0

@@ -56,6 +56,10 @@ CREATE TRIGGER proc_completion AFTER UPDATE ON proc_tasks
 #: A ``sitecustomize`` that moves a process's wall clock (see :meth:`FaultQueue.spawn`).
 SKEWED_CLOCK = Path(__file__).parent / "skewed_clock"
 
+#: The rows of ``proc_executions`` that are handler calls (the ``keyed`` handler also
+#: records its end).
+CALLS = "note IS DISTINCT FROM 'end'"
+
 #: Options every scenario's workers share: short leases so rescue is quick to observe.
 WORKER_OPTIONS = ("--lease", "2s", "--poll-interval", "0.5s", "--grace", "10s")
 
@@ -202,7 +206,11 @@ class FaultQueue:
 
     def executions_by(self, pid: int) -> int:
         """Handler calls the worker process ``pid`` has recorded."""
-        return int(self.scalar("SELECT count(*) FROM proc_executions WHERE pid = :pid", pid=pid))
+        return int(
+            self.scalar(
+                f"SELECT count(*) FROM proc_executions WHERE pid = :pid AND {CALLS}", pid=pid
+            )
+        )
 
     def wait_until_settled(self, timeout: float = 120.0) -> None:
         """Wait until no task is pending or in progress."""
@@ -213,7 +221,7 @@ class FaultQueue:
         delay = self.scalar(
             "SELECT EXTRACT(EPOCH FROM max(first_run) - :moment) FROM ("
             "  SELECT min(at) AS first_run FROM proc_executions"
-            "  WHERE task_id = ANY(:ids) AND at > :moment GROUP BY task_id) AS runs",
+            f"  WHERE task_id = ANY(:ids) AND at > :moment AND {CALLS} GROUP BY task_id) AS runs",
             moment=moment,
             ids=task_ids,
         )
@@ -241,7 +249,9 @@ class FaultQueue:
             "SELECT count(*) FROM (SELECT task_id FROM proc_completions "
             "GROUP BY task_id HAVING count(*) > 1) AS repeated"
         )
-        runs = self.scalar("SELECT count(*) - count(DISTINCT task_id) FROM proc_executions")
+        runs = self.scalar(
+            f"SELECT count(*) - count(DISTINCT task_id) FROM proc_executions WHERE {CALLS}"
+        )
         return FaultReport(
             scenario, self.total, faults, lost, int(twice), int(runs), recovery, notes, details
         )

@@ -22,6 +22,7 @@ from harness import TABLE_HEADER, FaultReport
 from scenarios import (
     frozen_network,
     idle_in_transaction,
+    keyed_worker_sigkill,
     periodic_schedule,
     poison_documents,
     server_restart,
@@ -77,6 +78,11 @@ def main() -> None:
         *both_twins(
             lambda work, twin: worker_sigkill(
                 server_url, work, tasks=size(2000), kills=15, twin=twin
+            )
+        ),
+        *both_twins(
+            lambda work, twin: keyed_worker_sigkill(
+                server_url, work, tasks=size(1500), kills=10, twin=twin
             )
         ),
         *both_twins(

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from harness import (
     FaultQueue,
@@ -29,14 +30,42 @@ from harness import (
     tagged,
     wait_for,
 )
+from keyed_runs import KEY_LIMITS, enqueue_keyed, keyed_runs, keys_over_their_limit, most_at_once
 from processes import WorkerProcess
 from queue_app import SCHEDULE_ENV
 from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
 
 from sqlalchemy_taskqueue.worker._base import STOP_BOUND
 
 #: Enough slots and prefetch that a kill finds tasks running, waiting and being written.
 FLEET_OPTIONS = ("--concurrency", "4", "--prefetch", "2")
+
+
+class Kill(NamedTuple):
+    """A worker SIGKILLed by :func:`kill_at_random`."""
+
+    pid: int
+    at: datetime  # by the database clock
+    held: list[int]  # the tasks in progress under its leases
+
+
+def kill_at_random(queue: FaultQueue, kills: int, seed: int) -> tuple[list[Kill], list[int]]:
+    """Three workers; one at a time is SIGKILLed at a random moment and replaced,
+    ``kills`` times (or until nothing is left to do); then, once every task has
+    finished, the survivors are stopped.  The kills, and the survivors' exit codes."""
+    rng = random.Random(seed)
+    fleet = [queue.spawn(*FLEET_OPTIONS) for _ in range(3)]
+    orphaned: list[Kill] = []
+    wait_for(lambda: queue.completed() > 0)
+    while len(orphaned) < kills and queue.unfinished() > 0:
+        time.sleep(rng.uniform(0.1, 0.6))  # the fault schedule: strike at a random moment
+        victim = fleet.pop(rng.randrange(len(fleet)))
+        victim.kill()
+        orphaned.append(Kill(victim.pid, queue.now(), queue.held_by(victim.pid)))
+        fleet.append(queue.spawn(*FLEET_OPTIONS))
+    queue.wait_until_settled()
+    return orphaned, queue.stop_workers()
 
 
 def worker_sigkill(
@@ -54,30 +83,62 @@ def worker_sigkill(
     Recovery: the longest time from a kill until every task the dead worker held had
     started again elsewhere (the lease, plus the rescue interval).
     """
-    rng = random.Random(seed)
     with fault_queue(server_url, work_dir, twin) as queue:
         queue.enqueue(tasks, ms=(10, 60), seed=seed)
-        fleet = [queue.spawn(*FLEET_OPTIONS) for _ in range(3)]
-        orphaned: list[tuple[datetime, list[int]]] = []
-        wait_for(lambda: queue.completed() > 0)
-        while len(orphaned) < kills and queue.unfinished() > 0:
-            time.sleep(rng.uniform(0.1, 0.6))  # the fault schedule: strike at a random moment
-            victim = fleet.pop(rng.randrange(len(fleet)))
-            victim.kill()
-            orphaned.append((queue.now(), queue.held_by(victim.pid)))
-            fleet.append(queue.spawn(*FLEET_OPTIONS))
-        queue.wait_until_settled()
-        exits = queue.stop_workers()
+        orphaned, exits = kill_at_random(queue, kills, seed)
         recovery = max(
-            (queue.restarted_after(at, held) for at, held in orphaned if held), default=None
+            (queue.restarted_after(kill.at, kill.held) for kill in orphaned if kill.held),
+            default=None,
         )
-        held = sum(len(ids) for _, ids in orphaned)
+        held = sum(len(kill.held) for kill in orphaned)
         return queue.report(
             "worker killed (SIGKILL) at random moments",
             faults=len(orphaned),
             recovery=recovery,
             notes=f"{held} tasks held by killed workers; survivors exited {set(exits)}",
             exits=exits,
+        )
+
+
+def keyed_worker_sigkill(
+    server_url: str,
+    work_dir: Path,
+    *,
+    tasks: int = 300,
+    kills: int = 4,
+    seed: int = 2,
+    twin: str = "sync",
+) -> FaultReport:
+    """:func:`worker_sigkill` on tasks over 15 concurrency keys (10 of limit 1, 5 of
+    limit 3): besides losing nothing, no key ever runs more tasks at once than its limit,
+    a killed worker's calls counting as running until the kill (its slots stay taken
+    until its leases expire).
+
+    Recovery: as for :func:`worker_sigkill`; the keys' slots come back with the leases.
+    """
+    with fault_queue(server_url, work_dir, twin) as queue:
+        with sessionmaker(queue.engine).begin() as session:
+            enqueue_keyed(session, tasks, ms=(20, 80), seed=seed)
+        queue.total += tasks
+        orphaned, exits = kill_at_random(queue, kills, seed)
+        recovery = max(
+            (queue.restarted_after(kill.at, kill.held) for kill in orphaned if kill.held),
+            default=None,
+        )
+        with queue.engine.connect() as connection:
+            runs = keyed_runs(connection, {kill.pid: kill.at for kill in orphaned})
+        over = keys_over_their_limit(runs, KEY_LIMITS)
+        held = sum(len(kill.held) for kill in orphaned)
+        return queue.report(
+            "worker killed (SIGKILL), tasks with concurrency keys",
+            faults=len(orphaned),
+            recovery=recovery,
+            notes=(
+                f"{held} tasks held by killed workers; keys over their limit: {len(over)}; "
+                f"most at once across keys: {most_at_once(runs)}"
+            ),
+            exits=exits,
+            over_limit=over,
         )
 
 

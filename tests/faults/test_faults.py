@@ -14,6 +14,7 @@ from harness import FaultReport
 from scenarios import (
     frozen_network,
     idle_in_transaction,
+    keyed_worker_sigkill,
     poison_documents,
     server_restart,
     skewed_clocks,
@@ -44,6 +45,17 @@ def test_workers_killed_at_random_moments_lose_nothing(
     # every interrupted task started again within a lease (2 s) plus the rescue
     # interval (0.5 s) of the kill, with slack for a loaded machine
     assert report.recovery_seconds < 10, report
+    assert set(report.details["exits"]) == {0}, report
+
+
+@twins
+def test_killed_workers_never_let_a_key_run_over_its_limit(
+    server_url: str, tmp_path: Path, twin: str
+) -> None:
+    report = keyed_worker_sigkill(server_url, tmp_path, tasks=300, kills=3, twin=twin)
+    assert_nothing_lost(report)
+    assert report.details["over_limit"] == {}, report
+    assert report.recovery_seconds is not None and report.recovery_seconds < 10, report
     assert set(report.details["exits"]) == {0}, report
 
 

@@ -1,7 +1,8 @@
 """What PostgreSQL's planner makes of the queue's statements on a large table: the
 batch statements (claim, lease rescue, cleanup) fetch the rows they pick through the
-primary key, and the recent failures are read from the finished-rows index; none of them
-reads the whole table."""
+primary key, the claim of a queue with concurrency keys walks its indexes, and the
+recent failures are read from the finished-rows index; none of them reads the whole
+table."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from plans import plan_on
 from sqlalchemy import Engine
 
+from sqlalchemy_taskqueue._concurrency import key_slots_table
 from sqlalchemy_taskqueue.backends.base import ClaimRequest
 from sqlalchemy_taskqueue.backends.postgresql import _statements as statements
 from sqlalchemy_taskqueue.backends.postgresql._backend import claim_statement_and_params
@@ -95,3 +97,34 @@ def test_recent_failures_read_the_finished_index_not_the_whole_table(
     )
     assert "Seq Scan" not in plan, plan
     assert f"Index Scan Backward using ix_{table}_finished on {table}" in plan, plan
+
+
+def test_a_keyed_claim_walks_the_indexes_and_reads_no_table_whole(
+    clean_table: type[Any], engine: Engine
+) -> None:
+    """30,000 pending tasks, half of them over 100 concurrency keys, and the slots of
+    20,000 keys used before: the claim of a queue that uses keys reads the keyed tasks
+    from their claim index, the slots through the slots' primary key, the tasks without a
+    key from theirs, and fetches what it claims by id; no table is read whole."""
+    table = clean_table.__tablename__
+    slots = key_slots_table(clean_table.__table__).name
+    stmt, params = claim_statement_and_params(
+        clean_table.__table__,
+        ClaimRequest(None, 8, timedelta(seconds=30), "w", starting=4, keyed=True),
+    )
+    plan = plan_on(
+        engine,
+        stmt,
+        params,
+        table,
+        f"INSERT INTO {table} (type, payload, concurrency_key, concurrency_limit) "
+        "SELECT 'a', '{}', CASE WHEN n % 2 = 0 THEN 'key-' || n % 100 END, "
+        "CASE WHEN n % 2 = 0 THEN 1 END FROM generate_series(1, 30000) AS n",
+        f"INSERT INTO {slots} (concurrency_key, slot) "
+        "SELECT 'key-' || n, 1 FROM generate_series(0, 19999) AS n",
+        f"ANALYZE {slots}",
+    )
+    assert f"Seq Scan on {table} " not in plan and f"Seq Scan on {slots}" not in plan, plan
+    assert f"Index Scan using ix_{table}_keyed_claimable on {table}" in plan, plan
+    assert f"Index Scan using ix_{table}_claimable on {table}" in plan, plan
+    assert f"using {slots}_pkey on {slots}" in plan, plan

@@ -46,6 +46,11 @@ __all__ = [
     "keys_at_limit_statement",
 ]
 
+#: How far a keyed claim looks ahead, unlocked, for tasks whose key has a free slot: this
+#: many tasks per task asked for, plus :data:`HEAD_EXTRA`.
+HEAD_PER_SLOT = 8
+HEAD_EXTRA = 64
+
 #: A held slot whose task is no longer in progress is freed by a rescue only once it was
 #: taken this long ago: a claim that commits while the rescue runs is never mistaken for
 #: an orphan (its slot was taken moments ago).
@@ -58,17 +63,21 @@ def keyed_claim_ids(
     """The ids of up to ``limit`` due tasks with a concurrency key for which this
     statement takes a free slot, in claim order (as a sub-select taking the slots).
 
-    1. ``waiting``: due pending tasks with a key (``conditions`` as for any claim),
-       whose key had a free slot within the task's limit in the statement's snapshot,
-       in claim order, twice ``limit`` of them, locked ``SKIP LOCKED`` (the ones not
-       granted are unlocked at commit, untouched).
-    2. ``free``: the free slots of those keys, locked ``SKIP LOCKED``.  A slot another
+    1. ``head``: the first due pending tasks with a key (``conditions`` as for any
+       claim) whose key had a free slot within the task's limit in the statement's
+       snapshot, in claim order, read without a lock (:data:`HEAD_PER_SLOT` per task
+       asked for, plus :data:`HEAD_EXTRA`): a key's backlog does not hide the other
+       keys' tasks behind it.
+    2. ``waiting``: of those, the ones that could start (a key's first tasks, no more
+       than its limit), twice ``limit`` of them, locked ``SKIP LOCKED`` and rechecked
+       (the ones not granted are unlocked at commit, untouched).
+    3. ``free``: the free slots of those keys, locked ``SKIP LOCKED``.  A slot another
        claim took and committed since the snapshot is rechecked on its newest version
        and dropped (``task_id IS NULL`` no longer holds): two claims can never both take
        a slot, whatever their timing.
-    3. The n-th waiting task of a key gets the key's n-th free slot if that slot's number
+    4. The n-th waiting task of a key gets the key's n-th free slot if that slot's number
        is within the task's own limit; the first ``limit`` such pairs in claim order.
-    4. ``taken`` writes each task's id into its slot.
+    5. ``taken`` writes each task's id into its slot.
 
     Example::
 
@@ -83,11 +92,36 @@ def keyed_claim_ids(
         s.task_id.is_(None),
         s.slot <= c.concurrency_limit,
     )
-    waiting = (
+    # the head of the keyed queue, read without locking: a wide look costs index reads
+    # only, and tells which tasks could start (a key's first tasks, as many as its limit)
+    head = (
         select(c.id, c.concurrency_key, c.concurrency_limit, c.priority, c.run_at)
         .where(*conditions, c.concurrency_key.is_not(None), has_free_slot)
         .order_by(*order)
+        .limit(limit * HEAD_PER_SLOT + HEAD_EXTRA)
+        .subquery("head")
+    )
+    h = head.c
+    nth_of_key = (
+        func.row_number()
+        .over(partition_by=h.concurrency_key, order_by=[h[name] for name in CLAIM_ORDER])
+        .label("nth")
+    )
+    ranked_head = select(h.id, h.concurrency_limit, h.priority, h.run_at, nth_of_key).subquery(
+        "ranked_head"
+    )
+    r = ranked_head.c
+    could_start = (
+        select(r.id)
+        .where(r.nth <= r.concurrency_limit)
+        .order_by(*(r[name] for name in CLAIM_ORDER))
         .limit(limit * 2)
+    )
+    # then those are locked, rechecked on their newest version (still pending)
+    waiting = (
+        select(c.id, c.concurrency_key, c.concurrency_limit, c.priority, c.run_at)
+        .where(c.id == any_(func.array(could_start.scalar_subquery())), *conditions)
+        .order_by(*order)
         .with_for_update(skip_locked=True, of=table)
         .cte("waiting")
     )
@@ -101,9 +135,14 @@ def keyed_claim_ids(
         .over(partition_by=w.concurrency_key, order_by=[w[name] for name in CLAIM_ORDER])
         .label("nth"),
     ).subquery("ranked_tasks")
+    # keys as arrays, here and below: the slots are read through their primary key
+    # however many keys the table holds
     free = (
         select(s.concurrency_key, s.slot)
-        .where(s.concurrency_key.in_(select(w.concurrency_key)), s.task_id.is_(None))
+        .where(
+            s.concurrency_key == any_(func.array(select(w.concurrency_key).scalar_subquery())),
+            s.task_id.is_(None),
+        )
         .with_for_update(skip_locked=True)
         .subquery("free")
     )
@@ -129,7 +168,12 @@ def keyed_claim_ids(
     )
     taken = (
         update(slots)
-        .where(s.concurrency_key == pairs.c.concurrency_key, s.slot == pairs.c.slot)
+        .where(
+            s.concurrency_key
+            == any_(func.array(select(pairs.c.concurrency_key).scalar_subquery())),
+            s.concurrency_key == pairs.c.concurrency_key,
+            s.slot == pairs.c.slot,
+        )
         .values(task_id=pairs.c.id, claimed_at=func.now())
         .returning(s.task_id)
         .cte("taken")

@@ -53,6 +53,17 @@ def test_other_keys_and_tasks_without_a_key_run_beside_a_full_key(
     assert claimed_keys(repo, session) == []
 
 
+def test_a_long_backlog_of_one_key_does_not_hide_the_tasks_of_others(
+    repo: Repo, session: Session
+) -> None:
+    repo.enqueue_many("sync", [{"n": n} for n in range(50)], concurrency_key="busy")
+    quiet = repo.enqueue("sync", {}, concurrency_key="quiet")
+    session.commit()
+    claimed = repo.dequeue_many(limit=2)
+    assert [task.concurrency_key for task in claimed] == ["busy", "quiet"]
+    assert claimed[1].id == quiet
+
+
 def test_a_keyed_task_keeps_its_place_in_priority_order_within_its_key(
     repo: Repo, session: Session
 ) -> None:
