@@ -1315,7 +1315,7 @@ def _claim_order_of_rows(table: Table) -> Callable[[Any], tuple[Any, ...]]:
 def _in_claim_order(claimed: list[TaskT]) -> list[TaskT]:
     """``claimed`` in the order the claim picked them (``RETURNING`` does not keep it):
     the tasks it started first (with a worker's prefetch, those go straight to free
-    slots; among them the keyed tasks, which hold a key slot), then the rest."""
+    slots), then the rest."""
     in_order = operator.attrgetter(*CLAIM_ORDER)
     claimed.sort(key=lambda task: (task.started_at is None, in_order(task)))
     return claimed

@@ -97,9 +97,8 @@ class ClaimRequest:
         a slot and are recorded as started (``None``: every one of them).
     :ivar rate_limited: the claim takes rate-limited types, whose budget the caller has
         reserved in this transaction (a plain claim skips them).
-    :ivar keyed: the claim also takes tasks with a concurrency key, each with a free
-        slot of its key, and only into free slots (``starting``); without it the claim
-        never takes a keyed task.
+    :ivar keyed: the claim also takes tasks with a concurrency key, each taking a free
+        slot of its key; without it the claim never takes a keyed task.
 
     Example::
 

@@ -48,7 +48,7 @@ __all__ = [
 
 #: How far a keyed claim looks ahead, unlocked, for tasks whose key has a free slot: this
 #: many tasks per task asked for, plus :data:`HEAD_EXTRA`.
-HEAD_PER_SLOT = 8
+HEAD_PER_SLOT = 4
 HEAD_EXTRA = 64
 
 #: A held slot whose task is no longer in progress is freed by a rescue only once it was
@@ -87,10 +87,19 @@ def keyed_claim_ids(
     slots = key_slots_table(table)
     s = slots.c
     order = [c[name] for name in CLAIM_ORDER]
-    has_free_slot = exists().where(
-        s.concurrency_key == c.concurrency_key,
-        s.task_id.is_(None),
-        s.slot <= c.concurrency_limit,
+    # a scalar sub-select, not EXISTS: the planner would turn EXISTS into a join and
+    # then sort every pending keyed task; as a per-row filter, the ordered index scan
+    # stops as soon as it has what the LIMIT asks for
+    has_free_slot = (
+        select(s.slot)
+        .where(
+            s.concurrency_key == c.concurrency_key,
+            s.task_id.is_(None),
+            s.slot <= c.concurrency_limit,
+        )
+        .limit(1)
+        .scalar_subquery()
+        .is_not(None)
     )
     # the head of the keyed queue, read without locking: a wide look costs index reads
     # only, and tells which tasks could start (a key's first tasks, as many as its limit)

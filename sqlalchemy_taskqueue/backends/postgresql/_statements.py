@@ -491,10 +491,10 @@ def claim_statement(
        (:func:`record_starts_statement`).  A rescue charges an attempt only to a started
        task.
     5. With ``keyed``, tasks with a concurrency key come first: as many as there are
-       free key slots for them (:func:`._key_slots.keyed_claim_ids`), never more than
-       ``starting`` (a keyed task is only claimed to start at once: it would hold its
-       key's slot while it waited); the tasks without a key fill the rest of ``limit``.
-       Without ``keyed`` the statement never claims a keyed task.
+       free key slots for them (:func:`._key_slots.keyed_claim_ids`), each taking its
+       slot (first in the ids, so a prefetching claim starts them first); the tasks
+       without a key fill the rest of ``limit``.  Without ``keyed`` the statement never
+       claims a keyed task.
 
     Example::
 
@@ -522,8 +522,7 @@ def claim_statement(
     keyed_ids: CTE | None = None
     plain_limit = limit
     if keyed:
-        keyed_limit = func.least(limit, starting) if prefetch else limit
-        keyed_ids = keyed_claim_ids(table, conditions, keyed_limit).cte("keyed")
+        keyed_ids = keyed_claim_ids(table, conditions, limit).cte("keyed")
         plain_limit = limit - select(func.count()).select_from(keyed_ids).scalar_subquery()
     claimable: Select[Any] = (
         select(c.id)
