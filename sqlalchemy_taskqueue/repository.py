@@ -504,8 +504,8 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         the session holds is detached at once, with what the ORM loaded along
         (relationships).  ``rate_limited``: the rate-limited types among those claimed,
         as the caller knows them (``None``: read them first); those are claimed first,
-        each within its budget and only into free slots (``starting``), then the rest
-        with one plain claim, which skips rate-limited types.  ``keyed``: whether the
+        each within its budget and recorded as started when claimed, then the rest with
+        one plain claim, which skips rate-limited types.  ``keyed``: whether the
         queue has tasks with concurrency keys, whose claims take key slots (``None``:
         read it).
         """
@@ -516,15 +516,16 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             keyed = self._uses_keys()
         request = replace(request, keyed=keyed)
         claimed: list[TaskT] = []
-        slots = limit if starting is None else min(starting, limit)
         for limited_type in rate_limited:  # first: their budget is what holds them back
-            if slots - len(claimed) <= 0:
+            if limit - len(claimed) <= 0:
                 break
             within = replace(
                 request,
                 task_types=(limited_type,),
-                limit=slots - len(claimed),
-                starting=None,  # no prefetch: a claim of a limited type is its start
+                limit=limit - len(claimed),
+                # the claim of a limited type is its start, counted in its budget: its
+                # tasks are recorded as started, even those a worker claims ahead
+                starting=None,
                 rate_limited=True,
             )
             claimed += self._claim_within_budget(limited_type, within, own_session)
