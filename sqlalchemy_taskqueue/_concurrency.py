@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Connection, DateTime, Integer, Table, Text
 
 from sqlalchemy_taskqueue._schema import auxiliary_table, require_auxiliary_table
-from sqlalchemy_taskqueue._validation import MAX_DEDUPE_KEY_BYTES, require_storable_text
+from sqlalchemy_taskqueue._validation import require_key
 
 __all__ = [
     "KEY_SLOTS_SUFFIX",
@@ -100,14 +100,7 @@ def concurrency_values(key: Any, limit: Any) -> dict[str, Any]:
         )
     if key is None:
         return {}
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"concurrency_key must be a non-empty string, got {key!r}")
-    require_storable_text("concurrency_key", key)
-    size = len(key.encode("utf-8"))
-    if size > MAX_DEDUPE_KEY_BYTES:
-        raise ValueError(
-            f"concurrency_key must be at most {MAX_DEDUPE_KEY_BYTES} bytes (UTF-8), got {size}"
-        )
+    require_key("concurrency_key", key)
     return {"concurrency_key": key, "concurrency_limit": limit}
 
 

@@ -146,14 +146,25 @@ def require_dedupe_key(dedupe_key: Any) -> None:
 
     >>> require_dedupe_key("import:customers.csv")
     """
-    if not isinstance(dedupe_key, str) or not dedupe_key:
-        raise ValueError(f"dedupe_key must be a non-empty string, got {dedupe_key!r}")
-    require_storable_text("dedupe_key", dedupe_key)
-    size = len(dedupe_key.encode("utf-8"))
+    require_key("dedupe_key", dedupe_key)
+
+
+def require_key(name: str, key: Any) -> None:
+    """A key (a dedupe or concurrency key, called ``name`` in the error): a non-empty
+    string that PostgreSQL can store, of at most :data:`MAX_DEDUPE_KEY_BYTES` UTF-8
+    bytes.
+
+    >>> require_key("concurrency_key", "")
+    Traceback (most recent call last):
+        ...
+    ValueError: concurrency_key must be a non-empty string, got ''
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{name} must be a non-empty string, got {key!r}")
+    require_storable_text(name, key)
+    size = len(key.encode("utf-8"))
     if size > MAX_DEDUPE_KEY_BYTES:
-        raise ValueError(
-            f"dedupe_key must be at most {MAX_DEDUPE_KEY_BYTES} bytes (UTF-8), got {size}"
-        )
+        raise ValueError(f"{name} must be at most {MAX_DEDUPE_KEY_BYTES} bytes (UTF-8), got {size}")
 
 
 def require_storable_text(name: str, value: str) -> None:
