@@ -36,7 +36,15 @@ from sqlalchemy_taskqueue.backends.base import (
 from sqlalchemy_taskqueue.backoff import BackoffPolicy
 from sqlalchemy_taskqueue.status import TaskStatus
 
-from . import _connections, _embedded, _key_slots, _migrations, _statements, _wakeup
+from . import (
+    _connections,
+    _embedded,
+    _key_slots,
+    _migrations,
+    _statements,
+    _wakeup,
+    _workers,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -667,6 +675,44 @@ class PostgreSQLBackend:
             backend.keys_at_limit(session, table)
         """
         return session.execute(_key_slots.keys_at_limit_statement(table)).all()
+
+    def record_worker(
+        self, session: Session, table: Table, worker: Mapping[str, Any], lease: timedelta
+    ) -> None:
+        """One ``INSERT ... ON CONFLICT DO UPDATE``.
+
+        Example::
+
+            backend.record_worker(session, table, {"worker_id": "w1", ...}, timedelta(minutes=1))
+        """
+        session.execute(_workers.record_worker_statement(table), {**worker, "lease": lease})
+
+    def remove_worker(self, session: Session, table: Table, worker_id: str) -> None:
+        """One ``DELETE``.
+
+        Example::
+
+            backend.remove_worker(session, table, "w1")
+        """
+        session.execute(_workers.remove_worker_statement(table, worker_id))
+
+    def live_workers(self, session: Session, table: Table) -> Sequence[Row[Any]]:
+        """One ``SELECT``.
+
+        Example::
+
+            backend.live_workers(session, table)
+        """
+        return session.execute(_workers.live_workers_statement(table)).all()
+
+    def forget_dead_workers(self, session: Session, table: Table) -> list[str]:
+        """One ``DELETE ... RETURNING``.
+
+        Example::
+
+            backend.forget_dead_workers(session, table)  # []
+        """
+        return list(session.execute(_workers.forget_dead_workers_statement(table)).scalars())
 
     def rate_limits(self, session: Session, table: Table) -> Sequence[Row[Any]]:
         """One ``SELECT``.
