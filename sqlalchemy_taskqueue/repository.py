@@ -1126,8 +1126,18 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         return [LiveWorker.from_row(row) for row in rows]
 
     def _record_worker(self, worker: Mapping[str, Any], lease: timedelta) -> None:
-        """Register a worker, or refresh its registration (a heartbeat)."""
+        """Register a worker, or refresh its registration."""
         self._backend.record_worker(self._session, self._table, worker, lease)
+
+    def _heartbeat(
+        self, leases: list[tuple[int, uuid.UUID]], worker: Mapping[str, Any], lease: timedelta
+    ) -> set[int]:
+        """A worker's heartbeat: renew ``leases`` and its registration in one statement
+        (the registration alone when it holds none); the ids whose lease it still holds."""
+        if not leases:
+            self._record_worker(worker, lease)
+            return set()
+        return self._backend.renew_leases(self._session, self._table, leases, lease, worker)
 
     def _remove_worker(self, worker_id: str) -> None:
         self._backend.remove_worker(self._session, self._table, worker_id)

@@ -377,9 +377,15 @@ class Backend(Protocol):
         """
 
     def renew_leases(
-        self, session: Session, table: Table, leases: Sequence[Lease], lease: timedelta
+        self,
+        session: Session,
+        table: Table,
+        leases: Sequence[Lease],
+        lease: timedelta,
+        worker: Mapping[str, Any] | None = None,
     ) -> set[int]:
-        """Extend the leases still held; their ids.
+        """Extend the leases still held; their ids.  With ``worker`` (what
+        :meth:`record_worker` takes), refresh its registration in the same round trip.
 
         Example::
 

@@ -642,15 +642,14 @@ class WorkerBase(Generic[TaskT, SessionT]):
 
     def _renewal_body(self, attempts: list[Attempt]) -> Callable[[Session], set[int]]:
         """The heartbeat: renew the leases of ``attempts`` and, once the worker has
-        registered (its first rescue), its registration, in one transaction."""
+        registered (its first rescue), its registration, in one statement."""
 
         def body(session: Session) -> set[int]:
             repo = self._repository(session)
+            leases = [a.lease for a in attempts]
             if self._table_checked:
-                repo._record_worker(self._registration(), self._lease)
-            if not attempts:
-                return set()
-            return set(repo.renew_leases([a.lease for a in attempts], lease_duration=self._lease))
+                return repo._heartbeat(leases, self._registration(), self._lease)
+            return set(repo.renew_leases(leases, lease_duration=self._lease)) if leases else set()
 
         return body
 

@@ -342,16 +342,25 @@ class PostgreSQLBackend:
         return session.execute(stmt, params).first() is not None
 
     def renew_leases(
-        self, session: Session, table: Table, leases: Sequence[Lease], lease: timedelta
+        self,
+        session: Session,
+        table: Table,
+        leases: Sequence[Lease],
+        lease: timedelta,
+        worker: Mapping[str, Any] | None = None,
     ) -> set[int]:
-        """Extend a batch of leases in one statement.
+        """Extend a batch of leases in one statement (with ``worker``, the same statement
+        refreshes the worker's registration).
 
         Example::
 
             backend.renew_leases(session, table, [(42, token)], timedelta(seconds=30))
         """
-        stmt = _statements.renew_leases_statement(table)
-        params = {**_lease_arrays(leases), "lease": lease}
+        if worker is None:
+            stmt = _statements.renew_leases_statement(table)
+        else:
+            stmt = _statements.renew_leases_statement(table, registering=True)
+        params = {**_lease_arrays(leases), "lease": lease, **(worker or {})}
         return {int(task_id) for task_id in session.execute(stmt, params).scalars()}
 
     def record_starts(self, session: Session, table: Table, leases: Sequence[Lease]) -> set[int]:

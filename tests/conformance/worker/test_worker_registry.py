@@ -12,7 +12,7 @@ from typing import Any
 from processes import wait_for
 from sqlalchemy import func, select
 from twins import running
-from worker_harness import Factory, MakeWorker
+from worker_harness import Factory, Gate, MakeWorker
 
 from sqlalchemy_taskqueue import LiveWorker, TaskRepository, __version__
 from sqlalchemy_taskqueue._registry import workers_table
@@ -95,3 +95,28 @@ def test_stats_name_the_pending_types_no_live_worker_claims(
             stats = TaskRepository(session, clean_table).queue_stats()
         assert stats.unhandled_types == ["report"]
         assert stats.as_dict()["unhandled_types"] == ["report"]
+
+
+def test_a_busy_workers_heartbeat_refreshes_its_registration_with_its_leases(
+    make_worker: MakeWorker, session_factory: Factory, clean_table: type[Any]
+) -> None:
+    gate = Gate()
+    with session_factory.begin() as session:
+        task_id = TaskRepository(session, clean_table).enqueue("export", {})
+    worker = make_worker(session_factory, clean_table, {"export": gate}, heartbeat_interval=0.1)
+    with running(worker):
+        assert gate.started.wait(10)
+        with session_factory() as session:
+            task = TaskRepository(session, clean_table).get_task(task_id)
+            assert task is not None
+            first_expiry = task.lease_expires_at
+        [me] = listed(session_factory, clean_table)
+
+        def renewed() -> bool:
+            with session_factory() as session:
+                task = TaskRepository(session, clean_table).get_task(task_id)
+                return task is not None and task.lease_expires_at > first_expiry
+
+        wait_for(renewed)
+        wait_for(lambda: listed(session_factory, clean_table)[0].heartbeat_at > me.heartbeat_at)
+        gate.proceed.set()
