@@ -20,11 +20,11 @@ Mix :class:`TaskMixin` into a declarative model, migrate the table with Alembic
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
 from ._concurrency import KeyAtLimit
 from ._controls import RateLimit
+from ._registry import LiveWorker, package_version
 from .backoff import BackoffPolicy
 from .exceptions import (
     InvalidTransitionError,
@@ -50,6 +50,7 @@ __all__ = [
     "InvalidTransitionError",
     "KeyAtLimit",
     "LeaseLostError",
+    "LiveWorker",
     "RateLimit",
     "ScheduleNotFoundError",
     "TaskContext",
@@ -72,10 +73,8 @@ __all__ = [
 if TYPE_CHECKING:
     from .asyncio import AsyncTaskRepository, AsyncWorker
 
-try:  # the version is declared once, in pyproject.toml
-    __version__ = _metadata.version("sqlalchemy-taskqueue")
-except _metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
-    __version__ = "0+unknown"
+#: The version, declared once, in pyproject.toml.
+__version__ = package_version()
 
 
 def __getattr__(name: str) -> object:

@@ -20,7 +20,7 @@ A revision for the default queue, plus an app column::
         drop_task_table_v4("tasks")
 
 Version 4 (the current one) is the task table with its concurrency columns, its
-schedules table, its controls table and its key slots table; the tables match
+schedules table, its controls table, its key slots table and its worker registry; the tables match
 :class:`~sqlalchemy_taskqueue.TaskMixin` exactly, so ``alembic revision --autogenerate``
 finds nothing to change afterwards.  A database made at an earlier version moves up
 with :func:`upgrade_task_table_v1_to_v2`, then :func:`upgrade_task_table_v2_to_v3`, then
@@ -45,6 +45,7 @@ __all__ = [
     "create_task_table_v2",
     "create_task_table_v3",
     "create_task_table_v4",
+    "create_workers_table_v1",
     "downgrade_task_table_v2_to_v1",
     "downgrade_task_table_v3_to_v2",
     "downgrade_task_table_v4_to_v3",
@@ -55,6 +56,7 @@ __all__ = [
     "drop_task_table_v2",
     "drop_task_table_v3",
     "drop_task_table_v4",
+    "drop_workers_table_v1",
     "tune_task_table_v1",
     "untune_task_table_v1",
     "upgrade_task_table_v1_to_v2",
@@ -412,6 +414,44 @@ def drop_key_slots_table_v1(task_table_name: str, *, schema: str | None = None) 
     _op().drop_table(_auxiliary_name(task_table_name, "_key_slots"), schema=schema)
 
 
+def create_workers_table_v1(task_table_name: str, *, schema: str | None = None) -> None:
+    """Create the version-1 worker registry of a queue (``<task table>_workers``): one row
+    per running worker, refreshed by its heartbeats.
+
+    Example::
+
+        create_workers_table_v1("tasks")
+    """
+    _op().create_table(
+        _auxiliary_name(task_table_name, "_workers"),
+        sa.Column("worker_id", sa.Text, primary_key=True, comment="its lease owner name"),
+        sa.Column("host", sa.Text, nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("task_types", _json_v1(), nullable=False),
+        sa.Column("slots", sa.Integer, nullable=False),
+        sa.Column("version", sa.Text, nullable=False),
+        sa.Column(
+            "started_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        schema=schema,
+    )
+
+
+def drop_workers_table_v1(task_table_name: str, *, schema: str | None = None) -> None:
+    """Drop a queue's version-1 worker registry.
+
+    Example::
+
+        drop_workers_table_v1("tasks")
+    """
+    _op().drop_table(_auxiliary_name(task_table_name, "_workers"), schema=schema)
+
+
 _CONCURRENCY_CHECK_V4 = (
     "(concurrency_key IS NULL) = (concurrency_limit IS NULL) "
     "AND (concurrency_limit IS NULL OR concurrency_limit > 0)"
@@ -421,7 +461,7 @@ _CONCURRENCY_CHECK_V4 = (
 def create_task_table_v4(table_name: str, *extra_columns: sa.Column[Any], **table_kw: Any) -> None:
     """Create a version-4 queue: the version-3 queue upgraded as
     :func:`upgrade_task_table_v3_to_v4` does (concurrency columns, claim indexes, key
-    slots table).
+    slots table, worker registry).
 
     Takes what :func:`create_task_table_v1` takes.
 
@@ -440,17 +480,19 @@ def drop_task_table_v4(table_name: str, **table_kw: Any) -> None:
 
         drop_task_table_v4("tasks")
     """
+    drop_workers_table_v1(table_name, schema=table_kw.get("schema"))
     drop_key_slots_table_v1(table_name, schema=table_kw.get("schema"))
     drop_task_table_v3(table_name, **table_kw)
 
 
 def upgrade_task_table_v3_to_v4(table_name: str, *, schema: str | None = None) -> None:
-    """Upgrade a version-3 queue to version 4: per-key concurrency limits.
+    """Upgrade a version-3 queue to version 4: per-key concurrency limits and the worker
+    registry.
 
     Adds the nullable columns ``concurrency_key`` and ``concurrency_limit`` with their
     check constraint, rebuilds the claim index ``ix_<table>_claimable`` over pending
     tasks without a key, adds ``ix_<table>_keyed_claimable`` over pending tasks with
-    one, and creates the key slots table.  Existing tasks have no key and stay as they
+    one, and creates the key slots table and the worker registry.  Existing tasks have no key and stay as they
     are.  Building the indexes locks the table for writes for a moment per hundred
     thousand rows; stop the workers of the previous release first (they would claim
     keyed tasks without taking a slot).
@@ -482,11 +524,12 @@ def upgrade_task_table_v3_to_v4(table_name: str, *, schema: str | None = None) -
             schema=schema,
         )
     create_key_slots_table_v1(table_name, schema=schema)
+    create_workers_table_v1(table_name, schema=schema)
 
 
 def downgrade_task_table_v4_to_v3(table_name: str, *, schema: str | None = None) -> None:
-    """Undo :func:`upgrade_task_table_v3_to_v4`: concurrency keys and slots are lost (tasks
-    that had a key become ordinary tasks).
+    """Undo :func:`upgrade_task_table_v3_to_v4`: concurrency keys and slots and the worker
+    registry are lost (tasks that had a key become ordinary tasks).
 
     Example::
 
@@ -495,6 +538,7 @@ def downgrade_task_table_v4_to_v3(table_name: str, *, schema: str | None = None)
     """
     _require_table_name(table_name)
     op = _op()
+    drop_workers_table_v1(table_name, schema=schema)
     drop_key_slots_table_v1(table_name, schema=schema)
     op.drop_index(f"ix_{table_name}_keyed_claimable", table_name=table_name, schema=schema)
     op.drop_index(f"ix_{table_name}_claimable", table_name=table_name, schema=schema)

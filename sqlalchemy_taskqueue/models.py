@@ -60,6 +60,7 @@ from ._autogenerate import RevisionRendered
 from ._concurrency import key_slots_table
 from ._controls import controls_table
 from ._json import JSONDocument
+from ._registry import workers_table
 from ._schema import (
     ACTIVE_DEDUPE_PREDICATE,
     CLAIM_ORDER,
@@ -569,6 +570,7 @@ def _require_queue_schema(cls: type[Any]) -> None:
         schedules_table(table)  # the queue's own tables join the model's MetaData
         controls_table(table)
         key_slots_table(table)
+        workers_table(table)
 
 
 #: The columns :class:`TaskMixin` declares, which every queue table needs.

@@ -232,6 +232,9 @@ class QueueStats:
     unclaimed_types: list[str] = field(default_factory=list)
     """Types with ready tasks that no worker claimed in the last hour
     (:meth:`TaskMonitoring.unclaimed_types`)."""
+    unhandled_types: list[str] = field(default_factory=list)
+    """Types with pending tasks that no live worker claims, by the worker registry
+    (:meth:`TaskMonitoring.unhandled_types`)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (datetimes as ISO strings, rates included).
@@ -259,6 +262,7 @@ class QueueStats:
                 "stuck": [asdict(item) for item in self.stuck],
                 "window_seconds": self.window.total_seconds(),
                 "unclaimed_types": list(self.unclaimed_types),
+                "unhandled_types": list(self.unhandled_types),
             }
         )
         return snapshot
@@ -343,6 +347,29 @@ class TaskMonitoring:
         """
         since = require_timedelta("since", since, allow_zero=False)
         return self._backend.unclaimed_types(self._session, self._table, since=since)
+
+    @wrap_database_errors
+    def unhandled_types(self) -> list[str]:
+        """Task types with pending tasks that no live worker claims, by the worker
+        registry (every running worker registers the types it claims): until a worker
+        that handles them starts, those tasks wait.
+
+        Example::
+
+            for task_type in repo.unhandled_types():
+                alert(f"no running worker handles {task_type}")
+        """
+        handled = {
+            task_type
+            for row in self._backend.live_workers(self._session, self._table)
+            for task_type in row.task_types
+        }
+        pending = {
+            count.task_type
+            for count in self.status_counts()
+            if count.status is TaskStatus.PENDING and count.count > 0
+        }
+        return sorted(pending - handled)
 
     @wrap_database_errors
     def stuck_tasks(
@@ -471,4 +498,5 @@ class TaskMonitoring:
             stuck=self.stuck_tasks(running_longer_than),
             window=window,
             unclaimed_types=self.unclaimed_types(),
+            unhandled_types=self.unhandled_types(),
         )

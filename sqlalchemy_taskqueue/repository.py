@@ -47,6 +47,7 @@ from ._controls import (
     started,
 )
 from ._loading import detached_loader
+from ._registry import LiveWorker
 from ._schema import CLAIM_ORDER, notify_channel
 from ._validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -1107,6 +1108,42 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
             )
             for row in self._backend.keys_at_limit(self._session, self._table)
         ]
+
+    # ------------------------------------------------------------------ worker registry
+
+    @wrap_database_errors
+    def workers(self) -> list[LiveWorker]:
+        """The workers running now, as they registered themselves (oldest first): every
+        worker writes its row at start, refreshes it with its heartbeats and removes it
+        when it stops; a worker that died drops out once its row expires (one lease
+        after its last heartbeat).
+
+        Example::
+
+            [(w.host, w.pid, w.task_types) for w in repo.workers()]
+        """
+        rows = self._backend.live_workers(self._session, self._table)
+        return [LiveWorker.from_row(row) for row in rows]
+
+    def _record_worker(self, worker: Mapping[str, Any], lease: timedelta) -> None:
+        """Register a worker, or refresh its registration."""
+        self._backend.record_worker(self._session, self._table, worker, lease)
+
+    def _heartbeat(
+        self, leases: list[tuple[int, uuid.UUID]], worker: Mapping[str, Any], lease: timedelta
+    ) -> set[int]:
+        """A worker's heartbeat: renew ``leases`` and its registration in one statement
+        (the registration alone when it holds none); the ids whose lease it still holds."""
+        if not leases:
+            self._record_worker(worker, lease)
+            return set()
+        return self._backend.renew_leases(self._session, self._table, leases, lease, worker)
+
+    def _remove_worker(self, worker_id: str) -> None:
+        self._backend.remove_worker(self._session, self._table, worker_id)
+
+    def _forget_dead_workers(self) -> list[str]:
+        return self._backend.forget_dead_workers(self._session, self._table)
 
     @property
     def _controls(self) -> Table:

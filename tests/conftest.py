@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository
 from sqlalchemy_taskqueue._concurrency import key_slots_table
 from sqlalchemy_taskqueue._controls import controls_table
+from sqlalchemy_taskqueue._registry import workers_table
 from sqlalchemy_taskqueue._urls import DATABASE_URL_ENV, TEST_DATABASE_URL_ENV
 from sqlalchemy_taskqueue.contrib.testing import resolve_database_url, throwaway_database
 from sqlalchemy_taskqueue.scheduling._table import schedules_table
@@ -123,7 +124,13 @@ def clean_table(task_model: type[Any], engine: Engine) -> type[Any]:
 def queue_tables(model: type[Any]) -> list[Any]:
     """The task table of ``model`` and the auxiliary tables of its queue."""
     table = model.__table__
-    return [table, schedules_table(table), controls_table(table), key_slots_table(table)]
+    return [
+        table,
+        schedules_table(table),
+        controls_table(table),
+        key_slots_table(table),
+        workers_table(table),
+    ]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -248,6 +249,18 @@ def queue_url(empty_database_url: str) -> str:
         repo.enqueue("email", {})
         session.commit()
         assert repo.dequeue("email").id == claimed_type  # type: ignore[union-attr]
+        # a worker with handlers for both types is running (it just has not claimed)
+        repo._record_worker(
+            {
+                "worker_id": "w:1:x",
+                "host": "w",
+                "pid": 1,
+                "task_types": ["email", "orphan"],
+                "slots": 1,
+                "version": "1",
+            },
+            timedelta(minutes=5),
+        )
         session.commit()
     engine.dispose()
     return empty_database_url

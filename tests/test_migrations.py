@@ -37,6 +37,7 @@ from sqlalchemy_taskqueue.migrations import (
     create_task_table_v2,
     create_task_table_v3,
     create_task_table_v4,
+    create_workers_table_v1,
     downgrade_task_table_v2_to_v1,
     downgrade_task_table_v3_to_v2,
     downgrade_task_table_v4_to_v3,
@@ -47,6 +48,7 @@ from sqlalchemy_taskqueue.migrations import (
     drop_task_table_v2,
     drop_task_table_v3,
     drop_task_table_v4,
+    drop_workers_table_v1,
     tune_task_table_v1,
     upgrade_task_table_v1_to_v2,
     upgrade_task_table_v2_to_v3,
@@ -91,9 +93,13 @@ def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
     config = alembic_config(empty_database_url)
     command.upgrade(config, "head")
     inspector = sa.inspect(empty_engine)
-    assert {"tasks", "tasks_schedules", "tasks_controls", "tasks_key_slots"} <= set(
-        inspector.get_table_names()
-    )
+    assert {
+        "tasks",
+        "tasks_schedules",
+        "tasks_controls",
+        "tasks_key_slots",
+        "tasks_workers",
+    } <= set(inspector.get_table_names())
     indexes = {index["name"]: index for index in inspector.get_indexes("tasks")}
     assert set(indexes) == {
         "ix_tasks_claimable",
@@ -121,7 +127,9 @@ def test_upgrade_head_creates_the_model_table_and_downgrade_removes_it(
     assert "autovacuum_vacuum_scale_factor=0.01" in storage_options(empty_engine)
 
     command.downgrade(config, "0004_add_controls_table")
-    assert "tasks_key_slots" not in sa.inspect(empty_engine).get_table_names()
+    assert not {"tasks_key_slots", "tasks_workers"} & set(
+        sa.inspect(empty_engine).get_table_names()
+    )
     assert "concurrency_key" not in {
         c["name"] for c in sa.inspect(empty_engine).get_columns("tasks")
     }
@@ -262,6 +270,8 @@ def test_helpers_reject_bad_table_names() -> None:
         drop_task_table_v4,
         create_key_slots_table_v1,
         drop_key_slots_table_v1,
+        create_workers_table_v1,
+        drop_workers_table_v1,
         upgrade_task_table_v3_to_v4,
         downgrade_task_table_v4_to_v3,
     ):
@@ -328,6 +338,7 @@ def test_a_populated_version_1_queue_upgrades_to_the_current_version_and_keeps_w
         assert claimed is not None and claimed.id == first
         repo.complete_task(first, lease_token=claimed.lease_token)
         assert (repo.schedules(), repo.paused(), repo.keys_at_limit()) == ([], [], [])
+        assert repo.workers() == []
     with sa.orm.Session(empty_engine) as session, session.begin():
         repo = TaskRepository(session, DefaultTask)
         assert repo.get_task(first).status is TaskStatus.COMPLETED  # type: ignore[union-attr]

@@ -79,10 +79,12 @@ def test_two_queue_tables_live_in_one_metadata_with_their_own_index_names() -> N
         "tasks_schedules",
         "tasks_controls",
         "tasks_key_slots",
+        "tasks_workers",
         "email_tasks",
         "email_tasks_schedules",
         "email_tasks_controls",
         "email_tasks_key_slots",
+        "email_tasks_workers",
     }
     assert index_names(Task) == {
         "ix_tasks_claimable",

@@ -420,3 +420,24 @@ def test_a_killed_worker_keeps_its_keys_slots_only_until_its_leases_expire(
     for key in held:
         resumed = min(run.start for run in runs if run.key == key and run.start > killed_at)
         assert (resumed - killed_at).total_seconds() <= lease * 1.25 + 2.0
+
+
+def live_pids(factory: sessionmaker[Session]) -> set[int]:
+    with factory() as session:
+        return {worker.pid for worker in TaskRepository(session, Task).workers()}
+
+
+def test_worker_processes_register_and_leave_the_registry(
+    spawn: Callable[..., WorkerProcess], session_factory: sessionmaker[Session]
+) -> None:
+    """Each worker process is listed while it runs; one stopped with SIGTERM removes its
+    row; one SIGKILLed stays listed until its last heartbeat is a lease old."""
+    stopped = spawn("--lease", "2s")
+    killed = spawn("--lease", "2s")
+    wait_for(lambda: live_pids(session_factory) == {stopped.pid, killed.pid})
+    stopped.signal(signal.SIGTERM)
+    assert stopped.wait(30) == 0, stopped.output()
+    assert live_pids(session_factory) == {killed.pid}
+    killed.process.send_signal(signal.SIGKILL)
+    assert killed.wait(10) == -signal.SIGKILL
+    wait_for(lambda: live_pids(session_factory) == set(), timeout=10)

@@ -377,9 +377,15 @@ class Backend(Protocol):
         """
 
     def renew_leases(
-        self, session: Session, table: Table, leases: Sequence[Lease], lease: timedelta
+        self,
+        session: Session,
+        table: Table,
+        leases: Sequence[Lease],
+        lease: timedelta,
+        worker: Mapping[str, Any] | None = None,
     ) -> set[int]:
-        """Extend the leases still held; their ids.
+        """Extend the leases still held; their ids.  With ``worker`` (what
+        :meth:`record_worker` takes), refresh its registration in the same round trip.
 
         Example::
 
@@ -674,6 +680,44 @@ class Backend(Protocol):
         Example::
 
             backend.keys_at_limit(session, table)
+        """
+
+    # ------------------------------------------------------------------ worker registry
+
+    def record_worker(
+        self, session: Session, table: Table, worker: Mapping[str, Any], lease: timedelta
+    ) -> None:
+        """Write or refresh a worker's registry row (``table``: the task table):
+        ``worker`` has ``worker_id``, ``host``, ``pid``, ``task_types``, ``slots`` and
+        ``version``; the row expires one ``lease`` from now.
+
+        Example::
+
+            backend.record_worker(session, table, {"worker_id": "w1", ...}, timedelta(minutes=1))
+        """
+
+    def remove_worker(self, session: Session, table: Table, worker_id: str) -> None:
+        """Delete a worker's registry row.
+
+        Example::
+
+            backend.remove_worker(session, table, "w1")
+        """
+
+    def live_workers(self, session: Session, table: Table) -> Sequence[Row[Any]]:
+        """The registry rows that have not expired, oldest first.
+
+        Example::
+
+            backend.live_workers(session, table)
+        """
+
+    def forget_dead_workers(self, session: Session, table: Table) -> list[str]:
+        """Delete the expired registry rows; their worker ids.
+
+        Example::
+
+            backend.forget_dead_workers(session, table)  # []
         """
 
     # ------------------------------------------------------------------ monitoring reads

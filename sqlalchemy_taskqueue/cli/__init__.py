@@ -28,6 +28,7 @@ def _load() -> object:
         _operations,  # noqa: F401
         _schedules,  # noqa: F401
         _worker_command,  # noqa: F401
+        _workers,  # noqa: F401
     )
     from ._group import cli
 

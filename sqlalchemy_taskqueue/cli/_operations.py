@@ -41,6 +41,7 @@ __all__ = ["json_option", "open_repository", "print_json", "print_table", "queue
 TABLE_ENV = "TASKQUEUE_TABLE"
 #: How ``taskqueue stats`` marks a type with ready tasks that no worker claimed lately.
 UNCLAIMED_MARK = "(unclaimed)"
+UNHANDLED_MARK = "(no worker)"
 
 
 def queue_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -198,12 +199,13 @@ def stats_tables(stats: QueueStats) -> list[Table]:
     statuses = ["pending", "in_progress", "completed", "failed", "cancelled"]
     depth = {item.task_type: item for item in stats.queue_depth}
     unclaimed = set(stats.unclaimed_types)
+    unhandled = set(stats.unhandled_types)
     counts = _table(
         "Tasks by type and status",
         ["type", *statuses, "ready", "scheduled", "oldest ready (s)"],
         [
             [
-                f"{task_type} {UNCLAIMED_MARK}" if task_type in unclaimed else task_type,
+                _marked(task_type, unhandled, unclaimed),
                 *(counts.get(status, 0) for status in statuses),
                 depth[task_type].ready if task_type in depth else 0,
                 depth[task_type].scheduled if task_type in depth else 0,
@@ -240,6 +242,16 @@ def stats_tables(stats: QueueStats) -> list[Table]:
         ],
     )
     return [counts, rates]
+
+
+def _marked(task_type: str, unhandled: set[str], unclaimed: set[str]) -> str:
+    """The type, marked when no live worker claims it (which also leaves it unclaimed),
+    or else when no worker claimed it lately."""
+    if task_type in unhandled:
+        return f"{task_type} {UNHANDLED_MARK}"
+    if task_type in unclaimed:
+        return f"{task_type} {UNCLAIMED_MARK}"
+    return task_type
 
 
 def span(window: timedelta) -> str:
@@ -284,6 +296,11 @@ def stats(
         out.print(
             f"{UNCLAIMED_MARK}: ready tasks, none claimed in the last hour: "
             "is a worker with a handler for this type running?"
+        )
+    if snapshot.unhandled_types:
+        out.print(
+            f"{UNHANDLED_MARK}: pending tasks that no running worker claims "
+            "(`taskqueue workers` lists the workers and their types)"
         )
     if snapshot.stuck:
         out.print(f"{len(snapshot.stuck)} stuck task(s): run `taskqueue stuck` for details.")

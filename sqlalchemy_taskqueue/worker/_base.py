@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
+import socket
 import threading
 import time
 import traceback
@@ -33,6 +35,7 @@ from sqlalchemy_taskqueue._controls import require_controls_table
 from sqlalchemy_taskqueue._json import UndecodableJSON
 from sqlalchemy_taskqueue._loading import detached_loader
 from sqlalchemy_taskqueue._messages import error_line
+from sqlalchemy_taskqueue._registry import package_version, require_workers_table
 from sqlalchemy_taskqueue._schema import UNSTARTED_RESCUE
 from sqlalchemy_taskqueue._urls import mask_password
 from sqlalchemy_taskqueue._validation import (
@@ -601,9 +604,13 @@ class WorkerBase(Generic[TaskT, SessionT]):
             require_database_schema(connection, self._table)
             require_controls_table(connection, self._table)  # claims read its pauses
             require_key_slots_table(connection, self._table)  # and keyed claims its slots
+            require_workers_table(connection, self._table)
             if self._schedules:
                 require_schedules_table(connection, self._table)
+            self._repository(session)._record_worker(self._registration(), self._lease)
             self._table_checked = True
+        else:
+            self._repository(session)._forget_dead_workers()
         repo = self._repository(session)
         # which of its types are rate-limited: those only a claim within budget takes
         # (until a worker learns of a new limit, plain claims skip the type: never too many)
@@ -634,14 +641,31 @@ class WorkerBase(Generic[TaskT, SessionT]):
         return body
 
     def _renewal_body(self, attempts: list[Attempt]) -> Callable[[Session], set[int]]:
+        """The heartbeat: renew the leases of ``attempts`` and, once the worker has
+        registered (its first rescue), its registration, in one statement."""
+
         def body(session: Session) -> set[int]:
-            return set(
-                self._repository(session).renew_leases(
-                    [a.lease for a in attempts], lease_duration=self._lease
-                )
-            )
+            repo = self._repository(session)
+            leases = [a.lease for a in attempts]
+            if self._table_checked:
+                return repo._heartbeat(leases, self._registration(), self._lease)
+            return set(repo.renew_leases(leases, lease_duration=self._lease)) if leases else set()
 
         return body
+
+    def _registration(self) -> dict[str, Any]:
+        """The worker's row in the registry."""
+        return {
+            "worker_id": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "task_types": list(self._types),
+            "slots": self._concurrency,
+            "version": package_version(),
+        }
+
+    def _unregister_body(self, session: Session) -> None:
+        self._repository(session)._remove_worker(self.owner)
 
     def _write_retry(self, attempt: int, exc: Exception) -> float | None:
         """The delay before retrying a failed write, or ``None`` to give up (re-raise)."""

@@ -325,9 +325,10 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
             self._wake.set()  # claim what was just enqueued without waiting for a notice
 
     def _renew_leases(self) -> Steps[None]:
-        """Renew the leases of every attempt held (run it :class:`Locked`)."""
+        """Renew the leases of every attempt held, and the worker's registration (run it
+        :class:`Locked`)."""
         attempts = self._to_renew()
-        if not attempts:
+        if not attempts and not self._table_checked:
             return
         try:
             renewed = yield from self._write(self._renewal_body(attempts))
@@ -389,6 +390,11 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
             self._cancel_handler(attempt)
         if self._abandoning or not (yield from self._flush_outcomes()):
             self._unwritten()
+            return
+        try:  # gone from the registry (else its row expires one lease later)
+            yield from self._write(self._unregister_body)
+        except DATABASE_ERRORS:
+            logger.warning("worker.unregister_failed (its registration expires by itself)")
 
     def _release_queued(self) -> None:
         """Claimed tasks still waiting for a slot go straight back."""

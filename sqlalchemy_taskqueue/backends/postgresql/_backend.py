@@ -36,7 +36,15 @@ from sqlalchemy_taskqueue.backends.base import (
 from sqlalchemy_taskqueue.backoff import BackoffPolicy
 from sqlalchemy_taskqueue.status import TaskStatus
 
-from . import _connections, _embedded, _key_slots, _migrations, _statements, _wakeup
+from . import (
+    _connections,
+    _embedded,
+    _key_slots,
+    _migrations,
+    _statements,
+    _wakeup,
+    _workers,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -334,16 +342,25 @@ class PostgreSQLBackend:
         return session.execute(stmt, params).first() is not None
 
     def renew_leases(
-        self, session: Session, table: Table, leases: Sequence[Lease], lease: timedelta
+        self,
+        session: Session,
+        table: Table,
+        leases: Sequence[Lease],
+        lease: timedelta,
+        worker: Mapping[str, Any] | None = None,
     ) -> set[int]:
-        """Extend a batch of leases in one statement.
+        """Extend a batch of leases in one statement (with ``worker``, the same statement
+        refreshes the worker's registration).
 
         Example::
 
             backend.renew_leases(session, table, [(42, token)], timedelta(seconds=30))
         """
-        stmt = _statements.renew_leases_statement(table)
-        params = {**_lease_arrays(leases), "lease": lease}
+        if worker is None:
+            stmt = _statements.renew_leases_statement(table)
+        else:
+            stmt = _statements.renew_leases_statement(table, registering=True)
+        params = {**_lease_arrays(leases), "lease": lease, **(worker or {})}
         return {int(task_id) for task_id in session.execute(stmt, params).scalars()}
 
     def record_starts(self, session: Session, table: Table, leases: Sequence[Lease]) -> set[int]:
@@ -667,6 +684,44 @@ class PostgreSQLBackend:
             backend.keys_at_limit(session, table)
         """
         return session.execute(_key_slots.keys_at_limit_statement(table)).all()
+
+    def record_worker(
+        self, session: Session, table: Table, worker: Mapping[str, Any], lease: timedelta
+    ) -> None:
+        """One ``INSERT ... ON CONFLICT DO UPDATE``.
+
+        Example::
+
+            backend.record_worker(session, table, {"worker_id": "w1", ...}, timedelta(minutes=1))
+        """
+        session.execute(_workers.record_worker_statement(table), {**worker, "lease": lease})
+
+    def remove_worker(self, session: Session, table: Table, worker_id: str) -> None:
+        """One ``DELETE``.
+
+        Example::
+
+            backend.remove_worker(session, table, "w1")
+        """
+        session.execute(_workers.remove_worker_statement(table, worker_id))
+
+    def live_workers(self, session: Session, table: Table) -> Sequence[Row[Any]]:
+        """One ``SELECT``.
+
+        Example::
+
+            backend.live_workers(session, table)
+        """
+        return session.execute(_workers.live_workers_statement(table)).all()
+
+    def forget_dead_workers(self, session: Session, table: Table) -> list[str]:
+        """One ``DELETE ... RETURNING``.
+
+        Example::
+
+            backend.forget_dead_workers(session, table)  # []
+        """
+        return list(session.execute(_workers.forget_dead_workers_statement(table)).scalars())
 
     def rate_limits(self, session: Session, table: Table) -> Sequence[Row[Any]]:
         """One ``SELECT``.

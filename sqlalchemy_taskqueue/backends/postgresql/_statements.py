@@ -74,6 +74,7 @@ from sqlalchemy_taskqueue._schema import (
     UNSTARTED_RESCUE,
 )
 from sqlalchemy_taskqueue.backends.postgresql._key_slots import freeing_slots, keyed_claim_ids
+from sqlalchemy_taskqueue.backends.postgresql._workers import record_worker_statement
 from sqlalchemy_taskqueue.backoff import MAX_EXPONENT, BackoffPolicy
 from sqlalchemy_taskqueue.status import ACTIVE_STATUSES, FINISHED_STATUSES, TaskStatus
 
@@ -912,23 +913,28 @@ def record_starts_statement(table: Table) -> Update:
 
 
 @functools.cache
-def renew_leases_statement(table: Table) -> Update:
+def renew_leases_statement(table: Table, *, registering: bool = False) -> Update:
     """Heartbeat: extend every listed lease that is still current; return their ids.
 
     Parameters: ``ids`` and ``tokens`` (arrays) and ``lease`` (interval).  One statement
     renews the leases of all tasks a worker holds; an id missing from the result has lost
-    its lease (rescued, or changed by an operator).
+    its lease (rescued, or changed by an operator).  With ``registering``, it also
+    refreshes the worker's registration (the parameters of
+    :func:`._workers.record_worker_statement`): a heartbeat is one statement.
 
     Example::
 
         params = {"ids": [42], "tokens": [str(task.lease_token)], "lease": timedelta(seconds=60)}
         kept = set(session.execute(renew_leases_statement(Task.__table__), params).scalars())
     """
-    return (
+    renewed = (
         _update_leased(table, _leases(table))
         .values(lease_expires_at=_now() + bindparam("lease", type_=Interval))
         .returning(table.c.id)
     )
+    if registering:  # the worker's registration too, in the same statement
+        renewed = renewed.add_cte(record_worker_statement(table).cte("registration"))
+    return renewed
 
 
 @functools.cache

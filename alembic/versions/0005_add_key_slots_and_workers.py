@@ -1,6 +1,7 @@
-"""Per-key concurrency limits for the default ``tasks`` queue (schema version 4).
+"""Per-key concurrency limits and the worker registry for the default ``tasks`` queue
+(schema version 4).
 
-Revision ID: 0005_add_concurrency_keys
+Revision ID: 0005_add_key_slots_and_workers
 Revises: 0004_add_controls_table
 Create Date: 2026-12-07
 """
@@ -14,7 +15,7 @@ from sqlalchemy_taskqueue.migrations import (
     upgrade_task_table_v3_to_v4,
 )
 
-revision: str = "0005_add_concurrency_keys"
+revision: str = "0005_add_key_slots_and_workers"
 down_revision: str | None = "0004_add_controls_table"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
