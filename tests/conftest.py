@@ -153,3 +153,26 @@ def new_worker(request: pytest.FixtureRequest) -> Any:
     from twins import worker_maker
 
     return worker_maker(request.param)
+
+
+@pytest.fixture
+def run(database_url: str, clean_table: type[Any]) -> Any:
+    """``run(*args)``: the ``taskqueue`` command on the test's queue (its database and
+    table from the environment, as an operator's shell would give them); its exit code
+    and output."""
+    from click.testing import CliRunner
+
+    from sqlalchemy_taskqueue.cli import cli
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(
+            cli,
+            args,
+            env={
+                "TASKQUEUE_DATABASE_URL": database_url,
+                "TASKQUEUE_TABLE": clean_table.__tablename__,
+            },
+        )
+        return result.exit_code, result.output
+
+    return invoke

@@ -7,29 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import TaskRepository
 from sqlalchemy_taskqueue._controls import controls_table
-from sqlalchemy_taskqueue.cli import cli
-
-
-@pytest.fixture
-def run(database_url: str, clean_table: type[Any]) -> Any:
-    def invoke(*args: str) -> tuple[int, str]:
-        result = CliRunner().invoke(
-            cli,
-            args,
-            env={
-                "TASKQUEUE_DATABASE_URL": database_url,
-                "TASKQUEUE_TABLE": clean_table.__tablename__,
-            },
-        )
-        return result.exit_code, result.output
-
-    return invoke
 
 
 def paused(factory: sessionmaker[Session], model: type[Any]) -> list[str]:
