@@ -134,13 +134,13 @@ def summary(rows: dict[int, Any]) -> Table:
     return table
 
 
-def start_workers(box: Sandbox) -> list[tuple[Worker, threading.Thread]]:
-    """Two workers of two slots each, on threads of their own."""
+def start_workers(box: Sandbox, running: list[tuple[Worker, threading.Thread]]) -> None:
+    """Two workers of two slots each, on threads of their own, each added to ``running``
+    before its thread starts (so a Ctrl-C at any moment stops every worker started)."""
     handlers = {
         DATA_EXPORT: make_export_handler(box.engine, box.folder / "exports"),
         BULK_IMPORT: make_import_handler(box.engine),
     }
-    running = []
     for _ in range(2):
         worker = Worker(
             sessionmaker(box.engine),
@@ -151,9 +151,8 @@ def start_workers(box: Sandbox) -> list[tuple[Worker, threading.Thread]]:
             progress_interval=0.1,
         )
         thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
-        thread.start()
         running.append((worker, thread))
-    return running
+        thread.start()
 
 
 def main(argv: list[str]) -> int:
@@ -169,14 +168,16 @@ def main(argv: list[str]) -> int:
         console.print("migrated: alembic upgrade head (tasks) + the example app's tables")
         ids = enqueue_work(box.engine, box.folder)
         console.print(f"enqueued {len(ids)} tasks: {ids}")
-        running = start_workers(box)
+        running: list[tuple[Worker, threading.Thread]] = []
         try:
+            start_workers(box, running)
             rows = watch(box.engine, ids)
         finally:
             for worker, _ in running:
-                worker.stop()
+                worker.stop()  # a worker whose run has not begun ends it at once
             for _, thread in running:
-                thread.join()
+                if thread.ident is not None:  # started
+                    thread.join()
         console.print()
         console.print(summary(rows))
         # what `taskqueue stats` prints, run in this process
