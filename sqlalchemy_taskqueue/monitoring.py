@@ -359,6 +359,11 @@ class TaskMonitoring:
             for task_type in repo.unhandled_types():
                 alert(f"no running worker handles {task_type}")
         """
+        return self._unhandled_among(self.status_counts())
+
+    def _unhandled_among(self, counts: list[StatusCount]) -> list[str]:
+        """:meth:`unhandled_types`, from status counts already read (counting reads the
+        whole table: :meth:`queue_stats` does it once)."""
         handled = {
             task_type
             for row in self._backend.live_workers(self._session, self._table)
@@ -366,7 +371,7 @@ class TaskMonitoring:
         }
         pending = {
             count.task_type
-            for count in self.status_counts()
+            for count in counts
             if count.status is TaskStatus.PENDING and count.count > 0
         }
         return sorted(pending - handled)
@@ -490,13 +495,14 @@ class TaskMonitoring:
 
             print(json.dumps(repo.queue_stats().as_dict(), indent=2))
         """
+        counts = self.status_counts()
         return QueueStats(
-            status_counts=self.status_counts(),
+            status_counts=counts,
             queue_depth=self.queue_depth(),
             processing_times=self.processing_times(window),
             outcome_rates=self.outcome_rates(window),
             stuck=self.stuck_tasks(running_longer_than),
             window=window,
             unclaimed_types=self.unclaimed_types(),
-            unhandled_types=self.unhandled_types(),
+            unhandled_types=self._unhandled_among(counts),
         )
