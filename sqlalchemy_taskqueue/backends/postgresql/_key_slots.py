@@ -28,6 +28,7 @@ from sqlalchemy import (
     exists,
     func,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -67,7 +68,9 @@ def keyed_claim_ids(
        claim) whose key had a free slot within the task's limit in the statement's
        snapshot, in claim order, read without a lock (:data:`HEAD_PER_SLOT` per task
        asked for, plus :data:`HEAD_EXTRA`): a key's backlog does not hide the other
-       keys' tasks behind it.
+       keys' tasks behind it.  A key with no task in progress has all its slots free;
+       only the tasks of the keys in progress (hashed once per statement) are checked
+       against their key's slots.
     2. ``waiting``: of those, the ones that could start (a key's first tasks, no more
        than its limit), twice ``limit`` of them, locked ``SKIP LOCKED`` and rechecked
        (the ones not granted are unlocked at commit, untouched).
@@ -101,11 +104,19 @@ def keyed_claim_ids(
         .scalar_subquery()
         .is_not(None)
     )
+    # a key none of whose tasks is in progress has every slot free: the keys of the tasks
+    # in progress (few, read through the lease-expiry index) are hashed once, and only a
+    # task of one of those keys pays the look at its key's slots
+    running = table.alias("running")
+    running_keys = select(running.c.concurrency_key).where(
+        running.c.status == TaskStatus.IN_PROGRESS, running.c.concurrency_key.is_not(None)
+    )
+    may_start = or_(c.concurrency_key.not_in(running_keys), has_free_slot)
     # the head of the keyed queue, read without locking: a wide look costs index reads
     # only, and tells which tasks could start (a key's first tasks, as many as its limit)
     head = (
         select(c.id, c.concurrency_key, c.concurrency_limit, c.priority, c.run_at)
-        .where(*conditions, c.concurrency_key.is_not(None), has_free_slot)
+        .where(*conditions, c.concurrency_key.is_not(None), may_start)
         .order_by(*order)
         .limit(limit * HEAD_PER_SLOT + HEAD_EXTRA)
         .subquery("head")
@@ -177,12 +188,7 @@ def keyed_claim_ids(
     )
     taken = (
         update(slots)
-        .where(
-            s.concurrency_key
-            == any_(func.array(select(pairs.c.concurrency_key).scalar_subquery())),
-            s.concurrency_key == pairs.c.concurrency_key,
-            s.slot == pairs.c.slot,
-        )
+        .where(s.concurrency_key == pairs.c.concurrency_key, s.slot == pairs.c.slot)
         .values(task_id=pairs.c.id, claimed_at=func.now())
         .returning(s.task_id)
         .cte("taken")
