@@ -198,6 +198,8 @@ class AsyncTaskRepository(Generic[TaskT]):
     processing_times = _awaitable(TaskRepository.processing_times)
     outcome_rates = _awaitable(TaskRepository.outcome_rates)
     recent_failures = _awaitable(TaskRepository.recent_failures)
+    browse_tasks = _awaitable(TaskRepository.browse_tasks)
+    outcome_timeline = _awaitable(TaskRepository.outcome_timeline)
     queue_stats = _awaitable(TaskRepository.queue_stats)
     pause = _awaitable(TaskRepository.pause)
     resume = _awaitable(TaskRepository.resume)

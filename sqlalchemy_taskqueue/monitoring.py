@@ -24,6 +24,7 @@ method                         answers
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
-from ._validation import INT8_MAX, require_int, require_timedelta
+from ._validation import INT8_MAX, require_int, require_key, require_task_type, require_timedelta
+from .backends.base import TaskQuery
 from .exceptions import wrap_database_errors
 from .status import TaskStatus
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FailedTask",
+    "OutcomeBucket",
     "OutcomeRate",
     "ProcessingTime",
     "QueueDepth",
@@ -210,6 +213,87 @@ class FailedTask:
     retry_count: int
     created_at: datetime
     completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class OutcomeBucket:
+    """Tasks finished in one stretch of time (a bar of the dashboard's chart).
+
+    Example::
+
+        OutcomeBucket(datetime(2026, 1, 1, 12, 5, tzinfo=timezone.utc), completed=40, failed=2)
+    """
+
+    start: datetime
+    completed: int
+    failed: int
+
+
+#: The most buckets :meth:`TaskMonitoring.outcome_timeline` returns.
+MAX_TIMELINE_BUCKETS = 1000
+
+
+def _datetime_or_none(name: str, value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise TypeError(f"{name} must be a timezone-aware datetime or None, got {value!r}")
+    return value
+
+
+def task_query(
+    table: Table,
+    *,
+    status: TaskStatus | str | Sequence[TaskStatus | str] | None = None,
+    task_type: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    columns: Mapping[str, Any] | None = None,
+    search: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> TaskQuery:
+    """The checked arguments of :meth:`TaskMonitoring.browse_tasks` (each rule raises a
+    clear ``ValueError`` or ``TypeError``).
+
+    Example::
+
+        task_query(Task.__table__, status="failed", columns={"project_id": 7})
+    """
+    if status is None:
+        statuses: tuple[str, ...] = ()
+    else:
+        given = [status] if isinstance(status, str) else list(status)
+        try:
+            statuses = tuple(TaskStatus(value).value for value in given)
+        except ValueError:
+            known = ", ".join(member.value for member in TaskStatus)
+            raise ValueError(f"status must be among {known}, got {status!r}") from None
+    if task_type is not None:
+        require_task_type(task_type)
+    after = _datetime_or_none("created_after", created_after)
+    before = _datetime_or_none("created_before", created_before)
+    if after is not None and before is not None and after >= before:
+        raise ValueError(f"created_after ({after}) must be before created_before ({before})")
+    wanted = dict(columns or {})
+    for name in wanted:
+        if not isinstance(name, str) or name not in table.c:
+            raise ValueError(
+                f"{table.name} has no column {name!r} (columns: {', '.join(table.c.keys())})"
+            )
+    if search is not None:
+        if not isinstance(search, str) or not search.strip():
+            raise ValueError(f"search must be a non-empty string, got {search!r}")
+        search = search.strip()
+        require_key("search", search)
+    if before_id is not None:
+        require_int("before_id", before_id, minimum=1, maximum=INT8_MAX)
+    require_int("limit", limit, minimum=1, maximum=MAX_PAGE_SIZE)
+    return TaskQuery(statuses, task_type, after, before, wanted, search, before_id, limit)
+
+
+#: The most tasks :meth:`TaskMonitoring.browse_tasks` returns at once.
+MAX_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -483,6 +567,78 @@ class TaskMonitoring:
             )
             for row in rows
         ]
+
+    @wrap_database_errors
+    def browse_tasks(
+        self,
+        *,
+        status: TaskStatus | str | Sequence[TaskStatus | str] | None = None,
+        task_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        columns: Mapping[str, Any] | None = None,
+        search: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """A page of tasks, newest first, each as its columns (the model's own columns
+        too), read without locking any row.  Every filter given must hold: ``status``
+        (one or several), ``task_type``, ``created_after`` (inclusive) and
+        ``created_before`` (exclusive), ``columns`` (equal values), ``search`` (a task
+        id or a dedupe key).  The next page: ``before_id=`` the last task's id.
+
+        Example::
+
+            page = repo.browse_tasks(status="failed", columns={"project_id": 7}, limit=20)
+            more = repo.browse_tasks(status="failed", before_id=page[-1]["id"]) if page else []
+        """
+        query = task_query(
+            self._table,
+            status=status,
+            task_type=task_type,
+            created_after=created_after,
+            created_before=created_before,
+            columns=columns,
+            search=search,
+            before_id=before_id,
+            limit=limit,
+        )
+        rows = self._backend.browse_tasks(self._session, self._table, query)
+        return [dict(row._mapping) for row in rows]
+
+    @wrap_database_errors
+    def outcome_timeline(
+        self,
+        window: timedelta = timedelta(hours=1),
+        bucket: timedelta = timedelta(minutes=5),
+    ) -> list[OutcomeBucket]:
+        """Tasks completed and failed within ``window``, per ``bucket`` of time, oldest
+        first, every bucket of the window included (empty ones as zeros).
+
+        Example::
+
+            for bar in repo.outcome_timeline(timedelta(hours=1), timedelta(minutes=5)):
+                print(bar.start, bar.completed, bar.failed)
+        """
+        window = require_timedelta("window", window, allow_zero=False)
+        bucket = require_timedelta("bucket", bucket, allow_zero=False)
+        if bucket < timedelta(seconds=1) or bucket.total_seconds() % 1:
+            raise ValueError(f"bucket must be a whole number of seconds, got {bucket!r}")
+        if window / bucket > MAX_TIMELINE_BUCKETS:
+            raise ValueError(
+                f"window / bucket must be at most {MAX_TIMELINE_BUCKETS} buckets, "
+                f"got {window / bucket:.0f}"
+            )
+        rows = self._backend.outcome_timeline(
+            self._session, self._table, window=window, bucket=bucket
+        )
+        found = {row.bucket_start: (int(row.completed), int(row.failed)) for row in rows}
+        now = self._backend.clock(self._session)
+        seconds = int(bucket.total_seconds())
+        last = datetime.fromtimestamp((int(now.timestamp()) // seconds) * seconds, tz=now.tzinfo)
+        count = int(window / bucket) + (1 if window % bucket else 0)
+        starts = [last - bucket * back for back in range(count - 1, -1, -1)]
+        return [OutcomeBucket(start, *found.get(start, (0, 0))) for start in starts]
 
     def queue_stats(
         self,

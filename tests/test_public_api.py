@@ -77,6 +77,7 @@ def test_the_public_modules_are_few_and_named() -> None:
         "sqlalchemy_taskqueue.contrib",
         "sqlalchemy_taskqueue.contrib.prometheus",
         "sqlalchemy_taskqueue.contrib.testing",
+        "sqlalchemy_taskqueue.dashboard",
         "sqlalchemy_taskqueue.durations",
         "sqlalchemy_taskqueue.exceptions",
         "sqlalchemy_taskqueue.metrics",

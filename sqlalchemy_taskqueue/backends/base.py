@@ -32,7 +32,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,6 +54,7 @@ __all__ = [
     "ClaimRequest",
     "Lease",
     "Listener",
+    "TaskQuery",
 ]
 
 #: A task's lease as the worker holds it: ``(task_id, lease_token)``.
@@ -113,6 +114,35 @@ class ClaimRequest:
     starting: int | None = None
     rate_limited: bool = False
     keyed: bool = False
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """A page of tasks to read, its arguments already checked: newest first (by id),
+    every condition given must hold.
+
+    :ivar statuses: the statuses to show (empty: every status).
+    :ivar task_type: one type only.
+    :ivar created_after: created at or after this instant.
+    :ivar created_before: created before this instant.
+    :ivar columns: column name to the value it must equal (the model's own columns too).
+    :ivar search: a task id (digits) or a dedupe key.
+    :ivar before_id: the keyset cursor: only tasks with a smaller id.
+    :ivar limit: how many tasks at most.
+
+    Example::
+
+        TaskQuery(statuses=("failed",), columns={"project_id": 7}, limit=50)
+    """
+
+    statuses: Sequence[str] = ()
+    task_type: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    columns: Mapping[str, Any] = field(default_factory=dict)
+    search: str | None = None
+    before_id: int | None = None
+    limit: int = 50
 
 
 class Listener(Protocol):
@@ -787,6 +817,26 @@ class Backend(Protocol):
         Example::
 
             backend.recent_failures(session, table, limit=10, task_type=None)
+        """
+
+    def browse_tasks(self, session: Session, table: Table, query: TaskQuery) -> Sequence[Row[Any]]:
+        """Every column of the tasks ``query`` selects, newest first, without locking.
+
+        Example::
+
+            backend.browse_tasks(session, table, TaskQuery(statuses=("failed",)))
+        """
+
+    def outcome_timeline(
+        self, session: Session, table: Table, *, window: timedelta, bucket: timedelta
+    ) -> Sequence[Row[Any]]:
+        """Rows ``(bucket_start, completed, failed)``: tasks finished within ``window``,
+        counted per ``bucket`` (only buckets with an outcome), oldest first.
+
+        Example::
+
+            backend.outcome_timeline(session, table, window=timedelta(hours=1),
+                                     bucket=timedelta(minutes=5))
         """
 
     # ------------------------------------------------------------------ wake-up

@@ -25,6 +25,7 @@ def _load() -> object:
     """Import every command module (each registers its commands on the group)."""
     from . import (
         _controls,  # noqa: F401
+        _dashboard,  # noqa: F401
         _operations,  # noqa: F401
         _schedules,  # noqa: F401
         _worker_command,  # noqa: F401

@@ -32,6 +32,11 @@ from sqlalchemy_taskqueue.backends.base import (
     ClaimRequest,
     Lease,
     Listener,
+    TaskQuery,
+)
+from sqlalchemy_taskqueue.backends.postgresql._browsing import (
+    browse_tasks_statement,
+    outcome_timeline_statement,
 )
 from sqlalchemy_taskqueue.backoff import BackoffPolicy
 from sqlalchemy_taskqueue.status import TaskStatus
@@ -828,6 +833,28 @@ class PostgreSQLBackend:
             backend.recent_failures(session, table, limit=10, task_type=None)
         """
         stmt = _statements.recent_failures_statement(table, limit=limit, task_type=task_type)
+        return session.execute(stmt).all()
+
+    def browse_tasks(self, session: Session, table: Table, query: TaskQuery) -> Sequence[Row[Any]]:
+        """A page of tasks, newest first, read without locks.
+
+        Example::
+
+            backend.browse_tasks(session, table, TaskQuery(statuses=("failed",)))
+        """
+        return session.execute(browse_tasks_statement(table, query)).all()
+
+    def outcome_timeline(
+        self, session: Session, table: Table, *, window: timedelta, bucket: timedelta
+    ) -> Sequence[Row[Any]]:
+        """Outcomes per time bucket.
+
+        Example::
+
+            backend.outcome_timeline(session, table, window=timedelta(hours=1),
+                                     bucket=timedelta(minutes=5))
+        """
+        stmt = outcome_timeline_statement(table, window=window, bucket=bucket)
         return session.execute(stmt).all()
 
     # ------------------------------------------------------------------ wake-up

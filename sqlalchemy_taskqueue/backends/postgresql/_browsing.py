@@ -1,0 +1,80 @@
+"""The PostgreSQL statements that read tasks for people: a page of tasks by filter, and
+outcomes over time (the dashboard's task list and chart).
+
+Both read without locking, so browsing never holds up a claim or an outcome.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Table, func, or_, select
+
+from sqlalchemy_taskqueue.backends.base import TaskQuery
+from sqlalchemy_taskqueue.status import FINISHED_STATUSES, TaskStatus
+
+__all__ = ["browse_tasks_statement", "outcome_timeline_statement"]
+
+
+def _search(table: Table, text: str) -> ColumnElement[bool]:
+    by_key = table.c.dedupe_key == text
+    if text.isdigit() and len(text) <= 18:  # a bigint id
+        return or_(table.c.id == int(text), by_key)
+    return by_key
+
+
+def browse_tasks_statement(table: Table, query: TaskQuery) -> Select[Any]:
+    """Every column of the tasks ``query`` selects, newest first (by id: the primary key
+    read backwards, so a page costs its own rows whatever the table holds below the
+    cursor).
+
+    Example::
+
+        stmt = browse_tasks_statement(Task.__table__, TaskQuery(statuses=("failed",)))
+    """
+    c = table.c
+    conditions: list[ColumnElement[bool]] = []
+    if query.statuses:
+        conditions.append(c.status.in_(list(query.statuses)))
+    if query.task_type is not None:
+        conditions.append(c.type == query.task_type)
+    if query.created_after is not None:
+        conditions.append(c.created_at >= query.created_after)
+    if query.created_before is not None:
+        conditions.append(c.created_at < query.created_before)
+    for name, value in query.columns.items():
+        conditions.append(c[name] == value)
+    if query.search is not None:
+        conditions.append(_search(table, query.search))
+    if query.before_id is not None:
+        conditions.append(c.id < query.before_id)
+    return select(table).where(*conditions).order_by(c.id.desc()).limit(query.limit)
+
+
+def outcome_timeline_statement(
+    table: Table, *, window: timedelta, bucket: timedelta
+) -> Select[Any]:
+    """Tasks finished within ``window`` per ``bucket``: ``bucket_start``, ``completed``,
+    ``failed`` (read through the finished-tasks index).
+
+    Example::
+
+        stmt = outcome_timeline_statement(
+            Task.__table__, window=timedelta(hours=1), bucket=timedelta(minutes=5)
+        )
+    """
+    c = table.c
+    seconds = int(bucket.total_seconds())
+    epoch = func.extract("epoch", c.completed_at)
+    start = func.to_timestamp(func.floor(epoch / seconds) * seconds).label("bucket_start")
+    return (
+        select(
+            start,
+            func.count().filter(c.status == TaskStatus.COMPLETED).label("completed"),
+            func.count().filter(c.status == TaskStatus.FAILED).label("failed"),
+        )
+        .where(c.status.in_(FINISHED_STATUSES), c.completed_at >= func.now() - window)
+        .group_by(start)
+        .order_by(start)
+    )

@@ -1,0 +1,459 @@
+"""The dashboard itself: routes a :class:`~._http.Request` to its page or action and
+renders the answer with Jinja2 (autoescaped: a payload, an error message, a task type or
+a column value is always shown as text).
+
+Every read goes through the repository's monitoring methods and never locks a queue row;
+every action goes through the repository's own fenced methods, in a transaction of its
+own, and answers with a redirect (POST, then GET).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy.orm import Session
+
+from sqlalchemy_taskqueue._validation import MANAGED_COLUMNS
+from sqlalchemy_taskqueue.exceptions import TaskQueueError, optional_dependency
+from sqlalchemy_taskqueue.repository import TaskRepository
+from sqlalchemy_taskqueue.status import TaskStatus
+
+from ._http import (
+    AUTH_COOKIE,
+    CSRF_COOKIE,
+    CSRF_FIELD,
+    Credentials,
+    Request,
+    Response,
+    csrf_token_of,
+    has_valid_csrf,
+    parse_form,
+)
+
+with optional_dependency("dashboard", "jinja2", feature="the dashboard"):
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+__all__ = ["Dashboard"]
+
+#: Tasks per page of the task list.
+PAGE_SIZE = 50
+#: How often open pages refresh their live parts, in milliseconds.
+REFRESH_MS = 2000
+#: The columns of every task model; the others are the application's own.
+_QUEUE_COLUMNS = MANAGED_COLUMNS | {"timeout_seconds"}
+_STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+_TASK_PATH = re.compile(r"^/tasks/(\d{1,18})(/retry|/cancel)?$")
+_SCHEDULE_PATH = re.compile(r"^/schedules/([^/]+)/(pause|resume|run)$")
+
+
+class _Refused(Exception):
+    """A request the dashboard answers with an error page."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _parse_date(name: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise _Refused(400, f"{name} must be a date or a date and time, got {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def _pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+class Dashboard:
+    """The dashboard of one queue (its task model), served by an adapter.
+
+    Example::
+
+        dashboard = Dashboard(sessionmaker(engine), Task)
+        response = dashboard.handle(Request("GET", "/", {}, {}))
+    """
+
+    def __init__(
+        self,
+        session_factory: Callable[[], Session],
+        model: type[Any],
+        *,
+        read_only: bool = False,
+        title: str = "Task queue",
+        credentials: Credentials | None = None,
+    ) -> None:
+        self._session_factory = session_factory
+        self._model = model
+        self.read_only = read_only
+        self._title = title
+        self._credentials = credentials
+        table = model.__table__
+        self._app_columns = [
+            column.name for column in table.c if column.name not in MANAGED_COLUMNS
+        ]
+        self._templates = Environment(
+            loader=PackageLoader("sqlalchemy_taskqueue.dashboard", "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self._templates.filters["pretty_json"] = _pretty_json
+        self._templates.filters["when"] = self._format_when
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, request: Request) -> Response:
+        """The answer to ``request``.
+
+        Example::
+
+            dashboard.handle(Request("GET", "/tasks", {"status": ["failed"]}, {}))
+        """
+        if self._credentials is not None and not self._credentials.admits(request):
+            return self._credentials.challenge()
+        try:
+            if request.method in ("GET", "HEAD"):
+                response = self._get(request)
+            elif request.method == "POST":
+                response = self._post(request)
+            else:
+                raise _Refused(405, f"method {request.method} is not allowed")
+        except _Refused as refused:
+            response = self._page(request, "error.html", refused.status, message=refused.message)
+        token = self._credentials.token if self._credentials is not None else None
+        if token is not None and request.arg("token") == token:
+            response.headers.append(
+                (
+                    "set-cookie",
+                    f"{AUTH_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict",
+                )
+            )
+        return response
+
+    def _get(self, request: Request) -> Response:
+        path = request.path.rstrip("/") or "/"
+        if path.startswith("/static/"):
+            return self._static(path.removeprefix("/static/"))
+        pages: dict[str, Callable[[Request], Response]] = {
+            "/": self._overview,
+            "/tasks": self._tasks,
+            "/failed": self._failed,
+            "/workers": self._workers,
+            "/schedules": self._schedules,
+            "/controls": self._controls,
+        }
+        if path in pages:
+            return pages[path](request)
+        match = _TASK_PATH.match(path)
+        if match and match.group(2) is None:
+            return self._task(request, int(match.group(1)))
+        raise _Refused(404, f"no page at {path}")
+
+    def _post(self, request: Request) -> Response:
+        form = parse_form(request)
+        if not has_valid_csrf(request, form):
+            raise _Refused(403, "this action lacks its CSRF token: reload the page and try again")
+        if self.read_only:
+            raise _Refused(403, "this dashboard is read-only")
+        path = request.path.rstrip("/")
+        match = _TASK_PATH.match(path)
+        if match and match.group(2):
+            task_id = int(match.group(1))
+            if match.group(2) == "/retry":
+                return self._act(
+                    request,
+                    form,
+                    lambda repo: repo.retry_task(task_id),
+                    f"task {task_id} is pending again",
+                )
+            return self._act(
+                request, form, lambda repo: self._cancel(repo, task_id), f"task {task_id} cancelled"
+            )
+        match = _SCHEDULE_PATH.match(path)
+        if match:
+            name, verb = match.group(1), match.group(2)
+            actions: dict[str, Callable[[TaskRepository[Any]], Any]] = {
+                "pause": lambda repo: repo.pause_schedule(name),
+                "resume": lambda repo: repo.resume_schedule(name),
+                "run": lambda repo: repo.run_schedule(name),
+            }
+            return self._act(request, form, actions[verb], f"schedule {name}: {verb} done")
+        task_type = form.get("task_type", "").strip() or None
+        if path == "/failed/retry":
+            return self._act(
+                request,
+                form,
+                lambda repo: repo.retry_failed_tasks(task_type),
+                "{} failed task(s) pending again",
+            )
+        if path == "/controls/pause":
+            return self._act(
+                request,
+                form,
+                lambda repo: repo.pause(task_type),
+                f"paused {task_type or 'the whole queue'}",
+            )
+        if path == "/controls/resume":
+            return self._act(
+                request,
+                form,
+                lambda repo: repo.resume(task_type),
+                f"resumed {task_type or 'the whole queue'}",
+            )
+        if path == "/controls/rate-limit":
+            return self._act(
+                request,
+                form,
+                lambda repo: self._set_limit(repo, form),
+                f"rate limit of {task_type} set",
+            )
+        if path == "/controls/rate-limit/clear":
+            return self._act(
+                request,
+                form,
+                lambda repo: repo.clear_rate_limit(task_type or ""),
+                f"rate limit of {task_type} cleared",
+            )
+        raise _Refused(404, f"no action at {path}")
+
+    # ------------------------------------------------------------------ actions
+
+    @staticmethod
+    def _cancel(repo: TaskRepository[Any], task_id: int) -> None:
+        if not repo.cancel_task(task_id):
+            raise _Refused(409, f"task {task_id} has already finished")
+
+    @staticmethod
+    def _set_limit(repo: TaskRepository[Any], form: dict[str, str]) -> None:
+        try:
+            limit = int(form.get("limit", ""))
+            seconds = float(form.get("per_seconds", ""))
+        except ValueError:
+            raise _Refused(400, "the limit and its period must be numbers") from None
+        repo.set_rate_limit(form.get("task_type", ""), limit, per=timedelta(seconds=seconds))
+
+    def _act(
+        self,
+        request: Request,
+        form: dict[str, str],
+        action: Callable[[TaskRepository[Any]], Any],
+        done: str,
+    ) -> Response:
+        try:
+            with self._session_factory() as session, session.begin():
+                outcome = action(TaskRepository(session, self._model))
+        except (TaskQueueError, ValueError, TypeError) as error:
+            raise _Refused(400, str(error)) from None
+        back = form.get("next", "")
+        # only a path of this dashboard: never a redirect to another site
+        if not back.startswith("/") or back.startswith("//") or "\\" in back:
+            back = "/"
+        notice = done.format(outcome) if "{}" in done else done
+        separator = "&" if "?" in back else "?"
+        location = f"{request.base}{back}{separator}{urlencode({'notice': notice})}"
+        return Response(303, "", headers=[("location", location)])
+
+    # ------------------------------------------------------------------ pages
+
+    def _repository(self, session: Session) -> TaskRepository[Any]:
+        return TaskRepository(session, self._model)
+
+    def _overview(self, request: Request) -> Response:
+        with self._session_factory() as session:
+            repo = self._repository(session)
+            counts = repo.status_counts()
+            depth = repo.queue_depth()
+            timeline = repo.outcome_timeline(timedelta(hours=1), timedelta(minutes=5))
+            paused = repo.paused()
+            keys = repo.keys_at_limit()
+            limits = repo.rate_limits()
+            unhandled = repo.unhandled_types()
+        by_type: dict[str, dict[str, int]] = {}
+        for count in counts:
+            by_type.setdefault(count.task_type, {})[count.status.value] = count.count
+        totals = {
+            status.value: sum(c.count for c in counts if c.status is status)
+            for status in TaskStatus
+        }
+        finished = sum(bar.completed + bar.failed for bar in timeline)
+        failed = sum(bar.failed for bar in timeline)
+        peak = max([bar.completed + bar.failed for bar in timeline] + [1])
+        return self._page(
+            request,
+            "overview.html",
+            200,
+            by_type=by_type,
+            totals=totals,
+            depth=depth,
+            timeline=timeline,
+            peak=peak,
+            finished=finished,
+            failure_rate=(failed / finished if finished else 0.0),
+            paused=paused,
+            keys=keys,
+            limits=[lim for lim in limits if lim.limit],
+            unhandled=unhandled,
+        )
+
+    def _filters(self, request: Request) -> dict[str, Any]:
+        status = request.arg("status")
+        columns = {}
+        for name in self._app_columns:
+            value = request.arg(f"col.{name}")
+            if value is not None:
+                columns[name] = self._column_value(name, value)
+        before_id = request.arg("before_id")
+        if before_id is not None and not before_id.isdigit():
+            raise _Refused(400, f"before_id must be a task id, got {before_id!r}")
+        return {
+            "status": status,
+            "task_type": request.arg("type"),
+            "created_after": _parse_date("from", request.arg("from")),
+            "created_before": _parse_date("to", request.arg("to")),
+            "columns": columns,
+            "search": request.arg("search"),
+            "before_id": int(before_id) if before_id else None,
+        }
+
+    def _column_value(self, name: str, text: str) -> Any:
+        column = self._model.__table__.c[name]
+        try:
+            python_type = column.type.python_type
+        except NotImplementedError:
+            return text
+        if python_type is bool:
+            return text.lower() in ("1", "true", "yes", "on")
+        if python_type in (int, float):
+            try:
+                return python_type(text)
+            except ValueError:
+                raise _Refused(400, f"{name} must be a number, got {text!r}") from None
+        return text
+
+    def _browse(self, request: Request, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            with self._session_factory() as session:
+                return self._repository(session).browse_tasks(**filters, limit=PAGE_SIZE)
+        except (ValueError, TypeError) as error:
+            raise _Refused(400, str(error)) from None
+
+    def _tasks(self, request: Request, *, template: str = "tasks.html") -> Response:
+        filters = self._filters(request)
+        if template == "failed.html":
+            filters["status"] = TaskStatus.FAILED.value
+        tasks = self._browse(request, filters)
+        kept = {
+            name: values[0]
+            for name, values in request.query.items()
+            if name not in ("before_id", "notice", "token") and values and values[0]
+        }
+        next_page = (
+            urlencode({**kept, "before_id": tasks[-1]["id"]}) if len(tasks) == PAGE_SIZE else None
+        )
+        return self._page(
+            request,
+            template,
+            200,
+            tasks=tasks,
+            filters=kept,
+            next_page=next_page,
+            statuses=[status.value for status in TaskStatus],
+            app_columns=self._app_columns,
+        )
+
+    def _failed(self, request: Request) -> Response:
+        return self._tasks(request, template="failed.html")
+
+    def _task(self, request: Request, task_id: int) -> Response:
+        with self._session_factory() as session:
+            task = self._repository(session).get_task(task_id)
+            if task is None:
+                raise _Refused(404, f"no task {task_id}")
+            row = {name: getattr(task, key.key) for name, key in _column_keys(self._model)}
+        template = "task_live.html" if request.arg("part") == "live" else "task.html"
+        return self._page(
+            request,
+            template,
+            200,
+            task=row,
+            app_columns=self._app_columns,
+            running=row["status"] == TaskStatus.IN_PROGRESS.value,
+        )
+
+    def _workers(self, request: Request) -> Response:
+        with self._session_factory() as session:
+            workers = self._repository(session).workers()
+        return self._page(request, "workers.html", 200, workers=workers)
+
+    def _schedules(self, request: Request) -> Response:
+        with self._session_factory() as session:
+            schedules = self._repository(session).schedules()
+        return self._page(request, "schedules.html", 200, schedules=schedules)
+
+    def _controls(self, request: Request) -> Response:
+        with self._session_factory() as session:
+            repo = self._repository(session)
+            paused, limits, keys = repo.paused(), repo.rate_limits(), repo.keys_at_limit()
+        return self._page(request, "controls.html", 200, paused=paused, limits=limits, keys=keys)
+
+    # ------------------------------------------------------------------ rendering
+
+    def _static(self, name: str) -> Response:
+        if name not in _STATIC:
+            raise _Refused(404, f"no file {name}")
+        body = resources.files("sqlalchemy_taskqueue.dashboard").joinpath("static").joinpath(name)
+        return Response(200, body.read_bytes(), content_type=f"{_STATIC[name]}; charset=utf-8")
+
+    @staticmethod
+    def _format_when(value: datetime | None) -> str:
+        if value is None:
+            return "—"
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    def _page(self, request: Request, template: str, status: int, **context: Any) -> Response:
+        token, new = csrf_token_of(request)
+        body = self._templates.get_template(template).render(
+            base=request.base,
+            title=self._title,
+            read_only=self.read_only,
+            csrf_field=CSRF_FIELD,
+            csrf_token=token,
+            notice=request.arg("notice"),
+            path=request.path,
+            here=request.path + (f"?{urlencode(_first_values(request))}" if request.query else ""),
+            refresh_ms=REFRESH_MS,
+            **context,
+        )
+        headers = []
+        if new:
+            headers.append(
+                ("set-cookie", f"{CSRF_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict")
+            )
+        return Response(status, body, headers=headers)
+
+
+def _first_values(request: Request) -> dict[str, str]:
+    return {
+        name: values[0]
+        for name, values in request.query.items()
+        if values and name not in ("notice", "token")
+    }
+
+
+def _column_keys(model: type[Any]) -> list[tuple[str, Any]]:
+    """(column name, mapped attribute) of every column of ``model``."""
+    from sqlalchemy import inspect
+
+    mapper = inspect(model)
+    return [(prop.columns[0].name, prop) for prop in mapper.column_attrs]

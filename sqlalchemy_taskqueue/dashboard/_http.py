@@ -1,0 +1,234 @@
+"""The dashboard's requests and responses, apart from any server: the ASGI and WSGI
+adapters (:mod:`._asgi`, :mod:`._wsgi`) turn their own calls into a :class:`Request`
+and write the :class:`Response` back.
+
+Also the two checks every request passes through: the optional credentials of a
+dashboard served on its own (a bearer token or basic auth), and the CSRF token every
+state-changing request must carry (a double-submit cookie, ``SameSite=Strict``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import secrets
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs
+
+__all__ = [
+    "AUTH_COOKIE",
+    "CSRF_COOKIE",
+    "CSRF_FIELD",
+    "Credentials",
+    "Request",
+    "Response",
+    "csrf_token_of",
+    "has_valid_csrf",
+    "parse_form",
+]
+
+#: The cookie holding a browser's CSRF token, and the form field that must repeat it.
+CSRF_COOKIE = "taskqueue_csrf"
+CSRF_FIELD = "csrf_token"
+#: The cookie a browser keeps the dashboard's access token in, once given it.
+AUTH_COOKIE = "taskqueue_auth"
+
+#: The most bytes a form body may have (the dashboard's forms are a few fields).
+MAX_FORM_BYTES = 64 * 1024
+
+
+@dataclass
+class Request:
+    """One request, as the adapters hand it over.
+
+    Example::
+
+        Request("GET", "/tasks", {"status": ["failed"]}, {}, b"", base="/jobs")
+    """
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes = b""
+    base: str = ""
+    cookies: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(self.headers.get("cookie", ""))
+        except Exception:  # a malformed Cookie header: no cookies
+            jar = SimpleCookie()
+        self.cookies = {name: morsel.value for name, morsel in jar.items()}
+
+    def arg(self, name: str) -> str | None:
+        """The first value of query parameter ``name``, stripped; ``None`` if absent
+        or blank.
+
+        Example::
+
+            request.arg("status")  # "failed"
+        """
+        values = self.query.get(name)
+        if not values or not values[0].strip():
+            return None
+        return values[0].strip()
+
+
+@dataclass
+class Response:
+    """What the dashboard answers.
+
+    Example::
+
+        Response(200, "<p>hello</p>")
+    """
+
+    status: int
+    body: str | bytes = ""
+    content_type: str = "text/html; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def encoded(self) -> bytes:
+        """The body as bytes.
+
+        Example::
+
+            Response(200, "ok").encoded()  # b"ok"
+        """
+        return self.body.encode("utf-8") if isinstance(self.body, str) else self.body
+
+    def all_headers(self) -> list[tuple[str, str]]:
+        """The headers to send, with the content type and the security headers every
+        page carries (no framing by other sites, no sniffing, scripts from here only).
+
+        Example::
+
+            Response(200).all_headers()[0]  # ("content-type", "text/html; charset=utf-8")
+        """
+        return [
+            ("content-type", self.content_type),
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "same-origin"),
+            (
+                "content-security-policy",
+                "default-src 'self'; script-src 'self'; style-src 'self'; "
+                "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+            ),
+            ("cache-control", "no-store"),
+            *self.headers,
+        ]
+
+
+def parse_form(request: Request) -> dict[str, str]:
+    """The url-encoded form of a POST (the first value of each field).
+
+    Example::
+
+        parse_form(request)["csrf_token"]
+    """
+    if len(request.body) > MAX_FORM_BYTES:
+        return {}
+    fields = parse_qs(request.body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
+def csrf_token_of(request: Request) -> tuple[str, bool]:
+    """The browser's CSRF token and whether it is new (to be set as a cookie).
+
+    Example::
+
+        token, new = csrf_token_of(request)
+    """
+    token = request.cookies.get(CSRF_COOKIE, "")
+    if len(token) == 43 and token.replace("-", "").replace("_", "").isalnum():
+        return token, False
+    return secrets.token_urlsafe(32), True
+
+
+def has_valid_csrf(request: Request, form: dict[str, str]) -> bool:
+    """Whether a POST carries the CSRF token of its own cookie (and, when the browser
+    says where it comes from, comes from this host).
+
+    Example::
+
+        if not has_valid_csrf(request, parse_form(request)): ...  # 403
+    """
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    given = form.get(CSRF_FIELD, "")
+    if not cookie or not given or not hmac.compare_digest(cookie, given):
+        return False
+    origin = request.headers.get("origin")
+    host = request.headers.get("host")
+    # a browser names the page a POST comes from: it must be this dashboard's host
+    return not origin or not host or origin in (f"http://{host}", f"https://{host}")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a dashboard served on its own asks of every request: a bearer token
+    (``Authorization: Bearer``, or once as ``?token=`` and then a cookie) or a basic-auth
+    user and password.
+
+    Example::
+
+        Credentials(token="s3cret")
+        Credentials(username="ops", password="s3cret")
+    """
+
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.token is None and (self.username is None or self.password is None):
+            raise ValueError("credentials need a token, or a username and a password")
+        for name in ("token", "username", "password"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be a non-empty string")
+        if self.username is not None and ":" in self.username:
+            raise ValueError("username must not contain ':'")
+
+    def admits(self, request: Request) -> bool:
+        """Whether ``request`` carries these credentials.
+
+        Example::
+
+            Credentials(token="t").admits(request)
+        """
+        authorization = request.headers.get("authorization", "")
+        if self.token is not None:
+            offered = [request.cookies.get(AUTH_COOKIE, ""), request.arg("token") or ""]
+            if authorization.lower().startswith("bearer "):
+                offered.append(authorization[7:].strip())
+            if any(hmac.compare_digest(o.encode(), self.token.encode()) for o in offered if o):
+                return True
+        if self.username is None or not authorization.lower().startswith("basic "):
+            return False
+        try:
+            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        expected = f"{self.username}:{self.password}"
+        return hmac.compare_digest(decoded.encode(), expected.encode())
+
+    def challenge(self) -> Response:
+        """The answer to a request without them.
+
+        Example::
+
+            return credentials.challenge()  # 401
+        """
+        headers = []
+        if self.username is not None:
+            headers.append(("www-authenticate", 'Basic realm="taskqueue", charset="UTF-8"'))
+        return Response(
+            401,
+            "authentication required",
+            content_type="text/plain; charset=utf-8",
+            headers=headers,
+        )
