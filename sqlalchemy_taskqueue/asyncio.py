@@ -199,6 +199,7 @@ class AsyncTaskRepository(Generic[TaskT]):
     outcome_rates = _awaitable(TaskRepository.outcome_rates)
     recent_failures = _awaitable(TaskRepository.recent_failures)
     browse_tasks = _awaitable(TaskRepository.browse_tasks)
+    recent_status_counts = _awaitable(TaskRepository.recent_status_counts)
     outcome_timeline = _awaitable(TaskRepository.outcome_timeline)
     queue_stats = _awaitable(TaskRepository.queue_stats)
     pause = _awaitable(TaskRepository.pause)

@@ -827,6 +827,17 @@ class Backend(Protocol):
             backend.browse_tasks(session, table, TaskQuery(statuses=("failed",)))
         """
 
+    def recent_status_counts(
+        self, session: Session, table: Table, *, window: timedelta
+    ) -> Sequence[Row[Any]]:
+        """Rows ``(type, status, total)`` of the tasks in progress and of those finished
+        within ``window``, read without scanning the whole table.
+
+        Example::
+
+            backend.recent_status_counts(session, table, window=timedelta(hours=24))
+        """
+
     def outcome_timeline(
         self, session: Session, table: Table, *, window: timedelta, bucket: timedelta
     ) -> Sequence[Row[Any]]:

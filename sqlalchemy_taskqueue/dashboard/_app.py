@@ -41,6 +41,8 @@ with optional_dependency("dashboard", "jinja2", feature="the dashboard"):
 
 __all__ = ["Dashboard"]
 
+#: How far back the overview counts finished tasks.
+OVERVIEW_WINDOW = timedelta(hours=24)
 #: Tasks per page of the task list.
 PAGE_SIZE = 50
 #: How often open pages refresh their live parts, in milliseconds.
@@ -99,9 +101,7 @@ class Dashboard:
         self._title = title
         self._credentials = credentials
         table = model.__table__
-        self._app_columns = [
-            column.name for column in table.c if column.name not in MANAGED_COLUMNS
-        ]
+        self._app_columns = [column.name for column in table.c if column.name not in _QUEUE_COLUMNS]
         self._templates = Environment(
             loader=PackageLoader("sqlalchemy_taskqueue.dashboard", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -272,18 +272,24 @@ class Dashboard:
     def _overview(self, request: Request) -> Response:
         with self._session_factory() as session:
             repo = self._repository(session)
-            counts = repo.status_counts()
+            # the pending tasks from the queue's depth, the others through their partial
+            # indexes: no count reads the whole table
             depth = repo.queue_depth()
+            counts = repo.recent_status_counts(OVERVIEW_WINDOW)
             timeline = repo.outcome_timeline(timedelta(hours=1), timedelta(minutes=5))
             paused = repo.paused()
             keys = repo.keys_at_limit()
             limits = repo.rate_limits()
-            unhandled = repo.unhandled_types()
+            handled = {task_type for worker in repo.workers() for task_type in worker.task_types}
         by_type: dict[str, dict[str, int]] = {}
+        for row in depth:
+            by_type.setdefault(row.task_type, {})[TaskStatus.PENDING.value] = (
+                row.ready + row.scheduled
+            )
         for count in counts:
             by_type.setdefault(count.task_type, {})[count.status.value] = count.count
         totals = {
-            status.value: sum(c.count for c in counts if c.status is status)
+            status.value: sum(per_type.get(status.value, 0) for per_type in by_type.values())
             for status in TaskStatus
         }
         finished = sum(bar.completed + bar.failed for bar in timeline)
@@ -302,8 +308,9 @@ class Dashboard:
             failure_rate=(failed / finished if finished else 0.0),
             paused=paused,
             keys=keys,
-            limits=[lim for lim in limits if lim.limit],
-            unhandled=unhandled,
+            limits=[limit for limit in limits if limit.limit],
+            unhandled=sorted({row.task_type for row in depth} - handled),
+            window_hours=int(OVERVIEW_WINDOW.total_seconds() // 3600),
         )
 
     def _filters(self, request: Request) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from werkzeug.test import Client
 
 from sqlalchemy_taskqueue import TaskRepository
-from sqlalchemy_taskqueue.dashboard import AsgiDashboard, create_wsgi_app
+from sqlalchemy_taskqueue.dashboard import create_wsgi_app
 
 TOKEN_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -83,7 +83,7 @@ def text_of(response: Any) -> str:
 
 
 def asgi_get(
-    app: AsgiDashboard, path: str, *, root_path: str = ""
+    app: Any, path: str, *, root_path: str = "", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], str]:
     """One GET through the ASGI interface, as a server mounting it at ``root_path``."""
     parts = urlsplit(path)
@@ -93,7 +93,8 @@ def asgi_get(
         "path": root_path + parts.path,
         "root_path": root_path,
         "query_string": parts.query.encode(),
-        "headers": [(b"host", b"testserver")],
+        "headers": [(b"host", b"testserver")]
+        + [(k.encode(), v.encode()) for k, v in (headers or {}).items()],
     }
     sent: list[dict[str, Any]] = []
 

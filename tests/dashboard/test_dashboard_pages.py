@@ -104,6 +104,7 @@ def test_a_task_page_shows_its_details(browser: Browser, queue: Any) -> None:
     assert 'id="task-progress">40%' in html
     assert claimed.lease_owner in html
     assert "<dt>project_id</dt><dd>3</dd>" in html
+    assert "<dt>timeout_seconds</dt>" not in html  # the queue's own, not the app's
     # running: the live part refreshes itself
     assert f'data-refresh="/tasks/{task_id}?part=live"' in html
 
@@ -152,3 +153,33 @@ def test_a_mounted_dashboard_links_below_its_mount_point(
     assert status == 200 and headers["content-type"].startswith("text/css")
     assert "--accent" in css
     assert asgi_get(app, "/nowhere", root_path="/jobs")[0] == 404
+
+
+def test_mounted_in_fastapi_behind_the_apps_own_guard(
+    session_factory: sessionmaker[Session], model: Any
+) -> None:
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import PlainTextResponse
+
+    dashboard = create_app(session_factory, model)
+
+    async def require_admin(request: Request) -> None:
+        if request.headers.get("x-admin") != "yes":
+            raise HTTPException(status_code=403, detail="admins only")
+
+    async def guarded_dashboard(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            try:
+                await require_admin(Request(scope))
+            except HTTPException as refused:
+                response = PlainTextResponse(refused.detail, status_code=refused.status_code)
+                await response(scope, receive, send)
+                return
+        await dashboard(scope, receive, send)
+
+    app = FastAPI()
+    app.mount("/jobs", guarded_dashboard)
+    assert asgi_get(app, "/jobs/tasks")[0] == 403
+    status, _, html = asgi_get(app, "/jobs/tasks", headers={"x-admin": "yes"})
+    assert status == 200
+    assert 'href="/jobs/workers"' in html

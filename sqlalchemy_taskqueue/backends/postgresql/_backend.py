@@ -37,6 +37,7 @@ from sqlalchemy_taskqueue.backends.base import (
 from sqlalchemy_taskqueue.backends.postgresql._browsing import (
     browse_tasks_statement,
     outcome_timeline_statement,
+    recent_status_counts_statement,
 )
 from sqlalchemy_taskqueue.backoff import BackoffPolicy
 from sqlalchemy_taskqueue.status import TaskStatus
@@ -843,6 +844,17 @@ class PostgreSQLBackend:
             backend.browse_tasks(session, table, TaskQuery(statuses=("failed",)))
         """
         return session.execute(browse_tasks_statement(table, query)).all()
+
+    def recent_status_counts(
+        self, session: Session, table: Table, *, window: timedelta
+    ) -> Sequence[Row[Any]]:
+        """Tasks in progress and finished within ``window``, through partial indexes.
+
+        Example::
+
+            backend.recent_status_counts(session, table, window=timedelta(hours=24))
+        """
+        return session.execute(recent_status_counts_statement(table, window=window)).all()
 
     def outcome_timeline(
         self, session: Session, table: Table, *, window: timedelta, bucket: timedelta

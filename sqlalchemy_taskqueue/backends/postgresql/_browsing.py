@@ -9,19 +9,24 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, func, or_, select
+from sqlalchemy import ColumnElement, CompoundSelect, Select, Table, func, select, union_all
 
 from sqlalchemy_taskqueue.backends.base import TaskQuery
 from sqlalchemy_taskqueue.status import FINISHED_STATUSES, TaskStatus
 
-__all__ = ["browse_tasks_statement", "outcome_timeline_statement"]
+__all__ = [
+    "browse_tasks_statement",
+    "outcome_timeline_statement",
+    "recent_status_counts_statement",
+]
 
 
 def _search(table: Table, text: str) -> ColumnElement[bool]:
-    by_key = table.c.dedupe_key == text
-    if text.isdigit() and len(text) <= 18:  # a bigint id
-        return or_(table.c.id == int(text), by_key)
-    return by_key
+    # digits are an id, found through the primary key (an OR with the dedupe key would
+    # read the whole table)
+    if text.isdigit() and len(text) <= 18:
+        return table.c.id == int(text)
+    return table.c.dedupe_key == text
 
 
 def browse_tasks_statement(table: Table, query: TaskQuery) -> Select[Any]:
@@ -78,3 +83,26 @@ def outcome_timeline_statement(
         .group_by(start)
         .order_by(start)
     )
+
+
+def recent_status_counts_statement(table: Table, *, window: timedelta) -> CompoundSelect[Any]:
+    """``type``, ``status``, ``total``: the tasks in progress, and the tasks finished
+    within ``window``, each read through its own partial index (the lease-expiry and the
+    finished-tasks index), never the whole table.
+
+    Example::
+
+        stmt = recent_status_counts_statement(Task.__table__, window=timedelta(hours=24))
+    """
+    c = table.c
+    running = (
+        select(c.type, c.status, func.count().label("total"))
+        .where(c.status == TaskStatus.IN_PROGRESS)
+        .group_by(c.type, c.status)
+    )
+    finished = (
+        select(c.type, c.status, func.count().label("total"))
+        .where(c.status.in_(FINISHED_STATUSES), c.completed_at >= func.now() - window)
+        .group_by(c.type, c.status)
+    )
+    return union_all(running, finished)

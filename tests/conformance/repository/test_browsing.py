@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from repository_harness import Repo, claim
+from sqlalchemy import func, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import TaskRepository, TaskStatus
@@ -142,3 +143,25 @@ def test_bad_timeline_arguments_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         repo.outcome_timeline(window, bucket)
+
+
+def test_recent_counts_cover_running_tasks_and_recent_outcomes(repo: Repo) -> None:
+    old = failed(repo)
+    recent = failed(repo)
+    running = repo.enqueue("email", {})
+    assert claim(repo, "email").id == running
+    repo.enqueue("email", {})  # pending: counted by queue_depth, not here
+    table = repo.model.__table__
+    repo.session.execute(
+        update(table)
+        .where(table.c.id == old)
+        .values(completed_at=func.now() - text("interval '2 days'"))
+    )
+    repo.session.commit()
+    counts = {(c.task_type, c.status): c.count for c in repo.recent_status_counts()}
+    assert counts == {("email", TaskStatus.FAILED): 1, ("email", TaskStatus.IN_PROGRESS): 1}
+    assert recent != old
+    week = {(c.task_type, c.status): c.count for c in repo.recent_status_counts(timedelta(days=7))}
+    assert week[("email", TaskStatus.FAILED)] == 2
+    with pytest.raises(ValueError, match="window"):
+        repo.recent_status_counts(timedelta(0))
