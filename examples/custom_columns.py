@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relationship
 
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository, TaskStatus, merge_table_args
-from sqlalchemy_taskqueue.migrations import create_task_table_v4
+from sqlalchemy_taskqueue.migrations import create_task_table_v5
 
 from .sandbox import run, sandbox
 from .shop import Base, Project, create_sample_project, migrate
@@ -53,7 +53,7 @@ def upgrade(engine: Engine) -> None:
             return
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            create_task_table_v4(
+            create_task_table_v5(
                 "project_tasks",
                 sa.Column("project_id", sa.BigInteger, ForeignKey("projects.id"), nullable=False),
                 sa.Column("requested_by", sa.Text, nullable=False),

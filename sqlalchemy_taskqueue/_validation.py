@@ -493,6 +493,7 @@ MANAGED_COLUMNS = frozenset(
         "lease_expires_at",
         "concurrency_key",
         "concurrency_limit",
+        "headers",
     }
 )
 

@@ -8,23 +8,24 @@ never an edit to an old one.  Nothing here imports the live model.
 A revision for the default queue, plus an app column::
 
     import sqlalchemy as sa
-    from sqlalchemy_taskqueue.migrations import create_task_table_v4, drop_task_table_v4
+    from sqlalchemy_taskqueue.migrations import create_task_table_v5, drop_task_table_v5
 
     def upgrade() -> None:
-        create_task_table_v4(
+        create_task_table_v5(
             "tasks",
             sa.Column("project_id", sa.BigInteger, sa.ForeignKey("projects.id"), nullable=True),
         )
 
     def downgrade() -> None:
-        drop_task_table_v4("tasks")
+        drop_task_table_v5("tasks")
 
-Version 4 (the current one) is the task table with its concurrency columns, its
-schedules table, its controls table, its key slots table and its worker registry; the tables match
-:class:`~sqlalchemy_taskqueue.TaskMixin` exactly, so ``alembic revision --autogenerate``
-finds nothing to change afterwards.  A database made at an earlier version moves up
-with :func:`upgrade_task_table_v1_to_v2`, then :func:`upgrade_task_table_v2_to_v3`, then
-:func:`upgrade_task_table_v3_to_v4`.
+Version 5 (the current one) is the task table with its concurrency columns and its
+``headers`` column, its schedules table, its controls table, its key slots table and its
+worker registry; the tables match :class:`~sqlalchemy_taskqueue.TaskMixin` exactly, so
+``alembic revision --autogenerate`` finds nothing to change afterwards.  A database made
+at an earlier version moves up with :func:`upgrade_task_table_v1_to_v2`, then
+:func:`upgrade_task_table_v2_to_v3`, :func:`upgrade_task_table_v3_to_v4` and
+:func:`upgrade_task_table_v4_to_v5`.
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ __all__ = [
     "create_task_table_v2",
     "create_task_table_v3",
     "create_task_table_v4",
+    "create_task_table_v5",
     "create_workers_table_v1",
     "downgrade_task_table_v2_to_v1",
     "downgrade_task_table_v3_to_v2",
     "downgrade_task_table_v4_to_v3",
+    "downgrade_task_table_v5_to_v4",
     "drop_controls_table_v1",
     "drop_key_slots_table_v1",
     "drop_schedules_table_v1",
@@ -56,12 +59,14 @@ __all__ = [
     "drop_task_table_v2",
     "drop_task_table_v3",
     "drop_task_table_v4",
+    "drop_task_table_v5",
     "drop_workers_table_v1",
     "tune_task_table_v1",
     "untune_task_table_v1",
     "upgrade_task_table_v1_to_v2",
     "upgrade_task_table_v2_to_v3",
     "upgrade_task_table_v3_to_v4",
+    "upgrade_task_table_v4_to_v5",
 ]
 
 _STATUSES_V1 = "'pending', 'in_progress', 'completed', 'failed', 'cancelled'"
@@ -552,6 +557,60 @@ def downgrade_task_table_v4_to_v3(table_name: str, *, schema: str | None = None)
     op.drop_constraint(f"ck_{table_name}_concurrency", table_name, type_="check", schema=schema)
     op.drop_column(table_name, "concurrency_limit", schema=schema)
     op.drop_column(table_name, "concurrency_key", schema=schema)
+
+
+def create_task_table_v5(table_name: str, *extra_columns: sa.Column[Any], **table_kw: Any) -> None:
+    """Create a version-5 queue: the version-4 queue upgraded as
+    :func:`upgrade_task_table_v4_to_v5` does (the ``headers`` column).
+
+    Takes what :func:`create_task_table_v1` takes.
+
+    Example::
+
+        create_task_table_v5("tasks", sa.Column("project_id", sa.BigInteger))
+    """
+    create_task_table_v4(table_name, *extra_columns, **table_kw)
+    upgrade_task_table_v4_to_v5(table_name, schema=table_kw.get("schema"))
+
+
+def drop_task_table_v5(table_name: str, **table_kw: Any) -> None:
+    """Drop a version-5 queue (its auxiliary tables, then its task table).
+
+    Example::
+
+        drop_task_table_v5("tasks")
+    """
+    drop_task_table_v4(table_name, **table_kw)
+
+
+def upgrade_task_table_v4_to_v5(table_name: str, *, schema: str | None = None) -> None:
+    """Upgrade a version-4 queue to version 5: the nullable JSON column ``headers``, which
+    carries the trace context of a task's enqueue to the worker that runs it.
+
+    Adding a nullable column without a default changes no row: it takes a moment
+    whatever the table holds.  Workers of the previous release keep working meanwhile
+    (they neither read nor write the column).
+
+    Example::
+
+        def upgrade() -> None:
+            upgrade_task_table_v4_to_v5("tasks")
+    """
+    _require_table_name(table_name)
+    _op().add_column(table_name, sa.Column("headers", _json_v1(), nullable=True), schema=schema)
+
+
+def downgrade_task_table_v5_to_v4(table_name: str, *, schema: str | None = None) -> None:
+    """Undo :func:`upgrade_task_table_v4_to_v5`: the tasks' headers (their trace
+    contexts) are lost.
+
+    Example::
+
+        def downgrade() -> None:
+            downgrade_task_table_v5_to_v4("tasks")
+    """
+    _require_table_name(table_name)
+    _op().drop_column(table_name, "headers", schema=schema)
 
 
 def tune_task_table_v1(table_name: str, *, schema: str | None = None) -> None:

@@ -255,7 +255,7 @@ def require_database_schema(connection: Connection, table: Table) -> None:
     if missing == []:
         return
     schema = f", schema={table.schema!r}" if table.schema else ""
-    create = f"sqlalchemy_taskqueue.migrations.create_task_table_v4({table.name!r}{schema})"
+    create = f"sqlalchemy_taskqueue.migrations.create_task_table_v5({table.name!r}{schema})"
     if missing is None:
         message = (
             f"The queue table {table.fullname!r} does not exist in the database. Create it: "
@@ -435,6 +435,9 @@ class _ColumnFactory:
     def lease_token(self) -> MappedColumn[Any]:
         return self._column(Uuid(as_uuid=True), nullable=True, sort_order=-82)
 
+    def headers(self) -> MappedColumn[Any]:
+        return self._column(JSONDocument, nullable=True, sort_order=-78)
+
 
 _PLAIN = _ColumnFactory(dataclass=False)
 _DATACLASS = _ColumnFactory(dataclass=True)
@@ -493,6 +496,9 @@ class TaskMixin:
     """Tasks sharing this key run at most ``concurrency_limit`` at a time, fleet-wide."""
     concurrency_limit: Mapped[int | None] = _PLAIN.nullable_int(-79)
     """How many tasks of ``concurrency_key`` may be in progress at once."""
+    headers: Mapped[Any] = _PLAIN.headers()
+    """What travels with the task besides its payload: the trace context of its enqueue
+    (W3C ``traceparent``/``tracestate``) when OpenTelemetry is in use; NULL otherwise."""
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
@@ -546,6 +552,7 @@ class TaskDataclassMixin(MappedAsDataclass):
     lease_expires_at: Mapped[datetime | None] = _DATACLASS.timestamp(-81)
     concurrency_key: Mapped[str | None] = _DATACLASS.nullable_text(-80)
     concurrency_limit: Mapped[int | None] = _DATACLASS.nullable_int(-79)
+    headers: Mapped[Any] = _DATACLASS.headers()
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:

@@ -49,6 +49,7 @@ from ._controls import (
 from ._loading import detached_loader
 from ._registry import LiveWorker
 from ._schema import CLAIM_ORDER, notify_channel
+from ._tracing import enqueue_headers
 from ._validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_MAX_RESULT_BYTES,
@@ -1292,6 +1293,9 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         require_app_columns(self._model.__name__, self._table, columns)
         values.update(concurrency)
         values.update(columns)
+        headers = enqueue_headers()
+        if headers is not None:  # the enqueue's trace context, while tracing
+            values["headers"] = headers
         return values
 
     def _add_key_slots(self, values: Mapping[str, Any]) -> None:

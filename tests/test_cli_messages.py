@@ -68,7 +68,7 @@ COMMANDS = [
 MISSING = (
     "Error: The queue table 'tasks' does not exist in the database. Create it: "
     "`alembic upgrade head` with a revision that calls "
-    "sqlalchemy_taskqueue.migrations.create_task_table_v4('tasks')"
+    "sqlalchemy_taskqueue.migrations.create_task_table_v5('tasks')"
 )
 UNMIGRATED = (
     "Error: The queue table 'tasks' in the database lacks what the queue needs: column 'type'"
@@ -104,7 +104,7 @@ def test_the_worker_exits_at_once_naming_a_missing_table(
     assert errors == [
         "Error: The queue table 'proc_tasks' does not exist in the database. Create it: "
         "`alembic upgrade head` with a revision that calls "
-        "sqlalchemy_taskqueue.migrations.create_task_table_v4('proc_tasks') "
+        "sqlalchemy_taskqueue.migrations.create_task_table_v5('proc_tasks') "
         "(or Base.metadata.create_all(engine) without Alembic)."
     ]
     assert "Traceback" not in result.stderr
@@ -204,8 +204,8 @@ def test_a_worker_option_without_its_extra_names_it(module: str, option: str, ex
     [
         (
             "alembic",
-            "from sqlalchemy_taskqueue.migrations import create_task_table_v4\n"
-            "create_task_table_v4('tasks')",
+            "from sqlalchemy_taskqueue.migrations import create_task_table_v5\n"
+            "create_task_table_v5('tasks')",
             "sqlalchemy_taskqueue.migrations needs the 'migrations' extra (alembic is not installed): "
             "pip install 'sqlalchemy-taskqueue[migrations]'",
         ),

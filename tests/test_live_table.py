@@ -72,7 +72,7 @@ def test_a_worker_on_a_missing_table_stops_at_once_naming_it(
     message = str(raised)
     assert "'live_never_created' does not exist" in message
     assert "alembic upgrade head" in message
-    assert "create_task_table_v4('live_never_created')" in message
+    assert "create_task_table_v5('live_never_created')" in message
 
 
 def test_a_worker_on_an_unmigrated_table_names_what_is_missing(

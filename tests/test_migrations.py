@@ -37,10 +37,12 @@ from sqlalchemy_taskqueue.migrations import (
     create_task_table_v2,
     create_task_table_v3,
     create_task_table_v4,
+    create_task_table_v5,
     create_workers_table_v1,
     downgrade_task_table_v2_to_v1,
     downgrade_task_table_v3_to_v2,
     downgrade_task_table_v4_to_v3,
+    downgrade_task_table_v5_to_v4,
     drop_controls_table_v1,
     drop_key_slots_table_v1,
     drop_schedules_table_v1,
@@ -48,11 +50,13 @@ from sqlalchemy_taskqueue.migrations import (
     drop_task_table_v2,
     drop_task_table_v3,
     drop_task_table_v4,
+    drop_task_table_v5,
     drop_workers_table_v1,
     tune_task_table_v1,
     upgrade_task_table_v1_to_v2,
     upgrade_task_table_v2_to_v3,
     upgrade_task_table_v3_to_v4,
+    upgrade_task_table_v4_to_v5,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +201,7 @@ def test_helper_with_extra_columns_matches_an_app_subclass(empty_engine: sa.Engi
                 sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
                 sa.Column("name", sa.Text, nullable=False),
             )
-            create_task_table_v4(
+            create_task_table_v5(
                 "app_tasks",
                 sa.Column("project_id", sa.BigInteger, sa.ForeignKey("projects.id"), nullable=True),
                 sa.Column("requested_by", sa.Text, nullable=True),
@@ -208,7 +212,7 @@ def test_helper_with_extra_columns_matches_an_app_subclass(empty_engine: sa.Engi
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            drop_task_table_v4("app_tasks")
+            drop_task_table_v5("app_tasks")
     assert not {
         "app_tasks",
         "app_tasks_schedules",
@@ -231,7 +235,7 @@ def test_helper_matches_the_dataclass_flavour(empty_engine: sa.Engine) -> None:
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            create_task_table_v4("dc_tasks", sa.Column("tenant", sa.Text, nullable=False))
+            create_task_table_v5("dc_tasks", sa.Column("tenant", sa.Text, nullable=False))
     assert schema_diff(empty_engine, DataclassBase.metadata) == []
 
 
@@ -240,7 +244,7 @@ def test_a_drifted_table_is_reported(empty_engine: sa.Engine) -> None:
     with empty_engine.begin() as connection:
         operations = Operations(MigrationContext.configure(connection))
         with Operations.context(operations.migration_context):
-            create_task_table_v4("tasks")
+            create_task_table_v5("tasks")
             operations.drop_index("ix_tasks_claimable", table_name="tasks")
     diff = schema_diff(empty_engine, DefaultBase.metadata)
     assert [entry[0] for entry in diff] == ["add_index"]
@@ -274,6 +278,10 @@ def test_helpers_reject_bad_table_names() -> None:
         drop_workers_table_v1,
         upgrade_task_table_v3_to_v4,
         downgrade_task_table_v4_to_v3,
+        create_task_table_v5,
+        drop_task_table_v5,
+        upgrade_task_table_v4_to_v5,
+        downgrade_task_table_v5_to_v4,
     ):
         with pytest.raises(ValueError, match="table_name"):
             helper("")
@@ -322,7 +330,8 @@ def test_a_populated_version_1_queue_upgrades_to_the_current_version_and_keeps_w
 ) -> None:
     """An app that migrated with ``create_task_table_v1`` adds the schedules table with
     ``upgrade_task_table_v1_to_v2``, the controls table with ``upgrade_task_table_v2_to_v3``
-    and concurrency keys with ``upgrade_task_table_v3_to_v4``: its tasks stay as they
+    concurrency keys with ``upgrade_task_table_v3_to_v4`` and task headers with
+    ``upgrade_task_table_v4_to_v5``: its tasks stay as they
     were, the queue works, and the tables match the model (autogenerate finds nothing);
     each downgrade removes what its upgrade added."""
     migrate(empty_engine, lambda: create_task_table_v1("tasks"))
@@ -331,6 +340,7 @@ def test_a_populated_version_1_queue_upgrades_to_the_current_version_and_keeps_w
     migrate(empty_engine, lambda: upgrade_task_table_v1_to_v2("tasks"))
     migrate(empty_engine, lambda: upgrade_task_table_v2_to_v3("tasks"))
     migrate(empty_engine, lambda: upgrade_task_table_v3_to_v4("tasks"))
+    migrate(empty_engine, lambda: upgrade_task_table_v4_to_v5("tasks"))
     assert schema_diff(empty_engine, DefaultBase.metadata) == []
     with sa.orm.Session(empty_engine) as session, session.begin():
         repo = TaskRepository(session, DefaultTask)
@@ -344,6 +354,8 @@ def test_a_populated_version_1_queue_upgrades_to_the_current_version_and_keeps_w
         assert repo.get_task(first).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
         assert repo.get_task(second).status is TaskStatus.PENDING  # type: ignore[union-attr]
 
+    migrate(empty_engine, lambda: downgrade_task_table_v5_to_v4("tasks"))
+    assert "headers" not in {c["name"] for c in sa.inspect(empty_engine).get_columns("tasks")}
     migrate(empty_engine, lambda: downgrade_task_table_v4_to_v3("tasks"))
     assert set(sa.inspect(empty_engine).get_table_names()) == {
         "tasks",
@@ -365,6 +377,7 @@ def test_a_populated_version_3_queue_upgrades_to_version_4_with_its_keys_working
     migrate(empty_engine, lambda: create_task_table_v3("tasks"))
     old = insert_pending(empty_engine, 1, 2)
     migrate(empty_engine, lambda: upgrade_task_table_v3_to_v4("tasks"))
+    migrate(empty_engine, lambda: upgrade_task_table_v4_to_v5("tasks"))
     assert schema_diff(empty_engine, DefaultBase.metadata) == []
     with sa.orm.Session(empty_engine) as session, session.begin():
         repo = TaskRepository(session, DefaultTask)
@@ -377,6 +390,7 @@ def test_a_populated_version_3_queue_upgrades_to_version_4_with_its_keys_working
         assert [(k.concurrency_key, k.running, k.waiting) for k in repo.keys_at_limit()] == [
             ("account:7", 1, 1)
         ]
+    migrate(empty_engine, lambda: downgrade_task_table_v5_to_v4("tasks"))
     migrate(empty_engine, lambda: downgrade_task_table_v4_to_v3("tasks"))
     predicate = {
         index["name"]: str(index["dialect_options"]["postgresql_where"])
@@ -392,6 +406,7 @@ def test_a_populated_version_2_queue_upgrades_to_version_3_with_its_pauses_worki
     insert_pending(empty_engine, 1, 2)
     migrate(empty_engine, lambda: upgrade_task_table_v2_to_v3("tasks"))
     migrate(empty_engine, lambda: upgrade_task_table_v3_to_v4("tasks"))
+    migrate(empty_engine, lambda: upgrade_task_table_v4_to_v5("tasks"))
     assert schema_diff(empty_engine, DefaultBase.metadata) == []
     with sa.orm.Session(empty_engine) as session, session.begin():
         repo = TaskRepository(session, DefaultTask)

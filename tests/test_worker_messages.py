@@ -152,7 +152,7 @@ def test_a_missing_table_ends_the_run_at_once_with_the_fix(
     assert str(raised.value).startswith(
         "The queue table 'message_tasks' does not exist in the database. Create it: "
         "`alembic upgrade head` with a revision that calls "
-        "sqlalchemy_taskqueue.migrations.create_task_table_v4('message_tasks')"
+        "sqlalchemy_taskqueue.migrations.create_task_table_v5('message_tasks')"
     )
     assert raised.value.table == "message_tasks"
     # said once, by the error; nothing logged it with a traceback on the way

@@ -15,6 +15,7 @@ A test written in plain synchronous code runs unchanged against the async twins:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import threading
@@ -153,7 +154,9 @@ def as_coroutines(handlers: Any) -> Any:
         @functools.wraps(function)
         async def coroutine(task: Any, ctx: Any) -> Any:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(_WRAPPER_THREADS, function, task, ctx)
+            # in the coroutine's context, as asyncio.to_thread would (its current span)
+            in_context = functools.partial(contextvars.copy_context().run, function, task, ctx)
+            return await loop.run_in_executor(_WRAPPER_THREADS, in_context)
 
         return coroutine
 

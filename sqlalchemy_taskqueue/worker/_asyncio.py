@@ -66,6 +66,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from sqlalchemy_taskqueue._schema import notify_channel
+from sqlalchemy_taskqueue._tracing import await_in_span, call_in_span
 from sqlalchemy_taskqueue.backends.base import AsyncListener
 from sqlalchemy_taskqueue.exceptions import LeaseLostError
 from sqlalchemy_taskqueue.repository import TaskT
@@ -480,13 +481,17 @@ class AsyncWorker(WorkerCore[TaskT, AsyncSession]):
         task, context, task_id = attempt.task, attempt.context, attempt.task_id
         call: asyncio.Future[Any]
         try:
+            span = attempt.span
             if is_coroutine_handler(start.function):
-                call = asyncio.ensure_future(_contained(start.function(task, context)))
+                running = await_in_span(span, start.function(task, context))
+                call = asyncio.ensure_future(_contained(running))
             else:
                 loop = asyncio.get_running_loop()
                 if self._pool is None:  # pragma: no cover - slots run only after it started
                     raise RuntimeError("the worker's thread pool is not running")
-                call = loop.run_in_executor(self._pool, start.function, task, context)
+                call = loop.run_in_executor(
+                    self._pool, call_in_span, span, start.function, task, context
+                )
             self._handler_calls[task_id] = call
             result = await call
             if isinstance(result, _Escaped):

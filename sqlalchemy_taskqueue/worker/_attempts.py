@@ -82,6 +82,9 @@ class Attempt:
     charge (``statements.UNSTARTED_RESCUE``), perhaps because it kills its worker."""
     task_id: int = field(init=False)
     """The task's id (read once, by the context, rather than from the mapped row)."""
+    span: Any = None
+    """Its OpenTelemetry span while the handler runs and until the outcome is written
+    (``None`` without tracing)."""
 
     @property
     def lease(self) -> tuple[int, uuid.UUID]:

@@ -37,6 +37,7 @@ from sqlalchemy_taskqueue._loading import detached_loader
 from sqlalchemy_taskqueue._messages import error_line
 from sqlalchemy_taskqueue._registry import package_version, require_workers_table
 from sqlalchemy_taskqueue._schema import UNSTARTED_RESCUE
+from sqlalchemy_taskqueue._tracing import finish_span, start_attempt_span
 from sqlalchemy_taskqueue._urls import mask_password
 from sqlalchemy_taskqueue._validation import (
     DEFAULT_MAX_RESULT_BYTES,
@@ -559,6 +560,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
             "task.outcome_write_failed id=%d (its lease will expire and it is rescued)",
             outcome.attempt.task.id,
         )
+        self._end_span(outcome.attempt, "write_failed")
         with self._lock:
             self._forget(outcome.attempt)
 
@@ -764,6 +766,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
         if spec is None:
             message = f"no handler is registered for task type {task.type!r}"
             return self._outcome(attempt, "fail", message=message, retry=False)
+        attempt.span = start_attempt_span(task, attempt.context.attempt)
         return spec
 
     def _raised(self, attempt: Attempt, exc: BaseException) -> Outcome:
@@ -806,6 +809,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
             elif not attempt.outcome_queued:
                 self._forget(attempt)
         if outcome is not None and attempt.finished:
+            self._end_span(attempt, "discarded")
             logger.warning(
                 "task.outcome_discarded id=%d outcome=%s reason=%s",
                 attempt.task.id,
@@ -894,6 +898,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
 
     def _report_event(self, outcome: Outcome, event: str) -> None:
         attempt, task = outcome.attempt, outcome.attempt.task
+        self._end_span(attempt, event, outcome.message)
         if event == "completed":
             if logger.isEnabledFor(logging.INFO):
                 logger.info(
@@ -923,7 +928,14 @@ class WorkerBase(Generic[TaskT, SessionT]):
         except Exception:
             logger.exception("worker.on_event_failed event=%s", event)
 
+    @staticmethod
+    def _end_span(attempt: Attempt, outcome: str, message: str = "") -> None:
+        """End the attempt's span, once, with how it ended."""
+        span, attempt.span = attempt.span, None
+        finish_span(span, outcome, message)
+
     def _lease_lost(self, attempt: Attempt) -> None:
+        self._end_span(attempt, "lease_lost")
         with self._lock:
             attempt.lost = True
         attempt.context.interrupt("the lease on this task was lost")

@@ -64,6 +64,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, scoped_session
 
 from sqlalchemy_taskqueue._schema import notify_channel
+from sqlalchemy_taskqueue._tracing import call_in_span
 from sqlalchemy_taskqueue.backends.base import Listener
 from sqlalchemy_taskqueue.exceptions import LeaseLostError
 from sqlalchemy_taskqueue.repository import TaskT
@@ -400,7 +401,7 @@ class Worker(WorkerCore[TaskT, Session]):
         if not isinstance(start, HandlerSpec):
             return start
         try:
-            result = start.function(attempt.task, attempt.context)
+            result = call_in_span(attempt.span, start.function, attempt.task, attempt.context)
         except BaseException as exc:  # SystemExit from a handler fails the attempt too
             return self._raised(attempt, exc)
         return self._returned(attempt, result)

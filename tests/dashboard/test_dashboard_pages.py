@@ -7,6 +7,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue.dashboard import create_app
@@ -183,3 +184,14 @@ def test_mounted_in_fastapi_behind_the_apps_own_guard(
     status, _, html = asgi_get(app, "/jobs/tasks", headers={"x-admin": "yes"})
     assert status == 200
     assert 'href="/jobs/workers"' in html
+
+
+def test_a_traced_task_shows_its_trace_id(browser: Browser, queue: Any) -> None:
+    trace = pytest.importorskip("opentelemetry.trace")
+    sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
+    tracer = sdk_trace.TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("request") as span:
+        task_id = queue.enqueue("email", {})
+    queue.session.commit()
+    trace_id = trace.format_trace_id(span.get_span_context().trace_id)
+    assert f"<dt>trace id</dt><dd>{trace_id}</dd>" in text_of(browser.get(f"/tasks/{task_id}"))
