@@ -190,41 +190,26 @@ class Dashboard:
             }
             return self._act(request, form, actions[verb], f"schedule {name}: {verb} done")
         task_type = form.get("task_type", "").strip() or None
-        if path == "/failed/retry":
-            return self._act(
-                request,
-                form,
+        scope = task_type or "the whole queue"
+        by_type: dict[str, tuple[Callable[[TaskRepository[Any]], Any], str]] = {
+            "/failed/retry": (
                 lambda repo: repo.retry_failed_tasks(task_type),
                 "{} failed task(s) pending again",
-            )
-        if path == "/controls/pause":
-            return self._act(
-                request,
-                form,
-                lambda repo: repo.pause(task_type),
-                f"paused {task_type or 'the whole queue'}",
-            )
-        if path == "/controls/resume":
-            return self._act(
-                request,
-                form,
-                lambda repo: repo.resume(task_type),
-                f"resumed {task_type or 'the whole queue'}",
-            )
-        if path == "/controls/rate-limit":
-            return self._act(
-                request,
-                form,
+            ),
+            "/controls/pause": (lambda repo: repo.pause(task_type), f"paused {scope}"),
+            "/controls/resume": (lambda repo: repo.resume(task_type), f"resumed {scope}"),
+            "/controls/rate-limit": (
                 lambda repo: self._set_limit(repo, form),
                 f"rate limit of {task_type} set",
-            )
-        if path == "/controls/rate-limit/clear":
-            return self._act(
-                request,
-                form,
+            ),
+            "/controls/rate-limit/clear": (
                 lambda repo: repo.clear_rate_limit(task_type or ""),
                 f"rate limit of {task_type} cleared",
-            )
+            ),
+        }
+        if path in by_type:
+            action, done = by_type[path]
+            return self._act(request, form, action, done)
         raise _Refused(404, f"no action at {path}")
 
     # ------------------------------------------------------------------ actions
