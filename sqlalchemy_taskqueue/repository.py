@@ -92,7 +92,7 @@ from .exceptions import (
     wrap_database_errors,
 )
 from .models import TaskDataclassMixin, TaskMixin, require_database_schema, task_table
-from .monitoring import TaskMonitoring
+from .monitoring import TaskMonitoring, task_query
 from .scheduling._state import ScheduleState
 from .scheduling._table import schedules_table
 from .status import ACTIVE_STATUSES, TaskStatus
@@ -818,20 +818,43 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         self._explain_miss(task_id, "retry", (TaskStatus.FAILED,), None)
 
     @wrap_database_errors
-    def retry_failed_tasks(self, task_type: str | None = None) -> int:
-        """Put every failed task (of ``task_type``) back in the queue; returns how many.
+    def retry_failed_tasks(
+        self,
+        task_type: str | None = None,
+        *,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        columns: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Put every failed task (of ``task_type``; created from ``created_after``, before
+        ``created_before``; whose ``columns`` have these values) back in the queue;
+        returns how many.  The filters are those of :meth:`browse_tasks`.
 
         Failed tasks whose dedupe key is held by an active task are left failed.
 
         Example::
 
             repo.retry_failed_tasks("webhook")  # 3
+            repo.retry_failed_tasks(columns={"project_id": 7})  # one project's failures
         """
         if task_type is not None:
             require_task_type(task_type)
             task_type = task_type_name(task_type)
+        matching = None
+        if created_after is not None or created_before is not None or columns:
+            matching = task_query(
+                self._table,
+                created_after=created_after,
+                created_before=created_before,
+                columns=columns,
+            )
         retried = self._backend.retry(
-            self._session, self._table, task_id=None, task_type=task_type, channel=self._channel
+            self._session,
+            self._table,
+            task_id=None,
+            task_type=task_type,
+            channel=self._channel,
+            matching=matching,
         )
         return len(retried)
 

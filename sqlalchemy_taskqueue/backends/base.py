@@ -469,9 +469,11 @@ class Backend(Protocol):
         task_id: int | None,
         task_type: str | None,
         channel: str | None,
+        matching: TaskQuery | None = None,
     ) -> list[int]:
-        """Put failed tasks (one, those of a type, or all) back in the queue, except
-        those whose dedupe key an active task holds; the ids retried.
+        """Put failed tasks (one, those of a type, or all; with ``matching``, only those
+        its filters select) back in the queue, except those whose dedupe key an active
+        task holds; the ids retried.
 
         Example::
 

@@ -192,10 +192,6 @@ class Dashboard:
         task_type = form.get("task_type", "").strip() or None
         scope = task_type or "the whole queue"
         by_type: dict[str, tuple[Callable[[TaskRepository[Any]], Any], str]] = {
-            "/failed/retry": (
-                lambda repo: repo.retry_failed_tasks(task_type),
-                "{} failed task(s) pending again",
-            ),
             "/controls/pause": (lambda repo: repo.pause(task_type), f"paused {scope}"),
             "/controls/resume": (lambda repo: repo.resume(task_type), f"resumed {scope}"),
             "/controls/rate-limit": (
@@ -210,6 +206,10 @@ class Dashboard:
         if path in by_type:
             action, done = by_type[path]
             return self._act(request, form, action, done)
+        if path == "/failed/retry":  # the filters of the page it was sent from
+            return self._act(
+                request, form, self._retry_matching(request), "{} failed task(s) pending again"
+            )
         raise _Refused(404, f"no action at {path}")
 
     # ------------------------------------------------------------------ actions
@@ -218,6 +218,19 @@ class Dashboard:
     def _cancel(repo: TaskRepository[Any], task_id: int) -> None:
         if not repo.cancel_task(task_id):
             raise _Refused(409, f"task {task_id} has already finished")
+
+    def _retry_matching(self, request: Request) -> Callable[[TaskRepository[Any]], int]:
+        filters = self._filters(request)
+
+        def retry(repo: TaskRepository[Any]) -> int:
+            return repo.retry_failed_tasks(
+                filters["task_type"],
+                created_after=filters["created_after"],
+                created_before=filters["created_before"],
+                columns=filters["columns"],
+            )
+
+        return retry
 
     @staticmethod
     def _set_limit(repo: TaskRepository[Any], form: dict[str, str]) -> None:
@@ -353,11 +366,18 @@ class Dashboard:
         next_page = (
             urlencode({**kept, "before_id": tasks[-1]["id"]}) if len(tasks) == PAGE_SIZE else None
         )
+        matching = {
+            name: value
+            for name, value in kept.items()
+            if name in ("type", "from", "to") or name.startswith("col.")
+        }
         return self._page(
             request,
             template,
             200,
             tasks=tasks,
+            retry_url="/failed/retry" + (f"?{urlencode(matching)}" if matching else ""),
+            filtered=bool(matching),
             filters=kept,
             next_page=next_page,
             statuses=[status.value for status in TaskStatus],

@@ -55,12 +55,28 @@ def test_retry_all_failed_of_one_type(
 ) -> None:
     emails = [failed_task(queue, "email") for _ in range(2)]
     report = failed_task(queue, "report")
-    browser.get("/failed?type=email")
-    response = browser.post("/failed/retry", {"task_type": "email", "next": "/failed"})
+    html = text_of(browser.get("/failed?type=email"))
+    assert 'action="/failed/retry?type=email"' in html
+    response = browser.post("/failed/retry?type=email", {"next": "/failed"})
     assert response.status_code == 303
     assert "2+failed+task" in response.headers["location"]
     assert [status_of(session_factory, model, t) for t in emails] == [TaskStatus.PENDING] * 2
     assert status_of(session_factory, model, report) is TaskStatus.FAILED
+
+
+def test_retry_all_failed_matching_an_application_column(
+    browser: Browser, queue: Any, session_factory: sessionmaker[Session], model: Any
+) -> None:
+    ours, theirs = (queue.enqueue("report", {}, project_id=p) for p in (7, 8))
+    for task_id in (ours, theirs):
+        claimed = queue.dequeue("report")
+        assert claimed.id == task_id
+        queue.fail_task(task_id, "boom", lease_token=claimed.lease_token, retry=False)
+    queue.session.commit()
+    browser.get("/failed?col.project_id=7")
+    assert browser.post("/failed/retry?col.project_id=7").status_code == 303
+    assert status_of(session_factory, model, ours) is TaskStatus.PENDING
+    assert status_of(session_factory, model, theirs) is TaskStatus.FAILED
 
 
 def test_cancelling_a_running_task_revokes_it(

@@ -422,6 +422,7 @@ class PostgreSQLBackend:
         task_id: int | None,
         task_type: str | None,
         channel: str | None,
+        matching: TaskQuery | None = None,
     ) -> list[int]:
         """Put failed tasks back in the queue.
 
@@ -438,7 +439,7 @@ class PostgreSQLBackend:
             backend.retry(session, table, task_id=None, task_type="webhook", channel=None)
         """
         stmt = _statements.retry_statement(
-            table, task_id=task_id, task_type=task_type, channel=channel
+            table, task_id=task_id, task_type=task_type, channel=channel, matching=matching
         )
         collisions = 0
         while True:

@@ -17,6 +17,7 @@ from sqlalchemy_taskqueue.status import FINISHED_STATUSES, TaskStatus
 __all__ = [
     "browse_tasks_statement",
     "outcome_timeline_statement",
+    "query_conditions",
     "recent_status_counts_statement",
 ]
 
@@ -29,14 +30,12 @@ def _search(table: Table, text: str) -> ColumnElement[bool]:
     return table.c.dedupe_key == text
 
 
-def browse_tasks_statement(table: Table, query: TaskQuery) -> Select[Any]:
-    """Every column of the tasks ``query`` selects, newest first (by id: the primary key
-    read backwards, so a page costs its own rows whatever the table holds below the
-    cursor).
+def query_conditions(table: Table, query: TaskQuery) -> list[ColumnElement[bool]]:
+    """The conditions of ``query``'s filters (not its cursor or limit), as SQL.
 
     Example::
 
-        stmt = browse_tasks_statement(Task.__table__, TaskQuery(statuses=("failed",)))
+        conditions = query_conditions(Task.__table__, TaskQuery(task_type="email"))
     """
     c = table.c
     conditions: list[ColumnElement[bool]] = []
@@ -52,6 +51,20 @@ def browse_tasks_statement(table: Table, query: TaskQuery) -> Select[Any]:
         conditions.append(c[name] == value)
     if query.search is not None:
         conditions.append(_search(table, query.search))
+    return conditions
+
+
+def browse_tasks_statement(table: Table, query: TaskQuery) -> Select[Any]:
+    """Every column of the tasks ``query`` selects, newest first (by id: the primary key
+    read backwards, so a page costs its own rows whatever the table holds below the
+    cursor).
+
+    Example::
+
+        stmt = browse_tasks_statement(Task.__table__, TaskQuery(statuses=("failed",)))
+    """
+    c = table.c
+    conditions = query_conditions(table, query)
     if query.before_id is not None:
         conditions.append(c.id < query.before_id)
     return select(table).where(*conditions).order_by(c.id.desc()).limit(query.limit)

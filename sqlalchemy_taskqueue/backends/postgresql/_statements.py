@@ -73,6 +73,8 @@ from sqlalchemy_taskqueue._schema import (
     CLAIM_ORDER,
     UNSTARTED_RESCUE,
 )
+from sqlalchemy_taskqueue.backends.base import TaskQuery
+from sqlalchemy_taskqueue.backends.postgresql._browsing import query_conditions
 from sqlalchemy_taskqueue.backends.postgresql._key_slots import freeing_slots, keyed_claim_ids
 from sqlalchemy_taskqueue.backends.postgresql._workers import record_worker_statement
 from sqlalchemy_taskqueue.backoff import MAX_EXPONENT, BackoffPolicy
@@ -829,11 +831,17 @@ def cancel_statement(table: Table, task_id: int) -> Select[Any]:
 
 
 def retry_statement(
-    table: Table, *, task_id: int | None, task_type: str | None, channel: str | None = None
+    table: Table,
+    *,
+    task_id: int | None,
+    task_type: str | None,
+    channel: str | None = None,
+    matching: TaskQuery | None = None,
 ) -> Update:
     """Put failed tasks back in the queue, due now, with a fresh retry budget.
 
-    With ``task_id`` only that task; otherwise every failed task (of ``task_type``).  A
+    With ``task_id`` only that task; otherwise every failed task (of ``task_type``, and
+    matching the filters of ``matching`` when given).  A
     failed task whose dedupe key an active task holds stays failed, and of several failed
     tasks sharing a dedupe key only the newest is retried: the unique index allows one
     active task per key.  With ``channel``, idle workers listening there are woken.
@@ -859,6 +867,8 @@ def retry_statement(
         condition = and_(condition, c.id == task_id)
     if task_type is not None:
         condition = and_(condition, c.type == task_type)
+    if matching is not None:
+        condition = and_(condition, *query_conditions(table, matching))
     alone = case((c.dedupe_key.is_(None), c.id))  # tasks without a key stand alone
     ranked = (
         select(

@@ -165,3 +165,29 @@ def test_recent_counts_cover_running_tasks_and_recent_outcomes(repo: Repo) -> No
     assert week[("email", TaskStatus.FAILED)] == 2
     with pytest.raises(ValueError, match="window"):
         repo.recent_status_counts(timedelta(0))
+
+
+def test_retry_failed_tasks_takes_the_browse_filters(repo: Repo) -> None:
+    old = failed(repo, "report")
+    recent = failed(repo, "report")
+    other_type = failed(repo, "email")
+    table = repo.model.__table__
+    repo.session.execute(
+        update(table)
+        .where(table.c.id == old)
+        .values(created_at=func.now() - text("interval '2 days'"))
+    )
+    repo.session.commit()
+    since = datetime.now(timezone.utc) - timedelta(days=1)
+    assert repo.retry_failed_tasks("report", created_after=since) == 1
+    repo.session.commit()
+    statuses = {row["id"]: row["status"] for row in repo.browse_tasks()}
+    assert statuses == {
+        old: TaskStatus.FAILED,
+        recent: TaskStatus.PENDING,
+        other_type: TaskStatus.FAILED,
+    }
+    assert repo.retry_failed_tasks(created_before=since) == 1  # the old one
+    assert repo.retry_failed_tasks(columns={"type": "email"}) == 1
+    with pytest.raises(ValueError, match="has no column"):
+        repo.retry_failed_tasks(columns={"nope": 1})
