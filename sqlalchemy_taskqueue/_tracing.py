@@ -15,6 +15,7 @@ check: nothing is stored and no span is started.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -58,15 +59,25 @@ def enqueue_headers() -> dict[str, str] | None:
     return carrier or None
 
 
+@functools.lru_cache(maxsize=8)
+def _tracer(provider: Any) -> Any:
+    return provider.get_tracer(TRACER_NAME)
+
+
 def start_attempt_span(task: Any, attempt: int) -> Any:
-    """Start the span of one attempt of ``task`` (``None`` without OpenTelemetry): a new
-    trace, linked to the span that enqueued the task when its headers carry one.
+    """Start the span of one attempt of ``task``: a new trace, linked to the span that
+    enqueued the task when its headers carry one.  ``None`` without OpenTelemetry or
+    while the application has set no tracer provider (then there is nothing to record,
+    and nothing is spent).
 
     Example::
 
         span = start_attempt_span(task, 1)
     """
     if trace is None:
+        return None
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
         return None
     links = []
     headers = getattr(task, "headers", None)
@@ -75,8 +86,7 @@ def start_attempt_span(task: Any, attempt: int) -> Any:
         enqueued = trace.get_current_span(propagate.extract(carrier)).get_span_context()
         if enqueued.is_valid:
             links.append(Link(enqueued, {"taskqueue.link": "enqueue"}))
-    tracer = trace.get_tracer(TRACER_NAME)
-    return tracer.start_span(
+    return _tracer(provider).start_span(
         f"taskqueue.run {task.type}",
         context=otel_context.Context(),  # a root: the worker's own context is not its parent
         kind=SpanKind.CONSUMER,
@@ -115,17 +125,25 @@ def call_in_span(span: Any, function: Callable[..., _R], *args: Any) -> _R:
 
         result = call_in_span(span, handler, task, ctx)
     """
+    if span is None:  # the common case, spared the context manager
+        return function(*args)
     with in_span(span):
         return function(*args)
 
 
-async def await_in_span(span: Any, awaitable: Awaitable[_R]) -> _R:
-    """Await ``awaitable`` with ``span`` current.
+def await_in_span(span: Any, awaitable: Awaitable[_R]) -> Awaitable[_R]:
+    """``awaitable``, to be awaited with ``span`` current (as it is, without a span).
 
     Example::
 
         result = await await_in_span(span, handler(task, ctx))
     """
+    if span is None:
+        return awaitable
+    return _awaited_in_span(span, awaitable)
+
+
+async def _awaited_in_span(span: Any, awaitable: Awaitable[_R]) -> _R:
     with in_span(span):
         return await awaitable
 
