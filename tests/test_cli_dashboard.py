@@ -77,8 +77,9 @@ def served(
         assert "http://127.0.0.1:" in line, line
         yield line.split("http://", 1)[1].split("/", 1)[0], process
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=10)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
 
@@ -98,5 +99,5 @@ def test_it_serves_the_dashboard_until_interrupted(
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
         assert "Overview" in response.read().decode()
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)  # as a service manager stops it
     assert process.wait(timeout=10) == 0

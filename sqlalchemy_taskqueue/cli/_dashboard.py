@@ -10,6 +10,7 @@ token (``--token`` or ``TASKQUEUE_DASHBOARD_TOKEN``) or a user and password
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socketserver
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -39,6 +40,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """Stop serving (also when the shell that started it ignores Ctrl-C's signal)."""
+    raise KeyboardInterrupt
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -77,7 +83,7 @@ def dashboard(
     username: str | None,
     password: str | None,
 ) -> None:
-    """Serve the web dashboard of a queue until interrupted (Ctrl-C).
+    """Serve the web dashboard of a queue until interrupted (Ctrl-C or SIGTERM).
 
     Example: taskqueue dashboard --port 8787 --read-only
     """
@@ -121,6 +127,8 @@ def dashboard(
             f"dashboard of {model.__tablename__} at {mask_password(url)}: "
             f"http://{shown}:{server.server_port}/ (Ctrl-C to stop)",
         )
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a service manager
+            signal.signal(stop_signal, _stop)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
