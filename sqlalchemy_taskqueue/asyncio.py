@@ -180,6 +180,7 @@ class AsyncTaskRepository(Generic[TaskT]):
     complete_tasks = _awaitable(TaskRepository.complete_tasks)
     fail_task = _awaitable(TaskRepository.fail_task)
     cancel_task = _awaitable(TaskRepository.cancel_task)
+    discard_task = _awaitable(TaskRepository.discard_task)
     retry_task = _awaitable(TaskRepository.retry_task)
     retry_failed_tasks = _awaitable(TaskRepository.retry_failed_tasks)
     renew_leases = _awaitable(TaskRepository.renew_leases)

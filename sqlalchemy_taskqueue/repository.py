@@ -793,6 +793,23 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         return False
 
     @wrap_database_errors
+    def discard_task(self, task_id: int) -> bool:
+        """Delete a finished task (completed, failed or cancelled) for good; ``False``
+        when it is pending or running (cancel it first).
+
+        :raises TaskNotFoundError: no such task.
+
+        Example::
+
+            repo.discard_task(task_id)  # True: a failed task nobody will retry is gone
+        """
+        require_task_id(task_id)
+        if self._backend.discard(self._session, self._table, task_id):
+            return True
+        self._require_exists(task_id)
+        return False
+
+    @wrap_database_errors
     def retry_task(self, task_id: int) -> None:
         """Put a failed task back in the queue: due now, ``retry_count`` reset to 0.
 

@@ -461,6 +461,15 @@ class Backend(Protocol):
             backend.cancel(session, table, 42)  # True
         """
 
+    def discard(self, session: Session, table: Table, task_id: int) -> bool:
+        """Delete a finished task (completed, failed or cancelled); ``False`` if the task
+        is pending or running, or absent.
+
+        Example::
+
+            backend.discard(session, table, 42)  # True
+        """
+
     def retry(
         self,
         session: Session,

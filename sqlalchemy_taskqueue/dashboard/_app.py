@@ -50,7 +50,7 @@ REFRESH_MS = 2000
 #: The columns of every task model; the others are the application's own.
 _QUEUE_COLUMNS = MANAGED_COLUMNS | {"timeout_seconds"}
 _STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
-_TASK_PATH = re.compile(r"^/tasks/(\d{1,18})(/retry|/cancel)?$")
+_TASK_PATH = re.compile(r"^/tasks/(\d{1,18})(/retry|/cancel|/discard)?$")
 _SCHEDULE_PATH = re.compile(r"^/schedules/([^/]+)/(pause|resume|run)$")
 
 
@@ -170,16 +170,19 @@ class Dashboard:
         match = _TASK_PATH.match(path)
         if match and match.group(2):
             task_id = int(match.group(1))
-            if match.group(2) == "/retry":
-                return self._act(
-                    request,
-                    form,
+            task_actions: dict[str, tuple[Callable[[TaskRepository[Any]], Any], str]] = {
+                "/retry": (
                     lambda repo: repo.retry_task(task_id),
                     f"task {task_id} is pending again",
-                )
-            return self._act(
-                request, form, lambda repo: self._cancel(repo, task_id), f"task {task_id} cancelled"
-            )
+                ),
+                "/cancel": (lambda repo: self._cancel(repo, task_id), f"task {task_id} cancelled"),
+                "/discard": (
+                    lambda repo: self._discard(repo, task_id),
+                    f"task {task_id} discarded",
+                ),
+            }
+            action, done = task_actions[match.group(2)]
+            return self._act(request, form, action, done)
         match = _SCHEDULE_PATH.match(path)
         if match:
             name, verb = match.group(1), match.group(2)
@@ -218,6 +221,11 @@ class Dashboard:
     def _cancel(repo: TaskRepository[Any], task_id: int) -> None:
         if not repo.cancel_task(task_id):
             raise _Refused(409, f"task {task_id} has already finished")
+
+    @staticmethod
+    def _discard(repo: TaskRepository[Any], task_id: int) -> None:
+        if not repo.discard_task(task_id):
+            raise _Refused(409, f"task {task_id} has not finished: cancel it first")
 
     def _retry_matching(self, request: Request) -> Callable[[TaskRepository[Any]], int]:
         filters = self._filters(request)

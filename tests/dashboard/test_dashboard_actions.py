@@ -142,3 +142,20 @@ def test_an_action_never_redirects_to_another_site(browser: Browser, queue: Any)
     for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
         response = browser.post("/controls/pause", {"task_type": "email", "next": target})
         assert response.headers["location"].startswith("/?notice="), target
+
+
+def test_discarding_a_failed_task_deletes_it(
+    browser: Browser, queue: Any, session_factory: sessionmaker[Session], model: Any
+) -> None:
+    task_id = failed_task(queue)
+    html = text_of(browser.get(f"/tasks/{task_id}"))
+    assert f'action="/tasks/{task_id}/discard"' in html
+    response = browser.post(f"/tasks/{task_id}/discard", {"next": "/failed"})
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/failed?notice=")
+    with session_factory() as session:
+        assert TaskRepository(session, model).get_task(task_id) is None
+    running = queue.enqueue("export", {})
+    queue.session.commit()
+    assert browser.post(f"/tasks/{running}/discard").status_code == 409
+    assert status_of(session_factory, model, running) is TaskStatus.PENDING

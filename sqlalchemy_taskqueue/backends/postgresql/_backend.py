@@ -414,6 +414,16 @@ class PostgreSQLBackend:
         """
         return session.execute(_statements.cancel_statement(table, task_id)).first() is not None
 
+    def discard(self, session: Session, table: Table, task_id: int) -> bool:
+        """``DELETE`` of a finished task.
+
+        Example::
+
+            backend.discard(session, table, 42)  # True
+        """
+        stmt = _statements.discard_statement(table, task_id)
+        return session.execute(stmt).first() is not None
+
     def retry(
         self,
         session: Session,

@@ -66,6 +66,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import ColumnDefault
+from sqlalchemy.sql.dml import ReturningDelete
 
 from sqlalchemy_taskqueue._controls import QUEUE_WIDE, controls_table
 from sqlalchemy_taskqueue._schema import (
@@ -828,6 +829,17 @@ def cancel_statement(table: Table, task_id: int) -> Select[Any]:
         .values(status=TaskStatus.CANCELLED, completed_at=_now(), **_LEASE_CLEARED)
     )
     return freeing_slots(table, cancelled, c.id)
+
+
+def discard_statement(table: Table, task_id: int) -> ReturningDelete[Any]:
+    """Delete a finished task (completed, failed or cancelled), returning its id.
+
+    Example::
+
+        discarded = session.execute(discard_statement(Task.__table__, 42)).first() is not None
+    """
+    c = table.c
+    return delete(table).where(c.id == task_id, c.status.in_(FINISHED_STATUSES)).returning(c.id)
 
 
 def retry_statement(

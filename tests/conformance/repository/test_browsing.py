@@ -12,7 +12,7 @@ from repository_harness import Repo, claim
 from sqlalchemy import func, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from sqlalchemy_taskqueue import TaskRepository, TaskStatus
+from sqlalchemy_taskqueue import TaskNotFoundError, TaskRepository, TaskStatus
 
 
 def failed(repo: Repo, task_type: str = "email") -> int:
@@ -191,3 +191,17 @@ def test_retry_failed_tasks_takes_the_browse_filters(repo: Repo) -> None:
     assert repo.retry_failed_tasks(columns={"type": "email"}) == 1
     with pytest.raises(ValueError, match="has no column"):
         repo.retry_failed_tasks(columns={"nope": 1})
+
+
+def test_discard_deletes_finished_tasks_only(repo: Repo) -> None:
+    done = failed(repo)
+    waiting = repo.enqueue("email", {})
+    repo.session.commit()
+    assert repo.discard_task(done) is True
+    assert repo.get_task(done) is None
+    assert repo.discard_task(waiting) is False  # pending: cancel it first
+    assert repo.get_task(waiting) is not None
+    with pytest.raises(TaskNotFoundError):
+        repo.discard_task(done)
+    with pytest.raises(ValueError, match="task_id"):
+        repo.discard_task(0)
