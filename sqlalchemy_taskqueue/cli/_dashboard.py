@@ -10,6 +10,7 @@ token (``--token`` or ``TASKQUEUE_DASHBOARD_TOKEN``) or a user and password
 from __future__ import annotations
 
 import ipaddress
+import re
 import signal
 import socketserver
 from typing import Any
@@ -40,6 +41,9 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s]*")
 
 
 def _stop(signum: int, frame: Any) -> None:

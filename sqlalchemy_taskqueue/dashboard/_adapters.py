@@ -62,7 +62,7 @@ class AsgiDashboard:
                 return
         root = scope.get("root_path", "")
         path = scope["path"]
-        if root and path.startswith(root):  # mounted: paths below the mount point
+        if root and (path == root or path.startswith(root + "/")):  # mounted below root
             path = path[len(root) :]
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
@@ -75,6 +75,7 @@ class AsgiDashboard:
             headers,
             body,
             base=root,
+            secure=scope.get("scheme") == "https",
         )
         response = await asyncio.to_thread(self.dashboard.handle, request)
         await self._send(send, response, head=scope["method"] == "HEAD")
@@ -149,6 +150,7 @@ class WsgiDashboard:
                 headers,
                 body,
                 base=environ.get("SCRIPT_NAME", "").rstrip("/"),
+                secure=environ.get("wsgi.url_scheme") == "https",
             )
             response = self.dashboard.handle(request)
         status = f"{response.status} {_REASONS.get(response.status, '')}".strip()

@@ -9,8 +9,12 @@ own, and answers with a redirect (POST, then GET).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import math
 import re
+import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from importlib import resources
@@ -31,6 +35,7 @@ from ._http import (
     Credentials,
     Request,
     Response,
+    cookie,
     csrf_token_of,
     has_valid_csrf,
     parse_form,
@@ -50,8 +55,11 @@ REFRESH_MS = 2000
 #: The columns of every task model; the others are the application's own.
 _QUEUE_COLUMNS = MANAGED_COLUMNS | {"timeout_seconds"}
 _STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
-_TASK_PATH = re.compile(r"^/tasks/(\d{1,18})(/retry|/cancel|/discard)?$")
-_SCHEDULE_PATH = re.compile(r"^/schedules/([^/]+)/(pause|resume|run)$")
+_TASK_PATH = re.compile(r"/tasks/([0-9]{1,18})(/retry|/cancel|/discard)?")
+#: Where an action may send the browser back to: a path of this dashboard, printable
+#: ASCII without spaces (nothing a browser would read as another site, no header break).
+_BACK = re.compile(r"/(?![/\\])[\x21-\x7e]*")
+_SCHEDULE_PATH = re.compile(r"/schedules/(pause|resume|run)")
 
 
 class _Refused(Exception):
@@ -100,6 +108,7 @@ class Dashboard:
         self.read_only = read_only
         self._title = title
         self._credentials = credentials
+        self._secret = secrets.token_bytes(32)
         table = model.__table__
         self._app_columns = [column.name for column in table.c if column.name not in _QUEUE_COLUMNS]
         self._templates = Environment(
@@ -120,8 +129,22 @@ class Dashboard:
 
             dashboard.handle(Request("GET", "/tasks", {"status": ["failed"]}, {}))
         """
-        if self._credentials is not None and not self._credentials.admits(request):
-            return self._credentials.challenge()
+        credentials = self._credentials
+        if credentials is not None:
+            if not credentials.admits(request):
+                return credentials.challenge()
+            if credentials.token is not None and request.arg("token") == credentials.token:
+                # remembered by a digest, and out of the address bar (and the history)
+                kept = _first_values(request)
+                query = f"?{urlencode(kept)}" if kept else ""
+                return Response(
+                    303,
+                    "",
+                    headers=[
+                        ("location", f"{request.base}{request.path}{query}"),
+                        cookie(AUTH_COOKIE, credentials.cookie_value, request),
+                    ],
+                )
         try:
             if request.method in ("GET", "HEAD"):
                 response = self._get(request)
@@ -131,14 +154,6 @@ class Dashboard:
                 raise _Refused(405, f"method {request.method} is not allowed")
         except _Refused as refused:
             response = self._page(request, "error.html", refused.status, message=refused.message)
-        token = self._credentials.token if self._credentials is not None else None
-        if token is not None and request.arg("token") == token:
-            response.headers.append(
-                (
-                    "set-cookie",
-                    f"{AUTH_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict",
-                )
-            )
         return response
 
     def _get(self, request: Request) -> Response:
@@ -155,7 +170,7 @@ class Dashboard:
         }
         if path in pages:
             return pages[path](request)
-        match = _TASK_PATH.match(path)
+        match = _TASK_PATH.fullmatch(path)
         if match and match.group(2) is None:
             return self._task(request, int(match.group(1)))
         raise _Refused(404, f"no page at {path}")
@@ -167,7 +182,7 @@ class Dashboard:
         if self.read_only:
             raise _Refused(403, "this dashboard is read-only")
         path = request.path.rstrip("/")
-        match = _TASK_PATH.match(path)
+        match = _TASK_PATH.fullmatch(path)
         if match and match.group(2):
             task_id = int(match.group(1))
             task_actions: dict[str, tuple[Callable[[TaskRepository[Any]], Any], str]] = {
@@ -183,9 +198,9 @@ class Dashboard:
             }
             action, done = task_actions[match.group(2)]
             return self._act(request, form, action, done)
-        match = _SCHEDULE_PATH.match(path)
+        match = _SCHEDULE_PATH.fullmatch(path)
         if match:
-            name, verb = match.group(1), match.group(2)
+            name, verb = form.get("name", ""), match.group(1)
             actions: dict[str, Callable[[TaskRepository[Any]], Any]] = {
                 "pause": lambda repo: repo.pause_schedule(name),
                 "resume": lambda repo: repo.resume_schedule(name),
@@ -211,7 +226,10 @@ class Dashboard:
             return self._act(request, form, action, done)
         if path == "/failed/retry":  # the filters of the page it was sent from
             return self._act(
-                request, form, self._retry_matching(request), "{} failed task(s) pending again"
+                request,
+                form,
+                self._retry_matching(request),
+                lambda count: f"{count} failed task(s) pending again",
             )
         raise _Refused(404, f"no action at {path}")
 
@@ -245,30 +263,44 @@ class Dashboard:
         try:
             limit = int(form.get("limit", ""))
             seconds = float(form.get("per_seconds", ""))
-        except ValueError:
-            raise _Refused(400, "the limit and its period must be numbers") from None
-        repo.set_rate_limit(form.get("task_type", ""), limit, per=timedelta(seconds=seconds))
+            per = timedelta(seconds=seconds)
+        except (ValueError, OverflowError):
+            raise _Refused(
+                400, "the limit must be a whole number and its period a number of seconds"
+            ) from None
+        repo.set_rate_limit(form.get("task_type", ""), limit, per=per)
 
     def _act(
         self,
         request: Request,
         form: dict[str, str],
         action: Callable[[TaskRepository[Any]], Any],
-        done: str,
+        done: str | Callable[[Any], str],
     ) -> Response:
         try:
             with self._session_factory() as session, session.begin():
                 outcome = action(TaskRepository(session, self._model))
-        except (TaskQueueError, ValueError, TypeError) as error:
+        except (TaskQueueError, ValueError, TypeError, OverflowError) as error:
             raise _Refused(400, str(error)) from None
         back = form.get("next", "")
-        # only a path of this dashboard: never a redirect to another site
-        if not back.startswith("/") or back.startswith("//") or "\\" in back:
+        if not _BACK.fullmatch(back):  # never a redirect to another site
             back = "/"
-        notice = done.format(outcome) if "{}" in done else done
+        notice = done(outcome) if callable(done) else done
         separator = "&" if "?" in back else "?"
-        location = f"{request.base}{back}{separator}{urlencode({'notice': notice})}"
-        return Response(303, "", headers=[("location", location)])
+        signed = urlencode({"notice": notice, "sig": self._signature(notice)})
+        return Response(303, "", headers=[("location", f"{request.base}{back}{separator}{signed}")])
+
+    def _signature(self, notice: str) -> str:
+        """Only notices this dashboard wrote are shown: a link cannot put words in it."""
+        return hmac.new(self._secret, notice.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _notice(self, request: Request) -> str | None:
+        notice, signature = request.arg("notice"), request.arg("sig") or ""
+        if notice is None or not hmac.compare_digest(
+            signature.encode(), self._signature(notice).encode()
+        ):
+            return None
+        return notice
 
     # ------------------------------------------------------------------ pages
 
@@ -327,7 +359,7 @@ class Dashboard:
             if value is not None:
                 columns[name] = self._column_value(name, value)
         before_id = request.arg("before_id")
-        if before_id is not None and not before_id.isdigit():
+        if before_id is not None and not re.fullmatch(r"[0-9]{1,18}", before_id):
             raise _Refused(400, f"before_id must be a task id, got {before_id!r}")
         return {
             "status": status,
@@ -347,18 +379,25 @@ class Dashboard:
             return text
         if python_type is bool:
             return text.lower() in ("1", "true", "yes", "on")
-        if python_type in (int, float):
+        if python_type is int:
+            if not re.fullmatch(r"-?[0-9]{1,18}", text):
+                raise _Refused(400, f"{name} must be a whole number, got {text!r}")
+            return int(text)
+        if python_type is float:
             try:
-                return python_type(text)
+                value = float(text)
             except ValueError:
-                raise _Refused(400, f"{name} must be a number, got {text!r}") from None
+                value = math.nan
+            if not math.isfinite(value):
+                raise _Refused(400, f"{name} must be a number, got {text!r}")
+            return value
         return text
 
     def _browse(self, request: Request, filters: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             with self._session_factory() as session:
                 return self._repository(session).browse_tasks(**filters, limit=PAGE_SIZE)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, TaskQueueError) as error:
             raise _Refused(400, str(error)) from None
 
     def _tasks(self, request: Request, *, template: str = "tasks.html") -> Response:
@@ -369,7 +408,7 @@ class Dashboard:
         kept = {
             name: values[0]
             for name, values in request.query.items()
-            if name not in ("before_id", "notice", "token") and values and values[0]
+            if name not in ("before_id", "notice", "sig", "token") and values and values[0]
         }
         next_page = (
             urlencode({**kept, "before_id": tasks[-1]["id"]}) if len(tasks) == PAGE_SIZE else None
@@ -449,7 +488,7 @@ class Dashboard:
             read_only=self.read_only,
             csrf_field=CSRF_FIELD,
             csrf_token=token,
-            notice=request.arg("notice"),
+            notice=self._notice(request),
             path=request.path,
             here=request.path + (f"?{urlencode(_first_values(request))}" if request.query else ""),
             refresh_ms=REFRESH_MS,
@@ -457,9 +496,7 @@ class Dashboard:
         )
         headers = []
         if new:
-            headers.append(
-                ("set-cookie", f"{CSRF_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict")
-            )
+            headers.append(cookie(CSRF_COOKIE, token, request))
         return Response(status, body, headers=headers)
 
 
@@ -467,7 +504,7 @@ def _first_values(request: Request) -> dict[str, str]:
     return {
         name: values[0]
         for name, values in request.query.items()
-        if values and name not in ("notice", "token")
+        if values and name not in ("notice", "sig", "token")
     }
 
 

@@ -10,10 +10,11 @@ state-changing request must carry (a double-submit cookie, ``SameSite=Strict``).
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
 __all__ = [
@@ -23,8 +24,10 @@ __all__ = [
     "Credentials",
     "Request",
     "Response",
+    "cookie",
     "csrf_token_of",
     "has_valid_csrf",
+    "parse_cookies",
     "parse_form",
 ]
 
@@ -34,6 +37,8 @@ CSRF_FIELD = "csrf_token"
 #: The cookie a browser keeps the dashboard's access token in, once given it.
 AUTH_COOKIE = "taskqueue_auth"
 
+#: What a CSRF token looks like (``secrets.token_urlsafe(32)``).
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 #: The most bytes a form body may have (the dashboard's forms are a few fields).
 MAX_FORM_BYTES = 64 * 1024
 
@@ -53,15 +58,22 @@ class Request:
     headers: dict[str, str]
     body: bytes = b""
     base: str = ""
+    secure: bool = False
+    """Whether the request came over HTTPS (as the server says it did)."""
     cookies: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(self.headers.get("cookie", ""))
-        except Exception:  # a malformed Cookie header: no cookies
-            jar = SimpleCookie()
-        self.cookies = {name: morsel.value for name, morsel in jar.items()}
+        self.cookies = parse_cookies(self.headers.get("cookie", ""))
+
+    @property
+    def cookie_path(self) -> str:
+        """The path the dashboard's cookies are set for: its mount point.
+
+        Example::
+
+            Request("GET", "/", {}, {}, base="/jobs").cookie_path  # "/jobs"
+        """
+        return self.base or "/"
 
     def arg(self, name: str) -> str | None:
         """The first value of query parameter ``name``, stripped; ``None`` if absent
@@ -123,6 +135,37 @@ class Response:
         ]
 
 
+def parse_cookies(header: str) -> dict[str, str]:
+    """The cookies of a ``Cookie`` header, leniently: a cookie the host application set
+    in a form the standard library's parser refuses (a space, JSON) is skipped alone,
+    never taking the others with it.
+
+    >>> parse_cookies('theme=dark mode; prefs={"a":1}; taskqueue_csrf=abc')["taskqueue_csrf"]
+    'abc'
+    """
+    cookies: dict[str, str] = {}
+    for part in header.split(";"):
+        name, separator, value = part.strip().partition("=")
+        if separator and name and name not in cookies:
+            cookies[name] = value.strip().strip('"')
+    return cookies
+
+
+def cookie(name: str, value: str, request: Request) -> tuple[str, str]:
+    """A ``Set-Cookie`` header for one of the dashboard's cookies: HTTP-only, same-site
+    only, for its mount point, and ``Secure`` over HTTPS.
+
+    Example::
+
+        response.headers.append(cookie(CSRF_COOKIE, token, request))
+    """
+    secure = "; Secure" if request.secure else ""
+    return (
+        "set-cookie",
+        f"{name}={value}; Path={request.cookie_path}; HttpOnly; SameSite=Strict{secure}",
+    )
+
+
 def parse_form(request: Request) -> dict[str, str]:
     """The url-encoded form of a POST (the first value of each field).
 
@@ -144,7 +187,7 @@ def csrf_token_of(request: Request) -> tuple[str, bool]:
         token, new = csrf_token_of(request)
     """
     token = request.cookies.get(CSRF_COOKIE, "")
-    if len(token) == 43 and token.replace("-", "").replace("_", "").isalnum():
+    if _TOKEN.fullmatch(token):
         return token, False
     return secrets.token_urlsafe(32), True
 
@@ -157,14 +200,20 @@ def has_valid_csrf(request: Request, form: dict[str, str]) -> bool:
 
         if not has_valid_csrf(request, parse_form(request)): ...  # 403
     """
-    cookie = request.cookies.get(CSRF_COOKIE, "")
+    expected = request.cookies.get(CSRF_COOKIE, "")
     given = form.get(CSRF_FIELD, "")
-    if not cookie or not given or not hmac.compare_digest(cookie, given):
+    if not _TOKEN.fullmatch(expected) or not _TOKEN.fullmatch(given):
+        return False
+    if not hmac.compare_digest(expected.encode(), given.encode()):
         return False
     origin = request.headers.get("origin")
-    host = request.headers.get("host")
-    # a browser names the page a POST comes from: it must be this dashboard's host
-    return not origin or not host or origin in (f"http://{host}", f"https://{host}")
+    if not origin:  # older browsers; SameSite=Strict keeps the cookie from other sites
+        return True
+    # a browser names the site a POST comes from: it must be this dashboard's, as the
+    # client reached it (behind a proxy, the host it asked the proxy for)
+    hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
+    allowed = {f"{scheme}://{host}" for host in hosts if host for scheme in ("http", "https")}
+    return origin in allowed
 
 
 @dataclass(frozen=True)
@@ -192,6 +241,8 @@ class Credentials:
                 raise ValueError(f"{name} must be a non-empty string")
         if self.username is not None and ":" in self.username:
             raise ValueError("username must not contain ':'")
+        if self.token is not None and not re.fullmatch(r"[\x21-\x7e]+", self.token):
+            raise ValueError("token must be printable ASCII without spaces")
 
     def admits(self, request: Request) -> bool:
         """Whether ``request`` carries these credentials.
@@ -202,10 +253,13 @@ class Credentials:
         """
         authorization = request.headers.get("authorization", "")
         if self.token is not None:
-            offered = [request.cookies.get(AUTH_COOKIE, ""), request.arg("token") or ""]
+            offered = [request.arg("token") or ""]
             if authorization.lower().startswith("bearer "):
                 offered.append(authorization[7:].strip())
             if any(hmac.compare_digest(o.encode(), self.token.encode()) for o in offered if o):
+                return True
+            remembered = request.cookies.get(AUTH_COOKIE, "")
+            if remembered and hmac.compare_digest(remembered.encode(), self.cookie_value.encode()):
                 return True
         if self.username is None or not authorization.lower().startswith("basic "):
             return False
@@ -215,6 +269,18 @@ class Credentials:
             return False
         expected = f"{self.username}:{self.password}"
         return hmac.compare_digest(decoded.encode(), expected.encode())
+
+    @property
+    def cookie_value(self) -> str:
+        """What the browser keeps once it has given the token: a digest of it (the token
+        itself never sits in a cookie).
+
+        Example::
+
+            Credentials(token="t").cookie_value  # 64 hex digits
+        """
+        token = self.token or ""
+        return hashlib.sha256(b"sqlalchemy-taskqueue dashboard " + token.encode()).hexdigest()
 
     def challenge(self) -> Response:
         """The answer to a request without them.

@@ -96,7 +96,10 @@ def test_credentials_are_asked_for(session_factory: sessionmaker[Session], model
     assert by_token.get("/").status_code == 401
     assert by_token.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert by_token.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    assert by_token.get("/?token=s3cret").status_code == 200
+    given = by_token.get("/workers?token=s3cret&type=x")
+    assert given.status_code == 303  # out of the address bar, remembered by a digest
+    assert given.headers["location"] == "/workers?type=x"
+    assert "s3cret" not in given.headers["set-cookie"]
     assert by_token.get("/workers").status_code == 200  # the cookie it was given
     basic = Browser(
         create_wsgi_app(
@@ -147,7 +150,9 @@ def test_bad_filters_are_refused_clearly(browser: Browser, model: Any) -> None:
     for query, message in [
         ("status=lost", "status must be among"),
         ("from=yesterday", "from must be a date"),
-        ("col.project_id=seven", "project_id must be a number"),
+        ("col.project_id=seven", "project_id must be a whole number"),
+        ("col.project_id=99999999999999999999999", "project_id must be a whole number"),
+        ("before_id=%C2%B2", "before_id must be a task id"),
         ("before_id=abc", "before_id must be a task id"),
         ("from=2026-02-01&to=2026-01-01", "must be before"),
     ]:
@@ -162,5 +167,65 @@ def test_the_asgi_form_answers_like_the_wsgi_form(
     app = create_app(session_factory, model, credentials=Credentials(token="t"))
     assert asgi_get(app, "/")[0] == 401
     status, headers, _ = asgi_get(app, "/?token=t")
-    assert status == 200
-    assert headers["set-cookie"].startswith("taskqueue_auth=t;")  # the last one sent
+    assert status == 303 and headers["location"] == "/"
+    remembered = headers["set-cookie"].split(";")[0]
+    assert remembered.startswith("taskqueue_auth=") and remembered != "taskqueue_auth=t"
+    assert asgi_get(app, "/", headers={"cookie": remembered})[0] == 200
+
+
+def test_the_host_apps_odd_cookies_break_nothing(browser: Browser, queue: Any) -> None:
+    task_id = failed_task(queue)
+    browser.get(f"/tasks/{task_id}")
+    token = browser.client.get_cookie("taskqueue_csrf").value  # type: ignore[union-attr]
+    response = browser.client.post(
+        f"/tasks/{task_id}/retry",
+        data=f"csrf_token={token}",
+        content_type="application/x-www-form-urlencoded",
+        headers={"Cookie": f'theme=dark mode; prefs={{"a":1}}; taskqueue_csrf={token}'},
+    )
+    assert response.status_code == 303
+
+
+def test_a_forged_notice_is_not_shown(browser: Browser, model: Any) -> None:
+    html = text_of(browser.get("/?notice=Session+expired,+log+in+at+evil.example&sig=0"))
+    assert "evil.example" not in html
+
+
+@pytest.mark.parametrize("target", ["/\t/evil.example", "/x\r\nSet-Cookie: a=b", "/é"])
+def test_an_action_never_sends_the_browser_to_a_crafted_place(
+    browser: Browser, model: Any, target: str
+) -> None:
+    browser.get("/controls")
+    response = browser.post("/controls/pause", {"task_type": "email", "next": target})
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/?notice="), response.headers["location"]
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "status"),
+    [
+        ("/tasks/5%0A/retry", {}, 404),
+        ("/controls/rate-limit", {"task_type": "r", "limit": "5", "per_seconds": "inf"}, 400),
+        ("/controls/rate-limit", {"task_type": "r", "limit": "5", "per_seconds": "1e300"}, 400),
+        ("/controls/pause", {"task_type": "a{}{"}, 303),
+        ("/schedules/run", {"name": "../tasks/7/cancel?"}, 400),
+    ],
+)
+def test_crafted_actions_get_a_clear_answer(
+    browser: Browser, model: Any, path: str, fields: dict[str, str], status: int
+) -> None:
+    browser.get("/controls")
+    assert browser.post(path, fields).status_code == status
+
+
+def test_a_non_ascii_csrf_token_is_refused(browser: Browser, queue: Any) -> None:
+    task_id = failed_task(queue)
+    browser.get(f"/tasks/{task_id}")
+    assert browser.post(f"/tasks/{task_id}/retry", {"csrf_token": "é" * 43}).status_code == 403
+
+
+def test_cookies_are_secure_over_https(session_factory: sessionmaker[Session], model: Any) -> None:
+    client = Browser(create_wsgi_app(session_factory, model)).client
+    over_https = client.get("/", base_url="https://dashboard.example")
+    assert "Secure" in over_https.headers["set-cookie"]
+    assert "Secure" not in client.get("/", base_url="http://localhost").headers["set-cookie"]
