@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
 
+from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from sqlalchemy_taskqueue._validation import MANAGED_COLUMNS
@@ -109,6 +110,7 @@ class Dashboard:
         self._title = title
         self._credentials = credentials
         self._secret = secrets.token_bytes(32)
+        self._columns = _column_keys(model)
         table = model.__table__
         self._app_columns = [column.name for column in table.c if column.name not in _QUEUE_COLUMNS]
         self._templates = Environment(
@@ -439,7 +441,7 @@ class Dashboard:
             task = self._repository(session).get_task(task_id)
             if task is None:
                 raise _Refused(404, f"no task {task_id}")
-            row = {name: getattr(task, key.key) for name, key in _column_keys(self._model)}
+            row = {name: getattr(task, attribute) for name, attribute in self._columns}
         template = "task_live.html" if request.arg("part") == "live" else "task.html"
         return self._page(
             request,
@@ -508,9 +510,6 @@ def _first_values(request: Request) -> dict[str, str]:
     }
 
 
-def _column_keys(model: type[Any]) -> list[tuple[str, Any]]:
-    """(column name, mapped attribute) of every column of ``model``."""
-    from sqlalchemy import inspect
-
-    mapper = inspect(model)
-    return [(prop.columns[0].name, prop) for prop in mapper.column_attrs]
+def _column_keys(model: type[Any]) -> list[tuple[str, str]]:
+    """(column name, attribute name) of every column of ``model``."""
+    return [(prop.columns[0].name, prop.key) for prop in inspect(model).column_attrs]
