@@ -21,14 +21,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from ._adapters import AsgiDashboard, WsgiDashboard
-from ._app import Dashboard
+from ._app import Dashboard, is_async_factory
 from ._http import Credentials
 
 __all__ = ["AsgiDashboard", "Credentials", "WsgiDashboard", "create_app", "create_wsgi_app"]
 
 
 def _dashboard(
-    session_factory: Callable[[], Session],
+    session_factory: Callable[[], Any],
     model: type[Any],
     *,
     read_only: bool,
@@ -53,7 +53,7 @@ def _dashboard(
 
 
 def create_app(
-    session_factory: Callable[[], Session],
+    session_factory: Callable[[], Any],
     model: type[Any],
     *,
     read_only: bool = False,
@@ -62,7 +62,8 @@ def create_app(
 ) -> AsgiDashboard:
     """The dashboard of ``model``'s queue as an ASGI application, to mount in Starlette or
     FastAPI (it relies on the host application's authentication) or serve with any ASGI
-    server.  ``read_only=True`` hides every action and refuses them; ``credentials``
+    server.  ``session_factory`` is a ``sessionmaker`` or the app's own
+    ``async_sessionmaker``.  ``read_only=True`` hides every action and refuses them; ``credentials``
     makes it ask for a token or a basic-auth password itself.
 
     Example::
@@ -93,6 +94,10 @@ def create_wsgi_app(
             flask_app.wsgi_app, {"/jobs": create_wsgi_app(sessionmaker(engine), Task)}
         )
     """
+    if is_async_factory(session_factory):
+        raise TypeError(
+            "create_wsgi_app needs a sessionmaker: an async_sessionmaker serves create_app"
+        )
     return WsgiDashboard(
         _dashboard(
             session_factory, model, read_only=read_only, title=title, credentials=credentials

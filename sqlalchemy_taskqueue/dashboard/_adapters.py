@@ -24,8 +24,9 @@ def _too_large() -> Response:
 
 
 class AsgiDashboard:
-    """The dashboard as an ASGI 3 application; its database work runs in a thread, so
-    the event loop never waits on it.
+    """The dashboard as an ASGI 3 application.  With a ``sessionmaker`` its database
+    work runs in a thread; with an ``async_sessionmaker`` it runs on the event loop
+    through the ``AsyncSession`` (``run_sync``): either way the loop never blocks on it.
 
     Example::
 
@@ -77,7 +78,14 @@ class AsgiDashboard:
             base=root,
             secure=scope.get("scheme") == "https",
         )
-        response = await asyncio.to_thread(self.dashboard.handle, request)
+        factory = self.dashboard.async_session_factory
+        if factory is None:
+            response = await asyncio.to_thread(self.dashboard.handle, request)
+        else:  # the app's async engine: the pages run on the loop, awaiting the database
+            async with factory() as session:
+                response = await session.run_sync(
+                    lambda lent: self.dashboard.handle(request, session=lent)
+                )
         await self._send(send, response, head=scope["method"] == "HEAD")
 
     @staticmethod

@@ -15,7 +15,9 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
@@ -45,7 +47,28 @@ from ._http import (
 with optional_dependency("dashboard", "jinja2", feature="the dashboard"):
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-__all__ = ["Dashboard"]
+__all__ = ["Dashboard", "is_async_factory"]
+
+#: The session lent to the request being handled (see :meth:`Dashboard.handle`).
+_LENT: ContextVar[Session | None] = ContextVar("taskqueue_dashboard_session", default=None)
+
+
+def is_async_factory(factory: Any) -> bool:
+    """Whether ``factory`` makes ``AsyncSession`` objects (an ``async_sessionmaker``).
+
+    Example::
+
+        is_async_factory(sessionmaker(engine))  # False
+    """
+    made = getattr(factory, "class_", None)
+    if not isinstance(made, type):
+        return False
+    try:
+        from sqlalchemy.ext.asyncio import AsyncSession
+    except ImportError:  # pragma: no cover - SQLAlchemy without its asyncio extension
+        return False
+    return issubclass(made, AsyncSession)
+
 
 #: How far back the overview counts finished tasks.
 OVERVIEW_WINDOW = timedelta(hours=24)
@@ -97,7 +120,7 @@ class Dashboard:
 
     def __init__(
         self,
-        session_factory: Callable[[], Session],
+        session_factory: Callable[[], Any],
         model: type[Any],
         *,
         read_only: bool = False,
@@ -105,6 +128,9 @@ class Dashboard:
         credentials: Credentials | None = None,
     ) -> None:
         self._session_factory = session_factory
+        #: An ``async_sessionmaker``: the ASGI form lends each request one of its
+        #: sessions (run through ``run_sync``); ``None`` for a plain ``sessionmaker``.
+        self.async_session_factory = session_factory if is_async_factory(session_factory) else None
         self._model = model
         self.read_only = read_only
         self._title = title
@@ -124,13 +150,38 @@ class Dashboard:
 
     # ------------------------------------------------------------------ dispatch
 
-    def handle(self, request: Request) -> Response:
-        """The answer to ``request``.
+    def handle(self, request: Request, *, session: Session | None = None) -> Response:
+        """The answer to ``request``; with ``session``, every read and action of the
+        request uses it (a session lent by the caller, as the ASGI form lends the sync
+        face of an ``AsyncSession``) instead of one from the session factory.
 
         Example::
 
             dashboard.handle(Request("GET", "/tasks", {"status": ["failed"]}, {}))
         """
+        token = _LENT.set(session)
+        try:
+            return self._handle(request)
+        finally:
+            _LENT.reset(token)
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A session for one read or one action: the lent one, or a new one."""
+        lent = _LENT.get()
+        if lent is None:
+            if self.async_session_factory is not None:
+                raise TypeError("an async_sessionmaker serves the ASGI form of the dashboard only")
+            with self._session_factory() as session:
+                yield session
+            return
+        try:
+            yield lent
+        finally:
+            if lent.in_transaction():  # a read ends its transaction, as closing would
+                lent.rollback()
+
+    def _handle(self, request: Request) -> Response:
         credentials = self._credentials
         if credentials is not None:
             if not credentials.admits(request):
@@ -280,7 +331,7 @@ class Dashboard:
         done: str | Callable[[Any], str],
     ) -> Response:
         try:
-            with self._session_factory() as session, session.begin():
+            with self._session() as session, session.begin():
                 outcome = action(TaskRepository(session, self._model))
         except (TaskQueueError, ValueError, TypeError, OverflowError) as error:
             raise _Refused(400, str(error)) from None
@@ -310,7 +361,7 @@ class Dashboard:
         return TaskRepository(session, self._model)
 
     def _overview(self, request: Request) -> Response:
-        with self._session_factory() as session:
+        with self._session() as session:
             repo = self._repository(session)
             # the pending tasks from the queue's depth, the others through their partial
             # indexes: no count reads the whole table
@@ -397,7 +448,7 @@ class Dashboard:
 
     def _browse(self, request: Request, filters: dict[str, Any]) -> list[dict[str, Any]]:
         try:
-            with self._session_factory() as session:
+            with self._session() as session:
                 return self._repository(session).browse_tasks(**filters, limit=PAGE_SIZE)
         except (ValueError, TypeError, TaskQueueError) as error:
             raise _Refused(400, str(error)) from None
@@ -437,7 +488,7 @@ class Dashboard:
         return self._tasks(request, template="failed.html")
 
     def _task(self, request: Request, task_id: int) -> Response:
-        with self._session_factory() as session:
+        with self._session() as session:
             task = self._repository(session).get_task(task_id)
             if task is None:
                 raise _Refused(404, f"no task {task_id}")
@@ -453,17 +504,17 @@ class Dashboard:
         )
 
     def _workers(self, request: Request) -> Response:
-        with self._session_factory() as session:
+        with self._session() as session:
             workers = self._repository(session).workers()
         return self._page(request, "workers.html", 200, workers=workers)
 
     def _schedules(self, request: Request) -> Response:
-        with self._session_factory() as session:
+        with self._session() as session:
             schedules = self._repository(session).schedules()
         return self._page(request, "schedules.html", 200, schedules=schedules)
 
     def _controls(self, request: Request) -> Response:
-        with self._session_factory() as session:
+        with self._session() as session:
             repo = self._repository(session)
             paused, limits, keys = repo.paused(), repo.rate_limits(), repo.keys_at_limit()
         return self._page(request, "controls.html", 200, paused=paused, limits=limits, keys=keys)

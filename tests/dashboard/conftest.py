@@ -86,10 +86,24 @@ def asgi_get(
     app: Any, path: str, *, root_path: str = "", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], str]:
     """One GET through the ASGI interface, as a server mounting it at ``root_path``."""
+    return asgi_request(app, "GET", path, root_path=root_path, headers=headers)
+
+
+def asgi_request(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    body: bytes = b"",
+    root_path: str = "",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], str]:
+    """One request through the ASGI interface; its status, headers (the last of each
+    name) and body."""
     parts = urlsplit(path)
     scope = {
         "type": "http",
-        "method": "GET",
+        "method": method,
         "path": root_path + parts.path,
         "root_path": root_path,
         "query_string": parts.query.encode(),
@@ -99,15 +113,15 @@ def asgi_get(
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
     asyncio.run(app(scope, receive, send))
-    start, body = sent
-    headers = {k.decode(): v.decode() for k, v in start["headers"]}
-    return start["status"], headers, body["body"].decode()
+    start, answer = sent
+    answer_headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], answer_headers, answer["body"].decode()
 
 
 def cookie_value(set_cookie: str, name: str) -> str:

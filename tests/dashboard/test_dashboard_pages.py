@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from sqlalchemy_taskqueue.dashboard import create_app
+from sqlalchemy_taskqueue.dashboard import create_app, create_wsgi_app
 
-from .conftest import Browser, asgi_get, text_of
+from .conftest import Browser, asgi_get, asgi_request, text_of
 
 
 def ids_listed(html: str) -> list[int]:
@@ -195,3 +195,41 @@ def test_a_traced_task_shows_its_trace_id(browser: Browser, queue: Any) -> None:
     queue.session.commit()
     trace_id = trace.format_trace_id(span.get_span_context().trace_id)
     assert f"<dt>trace id</dt><dd>{trace_id}</dd>" in text_of(browser.get(f"/tasks/{task_id}"))
+
+
+def test_an_async_app_mounts_it_with_its_async_sessionmaker(
+    database_url: str, model: Any, queue: Any, session_factory: sessionmaker[Session]
+) -> None:
+    from sqlalchemy import make_url
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from sqlalchemy_taskqueue import TaskRepository, TaskStatus
+
+    task_id = queue.enqueue("email", {})
+    claimed = queue.dequeue("email")
+    queue.fail_task(task_id, "boom", lease_token=claimed.lease_token, retry=False)
+    queue.session.commit()
+    url = make_url(database_url).set(drivername="postgresql+asyncpg")
+    engine = create_async_engine(url, poolclass=NullPool)  # one event loop per request here
+    app = create_app(async_sessionmaker(engine), model)
+    status, _, html = asgi_request(app, "GET", f"/tasks/{task_id}")
+    assert status == 200 and "boom" in html
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert token is not None
+    status, answered, _ = asgi_request(
+        app,
+        "POST",
+        f"/tasks/{task_id}/retry",
+        body=f"csrf_token={token.group(1)}".encode(),
+        headers={
+            "cookie": f"taskqueue_csrf={token.group(1)}",
+            "content-type": "application/x-www-form-urlencoded",
+        },
+    )
+    assert status == 303 and answered["location"].startswith("/?notice=task+")
+    with session_factory() as session:
+        task = TaskRepository(session, model).get_task(task_id)
+        assert task is not None and task.status is TaskStatus.PENDING
+    with pytest.raises(TypeError, match="async_sessionmaker serves create_app"):
+        create_wsgi_app(async_sessionmaker(engine), model)
