@@ -497,7 +497,7 @@ class AsyncWorker(WorkerCore[TaskT, AsyncSession]):
             if isinstance(result, _Escaped):
                 raise result.error
             if inspect.isawaitable(result):  # a plain function that returned a coroutine
-                result = await result
+                result = await await_in_span(attempt.span, result)
         except asyncio.CancelledError as exc:
             if task_id in self._cancelled_calls:
                 return None  # the worker cancelled it (timeout, shutdown): already settled

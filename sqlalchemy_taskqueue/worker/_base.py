@@ -759,6 +759,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
                 task.type,
                 attempt.context.attempt,
             )
+        attempt.span = start_attempt_span(task, attempt.context.attempt)
         if isinstance(task.payload, UndecodableJSON):  # stored by SQL around the repository
             message = f"ValueError: the task's payload cannot be read: {task.payload.error}"
             return self._outcome(attempt, "fail", message=message, retry=False)
@@ -766,7 +767,6 @@ class WorkerBase(Generic[TaskT, SessionT]):
         if spec is None:
             message = f"no handler is registered for task type {task.type!r}"
             return self._outcome(attempt, "fail", message=message, retry=False)
-        attempt.span = start_attempt_span(task, attempt.context.attempt)
         return spec
 
     def _raised(self, attempt: Attempt, exc: BaseException) -> Outcome:
@@ -808,8 +808,7 @@ class WorkerBase(Generic[TaskT, SessionT]):
                 self._outcomes.append(outcome)
             elif not attempt.outcome_queued:
                 self._forget(attempt)
-        if outcome is not None and attempt.finished:
-            self._end_span(attempt, "discarded")
+        if outcome is not None and attempt.finished:  # its span ends with what settled it
             logger.warning(
                 "task.outcome_discarded id=%d outcome=%s reason=%s",
                 attempt.task.id,
@@ -928,10 +927,11 @@ class WorkerBase(Generic[TaskT, SessionT]):
         except Exception:
             logger.exception("worker.on_event_failed event=%s", event)
 
-    @staticmethod
-    def _end_span(attempt: Attempt, outcome: str, message: str = "") -> None:
-        """End the attempt's span, once, with how it ended."""
-        span, attempt.span = attempt.span, None
+    def _end_span(self, attempt: Attempt, outcome: str, message: str = "") -> None:
+        """End the attempt's span, once, with how it ended (any thread may call it; never
+        with the lock held)."""
+        with self._lock:
+            span, attempt.span = attempt.span, None
         finish_span(span, outcome, message)
 
     def _lease_lost(self, attempt: Attempt) -> None:
@@ -1055,6 +1055,8 @@ class WorkerBase(Generic[TaskT, SessionT]):
     def _unwritten(self) -> None:
         with self._lock:
             unwritten, self._outcomes = self._outcomes, []
+        for outcome in unwritten:
+            self._end_span(outcome.attempt, "write_failed")
         logger.error(
             "worker.unwritten_outcomes count=%d (their leases expire and the tasks are rescued)",
             len(unwritten),

@@ -349,6 +349,7 @@ class WorkerCore(WorkerBase[TaskT, SessionT]):
             written = yield from Locked(self._write(self._outcomes_body([outcome])))
         except DATABASE_ERRORS:
             logger.exception("task.timeout_write_failed id=%d", attempt.task.id)
+            self._end_span(attempt, "write_failed")
             return
         self._report(written)
 

@@ -162,3 +162,46 @@ def test_a_lost_lease_is_recorded(
     assert run.attributes["taskqueue.outcome"] == "lease_lost"
     assert [e.name for e in run.events] == ["taskqueue.lease_lost"]
     assert fetch(session_factory, clean_table, task_id).status is TaskStatus.CANCELLED
+
+
+def test_a_timed_out_attempt_is_recorded_as_failed(
+    spans: InMemorySpanExporter,
+    make_worker: MakeWorker,
+    session_factory: Factory,
+    clean_table: type[Any],
+) -> None:
+    def slow(task: Any, ctx: TaskContext) -> None:
+        while not ctx.should_stop():
+            time.sleep(0.01)  # the handler's own work loop, stopping when asked
+
+    task_id = enqueue(session_factory, clean_table, "slow", max_retries=0, timeout_seconds=1)
+    make_worker(session_factory, clean_table, {"slow": slow}).run(until_empty=True)
+    [run] = runs(spans)
+    assert run.attributes["taskqueue.outcome"] == "failed"
+    assert run.status.status_code is trace.StatusCode.ERROR
+    assert "timeout" in (run.status.description or "")
+    assert fetch(session_factory, clean_table, task_id).status is TaskStatus.FAILED
+
+
+def test_a_coroutine_returned_by_a_plain_handler_runs_in_the_span(
+    spans: InMemorySpanExporter,
+    make_worker: MakeWorker,
+    session_factory: Factory,
+    clean_table: type[Any],
+) -> None:
+    if make_worker.twin == "sync":  # type: ignore[attr-defined]
+        pytest.skip("the threaded worker does not await what a handler returns")
+    tracer = trace.get_tracer("app")
+
+    async def work() -> str:
+        with tracer.start_as_current_span("awaited work"):
+            return "done"
+
+    def deferring(task: Any, ctx: TaskContext) -> Any:
+        return work()  # a plain function handing back a coroutine
+
+    enqueue(session_factory, clean_table, "deferring")
+    make_worker(session_factory, clean_table, {"deferring": deferring}).run(until_empty=True)
+    [run] = runs(spans)
+    [child] = [s for s in spans.get_finished_spans() if s.name == "awaited work"]
+    assert child.parent is not None and child.parent.span_id == run.context.span_id
