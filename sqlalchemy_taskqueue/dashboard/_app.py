@@ -332,7 +332,7 @@ class Dashboard:
     ) -> Response:
         try:
             with self._session() as session, session.begin():
-                outcome = action(TaskRepository(session, self._model))
+                outcome = action(self._repository(session))
         except (TaskQueueError, ValueError, TypeError, OverflowError) as error:
             raise _Refused(400, str(error)) from None
         back = form.get("next", "")

@@ -930,6 +930,8 @@ class WorkerBase(Generic[TaskT, SessionT]):
     def _end_span(self, attempt: Attempt, outcome: str, message: str = "") -> None:
         """End the attempt's span, once, with how it ended (any thread may call it; never
         with the lock held)."""
+        if attempt.span is None:  # no tracing: no lock taken on the outcome's path
+            return
         with self._lock:
             span, attempt.span = attempt.span, None
         finish_span(span, outcome, message)
