@@ -20,9 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, DateTime, Integer, Table, Text
+from sqlalchemy import BigInteger, Column, Connection, Integer, Table, Text
 
 from sqlalchemy_taskqueue._schema import auxiliary_table, require_auxiliary_table
+from sqlalchemy_taskqueue._timestamps import Timestamp
 from sqlalchemy_taskqueue._validation import require_key
 
 __all__ = [
@@ -54,7 +55,7 @@ def key_slots_table(task_table: Table) -> Table:
             Column("concurrency_key", Text, primary_key=True),
             Column("slot", Integer, primary_key=True, autoincrement=False),
             Column("task_id", BigInteger, nullable=True, comment="the task holding the slot"),
-            Column("claimed_at", DateTime(timezone=True), nullable=True),
+            Column("claimed_at", Timestamp, nullable=True),
         ],
     )
 

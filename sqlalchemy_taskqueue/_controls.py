@@ -21,17 +21,16 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Connection,
-    DateTime,
     Float,
     Integer,
     Table,
     Text,
     false,
-    text,
 )
 
 from sqlalchemy_taskqueue._json import JSONDocument
 from sqlalchemy_taskqueue._schema import auxiliary_table, require_auxiliary_table
+from sqlalchemy_taskqueue._timestamps import DatabaseNow, Timestamp
 
 __all__ = [
     "CONTROLS_SUFFIX",
@@ -78,9 +77,7 @@ def controls_table(task_table: Table) -> Table:
             Column("rate_limit", Integer, nullable=True),
             Column("rate_period_seconds", Float, nullable=True),
             Column("rate_starts", JSONDocument, nullable=True),
-            Column(
-                "updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
-            ),
+            Column("updated_at", Timestamp, nullable=False, server_default=DatabaseNow()),
             CheckConstraint(
                 "(rate_limit IS NULL) = (rate_period_seconds IS NULL)", name=f"ck_{name}_rate"
             ),

@@ -17,10 +17,11 @@ from datetime import datetime
 from importlib import metadata
 from typing import Any
 
-from sqlalchemy import Column, Connection, DateTime, Integer, Table, Text, text
+from sqlalchemy import Column, Connection, Integer, Table, Text
 
 from sqlalchemy_taskqueue._json import JSONDocument
 from sqlalchemy_taskqueue._schema import auxiliary_table, require_auxiliary_table
+from sqlalchemy_taskqueue._timestamps import DatabaseNow, Timestamp
 
 __all__ = [
     "WORKERS_SUFFIX",
@@ -65,11 +66,9 @@ def workers_table(task_table: Table) -> Table:
             Column("task_types", JSONDocument, nullable=False),
             Column("slots", Integer, nullable=False),
             Column("version", Text, nullable=False),
-            Column(
-                "started_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
-            ),
-            Column("heartbeat_at", DateTime(timezone=True), nullable=False),
-            Column("expires_at", DateTime(timezone=True), nullable=False),
+            Column("started_at", Timestamp, nullable=False, server_default=DatabaseNow()),
+            Column("heartbeat_at", Timestamp, nullable=False),
+            Column("expires_at", Timestamp, nullable=False),
         ],
     )
 

@@ -39,7 +39,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
-    DateTime,
     Identity,
     Index,
     Integer,
@@ -70,6 +69,7 @@ from ._schema import (
     LEASED_PREDICATE,
     partial_index,
 )
+from ._timestamps import DatabaseNow, Timestamp
 from .exceptions import TaskTableError
 from .scheduling._table import schedules_table
 from .status import TaskStatus
@@ -386,7 +386,12 @@ class _ColumnFactory:
 
     def id(self) -> MappedColumn[Any]:
         return self._column(
-            BigInteger, Identity(always=False), primary_key=True, init=False, sort_order=-100
+            # SQLite numbers rows itself only in an INTEGER PRIMARY KEY (64 bits there)
+            BigInteger().with_variant(Integer(), "sqlite"),
+            Identity(always=False),
+            primary_key=True,
+            init=False,
+            sort_order=-100,
         )
 
     def type(self) -> MappedColumn[Any]:
@@ -416,12 +421,12 @@ class _ColumnFactory:
     def timestamp(self, order: int, *, server_now: bool = False) -> MappedColumn[Any]:
         if server_now:
             return self._column(
-                DateTime(timezone=True),
+                Timestamp,
                 nullable=False,
-                server_default=text("now()"),
+                server_default=DatabaseNow(),
                 sort_order=order,
             )
-        return self._column(DateTime(timezone=True), nullable=True, sort_order=order)
+        return self._column(Timestamp, nullable=True, sort_order=order)
 
     def nullable_text(self, order: int) -> MappedColumn[Any]:
         return self._column(Text, nullable=True, sort_order=order)

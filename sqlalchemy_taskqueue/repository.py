@@ -512,6 +512,7 @@ class TaskRepository(TaskMonitoring, Generic[TaskT]):
         read it).
         """
         request = self._claim_request(task_type, limit, lease_duration, relaxed_commit, starting)
+        self._backend.prepare_writes(self._session, self._table)
         if rate_limited is None:  # the caller does not know (a worker keeps its own)
             rate_limited = self._recently_rate_limited(request.task_types)
         if keyed is None:

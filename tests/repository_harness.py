@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from backends import database_now
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from twins import TWINS, async_session_for, make_repository, release
@@ -57,7 +58,10 @@ def row_count(session: Session, model: type[Any]) -> int:
 
 
 def db_now(session: Session) -> datetime:
-    return session.scalar(select(func.clock_timestamp()))  # type: ignore[return-value]
+    """The database clock now (not the transaction's start)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalar(select(func.clock_timestamp()))  # type: ignore[return-value]
+    return database_now(session)  # type: ignore[no-any-return]
 
 
 def claim(repo: Repo, task_type: str | None = None) -> Any:

@@ -26,7 +26,12 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.util import await_only, greenlet_spawn
 
@@ -42,6 +47,7 @@ from sqlalchemy_taskqueue.backends.postgresql._embedded import (
     async_driver_url,
     async_engine_arguments,
 )
+from sqlalchemy_taskqueue.backends.sqlite import configure_engine
 from sqlalchemy_taskqueue.worker._asyncio import DaemonThreadPool
 
 TWINS = ["sync", "async"]
@@ -49,15 +55,31 @@ T = TypeVar("T")
 
 
 def async_url(url: str | Any) -> Any:
-    """The async form of a PostgreSQL URL (psycopg 3 stays, anything else is asyncpg)."""
+    """The async form of a database URL: aiosqlite on SQLite; on PostgreSQL psycopg 3
+    stays, anything else is asyncpg."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
     return make_url(async_driver_url(url))
+
+
+def async_engine_for(url: str | Any, **options: Any) -> AsyncEngine:
+    """An async engine on the database at ``url`` (a SQLite one set up as
+    :func:`~sqlalchemy_taskqueue.backends.sqlite.configure_engine` does)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_async_engine(async_url(parsed), **options)
+        configure_engine(engine.sync_engine)
+        return engine
+    target, connect_args = async_engine_arguments(parsed.render_as_string(hide_password=False))
+    return create_async_engine(target, connect_args=connect_args, **options)
 
 
 @contextmanager
 def async_session_for(node: pytest.Item, url: Any) -> Iterator[AsyncSession]:
     """An ``AsyncSession`` on a loop of its own; the test ``node`` runs in the greenlet."""
     loop = asyncio.new_event_loop()
-    engine = create_async_engine(async_url(url))
+    engine = async_engine_for(url)
     session = AsyncSession(engine)
     session.info.update(async_session=session, loop=loop)
     node.async_twin_loop = loop  # type: ignore[attr-defined]
@@ -115,16 +137,11 @@ class AsyncWorkerRunner:
     ) -> None:
         self.worker = worker
         self._factory = factory  # the worker's, bound to an engine of each run's loop
-        # the sync engine's database, its URL parameters moved where the driver takes them
-        self._url, self._connect_args = async_engine_arguments(
-            like.url.render_as_string(hide_password=False)
-        )
+        self._url = like.url.render_as_string(hide_password=False)  # the sync engine's database
 
     def run(self, **options: Any) -> None:
         async def main() -> None:
-            engine = create_async_engine(
-                self._url, pool_size=20, max_overflow=20, connect_args=self._connect_args
-            )
+            engine = async_engine_for(self._url, pool_size=20, max_overflow=20)
             self._factory.configure(bind=engine)
             try:
                 await self.worker.run(**options)
@@ -220,9 +237,7 @@ def in_session(twin: str, factory: sessionmaker[Session], body: Callable[[Sessio
     engine = factory.kw["bind"]
 
     async def main() -> T:
-        async_engine = create_async_engine(
-            async_url(engine.url.render_as_string(hide_password=False))
-        )
+        async_engine = async_engine_for(engine.url.render_as_string(hide_password=False))
         try:
             async with AsyncSession(async_engine) as async_session:
                 async_session.info.update(async_session=async_session)

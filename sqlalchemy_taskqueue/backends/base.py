@@ -82,6 +82,9 @@ class Capabilities:
     partial_indexes: bool
     #: a transaction may commit without waiting for its log flush (claims, progress).
     relaxed_commit: bool
+    #: timestamps keep their time zone (otherwise they are stored as UTC without one,
+    #: and :class:`~sqlalchemy_taskqueue._timestamps.TimestampType` attaches UTC back).
+    aware_timestamps: bool = True
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,8 @@ class Backend(Protocol):
     capabilities: Capabilities
     #: URL schemes (``URL.get_backend_name()``) naming this database.
     url_schemes: tuple[str, ...]
+    #: the database clock as SQL, for server defaults (``now()``).
+    clock_sql: str
 
     # ------------------------------------------------------------------ schema
 
@@ -322,6 +327,17 @@ class Backend(Protocol):
         """
 
     # ------------------------------------------------------------------ claim
+
+    def prepare_writes(self, executor: Session | Connection, table: Table) -> None:
+        """Ready the caller's transaction for an operation that reads before it writes
+        (a claim reads the pauses, limits and key slots first): where a transaction that
+        has read may be refused the write lock later (SQLite), take it now; elsewhere
+        nothing.
+
+        Example::
+
+            backend.prepare_writes(session, Task.__table__)
+        """
 
     def claim(
         self,

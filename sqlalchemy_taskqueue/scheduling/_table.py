@@ -15,7 +15,6 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Connection,
-    DateTime,
     Float,
     Integer,
     Table,
@@ -26,6 +25,7 @@ from sqlalchemy import (
 
 from sqlalchemy_taskqueue._json import JSONDocument
 from sqlalchemy_taskqueue._schema import auxiliary_table, require_auxiliary_table
+from sqlalchemy_taskqueue._timestamps import DatabaseNow, Timestamp
 
 __all__ = [
     "SCHEDULES_SUFFIX",
@@ -71,13 +71,11 @@ def schedules_table(task_table: Table) -> Table:
             Column("max_retries", Integer, nullable=False, server_default=text("3")),
             Column("columns", JSONDocument, nullable=False),
             Column("paused", Boolean, nullable=False, server_default=false()),
-            Column("next_fire_at", DateTime(timezone=True), nullable=True),
-            Column("last_fire_at", DateTime(timezone=True), nullable=True),
+            Column("next_fire_at", Timestamp, nullable=True),
+            Column("last_fire_at", Timestamp, nullable=True),
             Column("last_task_id", BigInteger, nullable=True),
-            Column("carried_at", DateTime(timezone=True), nullable=True),
-            Column(
-                "created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
-            ),
+            Column("carried_at", Timestamp, nullable=True),
+            Column("created_at", Timestamp, nullable=False, server_default=DatabaseNow()),
             CheckConstraint(
                 "(cron IS NULL) <> (every_seconds IS NULL)", name=f"ck_{name}_cron_or_every"
             ),

@@ -87,6 +87,7 @@ class PostgreSQLBackend:
         relaxed_commit=True,
     )
     url_schemes: tuple[str, ...] = ("postgresql", "postgres")
+    clock_sql = "now()"
     claim_order: tuple[str, ...] = _statements.CLAIM_ORDER
     listen_drivers: tuple[str, ...] = _wakeup.LISTEN_DRIVERS
     async_listen_drivers: tuple[str, ...] = _wakeup.ASYNC_LISTEN_DRIVERS
@@ -243,6 +244,14 @@ class PostgreSQLBackend:
         return None
 
     # ------------------------------------------------------------------ claim
+
+    def prepare_writes(self, executor: Session | Connection, table: Table) -> None:
+        """Nothing: PostgreSQL locks rows, not the database.
+
+        Example::
+
+            backend.prepare_writes(session, Task.__table__)  # does nothing
+        """
 
     def claim(
         self,

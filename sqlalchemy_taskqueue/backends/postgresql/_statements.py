@@ -74,8 +74,8 @@ from sqlalchemy_taskqueue._schema import (
     CLAIM_ORDER,
     UNSTARTED_RESCUE,
 )
+from sqlalchemy_taskqueue.backends._filters import query_conditions
 from sqlalchemy_taskqueue.backends.base import TaskQuery
-from sqlalchemy_taskqueue.backends.postgresql._browsing import query_conditions
 from sqlalchemy_taskqueue.backends.postgresql._key_slots import freeing_slots, keyed_claim_ids
 from sqlalchemy_taskqueue.backends.postgresql._workers import record_worker_statement
 from sqlalchemy_taskqueue.backoff import MAX_EXPONENT, BackoffPolicy

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from backends import instant
 from repository_harness import Repo, claim
-from sqlalchemy import func, text, update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import TaskNotFoundError, TaskRepository, TaskStatus
@@ -155,7 +156,7 @@ def test_recent_counts_cover_running_tasks_and_recent_outcomes(repo: Repo) -> No
     repo.session.execute(
         update(table)
         .where(table.c.id == old)
-        .values(completed_at=func.now() - text("interval '2 days'"))
+        .values(completed_at=text(instant(repo.session, -2 * 86400)))
     )
     repo.session.commit()
     counts = {(c.task_type, c.status): c.count for c in repo.recent_status_counts()}
@@ -175,7 +176,7 @@ def test_retry_failed_tasks_takes_the_browse_filters(repo: Repo) -> None:
     repo.session.execute(
         update(table)
         .where(table.c.id == old)
-        .values(created_at=func.now() - text("interval '2 days'"))
+        .values(created_at=text(instant(repo.session, -2 * 86400)))
     )
     repo.session.commit()
     since = datetime.now(timezone.utc) - timedelta(days=1)

@@ -9,6 +9,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from backends import instant
 from repository_harness import Repo, claim
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -65,9 +66,7 @@ def test_future_run_at_is_not_claimable_until_due(repo: Repo, session: Session) 
     later = repo.enqueue("a", {}, run_at=datetime.now(timezone.utc) + timedelta(hours=1))
     session.commit()
     assert repo.dequeue("a") is None
-    session.execute(
-        text(f"UPDATE {repo.model.__tablename__} SET run_at = now() - interval '1 second'")
-    )
+    session.execute(text(f"UPDATE {repo.model.__tablename__} SET run_at = {instant(session, -1)}"))
     session.commit()
     assert claim(repo, "a").id == later
 

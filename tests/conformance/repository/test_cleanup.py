@@ -6,9 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from backends import instant
 from repository_harness import Repo
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
+
+DAY = 24 * 60 * 60
 
 
 def test_cleanup_deletes_only_old_finished_tasks(repo: Repo, session: Session) -> None:
@@ -25,14 +28,14 @@ def test_cleanup_deletes_only_old_finished_tasks(repo: Repo, session: Session) -
     old = [claimed[0].id, claimed[1].id, claimed[2].id, ids[6]]
     session.execute(
         text(
-            f"UPDATE {table} SET completed_at = now() - interval '8 days', "
-            "created_at = now() - interval '9 days' "
+            f"UPDATE {table} SET completed_at = {instant(session, -8 * DAY)}, "
+            f"created_at = {instant(session, -9 * DAY)} "
             f"WHERE id IN ({', '.join(map(str, old))})"
         )
     )
     # an old task that is still active must survive
     session.execute(
-        text(f"UPDATE {table} SET created_at = now() - interval '30 days' WHERE id = {ids[5]}")
+        text(f"UPDATE {table} SET created_at = {instant(session, -30 * DAY)} WHERE id = {ids[5]}")
     )
     session.commit()
     assert repo.cleanup_old_tasks(timedelta(days=7), batch_size=3) == 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from backends import instant
 from repository_harness import Repo, claim, db_now
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -60,7 +61,7 @@ def test_fail_task_retries_with_backoff_then_fails(repo: Repo, session: Session)
         assert delay - 0.5 <= wait <= delay * 1.25 + 0.5
         assert repo.dequeue("a") is None  # backoff: not claimable yet
         session.rollback()
-        session.execute(text(f"UPDATE {repo.model.__tablename__} SET run_at = now()"))
+        session.execute(text(f"UPDATE {repo.model.__tablename__} SET run_at = {instant(session)}"))
         session.commit()
     task = claim(repo)
     assert repo.fail_task(task.id, "final", lease_token=task.lease_token) is TaskStatus.FAILED

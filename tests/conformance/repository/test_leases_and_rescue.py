@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from backends import instant
 from repository_harness import Repo, claim
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -24,9 +25,7 @@ def test_a_stale_lease_cannot_complete_fail_or_report_progress(
     stale = claim(repo)
     # the lease expires and the task is rescued, then claimed again
     session.execute(
-        text(
-            f"UPDATE {repo.model.__tablename__} SET lease_expires_at = now() - interval '1 second'"
-        )
+        text(f"UPDATE {repo.model.__tablename__} SET lease_expires_at = {instant(session, -1)}")
     )
     session.commit()
     assert repo.rescue_expired_leases() == {stale.id: TaskStatus.PENDING}
@@ -112,7 +111,7 @@ def test_rescue_consumes_a_retry_or_fails(repo: Repo, session: Session) -> None:
     session.commit()
     session.execute(
         text(
-            f"UPDATE {repo.model.__tablename__} SET lease_expires_at = now() - interval '1 s' "
+            f"UPDATE {repo.model.__tablename__} SET lease_expires_at = {instant(session, -1)} "
             f"WHERE id IN ({keep}, {last})"
         )
     )
