@@ -106,7 +106,7 @@ class DatabaseNow(FunctionElement[datetime]):
         Column("created_at", Timestamp, nullable=False, server_default=DatabaseNow())
     """
 
-    type = DateTime(timezone=True)
+    type = TimestampType()
     inherit_cache = True
 
 

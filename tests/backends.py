@@ -65,17 +65,9 @@ def instant(bind: Any, seconds: float = 0, *, base: str | None = None) -> str:
 
 
 def database_now(bind: Any) -> Any:
-    """The database clock, read now (as an aware datetime)."""
+    """The database clock (on PostgreSQL the transaction's start), as an aware datetime."""
     from sqlalchemy import select
 
-    from sqlalchemy_taskqueue._timestamps import DatabaseNow, Timestamp
+    from sqlalchemy_taskqueue._timestamps import DatabaseNow
 
-    if _dialect_name(bind) == "sqlite":
-        return bind.scalar(select(type_coerce_now(DatabaseNow(), Timestamp)))
     return bind.scalar(select(DatabaseNow()))
-
-
-def type_coerce_now(expression: Any, type_: Any) -> Any:
-    from sqlalchemy import type_coerce
-
-    return type_coerce(expression, type_)

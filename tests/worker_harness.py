@@ -86,32 +86,43 @@ def completions_refused(
     model: type[Any],
     message: str,
     *,
-    errcode: str = "raise_exception",
-    refuse: str = "TRUE",
+    for_good: bool = False,
+    refuse_key: str | None = None,
 ) -> Iterator[None]:
     """While in the block, the database refuses to mark a task of ``model`` completed
-    (when ``refuse``, an SQL condition on ``NEW``, holds) with ``message`` and the
-    SQLSTATE condition ``errcode``: a trigger, as a storage quota or a value over a limit
-    of the database would refuse it."""
+    (one whose payload has ``refuse_key``, or any) with ``message``: a trigger, as a
+    storage quota would refuse it (an error worth retrying), or ``for_good`` as a value
+    over a limit of the database would (PostgreSQL's SQLSTATE class 54; SQLite's
+    ``string or blob too big``)."""
     table = model.__tablename__
+    if engine.dialect.name == "sqlite":
+        when = "NEW.status = 'completed'"
+        if refuse_key is not None:
+            when += f" AND json_extract(NEW.payload, '$.{refuse_key}') IS NOT NULL"
+        refusal = "zeroblob(2000000000)" if for_good else f"RAISE(ABORT, '{message}')"
+        create = [
+            f"CREATE TRIGGER refuse BEFORE UPDATE ON {table} FOR EACH ROW WHEN {when} "
+            f"BEGIN SELECT {refusal}; END"
+        ]
+        drop = ["DROP TRIGGER refuse"]
+    else:
+        errcode = "program_limit_exceeded" if for_good else "raise_exception"
+        refuse = "TRUE" if refuse_key is None else f"NEW.payload ? '{refuse_key}'"
+        create = [
+            "CREATE FUNCTION refuse_completion() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            f"BEGIN IF NEW.status = 'completed' AND ({refuse}) THEN "
+            f"RAISE EXCEPTION '{message}' USING ERRCODE = '{errcode}'; "
+            "END IF; RETURN NEW; END $$",
+            f"CREATE TRIGGER refuse BEFORE UPDATE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_completion()",
+        ]
+        drop = [f"DROP TRIGGER refuse ON {table}", "DROP FUNCTION refuse_completion()"]
     with engine.begin() as connection:
-        connection.execute(
-            text(
-                "CREATE FUNCTION refuse_completion() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                f"BEGIN IF NEW.status = 'completed' AND ({refuse}) THEN "
-                f"RAISE EXCEPTION '{message}' USING ERRCODE = '{errcode}'; "
-                "END IF; RETURN NEW; END $$"
-            )
-        )
-        connection.execute(
-            text(
-                f"CREATE TRIGGER refuse BEFORE UPDATE ON {table} "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_completion()"
-            )
-        )
+        for statement in create:
+            connection.execute(text(statement))
     try:
         yield
     finally:
         with engine.begin() as connection:
-            connection.execute(text(f"DROP TRIGGER refuse ON {table}"))
-            connection.execute(text("DROP FUNCTION refuse_completion()"))
+            for statement in drop:
+                connection.execute(text(statement))

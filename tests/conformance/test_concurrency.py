@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from backends import only_on
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from twins import TWINS, in_session, make_repository
@@ -102,6 +103,10 @@ def test_sixteen_threads_racing_enqueue_if_not_exists_create_one_task(
         assert session.scalar(select(func.count()).select_from(clean_table)) == 1
 
 
+#: SQLite has no row locks: its single writer runs these transactions one after another
+ROW_LOCKS = "a transaction waiting for another's row lock"
+
+
 def wait_until_blocked_on_a_lock(session: Session, thread: threading.Thread) -> None:
     """Return once another backend of this database waits for a lock (polled, no sleep)."""
     waiting = (
@@ -154,6 +159,7 @@ def bulk_retry_counting_into(retried: list[int], model: type[Any]) -> Callable[[
     return bulk_retry
 
 
+@only_on("postgresql", reason=ROW_LOCKS)
 def test_a_bulk_retry_never_resets_a_task_claimed_while_it_waited(
     twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
 ) -> None:
@@ -207,6 +213,7 @@ def take_key(repo: TaskRepository[Any], dedupe_key: str) -> int:
     return holder_id
 
 
+@only_on("postgresql", reason=ROW_LOCKS)
 def test_a_bulk_retry_leaves_failed_a_task_whose_key_was_taken_while_it_waited(
     twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
 ) -> None:
@@ -226,6 +233,7 @@ def test_a_bulk_retry_leaves_failed_a_task_whose_key_was_taken_while_it_waited(
         assert holder is not None and holder.status is TaskStatus.PENDING
 
 
+@only_on("postgresql", reason=ROW_LOCKS)
 def test_retrying_a_task_whose_key_was_taken_while_it_waited_is_an_invalid_transition(
     twin: str, session_factory: sessionmaker[Session], clean_table: type[Any]
 ) -> None:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from backends import instant
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -42,19 +43,19 @@ def populated(repo: Repo, session: Session) -> dict[str, int]:
     repo.cancel_task(ids["cancelled"])
     session.execute(
         text(
-            f"UPDATE {table} SET retry_count = 1, started_at = completed_at - interval '4 seconds' "
+            f"UPDATE {table} SET retry_count = 1, "
+            f"started_at = {instant(session, -4, base='completed_at')} "
             f"WHERE id = {ids['done_retried']}"
         )
     )
     session.execute(
         text(
-            f"UPDATE {table} SET started_at = completed_at - interval '2 seconds' WHERE id = {ids['done']}"
+            f"UPDATE {table} SET started_at = {instant(session, -2, base='completed_at')} "
+            f"WHERE id = {ids['done']}"
         )
     )
     session.execute(
-        text(
-            f"UPDATE {table} SET run_at = now() - interval '10 minutes' WHERE id = {ids['ready_old']}"
-        )
+        text(f"UPDATE {table} SET run_at = {instant(session, -600)} WHERE id = {ids['ready_old']}")
     )
     session.commit()
     return ids
@@ -84,7 +85,8 @@ def test_stuck_tasks(repo: Repo, session: Session, populated: dict[str, int]) ->
     table = repo.model.__tablename__
     session.execute(
         text(
-            f"UPDATE {table} SET started_at = now() - interval '2 hours' WHERE id = {populated['running']}"
+            f"UPDATE {table} SET started_at = {instant(session, -7200)} "
+            f"WHERE id = {populated['running']}"
         )
     )
     session.commit()
@@ -95,7 +97,10 @@ def test_stuck_tasks(repo: Repo, session: Session, populated: dict[str, int]) ->
         False,
     )
     session.execute(
-        text(f"UPDATE {table} SET started_at = now(), lease_expires_at = now() - interval '1 s'")
+        text(
+            f"UPDATE {table} SET started_at = {instant(session)}, "
+            f"lease_expires_at = {instant(session, -1)}"
+        )
     )
     session.commit()
     [expired] = repo.stuck_tasks(timedelta(hours=1))

@@ -8,7 +8,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, func, select, update
+from backends import database_now, instant
+from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import ScheduleNotFoundError, TaskRepository, TaskStatus
@@ -46,7 +47,7 @@ def make_due(engine: Engine, model: type[Any], schedule: Schedule, fires: int = 
     database clock (so that many are due, as if no worker ran meanwhile); return it."""
     table = schedules_table(model.__table__)
     with engine.begin() as connection:
-        now = connection.scalar(select(func.now()))
+        now = database_now(connection)
         first = schedule.next_fire(now - fires * STEP)
         connection.execute(
             update(table).where(table.c.name == schedule.name).values(next_fire_at=first)
@@ -58,7 +59,7 @@ def hourly_far_from_now(engine: Engine) -> str:
     """An hourly cron expression whose fire times lie half an hour from the database
     clock (so the last fire before now is missed, not late: see ``LATE_GRACE``)."""
     with engine.connect() as connection:
-        now = connection.scalar(select(func.now()))
+        now = database_now(connection)
     return f"{(now.minute + 30) % 60} * * * *"
 
 
@@ -75,7 +76,7 @@ def test_a_worker_records_the_schedules_it_carries(
     carry(session_factory, model, report, purge)
     with session_factory() as session:
         states = TaskRepository(session, model).schedules()
-        now = session.scalar(select(func.now()))
+        now = database_now(session)
     assert [state.name for state in states] == ["purge", "report"]
     purge_state, report_state = states
     assert (purge_state.spec, report_state.spec) == ("every 600s", "0 3 * * *")
@@ -238,7 +239,7 @@ def test_a_schedule_no_worker_carries_any_more_is_orphaned(
     carry(session_factory, model, make_schedule("gone", **EVERY))
     table = schedules_table(model.__table__)
     with engine.begin() as connection:
-        connection.execute(update(table).values(carried_at=func.now() - timedelta(minutes=6)))
+        connection.execute(update(table).values(carried_at=text(instant(connection, -360))))
     with session_factory() as session:
         (state,) = TaskRepository(session, model).schedules()
     assert state.orphaned
@@ -275,7 +276,7 @@ def test_a_new_timing_never_moves_the_next_fire_back_to_a_time_fired_already(
     with engine.begin() as connection:
         before = connection.execute(select(table.c.next_fire_at)).scalar_one()
         connection.execute(  # the peer's fire, committed while the new worker waited
-            update(table).values(last_fire_at=func.now() + timedelta(days=2))
+            update(table).values(last_fire_at=text(instant(connection, 2 * 86400)))
         )
     carry(session_factory, model, make_schedule("tick", every=timedelta(minutes=7)))
     with engine.connect() as connection:

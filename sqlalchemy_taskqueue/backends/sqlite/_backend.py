@@ -1389,13 +1389,17 @@ class SQLiteBackend:
 
     def is_permanent_error(self, exc: BaseException) -> bool:
         """Whether SQLite refused a statement for good: a constraint, a value too big,
-        an SQL error; a locked or busy database, or a failed disk write, may pass.
+        an SQL error; a locked or busy database, a failed disk write or a trigger's
+        ``RAISE`` (the application's own rule, as PostgreSQL's ``RAISE EXCEPTION``) may
+        pass.
 
         Example::
 
             backend.is_permanent_error(exc)  # True for a CHECK constraint violation
         """
         orig = getattr(exc, "orig", exc)
+        if getattr(orig, "sqlite_errorname", None) == "SQLITE_CONSTRAINT_TRIGGER":
+            return False
         return isinstance(
             orig,
             sqlite3.IntegrityError

@@ -7,12 +7,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import pytest
+from backends import instant
 from repository_harness import Repo
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_taskqueue import KeyAtLimit, LeaseLostError, TaskRepository, TaskStatus
@@ -81,7 +81,7 @@ def lose(repo: Repo, session: Session, engine: Engine, task: Any) -> None:
         connection.execute(
             update(table)
             .where(table.c.id == task.id)
-            .values(lease_expires_at=func.now() - timedelta(seconds=1))
+            .values(lease_expires_at=text(instant(connection, -1)))
         )
     repo.rescue_expired_leases()
 
@@ -204,7 +204,7 @@ def test_a_slot_whose_task_was_deleted_by_hand_is_freed_by_a_rescue(
     slots = key_slots_table(table)
     with engine.begin() as connection:
         connection.execute(delete(table).where(table.c.id == task.id))
-        connection.execute(update(slots).values(claimed_at=func.now() - timedelta(minutes=2)))
+        connection.execute(update(slots).values(claimed_at=text(instant(connection, -120))))
     repo.rescue_expired_leases()
     session.commit()
     assert repo.keys_at_limit() == []

@@ -13,7 +13,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from repository_harness import Repo, claim, db_now, repository_on_own_table, row_count
+from backends import database_now
+from repository_harness import Repo, claim, repository_on_own_table, row_count
 from sqlalchemy import Engine, Integer, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from twins import make_repository
@@ -213,10 +214,10 @@ def test_a_backslash_before_u0000_is_not_a_nul(repo: Repo, session: Session) -> 
 
 
 def test_enqueue_with_a_delay_uses_the_database_clock(repo: Repo, session: Session) -> None:
-    before = db_now(session)
+    before = database_now(session)  # PostgreSQL: the transaction's time, as the insert's
     task_id = repo.enqueue("a", {}, run_at=timedelta(minutes=10))
     task = repo.get_task(task_id)
-    after = db_now(session)
+    after = database_now(session)
     assert task is not None
     assert before <= task.run_at - timedelta(minutes=10) <= after
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends import instant
 from processes import wait_for
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,7 +29,7 @@ def expire_leases(factory: Factory, model: type[Any]) -> None:
     with factory() as session:
         session.execute(
             text(
-                f"UPDATE {model.__tablename__} SET lease_expires_at = now() - interval '1s' "
+                f"UPDATE {model.__tablename__} SET lease_expires_at = {instant(session, -1)} "
                 "WHERE status = 'in_progress'"
             )
         )

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from backends import only_on
 from conftest import declare_task_model
 from sqlalchemy import select
 from sqlalchemy.exc import UnboundExecutionError
@@ -118,6 +119,10 @@ def test_handler_registry(clean_table: type[Any]) -> None:
         HandlerRegistry(object)
 
 
+@only_on(
+    "postgresql",
+    reason="a handler holding SQLite's one write lock would block its own progress write",
+)
 def test_a_scoped_session_factory_never_lends_the_worker_a_handlers_session(
     session_factory: Factory, clean_table: type[Any]
 ) -> None:

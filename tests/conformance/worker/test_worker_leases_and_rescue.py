@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends import instant
 from processes import wait_for
 from sqlalchemy import text
 from twins import running
@@ -30,7 +31,7 @@ def test_a_stale_worker_cannot_complete_a_rescued_task(
             session.execute(
                 text(
                     f"UPDATE {clean_table.__tablename__} "
-                    "SET lease_expires_at = now() - interval '1 second'"
+                    f"SET lease_expires_at = {instant(session, -1)}"
                 )
             )
             repo = TaskRepository(session, clean_table, owner="successor")
@@ -91,7 +92,7 @@ def test_until_empty_rescues_expired_leases(
         assert repo.dequeue("job") is not None
         session.execute(
             text(
-                f"UPDATE {clean_table.__tablename__} SET lease_expires_at = now() - interval '1 s'"
+                f"UPDATE {clean_table.__tablename__} SET lease_expires_at = {instant(session, -1)}"
             )
         )
         session.commit()
@@ -124,7 +125,7 @@ def test_an_idle_worker_rescues_every_rescue_interval_however_long_its_poll(
             session.execute(
                 text(
                     f"UPDATE {clean_table.__tablename__} "
-                    "SET lease_expires_at = now() - interval '1 s'"
+                    f"SET lease_expires_at = {instant(session, -1)}"
                 )
             )
             session.commit()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends import instant
 from sqlalchemy import text
 from worker_harness import Factory, MakeWorker, completions_refused, enqueue, fetch
 
@@ -54,7 +55,10 @@ def test_a_handler_exception_fails_the_attempt_with_backoff(
     assert task.error_message == "ValueError: row 7 is not a number"
     with session_factory() as session:
         assert session.scalar(
-            text(f"SELECT run_at > now() FROM {clean_table.__tablename__} WHERE id = {retried}")
+            text(
+                f"SELECT run_at > {instant(session)} FROM {clean_table.__tablename__} "
+                f"WHERE id = {retried}"
+            )
         )
     task = fetch(session_factory, clean_table, final)
     assert (
@@ -166,9 +170,7 @@ def test_an_outcome_the_database_refuses_does_not_block_the_others(
 ) -> None:
     refused = enqueue(session_factory, clean_table, "job", {"refuse": True})
     accepted = [enqueue(session_factory, clean_table, "job", {"n": n}) for n in range(3)]
-    with completions_refused(
-        engine, clean_table, "storage quota exceeded", refuse="NEW.payload ? 'refuse'"
-    ):
+    with completions_refused(engine, clean_table, "storage quota exceeded", refuse_key="refuse"):
         worker = make_worker(
             session_factory, clean_table, {"job": lambda task, ctx: "ok"}, concurrency=4
         )

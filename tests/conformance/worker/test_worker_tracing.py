@@ -27,10 +27,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 _EXPORTER = InMemorySpanExporter()
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def tracer_provider() -> Iterator[Any]:
     """The SDK as an application sets it up, exporting to memory (a process has one
-    global provider: set once, stopped exporting when the module is done)."""
+    global provider: set once, for every backend's pass over this module, and stopped
+    exporting when the run is done)."""
     provider = sdk_trace.TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
     trace.set_tracer_provider(provider)
