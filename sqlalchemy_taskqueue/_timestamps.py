@@ -68,7 +68,8 @@ class TimestampType(RevisionRendered, TypeDecorator[datetime]):
         """The impl's processor, then UTC attached where the database stores no zone.
 
         >>> from sqlalchemy.dialects import sqlite
-        >>> TimestampType().result_processor(sqlite.dialect(), None)("2026-01-02 03:04:05.000006")
+        >>> on_sqlite = TimestampType().dialect_impl(sqlite.dialect())
+        >>> on_sqlite.result_processor(sqlite.dialect(), None)("2026-01-02 03:04:05.000006")
         datetime.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=datetime.timezone.utc)
         """
         processor = self.impl_instance.result_processor(dialect, coltype)

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import Engine, create_engine
 
+from sqlalchemy_taskqueue.backends.sqlite import configure_engine
 from sqlalchemy_taskqueue.contrib.testing import throwaway_database
 
 BACKENDS = ["postgresql", "sqlite"]
@@ -31,6 +33,15 @@ def backend_database(request: pytest.FixtureRequest) -> Iterator[str]:
         return
     with throwaway_database(request.getfixturevalue("server_url")) as url:
         yield url
+
+
+def engine_for(database_url: str) -> Iterator[Engine]:
+    """For a fixture: an engine on ``database_url``, disposed afterwards."""
+    engine = create_engine(database_url, pool_size=20, max_overflow=20)
+    if engine.dialect.name == "sqlite":
+        configure_engine(engine)  # as the SQLite docs tell applications to
+    yield engine
+    engine.dispose()
 
 
 def only_on(*backends: str, reason: str = "") -> Callable[[F], F]:

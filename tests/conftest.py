@@ -12,8 +12,8 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
-from backends import skip_unless_backend
-from sqlalchemy import Engine, create_engine, text
+from backends import engine_for, skip_unless_backend
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from sqlalchemy_taskqueue import TaskMixin, TaskRepository
@@ -21,7 +21,6 @@ from sqlalchemy_taskqueue._concurrency import key_slots_table
 from sqlalchemy_taskqueue._controls import controls_table
 from sqlalchemy_taskqueue._registry import workers_table
 from sqlalchemy_taskqueue._urls import DATABASE_URL_ENV, TEST_DATABASE_URL_ENV
-from sqlalchemy_taskqueue.backends.sqlite import configure_engine
 from sqlalchemy_taskqueue.contrib.testing import resolve_database_url, throwaway_database
 from sqlalchemy_taskqueue.scheduling._table import schedules_table
 
@@ -84,11 +83,7 @@ def empty_database_url(server_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url, pool_size=20, max_overflow=20)
-    if engine.dialect.name == "sqlite":
-        configure_engine(engine)  # as the SQLite docs tell applications to
-    yield engine
-    engine.dispose()
+    yield from engine_for(database_url)
 
 
 @pytest.fixture(scope="session")

@@ -72,6 +72,7 @@ def test_the_public_modules_are_few_and_named() -> None:
         "sqlalchemy_taskqueue.backends",
         "sqlalchemy_taskqueue.backends.base",
         "sqlalchemy_taskqueue.backends.postgresql",
+        "sqlalchemy_taskqueue.backends.sqlite",
         "sqlalchemy_taskqueue.backoff",
         "sqlalchemy_taskqueue.cli",
         "sqlalchemy_taskqueue.contrib",
@@ -164,15 +165,16 @@ def test_earlier_import_paths_keep_working(old_path: str, attribute: str, new_ho
 
 
 def test_the_backend_is_found_by_dialect_name() -> None:
-    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.dialects import mssql, postgresql, sqlite
 
     from sqlalchemy_taskqueue import UnsupportedDialectError
     from sqlalchemy_taskqueue.backends import backend_for, supported_dialects
 
-    assert supported_dialects() == ("postgresql",)
+    assert supported_dialects() == ("postgresql", "sqlite")
     assert backend_for(postgresql.dialect()).name == "postgresql"
-    with pytest.raises(UnsupportedDialectError, match="'sqlite' dialect"):
-        backend_for(sqlite.dialect())
+    assert backend_for(sqlite.dialect()).name == "sqlite"
+    with pytest.raises(UnsupportedDialectError, match=r"'mssql' dialect.*postgresql, sqlite"):
+        backend_for(mssql.dialect())
 
 
 def test_the_enqueue_methods_take_the_same_options() -> None:

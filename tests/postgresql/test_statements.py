@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import sqlalchemy.dialects.postgresql.psycopg2
-from sqlalchemy import create_engine
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm import DeclarativeBase
 
-from sqlalchemy_taskqueue import TaskMixin, TaskRepository, UnsupportedDialectError
+from sqlalchemy_taskqueue import TaskMixin
 from sqlalchemy_taskqueue.backends.postgresql import _statements as statements
 from sqlalchemy_taskqueue.backoff import DEFAULT_BACKOFF
 
@@ -143,16 +140,6 @@ def test_rescue_and_purge_skip_locked_rows() -> None:
 def test_progress_only_touches_the_progress_column() -> None:
     sql = pg(statements.progress_statement(TABLE, fenced=False))
     assert "SET progress=%(new_progress)s WHERE" in sql
-
-
-def test_sqlite_is_refused_with_a_clear_error() -> None:
-    assert "SKIP LOCKED" not in str(
-        statements.claim_statement(TABLE, type_filter="any").compile(dialect=sqlite.dialect())
-    )
-    engine = create_engine("sqlite://")
-    with Session(engine) as session, pytest.raises(UnsupportedDialectError, match="sqlite"):
-        TaskRepository(session, Task)
-    assert postgresql.dialect.name == "postgresql"
 
 
 def test_unclaimed_types_reads_ready_tasks_and_recent_claims_per_type() -> None:
