@@ -90,6 +90,16 @@ def _json_v1() -> sa.types.TypeEngine[Any]:
     return _backend().json_type_v1()
 
 
+def _now_v1() -> sa.TextClause:
+    """The database clock as a server default (``now()`` on PostgreSQL)."""
+    return _backend().server_now_v1()
+
+
+def _id_type_v1() -> sa.types.TypeEngine[Any]:
+    """``bigint``; SQLite numbers rows itself only in an ``INTEGER PRIMARY KEY``."""
+    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
 def _partial_index_v1(
     table_name: str,
     name: str,
@@ -122,10 +132,10 @@ def create_task_table_v1(table_name: str, *extra_columns: sa.Column[Any], **tabl
     if not isinstance(table_name, str) or not table_name:
         raise ValueError(f"table_name must be a non-empty string, got {table_name!r}")
     op = _op()
-    now = sa.text("now()")
+    now = _now_v1()
     op.create_table(
         table_name,
-        sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+        sa.Column("id", _id_type_v1(), sa.Identity(always=False), primary_key=True),
         sa.Column("type", sa.Text, nullable=False),
         sa.Column("payload", _json_v1(), nullable=False),
         sa.Column("status", sa.Text, nullable=False, server_default="pending"),
@@ -204,7 +214,7 @@ def create_schedules_table_v1(task_table_name: str, *, schema: str | None = None
         create_schedules_table_v1("tasks")
     """
     name = _schedules_name(task_table_name)
-    now = sa.text("now()")
+    now = _now_v1()
     _op().create_table(
         name,
         sa.Column("name", sa.Text, primary_key=True, comment="the schedule's unique name"),
@@ -324,7 +334,7 @@ def create_controls_table_v1(task_table_name: str, *, schema: str | None = None)
             "updated_at",
             sa.DateTime(timezone=True),
             nullable=False,
-            server_default=sa.text("now()"),
+            server_default=_now_v1(),
         ),
         sa.CheckConstraint(
             "(rate_limit IS NULL) = (rate_period_seconds IS NULL)", name=f"ck_{name}_rate"
@@ -439,7 +449,7 @@ def create_workers_table_v1(task_table_name: str, *, schema: str | None = None) 
             "started_at",
             sa.DateTime(timezone=True),
             nullable=False,
-            server_default=sa.text("now()"),
+            server_default=_now_v1(),
         ),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
@@ -513,9 +523,9 @@ def upgrade_task_table_v3_to_v4(table_name: str, *, schema: str | None = None) -
     op.add_column(
         table_name, sa.Column("concurrency_limit", sa.Integer, nullable=True), schema=schema
     )
-    op.create_check_constraint(
-        f"ck_{table_name}_concurrency", table_name, _CONCURRENCY_CHECK_V4, schema=schema
-    )
+    # in a batch: SQLite adds a constraint by copying the table (elsewhere an ALTER TABLE)
+    with op.batch_alter_table(table_name, schema=schema) as batch:
+        batch.create_check_constraint(f"ck_{table_name}_concurrency", _CONCURRENCY_CHECK_V4)
     op.drop_index(f"ix_{table_name}_claimable", table_name=table_name, schema=schema)
     for name, keyed in (
         (f"ix_{table_name}_claimable", "NULL"),
@@ -554,9 +564,10 @@ def downgrade_task_table_v4_to_v3(table_name: str, *, schema: str | None = None)
         "status = 'pending'",
         schema=schema,
     )
-    op.drop_constraint(f"ck_{table_name}_concurrency", table_name, type_="check", schema=schema)
-    op.drop_column(table_name, "concurrency_limit", schema=schema)
-    op.drop_column(table_name, "concurrency_key", schema=schema)
+    with op.batch_alter_table(table_name, schema=schema) as batch:
+        batch.drop_constraint(f"ck_{table_name}_concurrency", type_="check")
+        batch.drop_column("concurrency_limit")
+        batch.drop_column("concurrency_key")
 
 
 def create_task_table_v5(table_name: str, *extra_columns: sa.Column[Any], **table_kw: Any) -> None:

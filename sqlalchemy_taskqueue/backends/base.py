@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Connection, Engine, Row, Table
+from sqlalchemy import Connection, Engine, Row, Table, TextClause
 from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
@@ -262,6 +262,14 @@ class Backend(Protocol):
         Example::
 
             op.create_index("ix", "tasks", ["run_at"], **backend.index_options_v1(where))
+        """
+
+    def server_now_v1(self) -> TextClause:
+        """The database clock as a column's server default in the frozen migrations.
+
+        Example::
+
+            sa.Column("created_at", sa.DateTime(timezone=True), server_default=backend.server_now_v1())
         """
 
     def tune_statements_v1(self, qualified_table: str) -> list[str]:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Insert, Row, Table, exists, select, text
+from sqlalchemy import Connection, Engine, Insert, Row, Table, TextClause, exists, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import IntegrityError
@@ -131,6 +131,15 @@ class PostgreSQLBackend:
             op.create_index("ix", "tasks", ["run_at"], **backend.index_options_v1(where))
         """
         return _migrations.index_options_v1(where)
+
+    def server_now_v1(self) -> TextClause:
+        """``now()``.
+
+        Example::
+
+            sa.Column("created_at", sa.DateTime(timezone=True), server_default=backend.server_now_v1())
+        """
+        return text(self.clock_sql)
 
     def tune_statements_v1(self, qualified_table: str) -> list[str]:
         """See :func:`._migrations.tune_statements_v1`.

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Row,
     Table,
     Text,
+    TextClause,
     and_,
     bindparam,
     case,
@@ -174,6 +175,15 @@ class SQLiteBackend:
             op.create_index("ix", "tasks", ["run_at"], **backend.index_options_v1(where))
         """
         return self.index_options(where)
+
+    def server_now_v1(self) -> TextClause:
+        """``(strftime(...))``: SQLite takes an expression as a default in parentheses.
+
+        Example::
+
+            sa.Column("created_at", sa.DateTime(timezone=True), server_default=backend.server_now_v1())
+        """
+        return text(f"({CLOCK_SQL})")
 
     def tune_statements_v1(self, qualified_table: str) -> list[str]:
         """None: SQLite has no storage parameters per table.
