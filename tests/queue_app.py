@@ -11,10 +11,14 @@ import time
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, Integer, Text, create_engine, func, insert
+from sqlalchemy import BigInteger, Engine, Integer, Text, create_engine, insert
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.functions import FunctionElement
 
 from sqlalchemy_taskqueue import HandlerRegistry, TaskContext, TaskMixin
+from sqlalchemy_taskqueue._timestamps import Timestamp
+from sqlalchemy_taskqueue.backends.sqlite import configure_engine
 
 
 class Base(DeclarativeBase):
@@ -25,18 +29,37 @@ class Task(TaskMixin, Base):
     __tablename__ = "proc_tasks"
 
 
+class WallClock(FunctionElement[Any]):
+    """The database's clock now, not at its transaction's start."""
+
+    type = Timestamp
+    inherit_cache = True
+
+
+@compiles(WallClock)
+def _wall_clock(element: WallClock, compiler: Any, **kw: Any) -> str:
+    return "clock_timestamp()"
+
+
+@compiles(WallClock, "sqlite")
+def _wall_clock_sqlite(element: WallClock, compiler: Any, **kw: Any) -> str:
+    return "(strftime('%Y-%m-%d %H:%M:%f000', 'now'))"
+
+
 class Execution(Base):
     """One row per handler call."""
 
     __tablename__ = "proc_executions"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
     task_id: Mapped[int] = mapped_column(BigInteger)
     attempt: Mapped[int] = mapped_column(Integer)
     pid: Mapped[int] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(Text)
     #: when the handler started, by the database's clock
-    at: Mapped[Any] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
+    at: Mapped[Any] = mapped_column(Timestamp, server_default=WallClock())
 
 
 tasks = HandlerRegistry(Task)
@@ -44,7 +67,8 @@ tasks = HandlerRegistry(Task)
 
 @cache
 def engine() -> Engine:
-    return create_engine(os.environ["TASKQUEUE_DATABASE_URL"], pool_size=8)
+    engine = create_engine(os.environ["TASKQUEUE_DATABASE_URL"], pool_size=8)
+    return configure_engine(engine) if engine.dialect.name == "sqlite" else engine
 
 
 def record(task: Any, ctx: TaskContext, note: str | None = None) -> None:

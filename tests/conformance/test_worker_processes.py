@@ -28,7 +28,7 @@ from keyed_runs import (
     most_at_once,
 )
 from processes import WorkerProcess, wait_for
-from queue_app import Base, Execution, Task
+from queue_app import Base, Execution, Task, WallClock
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent.parent
@@ -295,7 +295,7 @@ def test_a_pause_stops_new_starts_across_processes_and_a_resume_drains_the_rest(
     with session_factory.begin() as session:
         TaskRepository(session, Task).pause("work")
     with session_factory() as session:
-        paused_at = session.scalar(select(func.clock_timestamp()))  # after the commit
+        paused_at = session.scalar(select(WallClock()))  # after the commit
     # the tasks claimed before the pause finish; then nothing of the type starts
     wait_for(lambda: count_status(session_factory, TaskStatus.IN_PROGRESS) == 0)
     with session_factory() as session:
@@ -407,7 +407,7 @@ def test_a_killed_worker_keeps_its_keys_slots_only_until_its_leases_expire(
     doomed.process.send_signal(signal.SIGKILL)
     assert doomed.wait(10) == -signal.SIGKILL
     with session_factory() as session:
-        killed_at = session.scalar(select(func.clock_timestamp()))
+        killed_at = session.scalar(select(WallClock()))
     held = {run.key for run in running_in_doomed() if limits[run.key] == 1}
     assert held
     wait_for(lambda: count_status(session_factory, TaskStatus.COMPLETED) == 300, timeout=120)

@@ -100,10 +100,15 @@ _HEAD_PER_SLOT = 4
 _HEAD_EXTRA = 64
 #: A held slot whose task is no longer in progress is freed once taken this long ago.
 _ORPHANED_SLOT_AGE = timedelta(seconds=60)
-#: The Unix epoch as a Julian day number.
-_UNIX_EPOCH_JULIAN_DAY = 2440587.5
 _LEASE_CLEARED: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
 _RESCUE_MESSAGE = "lease expired: the worker running this task stopped renewing its lease"
+
+
+class _RateBudget(NamedTuple):
+    rate_limit: int
+    rate_period_seconds: float
+    rate_starts: Any
+    now: float
 
 
 class _ProcessingTimes(NamedTuple):
@@ -312,11 +317,14 @@ class SQLiteBackend:
         )
         starting = request.starting
         prefetching = starting is not None and starting < request.limit
+        counted_at = _rate_clock(executor) if request.rate_limited else None
+        if counted_at is not None:  # the instant its budget counted these starts at
+            params["started_at"] = counted_at
         stmt = claim_statement(
             table,
             type_filter=type_filter,
             rate_limited=request.rate_limited,
-            started=not prefetching,
+            started="later" if prefetching else "now" if counted_at is None else "given",
         )
         if not prefetching:
             if entity is not None:
@@ -961,11 +969,18 @@ class SQLiteBackend:
         """
         _take_write_lock(session, table)
         c = table.c
-        epoch = (func.julianday("now") - _UNIX_EPOCH_JULIAN_DAY) * 86400.0
-        stmt = select(c.rate_limit, c.rate_period_seconds, c.rate_starts, epoch.label("now")).where(
+        stmt = select(c.rate_limit, c.rate_period_seconds, c.rate_starts, now()).where(
             c.task_type == task_type, c.rate_limit.is_not(None)
         )
-        return _first(session, stmt)
+        found = session.execute(stmt).first()
+        if found is None:
+            return None
+        limit, period, starts, clock = found
+        # SQLite's clock is read per statement: the claim that follows records its starts
+        # at this very instant (as PostgreSQL's transaction clock would), so the budget
+        # and the stored start times agree to the microsecond
+        session.info[_RATE_CLOCK] = (session.get_transaction(), clock)
+        return typing.cast("Row[Any]", _RateBudget(limit, period, starts, clock.timestamp()))
 
     def record_rate_starts(
         self, session: Session, table: Table, task_type: str, starts: list[list[float]]
@@ -1489,9 +1504,20 @@ def _all(session: Session, stmt: Any) -> Sequence[Row[Any]]:
     return session.execute(stmt).all()
 
 
-def _first(session: Session, stmt: Any) -> Row[Any] | None:
-    found: Row[Any] | None = session.execute(stmt).first()
-    return found
+#: ``Session.info`` key: the clock a rate-limited claim's budget was read at, with its
+#: transaction
+_RATE_CLOCK = "taskqueue_sqlite_rate_clock"
+
+
+def _rate_clock(executor: _Executor) -> datetime | None:
+    """The instant :meth:`SQLiteBackend.lock_rate_budget` read in this transaction."""
+    if not isinstance(executor, Session):
+        return None
+    found = executor.info.get(_RATE_CLOCK)
+    if found is None or found[0] is not executor.get_transaction():
+        return None
+    clock: datetime = found[1]
+    return clock
 
 
 def _take_write_lock(executor: _Executor, table: Table) -> None:

@@ -232,20 +232,25 @@ def due_conditions(
 
 @functools.cache
 def claim_statement(
-    table: Table, *, type_filter: TypeFilter, rate_limited: bool, started: bool
+    table: Table,
+    *,
+    type_filter: TypeFilter,
+    rate_limited: bool,
+    started: Literal["now", "given", "later"],
 ) -> Update:
     """Claim up to ``limit`` due tasks without a concurrency key, in claim order, plus
     the tasks whose ids are in ``keyed_ids`` (their slots taken already); returns every
     column of the claimed rows.
 
     Parameters: ``limit``, ``keyed_ids`` (a list, maybe empty), ``lease_seconds``,
-    ``owner``, ``token`` and the type parameter.  With ``started`` the attempts are
-    recorded as started now; otherwise ``started_at`` is left NULL (a prefetching
-    claim records the first ones afterwards).
+    ``owner``, ``token`` and the type parameter.  ``started`` says what ``started_at``
+    becomes: ``now``; ``given`` (parameter ``started_at``: the instant a rate-limited
+    claim counted its starts at); ``later``, NULL (a prefetching claim records the
+    first ones afterwards).
 
     Example::
 
-        stmt = claim_statement(Task.__table__, type_filter="any", rate_limited=False, started=True)
+        stmt = claim_statement(Task.__table__, type_filter="any", rate_limited=False, started="now")
     """
     c = table.c
     conditions = due_conditions(table, type_filter, rate_limited=rate_limited)
@@ -261,7 +266,11 @@ def claim_statement(
         .where(or_(c.id.in_(plain.scalar_subquery()), keyed))
         .values(
             status=TaskStatus.IN_PROGRESS,
-            started_at=now() if started else null(),
+            started_at={
+                "now": now(),
+                "given": bindparam("started_at", type_=Timestamp),
+                "later": null(),
+            }[started],
             completed_at=None,
             lease_owner=bindparam("owner", type_=c.lease_owner.type),
             lease_token=bindparam("token", type_=c.lease_token.type),
