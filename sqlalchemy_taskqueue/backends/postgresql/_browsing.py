@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import CompoundSelect, Select, Table, func, select, union_all
+from sqlalchemy import CompoundSelect, Select, Table, func, select
 
-from sqlalchemy_taskqueue.backends._filters import query_conditions
+from sqlalchemy_taskqueue.backends import _portable
 from sqlalchemy_taskqueue.backends.base import TaskQuery
 from sqlalchemy_taskqueue.status import FINISHED_STATUSES, TaskStatus
 
@@ -23,19 +23,13 @@ __all__ = [
 
 
 def browse_tasks_statement(table: Table, query: TaskQuery) -> Select[Any]:
-    """Every column of the tasks ``query`` selects, newest first (by id: the primary key
-    read backwards, so a page costs its own rows whatever the table holds below the
-    cursor).
+    """See :func:`sqlalchemy_taskqueue.backends._portable.browse_tasks_statement`.
 
     Example::
 
         stmt = browse_tasks_statement(Task.__table__, TaskQuery(statuses=("failed",)))
     """
-    c = table.c
-    conditions = query_conditions(table, query)
-    if query.before_id is not None:
-        conditions.append(c.id < query.before_id)
-    return select(table).where(*conditions).order_by(c.id.desc()).limit(query.limit)
+    return _portable.browse_tasks_statement(table, query)
 
 
 def outcome_timeline_statement(
@@ -68,22 +62,10 @@ def outcome_timeline_statement(
 
 def recent_status_counts_statement(table: Table, *, window: timedelta) -> CompoundSelect[Any]:
     """``type``, ``status``, ``total``: the tasks in progress, and the tasks finished
-    within ``window``, each read through its own partial index (the lease-expiry and the
-    finished-tasks index), never the whole table.
+    within ``window`` (see :func:`sqlalchemy_taskqueue.backends._portable.recent_status_counts_statement`).
 
     Example::
 
         stmt = recent_status_counts_statement(Task.__table__, window=timedelta(hours=24))
     """
-    c = table.c
-    running = (
-        select(c.type, c.status, func.count().label("total"))
-        .where(c.status == TaskStatus.IN_PROGRESS)
-        .group_by(c.type, c.status)
-    )
-    finished = (
-        select(c.type, c.status, func.count().label("total"))
-        .where(c.status.in_(FINISHED_STATUSES), c.completed_at >= func.now() - window)
-        .group_by(c.type, c.status)
-    )
-    return union_all(running, finished)
+    return _portable.recent_status_counts_statement(table, since=func.now() - window)

@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from sqlalchemy_taskqueue._concurrency import key_slots_table
 from sqlalchemy_taskqueue._schema import CLAIM_ORDER
+from sqlalchemy_taskqueue.backends import _portable
 from sqlalchemy_taskqueue.status import TaskStatus
 
 __all__ = [
@@ -284,31 +285,4 @@ def keys_at_limit_statement(table: Table) -> Select[Any]:
 
         rows = session.execute(keys_at_limit_statement(Task.__table__)).all()
     """
-    c = table.c
-    slots = key_slots_table(table)
-    s = slots.c
-    per_key = (
-        select(
-            s.concurrency_key,
-            func.count().label("slot_limit"),
-            func.count(s.task_id).label("running"),
-        )
-        .group_by(s.concurrency_key)
-        .having(func.count(s.task_id) >= func.count())
-        .subquery("per_key")
-    )
-    waiting = (
-        select(func.count())
-        .where(
-            c.concurrency_key == per_key.c.concurrency_key,
-            c.status == TaskStatus.PENDING,
-            c.run_at <= func.now(),
-        )
-        .scalar_subquery()
-    )
-    return select(
-        per_key.c.concurrency_key,
-        per_key.c.slot_limit,
-        per_key.c.running,
-        waiting.label("waiting"),
-    ).order_by(per_key.c.concurrency_key)
+    return _portable.keys_at_limit_statement(table, now=func.now())

@@ -74,7 +74,7 @@ from sqlalchemy_taskqueue._schema import (
     CLAIM_ORDER,
     UNSTARTED_RESCUE,
 )
-from sqlalchemy_taskqueue.backends._filters import query_conditions
+from sqlalchemy_taskqueue.backends import _portable
 from sqlalchemy_taskqueue.backends.base import TaskQuery
 from sqlalchemy_taskqueue.backends.postgresql._key_slots import freeing_slots, keyed_claim_ids
 from sqlalchemy_taskqueue.backends.postgresql._workers import record_worker_statement
@@ -705,16 +705,8 @@ def _failure_values(
     with its ``retry_count`` unchanged and that message.
     """
     c = table.c
-    will_retry = and_(true() if retry else false(), c.retry_count < c.max_retries)
-    retry_count: ColumnElement[Any] = c.retry_count + 1
-    if unstarted_message is not None:
-        unstarted = c.started_at.is_(None)
-        will_retry = or_(unstarted, will_retry)
-        retry_count = case((unstarted, c.retry_count), else_=retry_count)
-        error_message = case((unstarted, literal(unstarted_message, Text)), else_=error_message)
-    if backoff is None:
-        retry_at: ColumnElement[Any] = c.run_at
-    else:
+    retry_at: ColumnElement[Any] | None = None
+    if backoff is not None:
         exponent = func.least(c.retry_count + 1, MAX_EXPONENT)
         retry_at = _after(
             func.least(
@@ -724,18 +716,14 @@ def _failure_values(
                 * (1 + backoff.jitter * func.random()),
             )
         )
-    return {
-        "status": case(
-            (will_retry, literal(TaskStatus.PENDING.value)), else_=literal(TaskStatus.FAILED.value)
-        ),
-        "retry_count": retry_count,
-        "progress": case((will_retry, 0), else_=c.progress),
-        "error_message": error_message,
-        "started_at": case((will_retry, null()), else_=func.coalesce(c.started_at, _now())),
-        "completed_at": case((will_retry, null()), else_=_now()),
-        "run_at": case((will_retry, retry_at), else_=c.run_at),
-        **_LEASE_CLEARED,
-    }
+    return _portable.failure_values(
+        table,
+        error_message,
+        retry_at,
+        retry=retry,
+        now=_now(),
+        unstarted_message=unstarted_message,
+    )
 
 
 @functools.cache
@@ -863,52 +851,10 @@ def retry_statement(
         stmt = retry_statement(Task.__table__, task_id=None, task_type="webhook")
         retried_ids = session.execute(stmt).scalars().all()
     """
-    c = table.c
-    holder = table.alias("holder")
-    duplicate_active = (
-        select(holder.c.id)
-        .where(
-            holder.c.type == c.type,
-            holder.c.dedupe_key == c.dedupe_key,
-            holder.c.status.in_(ACTIVE_STATUSES),
-        )
-        .exists()
+    stmt = _portable.retry_statement(
+        table, task_id=task_id, task_type=task_type, matching=matching, now=_now()
     )
-    condition = and_(c.status == TaskStatus.FAILED, or_(c.dedupe_key.is_(None), ~duplicate_active))
-    if task_id is not None:
-        condition = and_(condition, c.id == task_id)
-    if task_type is not None:
-        condition = and_(condition, c.type == task_type)
-    if matching is not None:
-        condition = and_(condition, *query_conditions(table, matching))
-    alone = case((c.dedupe_key.is_(None), c.id))  # tasks without a key stand alone
-    ranked = (
-        select(
-            c.id,
-            func.row_number()
-            .over(partition_by=(c.type, c.dedupe_key, alone), order_by=c.id.desc())
-            .label("newest_first"),
-        )
-        .where(condition)
-        .subquery("candidates")
-    )
-    newest = select(ranked.c.id).where(ranked.c.newest_first == 1)
-    stmt = (
-        update(table)
-        # the status again on the row itself: a row changed while this statement waited
-        # for its lock is rechecked against this condition (not against the subquery's)
-        .where(c.id.in_(newest.scalar_subquery()), c.status == TaskStatus.FAILED)
-        .values(
-            status=TaskStatus.PENDING,
-            retry_count=0,
-            progress=0,
-            run_at=_now(),
-            started_at=None,
-            completed_at=None,
-            **_LEASE_CLEARED,
-        )
-    )
-    return _announcing(stmt, channel, c.id)
+    return _announcing(stmt, channel, table.c.id)
 
 
 # --------------------------------------------------------------------------- leases

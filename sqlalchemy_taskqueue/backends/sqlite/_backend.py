@@ -42,7 +42,6 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
-    union_all,
     update,
 )
 from sqlalchemy.dialects import sqlite
@@ -54,7 +53,7 @@ from sqlalchemy_taskqueue._concurrency import key_slots_table
 from sqlalchemy_taskqueue._registry import workers_table
 from sqlalchemy_taskqueue._schema import CLAIM_ORDER, UNSTARTED_RESCUE
 from sqlalchemy_taskqueue._timestamps import Timestamp
-from sqlalchemy_taskqueue.backends._filters import query_conditions
+from sqlalchemy_taskqueue.backends import _portable
 from sqlalchemy_taskqueue.backends.base import (
     AsyncListener,
     Capabilities,
@@ -100,7 +99,7 @@ _HEAD_PER_SLOT = 4
 _HEAD_EXTRA = 64
 #: A held slot whose task is no longer in progress is freed once taken this long ago.
 _ORPHANED_SLOT_AGE = timedelta(seconds=60)
-_LEASE_CLEARED: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
+_LEASE_CLEARED = _portable.LEASE_CLEARED
 _RESCUE_MESSAGE = "lease expired: the worker running this task stopped renewing its lease"
 
 
@@ -638,50 +637,9 @@ class SQLiteBackend:
 
             backend.retry(session, table, task_id=None, task_type="webhook", channel=None)
         """
-        c = table.c
-        holder = table.alias("holder")
-        duplicate_active = (
-            select(holder.c.id)
-            .where(
-                holder.c.type == c.type,
-                holder.c.dedupe_key == c.dedupe_key,
-                holder.c.status.in_(ACTIVE_STATUSES),
-            )
-            .exists()
-        )
-        conditions = [c.status == TaskStatus.FAILED, or_(c.dedupe_key.is_(None), ~duplicate_active)]
-        if task_id is not None:
-            conditions.append(c.id == task_id)
-        if task_type is not None:
-            conditions.append(c.type == task_type)
-        if matching is not None:
-            conditions.extend(query_conditions(table, matching))
-        alone = case((c.dedupe_key.is_(None), c.id))
-        ranked = (
-            select(
-                c.id,
-                func.row_number()
-                .over(partition_by=(c.type, c.dedupe_key, alone), order_by=c.id.desc())
-                .label("newest_first"),
-            )
-            .where(*conditions)
-            .subquery("candidates")
-        )
-        newest = select(ranked.c.id).where(ranked.c.newest_first == 1)
-        stmt = (
-            update(table)
-            .where(c.id.in_(newest.scalar_subquery()), c.status == TaskStatus.FAILED)
-            .values(
-                status=TaskStatus.PENDING,
-                retry_count=0,
-                progress=0,
-                run_at=now(),
-                started_at=None,
-                completed_at=None,
-                **_LEASE_CLEARED,
-            )
-            .returning(c.id)
-        )
+        stmt = _portable.retry_statement(
+            table, task_id=task_id, task_type=task_type, matching=matching, now=now()
+        ).returning(table.c.id)
         return sorted(int(found) for found in session.execute(stmt).scalars())
 
     def dedupe_holder(self, session: Session, table: Table, task_id: int) -> int | None:
@@ -1049,34 +1007,7 @@ class SQLiteBackend:
 
             backend.keys_at_limit(session, table)
         """
-        c = table.c
-        s = key_slots_table(table).c
-        per_key = (
-            select(
-                s.concurrency_key,
-                func.count().label("slot_limit"),
-                func.count(s.task_id).label("running"),
-            )
-            .group_by(s.concurrency_key)
-            .having(func.count(s.task_id) >= func.count())
-            .subquery("per_key")
-        )
-        waiting = (
-            select(func.count())
-            .where(
-                c.concurrency_key == per_key.c.concurrency_key,
-                c.status == TaskStatus.PENDING,
-                c.run_at <= now(),
-            )
-            .scalar_subquery()
-        )
-        stmt = select(
-            per_key.c.concurrency_key,
-            per_key.c.slot_limit,
-            per_key.c.running,
-            waiting.label("waiting"),
-        ).order_by(per_key.c.concurrency_key)
-        return _all(session, stmt)
+        return _all(session, _portable.keys_at_limit_statement(table, now=now()))
 
     def record_worker(
         self, session: Session, table: Table, worker: Mapping[str, Any], lease: timedelta
@@ -1311,12 +1242,7 @@ class SQLiteBackend:
 
             backend.browse_tasks(session, table, TaskQuery(statuses=("failed",)))
         """
-        c = table.c
-        conditions = query_conditions(table, query)
-        if query.before_id is not None:
-            conditions.append(c.id < query.before_id)
-        stmt = select(table).where(*conditions).order_by(c.id.desc()).limit(query.limit)
-        return _all(session, stmt)
+        return _all(session, _portable.browse_tasks_statement(table, query))
 
     def recent_status_counts(
         self, session: Session, table: Table, *, window: timedelta
@@ -1327,18 +1253,8 @@ class SQLiteBackend:
 
             backend.recent_status_counts(session, table, window=timedelta(hours=24))
         """
-        c = table.c
-        running = (
-            select(c.type, c.status, func.count().label("total"))
-            .where(c.status == TaskStatus.IN_PROGRESS)
-            .group_by(c.type, c.status)
-        )
-        finished = (
-            select(c.type, c.status, func.count().label("total"))
-            .where(c.status.in_(FINISHED_STATUSES), c.completed_at >= before(window))
-            .group_by(c.type, c.status)
-        )
-        return _all(session, union_all(running, finished))
+        stmt = _portable.recent_status_counts_statement(table, since=before(window))
+        return _all(session, stmt)
 
     def outcome_timeline(
         self, session: Session, table: Table, *, window: timedelta, bucket: timedelta

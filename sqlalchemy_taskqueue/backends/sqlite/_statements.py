@@ -27,12 +27,9 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
-    case,
     exists,
-    false,
     func,
     insert,
-    literal,
     literal_column,
     null,
     or_,
@@ -46,6 +43,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy_taskqueue._controls import QUEUE_WIDE, controls_table
 from sqlalchemy_taskqueue._schema import ACTIVE_DEDUPE_PREDICATE, CLAIM_ORDER
 from sqlalchemy_taskqueue._timestamps import Timestamp
+from sqlalchemy_taskqueue.backends import _portable
 from sqlalchemy_taskqueue.backoff import MAX_EXPONENT, BackoffPolicy
 from sqlalchemy_taskqueue.status import ACTIVE_STATUSES, FINISHED_STATUSES, TaskStatus
 
@@ -300,16 +298,8 @@ def failure_values(
         update(table).values(**failure_values(table, bindparam("message"), DEFAULT_BACKOFF, retry=True))
     """
     c = table.c
-    will_retry = and_(true() if retry else false(), c.retry_count < c.max_retries)
-    retry_count: ColumnElement[Any] = c.retry_count + 1
-    if unstarted_message is not None:
-        unstarted = c.started_at.is_(None)
-        will_retry = or_(unstarted, will_retry)
-        retry_count = case((unstarted, c.retry_count), else_=retry_count)
-        error_message = case((unstarted, literal(unstarted_message, Text)), else_=error_message)
-    if backoff is None:
-        retry_at: ColumnElement[Any] = c.run_at
-    else:
+    retry_at: ColumnElement[Any] | None = None
+    if backoff is not None:
         exponent = func.min(c.retry_count + 1, MAX_EXPONENT)
         # random() is a signed 64-bit integer: scaled to [0, 1)
         unit_random = (func.random() / 18446744073709551616.0) + 0.5
@@ -321,19 +311,14 @@ def failure_values(
                 * (1 + backoff.jitter * unit_random),
             )
         )
-    return {
-        "status": case(
-            (will_retry, literal(TaskStatus.PENDING.value)), else_=literal(TaskStatus.FAILED.value)
-        ),
-        "retry_count": retry_count,
-        "progress": case((will_retry, 0), else_=c.progress),
-        "error_message": error_message,
-        "started_at": case((will_retry, null()), else_=func.coalesce(c.started_at, now())),
-        "completed_at": case((will_retry, null()), else_=now()),
-        "run_at": case((will_retry, retry_at), else_=c.run_at),
-        "lease_token": None,
-        "lease_expires_at": None,
-    }
+    return _portable.failure_values(
+        table,
+        error_message,
+        retry_at,
+        retry=retry,
+        now=now(),
+        unstarted_message=unstarted_message,
+    )
 
 
 def finished_before(table: Table, older_than: timedelta) -> ColumnElement[bool]:
