@@ -11,6 +11,8 @@ Example::
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import (
@@ -39,7 +41,9 @@ from sqlalchemy_taskqueue.status import ACTIVE_STATUSES, FINISHED_STATUSES, Task
 __all__ = [
     "LEASE_CLEARED",
     "browse_tasks_statement",
+    "checked_json_text",
     "failure_values",
+    "insert_columns",
     "keys_at_limit_statement",
     "query_conditions",
     "recent_status_counts_statement",
@@ -48,6 +52,25 @@ __all__ = [
 
 #: The SET clause that ends a lease.
 LEASE_CLEARED: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
+
+
+def insert_columns(values: Iterable[str]) -> tuple[str, ...]:
+    """The table columns a row of insert parameters sets (``run_delay`` is not one),
+    sorted: one cached statement per column set.
+
+    >>> insert_columns(["type", "run_delay", "payload"])
+    ('payload', 'type')
+    """
+    return tuple(sorted(name for name in values if name != "run_delay"))
+
+
+def checked_json_text(payload: Any) -> str:
+    """A payload checked already, as JSON text (as the repository's check encodes it).
+
+    >>> checked_json_text({"to": "ana"})
+    '{"to": "ana"}'
+    """
+    return json.dumps(payload, allow_nan=False, ensure_ascii=False)
 
 
 def _search(table: Table, text: str) -> ColumnElement[bool]:

@@ -11,7 +11,6 @@ index for dedupe, ``pg_notify`` in the same statement as the insert, and
 from __future__ import annotations
 
 import functools
-import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
 from sqlalchemy_taskqueue._concurrency import key_slots_table
+from sqlalchemy_taskqueue.backends._portable import checked_json_text, insert_columns
 from sqlalchemy_taskqueue.backends.base import (
     AsyncListener,
     Capabilities,
@@ -201,7 +201,7 @@ class PostgreSQLBackend:
             backend.insert_many(session, table, {"type": "t"}, [{}], "[{}]", channel=None)
         """
         delayed = "run_delay" in shared
-        columns = _columns(shared)
+        columns = insert_columns(shared)
         if _has_per_row_defaults(table, columns):
             rows = [{**shared, "payload": payload} for payload in payloads]
             stmt = _statements.insert_rows_statement(table, delayed=delayed)
@@ -210,7 +210,7 @@ class PostgreSQLBackend:
             if isinstance(payload_json, str) and len(payload_json) <= _MAX_BATCH_CHARACTERS:
                 chunks: Iterable[str] = [payload_json]
             elif isinstance(payload_json, str):  # checked already: encode them one by one
-                chunks = _json_arrays([_json_text(payload) for payload in payloads])
+                chunks = _json_arrays([checked_json_text(payload) for payload in payloads])
             else:
                 chunks = _json_arrays(payload_json)
             stmt = _statements.insert_many_statement(table, columns, delayed=delayed)
@@ -235,7 +235,7 @@ class PostgreSQLBackend:
         values = _without_constant_defaults(table, values)
         insert = _statements.insert_if_absent_statement(
             table,
-            _columns(values),
+            insert_columns(values),
             channel=channel,
             delayed="run_delay" in values,
             payload_text=True,
@@ -1048,7 +1048,11 @@ def _orm_claim(model: Any, stmt: Any) -> Any:
 def _insert_statement(table: Table, names: tuple[str, ...], channel: str | None) -> Insert:
     """The ``insert_one`` statement for a row of parameters ``names`` (in any order)."""
     return _statements.insert_statement(
-        table, _columns(names), channel=channel, delayed="run_delay" in names, payload_text=True
+        table,
+        insert_columns(names),
+        channel=channel,
+        delayed="run_delay" in names,
+        payload_text=True,
     )
 
 
@@ -1070,11 +1074,6 @@ def _without_constant_defaults(table: Table, values: Mapping[str, Any]) -> dict[
         if row.get(name) == default and type(row[name]) is int:
             del row[name]
     return row
-
-
-def _columns(values: Iterable[str]) -> tuple[str, ...]:
-    """The table columns a row of insert parameters sets (``run_delay`` is not one)."""
-    return tuple(sorted(name for name in values if name != "run_delay"))
 
 
 def _json_arrays(texts: Sequence[str]) -> Iterator[str]:
@@ -1101,11 +1100,6 @@ def _has_per_row_defaults(table: Table, columns: tuple[str, ...]) -> bool:
         for column in table.c
         if column.name not in columns and column.name != "payload"
     )
-
-
-def _json_text(payload: Any) -> str:
-    """A payload checked already, as JSON text (as the repository's check encodes it)."""
-    return json.dumps(payload, allow_nan=False, ensure_ascii=False)
 
 
 def _lease_arrays(pairs: Sequence[Lease]) -> dict[str, list[Any]]:

@@ -11,7 +11,6 @@ that takes key slots reads, picks and writes in several plain statements.
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 import threading
@@ -54,6 +53,7 @@ from sqlalchemy_taskqueue._registry import workers_table
 from sqlalchemy_taskqueue._schema import CLAIM_ORDER, UNSTARTED_RESCUE
 from sqlalchemy_taskqueue._timestamps import Timestamp
 from sqlalchemy_taskqueue.backends import _portable
+from sqlalchemy_taskqueue.backends._portable import checked_json_text, insert_columns
 from sqlalchemy_taskqueue.backends.base import (
     AsyncListener,
     Capabilities,
@@ -219,7 +219,7 @@ class SQLiteBackend:
             backend.insert_one(session, Task.__table__, {"type": "t", "payload": "{}"}, channel=None)
         """
         params = _delay_in_seconds(values)
-        stmt = insert_statement(table, _columns(params), delayed="run_delay" in params)
+        stmt = insert_statement(table, insert_columns(params), delayed="run_delay" in params)
         return int(session.execute(stmt, params).scalar_one())
 
     def insert_many(
@@ -240,11 +240,11 @@ class SQLiteBackend:
             backend.insert_many(session, table, {"type": "t"}, [{}], "[{}]", channel=None)
         """
         if isinstance(payload_json, str):
-            texts: Sequence[str] = [_json_text(payload) for payload in payloads]
+            texts: Sequence[str] = [checked_json_text(payload) for payload in payloads]
         else:
             texts = payload_json
         params = _delay_in_seconds(shared)
-        columns = _columns({**params, "payload": None})
+        columns = insert_columns({**params, "payload": None})
         stmt = insert_statement(table, columns, delayed="run_delay" in params, many=True)
         rows = [{**params, "payload": payload} for payload in texts]
         return [int(task_id) for task_id in session.execute(stmt, rows).scalars()]
@@ -260,7 +260,9 @@ class SQLiteBackend:
             backend.insert_if_absent(session, table, {**values, "dedupe_key": "k"}, channel=None)
         """
         params = _delay_in_seconds(values)
-        stmt = insert_if_absent_statement(table, _columns(params), delayed="run_delay" in params)
+        stmt = insert_if_absent_statement(
+            table, insert_columns(params), delayed="run_delay" in params
+        )
         c = table.c
         lookup = select(c.id).where(
             c.type == values["type"], c.dedupe_key == values["dedupe_key"], active(table)
@@ -1514,14 +1516,6 @@ def _delay_in_seconds(values: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(delay, timedelta):
         params["run_delay"] = delay.total_seconds()
     return params
-
-
-def _columns(values: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted(name for name in values if name != "run_delay"))
-
-
-def _json_text(payload: Any) -> str:
-    return json.dumps(payload, allow_nan=False, ensure_ascii=False)
 
 
 def _contains(payload: Any, match: Mapping[str, Any]) -> bool:
